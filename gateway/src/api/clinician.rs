@@ -1,0 +1,191 @@
+//! The clinician face: bearer-token authentication, then each FHIR interaction is parsed,
+//! fanned out to the local record and every peer, merged, and answered as one Bundle.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+
+use super::{RequestId, check_accept, lenient, query_pairs};
+use crate::app::Gateway;
+use crate::auth::{AuthError, UserContext};
+use crate::error::{ApiError, fhir_response};
+use crate::fhir::outcome::Issue;
+use crate::merge::{MergeContext, Merged, merge};
+use crate::peers::FanOut;
+use crate::query::{self, Parsed};
+
+/// The clinician face's router.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let authenticated = Router::new()
+        .route("/fhir/Patient/{id}/$everything", get(everything))
+        .route("/fhir/Patient/{id}", get(read_patient))
+        .route("/fhir/{type}", get(search))
+        .route_layer(middleware::from_fn_with_state(gateway.clone(), authenticate));
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .merge(authenticated)
+        .fallback(super::not_found)
+        .method_not_allowed_fallback(super::method_not_allowed)
+        .layer(middleware::from_fn(super::request_context))
+        .with_state(gateway)
+}
+
+/// Verifies the bearer token and puts the user into the request.
+async fn authenticate(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let user = match token {
+        None => Err(AuthError::Missing),
+        Some(t) => gateway.verifier.verify(t),
+    };
+    match user {
+        Ok(user) => {
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn metadata(State(gateway): State<Arc<Gateway>>) -> Response {
+    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    fhir_response(StatusCode::OK, &crate::fhir::capability_statement(env!("CARGO_PKG_VERSION"), &gateway.region.base_url, &gateway.region.name, &now))
+}
+
+/// What every interaction shares: the request's user, id, headers and query.
+struct Ask {
+    user: UserContext,
+    request_id: String,
+    lenient: bool,
+    pairs: Vec<(String, String)>,
+    self_link: String,
+}
+
+fn ask(gateway: &Gateway, request: &axum::http::request::Parts, raw: Option<&str>) -> Result<Ask, ApiError> {
+    check_accept(&request.headers)?;
+    let user = request.extensions.get::<UserContext>().cloned().ok_or(ApiError::from(AuthError::Missing))?;
+    let request_id = request.extensions.get::<RequestId>().map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+    let pairs = query_pairs(raw)?;
+    let path = request.uri.path().strip_prefix("/fhir").unwrap_or(request.uri.path());
+    let self_link = match raw {
+        Some(q) if !q.is_empty() => format!("{}{}?{}", gateway.region.base_url, path, q),
+        _ => format!("{}{}", gateway.region.base_url, path),
+    };
+    Ok(Ask { user, request_id, lenient: lenient(&request.headers), pairs, self_link })
+}
+
+async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merged {
+    let fan = FanOut {
+        local: (&gateway.region, &gateway.local, gateway.local_timeout()),
+        peers: &gateway.peers,
+        signer: &gateway.signer,
+        user: &ask.user,
+        request_id: &ask.request_id,
+        deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),
+        max_bytes: gateway.config.limits.max_response_bytes,
+    };
+    let results = fan.run(&parsed.query).await;
+    for r in &results {
+        match &r.outcome {
+            Ok(a) => tracing::info!(request_id = %ask.request_id, region = %r.region.code, items = a.items.len(), elapsed_ms = r.elapsed_ms, "region answered"),
+            Err(f) => tracing::warn!(request_id = %ask.request_id, region = %r.region.code, kind = f.kind.label(), reason = %f.reason, elapsed_ms = r.elapsed_ms, "region failed"),
+        }
+    }
+    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    merge(
+        &parsed.query,
+        results,
+        MergeContext { gateway_base: &gateway.region.base_url, bundle_id: &ask.request_id, now: &now, self_link: &ask.self_link, issues: parsed.ignored },
+    )
+}
+
+/// When no region answered there is nothing to show: 504 if all timed out, else 502.
+fn none_answered(merged: &Merged) -> Option<ApiError> {
+    (merged.regions_answered == 0).then(|| {
+        let status = if merged.all_failures_timeouts { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+        let issues: Vec<Issue> = outcome_issues(&merged.bundle);
+        ApiError::from_outcome(status, issues, format!("no region answered ({} failed)", merged.regions_failed))
+    })
+}
+
+/// The issues of the Bundle's outcome entry, rebuilt as `Issue`s for an error response.
+fn outcome_issues(bundle: &serde_json::Value) -> Vec<Issue> {
+    use crate::fhir::outcome::Severity;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .flat_map(|e| e["resource"]["issue"].as_array().cloned().unwrap_or_default())
+        .map(|i| {
+            let code = match i["code"].as_str() {
+                Some("timeout") => "timeout",
+                Some("forbidden") => "forbidden",
+                Some("invalid") => "invalid",
+                Some("transient") => "transient",
+                _ => "exception",
+            };
+            let mut issue = Issue::new(Severity::Error, code, i["diagnostics"].as_str().unwrap_or("a region failed"));
+            if let Some(c) = i["details"]["coding"][0].as_object() {
+                issue = issue.with_details(c["system"].as_str().unwrap_or(""), c["code"].as_str().unwrap_or(""), c["display"].as_str().unwrap_or(""));
+            }
+            issue
+        })
+        .collect()
+}
+
+async fn respond_bundle(gateway: &Gateway, ask: Ask, parsed: Parsed) -> Result<Response, ApiError> {
+    let merged = fan_out_and_merge(gateway, &ask, parsed).await;
+    if let Some(e) = none_answered(&merged) {
+        return Err(e);
+    }
+    tracing::info!(request_id = %ask.request_id, total = merged.total, regions_answered = merged.regions_answered, regions_failed = merged.regions_failed,
+        deduplicated = merged.deduplicated, discarded = merged.discarded, "merged");
+    Ok(fhir_response(StatusCode::OK, &merged.bundle))
+}
+
+async fn search(State(gateway): State<Arc<Gateway>>, Path(type_name): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    let parsed = query::parse_search(&type_name, &ask.pairs, ask.lenient)?;
+    respond_bundle(&gateway, ask, parsed).await
+}
+
+async fn everything(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    let parsed = query::parse_everything(&id, &ask.pairs, ask.lenient)?;
+    respond_bundle(&gateway, ask, parsed).await
+}
+
+/// `GET Patient/{nhs}`: the merged Patient. Which regions failed is not visible in a read, so
+/// the response carries a `Warning` header naming them; the search form carries full outcomes.
+async fn read_patient(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    let parsed = query::parse_read(&id, &ask.pairs, ask.lenient)?;
+    let merged = fan_out_and_merge(&gateway, &ask, parsed).await;
+    if let Some(e) = none_answered(&merged) {
+        return Err(e);
+    }
+    let Some(patient) = merged.patient.as_ref() else {
+        return Err(ApiError::not_found("no region that answered holds a patient with this NHS number"));
+    };
+    let mut response = fhir_response(StatusCode::OK, patient);
+    if merged.regions_failed > 0 {
+        let text = format!("199 federation-gateway \"{} region(s) did not answer; use Patient?identifier= for details\"", merged.regions_failed);
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            response.headers_mut().insert(http::header::WARNING, v);
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,97 @@
+//! The gateway as one value: configuration, the local record, the peers, and the keys, built
+//! from a [`Config`] at start. Building it is where an unreadable file stops the start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{ClinicianVerifier, ForwardSigner, KeyError};
+use crate::config::Config;
+use crate::merge::RegionInfo;
+use crate::peers::{Peer, PeerError};
+use crate::record::RecordSource;
+use crate::record::directory::{DirectoryRecord, LoadError};
+use crate::record::fhir_server::FhirServerRecord;
+use crate::tls::identity::{CertIdentity, parse_certificate};
+use crate::tls::{KeyMaterial, TlsError, load_certs, load_key_material};
+use rustls::pki_types::CertificateDer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS material: {0}")]
+    Tls(#[from] TlsError),
+    #[error("record: {0}")]
+    Record(#[from] LoadError),
+    #[error("record server: {0}")]
+    RecordServer(#[from] crate::record::RecordError),
+    #[error("identity provider keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    #[error("the client certificate {path} does not carry this region's identity {identity}")]
+    WrongClientIdentity { path: String, identity: String },
+    #[error("certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+}
+
+/// Everything a request handler needs.
+pub struct Gateway {
+    pub config: Config,
+    pub region: RegionInfo,
+    /// `urn:gateway:region:{code}`
+    pub identity: String,
+    pub local: Arc<dyn RecordSource>,
+    pub peers: Vec<Peer>,
+    pub verifier: ClinicianVerifier,
+    pub signer: ForwardSigner,
+    pub server_keys: KeyMaterial,
+    pub federation_ca: Vec<CertificateDer<'static>>,
+}
+
+impl Gateway {
+    /// Loads every file the configuration names and builds the gateway.
+    pub fn from_config(config: Config) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let federation_ca = load_certs(&config.tls.ca)?;
+        let server_keys = load_key_material(&config.tls.server_cert, &config.tls.server_key)?;
+        let client_keys = load_key_material(&config.tls.client_cert, &config.tls.client_key)?;
+        let identity = config.identity();
+        let client_path = config.tls.client_cert.display().to_string();
+        let client_id: CertIdentity =
+            parse_certificate(client_keys.chain[0].as_ref()).map_err(|e| StartError::Certificate { path: client_path.clone(), message: e.to_string() })?;
+        if !client_id.has_identity(&identity) {
+            return Err(StartError::WrongClientIdentity { path: client_path, identity });
+        }
+        let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
+        let verifier = load_verifier(&config)?;
+        let local: Arc<dyn RecordSource> = match (&config.record.directory, &config.record.fhir_base) {
+            (Some(dir), _) => {
+                let record = DirectoryRecord::load(dir)?;
+                let (patients, items, skipped) = record.counts();
+                tracing::info!(patients, items, skipped, "loaded the regional record from a directory");
+                Arc::new(record)
+            }
+            (None, Some(base)) => Arc::new(FhirServerRecord::new(base, Duration::from_millis(config.record.timeout_ms), config.limits.max_response_bytes)?),
+            (None, None) => unreachable!("validate() requires one record source"),
+        };
+        let peers = config.peers.iter().map(|p| Peer::new(p, &federation_ca, &client_keys)).collect::<Result<Vec<_>, _>>()?;
+        let region = RegionInfo { code: config.region.code.clone(), name: config.region.name.clone(), base_url: config.region.base_url.clone() };
+        Ok(Gateway { config, region, identity, local, peers, verifier, signer, server_keys, federation_ca })
+    }
+
+    /// The local record's timeout within a fan-out.
+    pub fn local_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.record.timeout_ms)
+    }
+}
+
+fn load_verifier(config: &Config) -> Result<ClinicianVerifier, StartError> {
+    let auth = &config.auth;
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|source| StartError::Read { path: p.display().to_string(), source });
+    Ok(match (&auth.public_keys_pem, &auth.jwks) {
+        (Some(pem), _) => ClinicianVerifier::from_pem(&auth.issuer, &auth.audience, &read(pem)?, &pem.display().to_string())?,
+        (None, Some(jwks)) => ClinicianVerifier::from_jwks(&auth.issuer, &auth.audience, &read(jwks)?, &jwks.display().to_string())?,
+        (None, None) => unreachable!("validate() requires one key source"),
+    })
+}

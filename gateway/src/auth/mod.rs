@@ -1,0 +1,351 @@
+//! Who is asking. Two kinds of bearer token:
+//!
+//! * the clinician's token from the identity provider (checked against configured public keys:
+//!   signature, `iss`, `aud`, `exp`, `nbf`; only asymmetric algorithms, so `alg: none` and
+//!   HMAC-keyed-with-the-public-key forgeries fail);
+//! * the user-context token a gateway forwards to a peer, signed with the key of the client
+//!   certificate it presents, so the answering region verifies it with the public key from the
+//!   TLS handshake and knows the region in the token is the region on the certificate.
+//!
+//! Pure apart from reading key files: no sockets.
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use serde::{Deserialize, Serialize};
+
+use crate::tls::identity::{CertIdentity, PublicKey};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+/// Lifetime of a forwarded user-context token, in seconds.
+pub const FORWARD_TTL_SECONDS: i64 = 60;
+
+/// The end user, as the identity provider vouched for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserContext {
+    /// The user's id at the identity provider (`sub`).
+    pub user_id: String,
+    /// NHS national RBAC role code, e.g. R8000 (clinical practitioner).
+    pub role: String,
+    /// ODS code of the user's organisation.
+    pub organisation: String,
+    /// HL7 v3 ActReason, e.g. TREAT.
+    pub purpose_of_use: Option<String>,
+}
+
+/// Why a token was refused. Never carries the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send 'Authorization: Bearer <token>'")]
+    Missing,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm is not accepted (only asymmetric signatures: RS*, PS*, ES*, EdDSA)")]
+    Algorithm,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued by an issuer this gateway does not trust")]
+    WrongIssuer,
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token lacks the claim '{0}'")]
+    MissingClaim(&'static str),
+    #[error("no configured key can verify this token")]
+    NoKey,
+    #[error("the forwarded user context names region '{claimed}', but the certificate is region '{certified}'")]
+    RegionMismatch { claimed: String, certified: String },
+}
+
+fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind::*;
+    match e.kind() {
+        ExpiredSignature => AuthError::Expired,
+        ImmatureSignature => AuthError::NotYetValid,
+        InvalidIssuer => AuthError::WrongIssuer,
+        InvalidAudience => AuthError::WrongAudience,
+        InvalidSignature | InvalidEcdsaKey | InvalidRsaKey(_) => AuthError::BadSignature,
+        MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            "sub" => "sub",
+            _ => "nbf",
+        }),
+        InvalidAlgorithm | InvalidAlgorithmName => AuthError::Algorithm,
+        _ => AuthError::Malformed,
+    }
+}
+
+/// The claims of a clinician token that the gateway reads.
+#[derive(Debug, Deserialize)]
+struct ClinicianClaims {
+    sub: String,
+    role: Option<String>,
+    org: Option<String>,
+    purpose_of_use: Option<String>,
+}
+
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// A verification key with its optional key id.
+#[derive(Clone)]
+struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}: no usable public key (PEM 'PUBLIC KEY' blocks of EC, RSA or Ed25519 keys)")]
+    NoKeys(String),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Verifies clinician tokens from one identity provider.
+#[derive(Clone)]
+pub struct ClinicianVerifier {
+    issuer: String,
+    audience: String,
+    keys: Vec<VerifyKey>,
+}
+
+impl ClinicianVerifier {
+    /// Keys from PEM text holding one or more `PUBLIC KEY` (or `RSA PUBLIC KEY`) blocks.
+    pub fn from_pem(issuer: &str, audience: &str, pem_text: &str, source: &str) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for block in pem_blocks(pem_text) {
+            let key = DecodingKey::from_ec_pem(block.as_bytes())
+                .or_else(|_| DecodingKey::from_rsa_pem(block.as_bytes()))
+                .or_else(|_| DecodingKey::from_ed_pem(block.as_bytes()))
+                .map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+            keys.push(VerifyKey { kid: None, key });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::NoKeys(source.to_owned()));
+        }
+        Ok(ClinicianVerifier { issuer: issuer.to_owned(), audience: audience.to_owned(), keys })
+    }
+
+    /// Keys from a JWKS document (`{"keys": [...]}`); keys with a `kid` are chosen by the
+    /// token's `kid`.
+    pub fn from_jwks(issuer: &str, audience: &str, jwks_text: &str, source: &str) -> Result<Self, KeyError> {
+        let set: JwkSet = serde_json::from_str(jwks_text).map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+            if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                return Err(KeyError::Invalid { path: source.to_owned(), message: "symmetric keys are not accepted".into() });
+            }
+            keys.push(VerifyKey { kid: jwk.common.key_id.clone(), key });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::NoKeys(source.to_owned()));
+        }
+        Ok(ClinicianVerifier { issuer: issuer.to_owned(), audience: audience.to_owned(), keys })
+    }
+
+    /// Checks a token and returns the user it vouches for.
+    pub fn verify(&self, token: &str) -> Result<UserContext, AuthError> {
+        let header = decode_header(token).map_err(|_| header_error(token))?;
+        if !ASYMMETRIC.contains(&header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let candidates = self.keys.iter().filter(|k| k.key.family() == header.alg.family()).filter(|k| match (&header.kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            _ => true,
+        });
+        let mut last = AuthError::NoKey;
+        for k in candidates {
+            match decode::<ClinicianClaims>(token, &k.key, &validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    return Ok(UserContext {
+                        user_id: c.sub,
+                        role: c.role.ok_or(AuthError::MissingClaim("role"))?,
+                        organisation: c.org.ok_or(AuthError::MissingClaim("org"))?,
+                        purpose_of_use: c.purpose_of_use,
+                    });
+                }
+                Err(e) => {
+                    last = map_jwt_error(&e);
+                    // A signature from another key: try the next key. Anything else is final.
+                    if last != AuthError::BadSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A header jsonwebtoken cannot read: if it names an algorithm at all (`none`, say), the
+/// algorithm is what is wrong; otherwise the token is malformed.
+fn header_error(token: &str) -> AuthError {
+    use base64::Engine;
+    let first = token.split('.').next().unwrap_or("");
+    let alg = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+    if alg.is_some() { AuthError::Algorithm } else { AuthError::Malformed }
+}
+
+/// Splits PEM text into its blocks.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            current = Some(format!("{line}\n"));
+        } else if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
+    }
+    blocks
+}
+
+/// The claims a gateway forwards to a peer.
+#[derive(Debug, Serialize, Deserialize)]
+struct ForwardedClaims {
+    iss: String,
+    aud: String,
+    sub: String,
+    role: String,
+    org: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purpose_of_use: Option<String>,
+    iat: i64,
+    exp: i64,
+    /// The request id, so both regions' audit records can be joined.
+    jti: String,
+}
+
+/// Signs user-context tokens with this region's client-certificate key.
+#[derive(Clone)]
+pub struct ForwardSigner {
+    issuer: String,
+    algorithm: Algorithm,
+    key: EncodingKey,
+}
+
+impl ForwardSigner {
+    /// `issuer` is this region's identity (`urn:gateway:region:{code}`); `key_pem` the PKCS#8
+    /// private key of its client certificate; `public_key` that certificate's key.
+    pub fn new(issuer: &str, key_pem: &str, public_key: &PublicKey) -> Result<Self, KeyError> {
+        let invalid = |m: String| KeyError::Invalid { path: "client key".into(), message: m };
+        let (algorithm, key) = match public_key {
+            PublicKey::EcP256(_) => (Algorithm::ES256, EncodingKey::from_ec_pem(key_pem.as_bytes())),
+            PublicKey::EcP384(_) => (Algorithm::ES384, EncodingKey::from_ec_pem(key_pem.as_bytes())),
+            PublicKey::Rsa(_) => (Algorithm::PS256, EncodingKey::from_rsa_pem(key_pem.as_bytes())),
+            PublicKey::Other => return Err(invalid("the client certificate's key type cannot sign tokens".into())),
+        };
+        Ok(ForwardSigner { issuer: issuer.to_owned(), algorithm, key: key.map_err(|e| invalid(e.to_string()))? })
+    }
+
+    pub fn sign(&self, user: &UserContext, audience: &str, request_id: &str, now: i64) -> Result<String, AuthError> {
+        let claims = ForwardedClaims {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            sub: user.user_id.clone(),
+            role: user.role.clone(),
+            org: user.organisation.clone(),
+            purpose_of_use: user.purpose_of_use.clone(),
+            iat: now,
+            exp: now + FORWARD_TTL_SECONDS,
+            jti: request_id.to_owned(),
+        };
+        encode(&Header::new(self.algorithm), &claims, &self.key).map_err(|_| AuthError::Malformed)
+    }
+}
+
+/// A verified forwarded context: the user, and the calling region's request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedContext {
+    pub user: UserContext,
+    pub request_id: String,
+}
+
+/// Verifies a forwarded token against the public key of the client certificate that carried it.
+/// `peer_identity` is the identity configured for the peer the certificate was mapped to;
+/// `own_identity` is this region's (the token's audience).
+pub fn verify_forwarded(token: &str, certificate: &CertIdentity, peer_identity: &str, own_identity: &str) -> Result<ForwardedContext, AuthError> {
+    let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+    let (key, allowed): (DecodingKey, &[Algorithm]) = match &certificate.public_key {
+        PublicKey::EcP256(point) => (DecodingKey::from_ec_der(point), &[Algorithm::ES256]),
+        PublicKey::EcP384(point) => (DecodingKey::from_ec_der(point), &[Algorithm::ES384]),
+        PublicKey::Rsa(der) => (DecodingKey::from_rsa_der(der), &[Algorithm::PS256, Algorithm::RS256]),
+        PublicKey::Other => return Err(AuthError::NoKey),
+    };
+    if !allowed.contains(&header.alg) {
+        return Err(AuthError::Algorithm);
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    validation.set_audience(&[own_identity]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    let data = decode::<ForwardedClaims>(token, &key, &validation).map_err(|e| map_jwt_error(&e))?;
+    let c = data.claims;
+    if c.iss != peer_identity {
+        return Err(AuthError::RegionMismatch { claimed: c.iss, certified: peer_identity.to_owned() });
+    }
+    if c.exp - c.iat > FORWARD_TTL_SECONDS * 5 {
+        return Err(AuthError::Expired);
+    }
+    Ok(ForwardedContext {
+        user: UserContext { user_id: c.sub, role: c.role, organisation: c.org, purpose_of_use: c.purpose_of_use },
+        request_id: c.jti,
+    })
+}
+
+/// Mints a clinician token with a development IdP key (`gateway demo`, `gateway token`, tests).
+#[derive(Debug, Serialize)]
+pub struct DevTokenClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub role: String,
+    pub org: String,
+    pub purpose_of_use: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+}
+
+pub fn mint_dev_token(claims: &DevTokenClaims, idp_key_pem: &str, kid: Option<&str>) -> Result<String, KeyError> {
+    let key = EncodingKey::from_ec_pem(idp_key_pem.as_bytes()).map_err(|e| KeyError::Invalid { path: "IdP key".into(), message: e.to_string() })?;
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &key).map_err(|e| KeyError::Invalid { path: "IdP key".into(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! Outbound HTTP: fetching a FHIR Bundle with a time limit and a size limit, and turning
+//! failures into reasons fit to show a clinician. Errors never include the request URL, whose
+//! query string holds an NHS number.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fhir::types::resource_type;
+use crate::record::RecordAnswer;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("the answer is larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("the answer is not FHIR JSON (Content-Type '{0}')")]
+    NotFhir(String),
+    #[error("the answer is not valid JSON: {0}")]
+    Json(String),
+    #[error("the answer is not a FHIR Bundle")]
+    NotABundle,
+}
+
+/// The error and its causes, without the URL.
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// GETs `url` and reads a FHIR JSON body of at most `max_bytes`, all within `timeout`.
+pub async fn get_fhir_json(request: reqwest::RequestBuilder, max_bytes: usize, timeout: Duration) -> Result<Value, FetchError> {
+    let ms = timeout.as_millis() as u64;
+    tokio::time::timeout(timeout, async move {
+        let mut response = request.header(http::header::ACCEPT, crate::fhir::FHIR_JSON).send().await.map_err(|e| {
+            if e.is_timeout() { FetchError::Timeout(ms) } else { FetchError::Connect(describe(e)) }
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if media != "application/fhir+json" && media != "application/json" {
+            return Err(FetchError::NotFhir(content_type.chars().take(64).collect()));
+        }
+        // Refuse a declared oversize answer before reading any of it, and stop reading an
+        // undeclared one as soon as it passes the limit.
+        if response.content_length().is_some_and(|n| n > max_bytes as u64) {
+            return Err(FetchError::TooLarge(max_bytes));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| if e.is_timeout() { FetchError::Timeout(ms) } else { FetchError::Connect(describe(e)) })? {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(FetchError::TooLarge(max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice::<Value>(&body).map_err(|e| FetchError::Json(e.to_string()))
+    })
+    .await
+    .unwrap_or(Err(FetchError::Timeout(ms)))
+}
+
+/// Splits a searchset Bundle into the Patient resources and the other resources; outcome
+/// entries are left out.
+pub fn bundle_to_answer(bundle: &Value) -> Result<RecordAnswer, FetchError> {
+    if resource_type(bundle) != Some("Bundle") {
+        return Err(FetchError::NotABundle);
+    }
+    let mut answer = RecordAnswer::default();
+    for entry in bundle.get("entry").and_then(Value::as_array).into_iter().flatten() {
+        if entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome") {
+            continue;
+        }
+        let Some(resource) = entry.get("resource") else { continue };
+        match resource_type(resource) {
+            Some("Patient") => answer.patients.push(resource.clone()),
+            Some("OperationOutcome") | None => {}
+            Some(_) => answer.items.push(resource.clone()),
+        }
+    }
+    Ok(answer)
+}
+
+/// The `next` link of a Bundle, if any.
+pub fn next_link(bundle: &Value) -> Option<&str> {
+    bundle
+        .get("link")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        .and_then(|l| l.get("url").and_then(Value::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn splits_patients_from_items_and_skips_outcomes() {
+        let b = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}},
+            {"resource": {"resourceType": "Condition", "id": "c"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
+        ], "link": [{"relation": "next", "url": "https://x/next"}]});
+        let a = bundle_to_answer(&b).unwrap();
+        assert_eq!((a.patients.len(), a.items.len()), (1, 1));
+        assert_eq!(next_link(&b), Some("https://x/next"));
+        assert_eq!(bundle_to_answer(&json!({"resourceType": "Patient"})), Err(FetchError::NotABundle));
+    }
+}

@@ -1,0 +1,383 @@
+//! Configuration: one TOML file. [`Config::parse`] takes text (pure, tested without files);
+//! [`Config::load`] reads a file and resolves relative paths against its directory;
+//! [`Config::validate`] names the key at fault.
+//!
+//! ```
+//! let text = r#"
+//! [region]
+//! code = "dorset"
+//! name = "Dorset"
+//! base_url = "https://localhost:8443/fhir"
+//!
+//! [listen]
+//! clinician = "127.0.0.1:8443"
+//! federation = "127.0.0.1:9443"
+//!
+//! [tls]
+//! ca = "certs/ca.pem"
+//! server_cert = "certs/dorset/server.pem"
+//! server_key = "certs/dorset/server.key"
+//! client_cert = "certs/dorset/client.pem"
+//! client_key = "certs/dorset/client.key"
+//!
+//! [record]
+//! directory = "data/dorset"
+//!
+//! [auth]
+//! issuer = "https://idp.example"
+//! audience = "federation-gateway"
+//! public_keys_pem = "idp.pem"
+//!
+//! [[peers]]
+//! region = "hampshire"
+//! name = "Hampshire"
+//! url = "https://localhost:9444/fhir"
+//! identity = "urn:gateway:region:hampshire"
+//! timeout_ms = 3000
+//! "#;
+//! let config = gateway::config::Config::parse(text).unwrap();
+//! config.validate().unwrap();
+//! assert_eq!(config.peers[0].region, "hampshire");
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tls::devca::valid_region_code;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub region: ConfigRegion,
+    pub listen: ConfigListen,
+    pub tls: ConfigTls,
+    pub record: ConfigRecord,
+    pub auth: ConfigAuth,
+    #[serde(default)]
+    pub fanout: ConfigFanout,
+    #[serde(default)]
+    pub limits: ConfigLimits,
+    #[serde(default)]
+    pub peers: Vec<ConfigPeer>,
+}
+
+/// This region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigRegion {
+    /// Lower-case code, as in the certificates (`urn:gateway:region:{code}`).
+    pub code: String,
+    pub name: String,
+    /// The clinician face's public FHIR base (used in `fullUrl`s and links).
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigListen {
+    /// The clinician face (HTTPS, bearer tokens).
+    pub clinician: SocketAddr,
+    /// The federation face (mutual TLS).
+    pub federation: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigTls {
+    /// The federation CA (PEM): peers' certificates must chain to it.
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The certificate this region presents to peers; its key signs forwarded user context.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Exactly one of `directory` (embedded default) or `fhir_base` (the region's FHIR R4 server).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigRecord {
+    pub directory: Option<PathBuf>,
+    pub fhir_base: Option<String>,
+    /// Timeout for the region's own FHIR server, in milliseconds.
+    #[serde(default = "default_record_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_record_timeout() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigAuth {
+    pub issuer: String,
+    pub audience: String,
+    /// PEM file with one or more public keys of the identity provider.
+    pub public_keys_pem: Option<PathBuf>,
+    /// JWKS file of the identity provider.
+    pub jwks: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFanout {
+    /// The whole query's deadline, in milliseconds; every region's timeout fits inside it.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+}
+
+fn default_deadline() -> u64 {
+    5000
+}
+
+impl Default for ConfigFanout {
+    fn default() -> Self {
+        ConfigFanout { deadline_ms: default_deadline() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLimits {
+    /// The largest answer accepted from a peer or the record server, in bytes.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response() -> usize {
+    32 * 1024 * 1024
+}
+
+impl Default for ConfigLimits {
+    fn default() -> Self {
+        ConfigLimits { max_response_bytes: default_max_response() }
+    }
+}
+
+/// A neighbouring region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigPeer {
+    pub region: String,
+    pub name: String,
+    /// The peer's federation FHIR base, e.g. `https://hampshire.gateway.example:9443/fhir`.
+    pub url: String,
+    /// The identity its certificates must carry, e.g. `urn:gateway:region:hampshire`.
+    pub identity: String,
+    #[serde(default = "default_peer_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_peer_timeout() -> u64 {
+    3000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("configuration is not valid: {0}")]
+    Parse(String),
+    #[error("configuration key '{key}': {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Parses TOML text. Unknown keys are errors (a misspelt key must not be ignored silently).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads, parses and validates a file; relative paths are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut config = Self::parse(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [&mut self.tls.ca, &mut self.tls.server_cert, &mut self.tls.server_key, &mut self.tls.client_cert, &mut self.tls.client_key] {
+            fix(p);
+        }
+        if let Some(p) = self.record.directory.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.auth.public_keys_pem.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.auth.jwks.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks what the types cannot: codes, URLs, exclusive choices, timeouts within the deadline,
+    /// unique peers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_region_code(&self.region.code) {
+            return Err(invalid("region.code", "use lower-case letters, digits and '-'"));
+        }
+        check_https("region.base_url", &self.region.base_url)?;
+        if self.listen.clinician == self.listen.federation {
+            return Err(invalid("listen.federation", "must differ from listen.clinician: the federation face has its own mutual-TLS listener"));
+        }
+        match (&self.record.directory, &self.record.fhir_base) {
+            (Some(_), None) => {}
+            (None, Some(url)) => check_http("record.fhir_base", url)?,
+            _ => return Err(invalid("record", "set exactly one of 'directory' or 'fhir_base'")),
+        }
+        if self.auth.public_keys_pem.is_some() == self.auth.jwks.is_some() {
+            return Err(invalid("auth", "set exactly one of 'public_keys_pem' or 'jwks'"));
+        }
+        if self.auth.issuer.is_empty() {
+            return Err(invalid("auth.issuer", "must not be empty"));
+        }
+        if self.auth.audience.is_empty() {
+            return Err(invalid("auth.audience", "must not be empty"));
+        }
+        if self.fanout.deadline_ms == 0 || self.fanout.deadline_ms > 120_000 {
+            return Err(invalid("fanout.deadline_ms", "must be between 1 and 120000"));
+        }
+        if self.limits.max_response_bytes < 1024 {
+            return Err(invalid("limits.max_response_bytes", "must be at least 1024"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = |k: &str| format!("peers[{i}].{k}");
+            if !valid_region_code(&peer.region) {
+                return Err(invalid(key("region"), "use lower-case letters, digits and '-'"));
+            }
+            if peer.region == self.region.code {
+                return Err(invalid(key("region"), "a region cannot be its own peer"));
+            }
+            if !seen.insert(peer.region.clone()) {
+                return Err(invalid(key("region"), format!("'{}' is listed twice", peer.region)));
+            }
+            check_https(&key("url"), &peer.url)?;
+            if peer.identity.is_empty() {
+                return Err(invalid(key("identity"), "must name the identity in the peer's certificate"));
+            }
+            if peer.timeout_ms == 0 || peer.timeout_ms > self.fanout.deadline_ms {
+                return Err(invalid(key("timeout_ms"), format!("must be between 1 and fanout.deadline_ms ({})", self.fanout.deadline_ms)));
+            }
+        }
+        Ok(())
+    }
+
+    /// This region's identity, as its certificates carry it.
+    pub fn identity(&self) -> String {
+        crate::tls::identity::region_uri(&self.region.code)
+    }
+}
+
+fn check_http(key: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://")) && url.len() > 8 && !url.ends_with('/');
+    if ok { Ok(()) } else { Err(invalid(key, "must be an http(s) URL without a trailing '/'")) }
+}
+
+fn check_https(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("https://") && url.len() > 8 && !url.ends_with('/') {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be an https:// URL without a trailing '/'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[region]
+code = "dorset"
+name = "Dorset"
+base_url = "https://localhost:8443/fhir"
+[listen]
+clinician = "127.0.0.1:8443"
+federation = "127.0.0.1:9443"
+[tls]
+ca = "ca.pem"
+server_cert = "s.pem"
+server_key = "s.key"
+client_cert = "c.pem"
+client_key = "c.key"
+[record]
+directory = "data"
+[auth]
+issuer = "https://idp"
+audience = "gw"
+public_keys_pem = "idp.pem"
+[fanout]
+deadline_ms = 4000
+[[peers]]
+region = "hampshire"
+name = "Hampshire"
+url = "https://localhost:9444/fhir"
+identity = "urn:gateway:region:hampshire"
+timeout_ms = 3000
+"#;
+
+    fn with(from: &str, to: &str) -> Result<(), ConfigError> {
+        Config::parse(&GOOD.replace(from, to))?.validate()
+    }
+
+    fn key_of(r: Result<(), ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        with("", "").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(key_of(with("timeout_ms = 3000", "timeout_ms = 9000")), "peers[0].timeout_ms");
+        assert_eq!(key_of(with("code = \"dorset\"", "code = \"Dorset\"")), "region.code");
+        assert_eq!(key_of(with("region = \"hampshire\"", "region = \"dorset\"")), "peers[0].region");
+        assert_eq!(key_of(with("url = \"https://localhost:9444/fhir\"", "url = \"http://localhost:9444/fhir\"")), "peers[0].url");
+        assert_eq!(key_of(with("directory = \"data\"", "directory = \"data\"\nfhir_base = \"https://x\"")), "record");
+        assert_eq!(key_of(with("public_keys_pem = \"idp.pem\"", "")), "auth");
+        assert_eq!(key_of(with("federation = \"127.0.0.1:9443\"", "federation = \"127.0.0.1:8443\"")), "listen.federation");
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_are_errors_that_name_them() {
+        let err = Config::parse(&GOOD.replace("deadline_ms", "deadline_msec")).unwrap_err().to_string();
+        assert!(err.contains("deadline_msec"), "{err}");
+        let err = Config::parse(&GOOD.replace("\"127.0.0.1:8443\"", "\"localhost-8443\"")).unwrap_err().to_string();
+        assert!(err.contains("clinician"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_peers_are_refused() {
+        let twice = format!("{GOOD}\n[[peers]]\nregion = \"hampshire\"\nname = \"H\"\nurl = \"https://h/fhir\"\nidentity = \"x\"\n");
+        assert_eq!(key_of(Config::parse(&twice).unwrap().validate()), "peers[1].region");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let mut c = Config::parse(GOOD).unwrap();
+        c.resolve_paths(Path::new("/etc/gw"));
+        assert_eq!(c.tls.ca, PathBuf::from("/etc/gw/ca.pem"));
+        assert_eq!(c.record.directory.unwrap(), PathBuf::from("/etc/gw/data"));
+    }
+}

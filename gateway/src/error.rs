@@ -1,0 +1,90 @@
+//! The one place errors become HTTP statuses and FHIR `OperationOutcome`s. Each API error keeps
+//! the message for the caller apart from the message for the log; patient data goes in neither.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+
+use crate::auth::AuthError;
+use crate::fhir::outcome::{Issue, Severity, operation_outcome};
+use crate::fhir::FHIR_JSON;
+use crate::query::QueryError;
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub issues: Vec<Issue>,
+    /// For the operational log only.
+    pub internal: String,
+    /// Adds `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750).
+    pub bearer_challenge: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, external: impl Into<String>) -> Self {
+        let external = external.into();
+        ApiError { status, internal: external.clone(), issues: vec![Issue::new(Severity::Error, code, external)], bearer_challenge: false }
+    }
+
+    pub fn internal(mut self, message: impl Into<String>) -> Self {
+        self.internal = message.into();
+        self
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", what)
+    }
+
+    /// A response whose issues come from a merge (no region answered).
+    pub fn from_outcome(status: StatusCode, issues: Vec<Issue>, internal: impl Into<String>) -> Self {
+        ApiError { status, issues, internal: internal.into(), bearer_challenge: false }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = match e {
+            QueryError::UnsupportedType(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut issue = Issue::new(Severity::Error, e.issue_code(), e.to_string());
+        if let Some(p) = e.parameter() {
+            issue = issue.at(p.to_owned());
+        }
+        ApiError { status, issues: vec![issue], internal: e.to_string(), bearer_challenge: false }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::Expired => "expired",
+            AuthError::Missing => "login",
+            _ => "security",
+        };
+        ApiError { status: StatusCode::UNAUTHORIZED, issues: vec![Issue::new(Severity::Error, code, e.to_string())], internal: e.to_string(), bearer_challenge: true }
+    }
+}
+
+/// A FHIR JSON response.
+pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), reason = %self.internal, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), reason = %self.internal, "request refused");
+        }
+        let mut response = fhir_response(self.status, &operation_outcome(&self.issues));
+        if self.bearer_challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        }
+        response
+    }
+}

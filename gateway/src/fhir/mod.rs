@@ -1,0 +1,128 @@
+//! The FHIR R4 pieces the gateway needs. Resources stay `serde_json::Value` end to end so that
+//! nothing a region sent is dropped (see STACK.md, gotcha 6); this module reads and builds only
+//! the few fields the gateway decides on.
+
+pub mod date;
+pub mod nhs;
+pub mod outcome;
+pub mod types;
+
+use serde_json::{Value, json};
+
+/// The media type of FHIR JSON.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// The code system of the region tag put on every entry (`meta.tag`).
+pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
+
+/// `Bundle.entry.search.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    Match,
+    Include,
+    Outcome,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Match => "match",
+            SearchMode::Include => "include",
+            SearchMode::Outcome => "outcome",
+        }
+    }
+}
+
+/// One `Bundle.entry` of a searchset.
+pub fn entry(full_url: &str, resource: Value, mode: SearchMode) -> Value {
+    json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode.as_str()}})
+}
+
+/// A `searchset` Bundle. `total` counts the matches only (FHIR R4: includes and outcomes are not
+/// counted).
+pub fn searchset(id: &str, timestamp: &str, self_link: &str, total: usize, entries: Vec<Value>) -> Value {
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": id,
+        "meta": {"lastUpdated": timestamp},
+        "type": "searchset",
+        "timestamp": timestamp,
+        "total": total,
+        "link": [{"relation": "self", "url": self_link}],
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
+/// An RFC 3339 timestamp in UTC with seconds, as FHIR `instant` requires.
+pub fn instant(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// The CapabilityStatement of the clinician face: exactly what the gateway supports.
+pub fn capability_statement(software_version: &str, base_url: &str, region_name: &str, now: &str) -> Value {
+    use types::ResourceType;
+    let mut resources = vec![json!({
+        "type": "Patient",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": "identifier", "type": "token", "documentation": "Required: https://fhir.nhs.uk/Id/nhs-number|{NHS number}"},
+            {"name": "_id", "type": "token", "documentation": "The NHS number"},
+        ],
+        "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                       "documentation": "Supports _type and _count"}],
+    })];
+    for t in ResourceType::ALL {
+        let mut params = vec![
+            json!({"name": "patient.identifier", "type": "token",
+                   "documentation": "Required (or patient=Patient/{NHS number}): https://fhir.nhs.uk/Id/nhs-number|{NHS number}"}),
+            json!({"name": "patient", "type": "reference"}),
+        ];
+        for d in t.date_params() {
+            params.push(json!({"name": d.name, "type": "date", "documentation": "Prefixes eq, ne, gt, lt, ge, le, sa, eb"}));
+        }
+        if t.category().is_some() {
+            params.push(json!({"name": "category", "type": "token"}));
+        }
+        params.push(json!({"name": "_count", "type": "number"}));
+        resources.push(json!({"type": t.as_str(), "interaction": [{"code": "search-type"}], "searchParam": params}));
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now,
+        "kind": "instance",
+        "software": {"name": "federation-gateway", "version": software_version},
+        "implementation": {"description": format!("Federation gateway of {region_name}"), "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Every query names one patient by NHS number and is answered from this region and its neighbours. Unknown parameters are refused unless 'Prefer: handling=lenient' is sent.",
+            "security": {"cors": false, "description": "Bearer JWT from the identity provider (signature, iss, aud, exp, nbf checked)"},
+            "resource": resources,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_have_seconds_and_zone() {
+        let t = time::macros::datetime!(2024-03-01 10:20:30.123 +01:00);
+        assert_eq!(instant(t), "2024-03-01T09:20:30Z");
+    }
+
+    #[test]
+    fn capability_lists_every_supported_type() {
+        let cs = capability_statement("0", "https://x/fhir", "Dorset", "2024-01-01T00:00:00Z");
+        let types: Vec<&str> = cs["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+        assert_eq!(types.len(), 1 + types::ResourceType::ALL.len());
+        assert!(types.contains(&"AllergyIntolerance"));
+    }
+}

@@ -1,0 +1,35 @@
+//! # The regional federation gateway
+//!
+//! Lets a clinician in one region see a patient's record held by neighbouring regional care
+//! records, in one FHIR R4 view. A thin shell of I/O around a core of plain functions.
+//!
+//! # Layout
+//! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes) — pure
+//! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
+//! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
+//! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
+//! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
+//! - [`config`]: the TOML configuration, parsed from text and validated
+//! - [`record`]: the region's own record (directory in memory, or a FHIR server)
+//! - [`client`]: outbound HTTP with time and size limits
+//! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
+//! - [`api`]: the clinician and federation faces (axum routers)
+//! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
+//! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown
+//! - [`app`]: the gateway built from its configuration
+//! - [`demo`]: synthetic regional records and the local three-region federation
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fhir;
+pub mod merge;
+pub mod peers;
+pub mod query;
+pub mod record;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,348 @@
+//! One view: the regions' answers become one FHIR `searchset` Bundle. Pure: no I/O.
+//!
+//! Every entry is tagged with the region(s) it came from; a resource that several regions
+//! returned identically appears once; the Patient is merged into one resource whose id is the
+//! NHS number; entries are ordered newest first; and every region that failed, or whose answer
+//! had to be screened, is named in an `OperationOutcome` entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value, json};
+
+use crate::fhir::outcome::{Issue, Severity, operation_outcome};
+use crate::fhir::types::{ResourceType, element, resource_type};
+use crate::fhir::{self, REGION_TAG_SYSTEM, SearchMode, date};
+use crate::query::{Operation, PatientQuery};
+use crate::record::{PatientLink, RecordAnswer, has_nhs_number, patient_link};
+
+/// A region as the merge names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub code: String,
+    pub name: String,
+    /// The FHIR base under which the region's resources are addressed (`fullUrl`, `meta.source`).
+    pub base_url: String,
+}
+
+/// Why a region contributed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Timeout,
+    Unreachable,
+    /// The peer refused (401, 403).
+    Refused(u16),
+    /// The peer answered another error status.
+    Failed(u16),
+    /// The peer answered something that is not a usable FHIR answer.
+    Invalid,
+}
+
+impl FailureKind {
+    /// The FHIR IssueType code for the failure.
+    pub fn issue_code(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Unreachable => "transient",
+            FailureKind::Refused(_) => "forbidden",
+            FailureKind::Failed(_) => "exception",
+            FailureKind::Invalid => "invalid",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timed out",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Refused(_) => "refused",
+            FailureKind::Failed(_) => "failed",
+            FailureKind::Invalid => "sent an invalid answer",
+        }
+    }
+}
+
+/// A region's failure, with a reason fit for the clinician (no patient data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionFailure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+/// What one region did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionResult {
+    pub region: RegionInfo,
+    pub outcome: Result<RecordAnswer, RegionFailure>,
+    pub elapsed_ms: u64,
+}
+
+/// Where the merged Bundle lives and what to call it.
+#[derive(Debug, Clone)]
+pub struct MergeContext<'a> {
+    /// This gateway's clinician FHIR base, e.g. `https://localhost:8443/fhir`.
+    pub gateway_base: &'a str,
+    pub bundle_id: &'a str,
+    pub now: &'a str,
+    pub self_link: &'a str,
+    /// Issues raised before the merge (e.g. parameters ignored under lenient handling).
+    pub issues: Vec<Issue>,
+}
+
+/// The merge's result, with the counts the API and audit need.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub bundle: Value,
+    /// The merged Patient, when any region knew the patient.
+    pub patient: Option<Value>,
+    pub total: usize,
+    pub regions_answered: usize,
+    pub regions_failed: usize,
+    /// True when every failed region timed out (504 rather than 502 when none answered).
+    pub all_failures_timeouts: bool,
+    /// Items dropped by screening (not about the patient, or of a type not asked for).
+    pub discarded: usize,
+    /// Items that were duplicates of another region's and folded into its entry.
+    pub deduplicated: usize,
+}
+
+/// Keeps only what a region may legitimately answer: its Patient resources carrying the NHS
+/// number, and items of the asked types that reference one of them. Returns the count dropped.
+pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usize) {
+    let nhs = query.nhs_number.as_str();
+    let before = answer.patients.len() + answer.items.len();
+    let patients: Vec<Value> = answer.patients.into_iter().filter(|p| has_nhs_number(p, nhs) && p.get("id").is_some()).collect();
+    let mut links: BTreeSet<PatientLink> = patients
+        .iter()
+        .filter_map(|p| p.get("id").and_then(Value::as_str))
+        .map(|id| PatientLink::Local(id.to_owned()))
+        .collect();
+    links.insert(PatientLink::Nhs(nhs.to_owned()));
+    let types = query.types();
+    let items: Vec<Value> = answer
+        .items
+        .into_iter()
+        .filter(|item| {
+            let Some(rt) = resource_type(item).and_then(ResourceType::parse) else { return false };
+            types.contains(&rt)
+                && item.get("id").and_then(Value::as_str).is_some()
+                && patient_link(item, rt.patient_element()).is_some_and(|l| links.contains(&l))
+        })
+        .collect();
+    let after = patients.len() + items.len();
+    (RecordAnswer { patients, items }, before - after)
+}
+
+/// One merged entry before it becomes JSON.
+struct Slot {
+    rtype: ResourceType,
+    resource: Value,
+    regions: BTreeSet<usize>,
+}
+
+/// Merges the regions' results into one Bundle.
+pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeContext<'_>) -> Merged {
+    // Order independence: whatever order regions answered in, they are merged in code order.
+    results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
+    let nhs = query.nhs_number.as_str();
+    let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
+    let mut issues = ctx.issues;
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut by_content: BTreeMap<String, usize> = BTreeMap::new();
+    let mut patients: Vec<(usize, Value)> = Vec::new();
+    let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
+    let mut all_timeouts = true;
+
+    for (ri, result) in results.iter().enumerate() {
+        let region = &result.region;
+        match &result.outcome {
+            Err(failure) => {
+                failed += 1;
+                all_timeouts &= failure.kind == FailureKind::Timeout;
+                issues.push(
+                    Issue::new(
+                        Severity::Error,
+                        failure.kind.issue_code(),
+                        format!("Region {} ({}) {}: {}. Its records are not included.", region.code, region.name, failure.kind.label(), failure.reason),
+                    )
+                    .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+                );
+            }
+            Ok(answer) => {
+                answered += 1;
+                let (answer, dropped) = screen(answer.clone(), query);
+                if dropped > 0 {
+                    discarded += dropped;
+                    issues.push(
+                        Issue::new(
+                            Severity::Warning,
+                            "processing",
+                            format!(
+                                "Region {} ({}) returned {dropped} resource(s) that are not about the requested patient or not of the requested type; they were discarded.",
+                                region.code, region.name
+                            ),
+                        )
+                        .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+                    );
+                }
+                patients.extend(answer.patients.into_iter().map(|p| (ri, p)));
+                for mut item in answer.items {
+                    let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else { continue };
+                    point_at_patient(&mut item, rtype, &patient_url, nhs);
+                    let key = content_key(&item);
+                    match by_content.get(&key) {
+                        Some(&slot) => {
+                            deduplicated += 1;
+                            slots[slot].regions.insert(ri);
+                        }
+                        None => {
+                            by_content.insert(key, slots.len());
+                            slots.push(Slot { rtype, resource: item, regions: BTreeSet::from([ri]) });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let wants_patient = matches!(query.operation, Operation::PatientSearch | Operation::PatientRead | Operation::Everything { .. });
+    let patient = (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
+
+    slots.sort_by(|a, b| {
+        sort_key(b.rtype, &b.resource)
+            .cmp(&sort_key(a.rtype, &a.resource))
+            .then_with(|| a.rtype.cmp(&b.rtype))
+            .then_with(|| a.regions.cmp(&b.regions))
+            .then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
+    });
+
+    let mut matches: Vec<Value> = Vec::new();
+    if wants_patient && let Some(p) = &patient {
+        matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
+    }
+    for slot in slots {
+        let first = *slot.regions.iter().next().expect("a slot has a region");
+        let origin = &results[first].region;
+        let full_url = format!("{}/{}/{}", origin.base_url, slot.rtype.as_str(), id_of(&slot.resource));
+        let mut resource = slot.resource;
+        tag(&mut resource, &origin.base_url, slot.regions.iter().map(|&i| &results[i].region));
+        matches.push(fhir::entry(&full_url, resource, SearchMode::Match));
+    }
+    let total = matches.len();
+    if let Some(count) = query.count {
+        matches.truncate(count as usize);
+    }
+    if !issues.is_empty() {
+        let oo_url = format!("urn:uuid:{}", ctx.bundle_id);
+        matches.push(fhir::entry(&oo_url, operation_outcome(&issues), SearchMode::Outcome));
+    }
+    let bundle = fhir::searchset(ctx.bundle_id, ctx.now, ctx.self_link, total, matches);
+    Merged {
+        bundle,
+        patient,
+        total,
+        regions_answered: answered,
+        regions_failed: failed,
+        all_failures_timeouts: failed > 0 && all_timeouts,
+        discarded,
+        deduplicated,
+    }
+}
+
+fn id_of(resource: &Value) -> &str {
+    resource.get("id").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Identity of content for deduplication: the resource without its region-local `id` and
+/// `meta`, serialised with sorted keys (serde_json's default map is ordered).
+fn content_key(resource: &Value) -> String {
+    match resource {
+        Value::Object(map) => {
+            let stripped: Map<String, Value> = map.iter().filter(|(k, _)| *k != "id" && *k != "meta").map(|(k, v)| (k.clone(), v.clone())).collect();
+            Value::Object(stripped).to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The region-local patient reference becomes the merged Patient's, so the reference resolves
+/// inside the Bundle (or at this gateway) and identical items from two regions compare equal.
+fn point_at_patient(item: &mut Value, rtype: ResourceType, patient_url: &str, nhs: &str) {
+    if let Some(r) = item.get_mut(rtype.patient_element()).and_then(Value::as_object_mut) {
+        let display = r.get("display").cloned();
+        r.clear();
+        r.insert("reference".into(), Value::String(patient_url.to_owned()));
+        r.insert("identifier".into(), json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}));
+        if let Some(d) = display {
+            r.insert("display".into(), d);
+        }
+    }
+}
+
+/// Newest first: the start of the clinically relevant date; undated items sort last.
+fn sort_key(rtype: ResourceType, resource: &Value) -> i64 {
+    rtype
+        .sort_elements()
+        .iter()
+        .filter_map(|p| element(resource, p))
+        .find_map(date::element_interval)
+        .map_or(i64::MIN, |i| i.start)
+}
+
+/// Adds `meta.source` and one `meta.tag` per region, keeping whatever meta the region sent.
+fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a RegionInfo>) {
+    let Some(obj) = resource.as_object_mut() else { return };
+    let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    meta["source"] = Value::String(source.to_owned());
+    let tags = meta.as_object_mut().expect("meta is an object").entry("tag").or_insert_with(|| json!([]));
+    if !tags.is_array() {
+        *tags = json!([]);
+    }
+    let tags = tags.as_array_mut().expect("tag is an array");
+    for r in regions {
+        let exists = tags.iter().any(|t| t.get("system").and_then(Value::as_str) == Some(REGION_TAG_SYSTEM) && t.get("code").and_then(Value::as_str) == Some(&r.code));
+        if !exists {
+            tags.push(json!({"system": REGION_TAG_SYSTEM, "code": r.code, "display": r.name}));
+        }
+    }
+}
+
+fn last_updated(p: &Value) -> i64 {
+    p.pointer("/meta/lastUpdated").and_then(Value::as_str).and_then(|s| date::parse_interval(s).ok()).map_or(i64::MIN, |i| i.start)
+}
+
+/// One Patient for the NHS number: the most recently updated region's demographics first,
+/// identifiers, names, telecoms and addresses from every region (each once).
+fn merge_patients(patients: &[(usize, Value)], results: &[RegionResult], nhs: &str, gateway_base: &str) -> Value {
+    let mut ordered: Vec<&(usize, Value)> = patients.iter().collect();
+    ordered.sort_by(|a, b| last_updated(&b.1).cmp(&last_updated(&a.1)).then(a.0.cmp(&b.0)));
+    let mut merged = ordered[0].1.clone();
+    for list in ["identifier", "name", "telecom", "address"] {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (_, p) in &ordered {
+            for v in p.get(list).and_then(Value::as_array).into_iter().flatten() {
+                if seen.insert(v.to_string()) {
+                    out.push(v.clone());
+                }
+            }
+        }
+        if !out.is_empty() {
+            merged[list] = Value::Array(out);
+        }
+    }
+    merged["id"] = Value::String(nhs.to_owned());
+    let mut regions: Vec<&RegionInfo> = ordered.iter().map(|(i, _)| &results[*i].region).collect();
+    regions.sort_by(|a, b| a.code.cmp(&b.code));
+    regions.dedup();
+    if let Some(meta) = merged.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("tag");
+    }
+    tag(&mut merged, gateway_base, regions.into_iter());
+    merged
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Neighbouring regions: an mTLS client per peer, and the fan-out that asks the local record
+//! and every peer at once, each within its own timeout inside the query's deadline, and keeps
+//! whatever came back in time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rustls::pki_types::CertificateDer;
+
+use crate::auth::{ForwardSigner, UserContext};
+use crate::client::{FetchError, bundle_to_answer, get_fhir_json};
+use crate::config::ConfigPeer;
+use crate::merge::{FailureKind, RegionFailure, RegionInfo, RegionResult};
+use crate::query::PatientQuery;
+use crate::record::{RecordError, RecordSource};
+use crate::tls::{KeyMaterial, TlsError, peer_client_config};
+
+/// A neighbouring region's gateway.
+pub struct Peer {
+    pub info: RegionInfo,
+    /// The identity its certificates carry.
+    pub identity: String,
+    pub timeout: Duration,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {region}: {source}")]
+    Tls { region: String, source: TlsError },
+    #[error("peer {region}: HTTP client: {message}")]
+    Client { region: String, message: String },
+}
+
+impl Peer {
+    pub fn new(config: &ConfigPeer, federation_ca: &[CertificateDer<'static>], client_identity: &KeyMaterial) -> Result<Self, PeerError> {
+        let tls = peer_client_config(federation_ca, client_identity, &config.identity).map_err(|source| PeerError::Tls { region: config.region.clone(), source })?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .no_proxy()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("federation-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PeerError::Client { region: config.region.clone(), message: crate::client::describe(e) })?;
+        Ok(Peer {
+            info: RegionInfo { code: config.region.clone(), name: config.name.clone(), base_url: config.url.clone() },
+            identity: config.identity.clone(),
+            timeout,
+            client,
+        })
+    }
+
+    /// Asks the peer's federation face the same question, as `user`.
+    pub async fn query(&self, query: &PatientQuery, token: &str, request_id: &str, max_bytes: usize, budget: Duration) -> Result<crate::record::RecordAnswer, RegionFailure> {
+        let (path, params) = query.to_request();
+        let request = self
+            .client
+            .get(format!("{}/{}", self.info.base_url, path))
+            .query(&params)
+            .bearer_auth(token)
+            .header("x-request-id", request_id);
+        let bundle = get_fhir_json(request, max_bytes, budget).await.map_err(failure_from_fetch)?;
+        bundle_to_answer(&bundle).map_err(failure_from_fetch)
+    }
+}
+
+/// A fetch error as the clinician will read it.
+pub fn failure_from_fetch(e: FetchError) -> RegionFailure {
+    let kind = match &e {
+        FetchError::Timeout(_) => FailureKind::Timeout,
+        FetchError::Connect(_) => FailureKind::Unreachable,
+        FetchError::Status(s @ (401 | 403)) => FailureKind::Refused(*s),
+        FetchError::Status(s) => FailureKind::Failed(*s),
+        FetchError::TooLarge(_) | FetchError::NotFhir(_) | FetchError::Json(_) | FetchError::NotABundle => FailureKind::Invalid,
+    };
+    RegionFailure { kind, reason: e.to_string() }
+}
+
+fn failure_from_record(e: RecordError) -> RegionFailure {
+    let kind = match &e {
+        RecordError::Timeout => FailureKind::Timeout,
+        RecordError::Unreachable(_) => FailureKind::Unreachable,
+        RecordError::Status(s) => FailureKind::Failed(*s),
+        RecordError::Invalid(_) => FailureKind::Invalid,
+    };
+    RegionFailure { kind, reason: e.to_string() }
+}
+
+/// Everything a fan-out needs.
+pub struct FanOut<'a> {
+    pub local: (&'a RegionInfo, &'a Arc<dyn RecordSource>, Duration),
+    pub peers: &'a [Peer],
+    pub signer: &'a ForwardSigner,
+    pub user: &'a UserContext,
+    pub request_id: &'a str,
+    pub deadline: Duration,
+    pub max_bytes: usize,
+}
+
+impl FanOut<'_> {
+    /// Asks the local record and every peer at once; returns one result per region, in the
+    /// order local first then peers as configured.
+    pub async fn run(&self, query: &PatientQuery) -> Vec<RegionResult> {
+        let started = Instant::now();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (local_info, local, local_timeout) = self.local;
+        let local_budget = local_timeout.min(self.deadline);
+        let local_fut = async move {
+            let t = Instant::now();
+            let outcome = match tokio::time::timeout(local_budget, local.search(query)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(failure_from_record(e)),
+                Err(_) => Err(RegionFailure { kind: FailureKind::Timeout, reason: format!("no answer within {} ms", local_budget.as_millis()) }),
+            };
+            RegionResult { region: local_info.clone(), outcome, elapsed_ms: t.elapsed().as_millis() as u64 }
+        };
+        let peer_futs = self.peers.iter().map(|peer| async move {
+            let t = Instant::now();
+            let budget = peer.timeout.min(self.deadline.saturating_sub(started.elapsed()));
+            let outcome = match self.signer.sign(self.user, &peer.identity, self.request_id, now) {
+                Ok(token) => peer.query(query, &token, self.request_id, self.max_bytes, budget).await,
+                Err(e) => Err(RegionFailure { kind: FailureKind::Invalid, reason: format!("could not sign the user context: {e}") }),
+            };
+            RegionResult { region: peer.info.clone(), outcome, elapsed_ms: t.elapsed().as_millis() as u64 }
+        });
+        let (local_result, mut peer_results) = futures::join!(local_fut, join_all(peer_futs));
+        let mut results = Vec::with_capacity(1 + peer_results.len());
+        results.push(local_result);
+        results.append(&mut peer_results);
+        results
+    }
+}

@@ -1,0 +1,88 @@
+//! Where a region's own record comes from: a FHIR R4 server in production, or a directory of
+//! FHIR JSON served from memory. Both answer the same question the same way: the Patient
+//! resources that carry the NHS number, and the items that belong to them.
+
+pub mod directory;
+pub mod fhir_server;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
+use crate::query::PatientQuery;
+
+/// A region's answer about one patient, before tagging and merging.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordAnswer {
+    /// The region's Patient resources carrying the NHS number (normally one).
+    pub patients: Vec<Value>,
+    /// The items that match the query and reference one of those patients.
+    pub items: Vec<Value>,
+}
+
+/// Why a record could not answer. Messages carry no patient data.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record server could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the record server answered HTTP {0}")]
+    Status(u16),
+    #[error("the record server's answer is not a FHIR Bundle: {0}")]
+    Invalid(String),
+    #[error("the record server took longer than its timeout")]
+    Timeout,
+}
+
+/// A region's own record.
+pub trait RecordSource: Send + Sync {
+    fn search<'a>(&'a self, query: &'a PatientQuery) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
+}
+
+/// Does a Patient resource carry this NHS number?
+pub fn has_nhs_number(patient: &Value, nhs: &str) -> bool {
+    patient.get("identifier").and_then(Value::as_array).is_some_and(|ids| {
+        ids.iter().any(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM) && i.get("value").and_then(Value::as_str) == Some(nhs))
+    })
+}
+
+/// What an item's patient reference points at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PatientLink {
+    /// A literal reference to a region-local Patient id.
+    Local(String),
+    /// A logical reference by NHS number.
+    Nhs(String),
+}
+
+/// Reads an item's patient reference (`subject` or `patient`): a literal `Patient/{id}`
+/// (relative or absolute) or a logical reference by NHS number.
+pub fn patient_link(item: &Value, element: &str) -> Option<PatientLink> {
+    let r = item.get(element)?;
+    if let Some(reference) = r.get("reference").and_then(Value::as_str) {
+        let mut parts = reference.rsplit('/');
+        let id = parts.next()?;
+        return (parts.next() == Some("Patient") && !id.is_empty()).then(|| PatientLink::Local(id.to_owned()));
+    }
+    let ident = r.get("identifier")?;
+    (ident.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM))
+        .then(|| ident.get("value").and_then(Value::as_str).map(|v| PatientLink::Nhs(v.to_owned())))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn links_from_literal_and_logical_references() {
+        let a = json!({"subject": {"reference": "Patient/p1"}});
+        assert_eq!(patient_link(&a, "subject"), Some(PatientLink::Local("p1".into())));
+        let b = json!({"subject": {"reference": "https://r.example/fhir/Patient/p2"}});
+        assert_eq!(patient_link(&b, "subject"), Some(PatientLink::Local("p2".into())));
+        let c = json!({"patient": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": "9000000009"}}});
+        assert_eq!(patient_link(&c, "patient"), Some(PatientLink::Nhs("9000000009".into())));
+        let d = json!({"subject": {"reference": "Group/g1"}});
+        assert_eq!(patient_link(&d, "subject"), None);
+    }
+}

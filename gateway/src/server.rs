@@ -1,0 +1,161 @@
+//! Listening: the TLS handshake (tokio-rustls), the peer's certificate identity put into every
+//! request on the connection, HTTP/1.1 and HTTP/2 on one port (hyper-util's auto builder, ALPN),
+//! and graceful shutdown that lets in-flight requests finish. `axum::serve` cannot see the client
+//! certificate, hence this loop (STACK.md, gotcha 3).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::app::Gateway;
+use crate::tls::identity::{CertIdentity, parse_certificate};
+
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send its request headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The verified client certificate of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub identity: Arc<CertIdentity>,
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains.
+pub async fn serve_tls(name: &'static str, listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, mut shutdown: watch::Receiver<bool>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(face = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(face = name, %remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(face = name, %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = peer_certificate(&tls);
+            let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                if let Some(p) = &peer {
+                    request.extensions_mut().insert(p.clone());
+                }
+                app.clone().oneshot(request)
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(face = name, %remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!(face = name, "shutdown: some connections were still open after the drain timeout");
+    }
+}
+
+fn peer_certificate(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<PeerCertificate> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?;
+    match parse_certificate(der.as_ref()) {
+        Ok(identity) => Some(PeerCertificate { identity: Arc::new(identity) }),
+        Err(e) => {
+            tracing::warn!(error = %e, "verified client certificate could not be parsed");
+            None
+        }
+    }
+}
+
+/// A running gateway: its bound addresses, and the handle that stops it.
+pub struct Running {
+    pub clinician: SocketAddr,
+    pub federation: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits for both faces.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until both faces have stopped (after [`Running::stop_handle`] was used).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn stop_handle(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Binds the configured addresses and starts both faces.
+pub async fn start(gateway: Arc<Gateway>) -> Result<Running, ServeError> {
+    let c = gateway.config.listen.clinician;
+    let f = gateway.config.listen.federation;
+    let clinician = TcpListener::bind(c).await.map_err(|source| ServeError::Bind { addr: c, source })?;
+    let federation = TcpListener::bind(f).await.map_err(|source| ServeError::Bind { addr: f, source })?;
+    start_on(gateway, clinician, federation)
+}
+
+/// Starts both faces on listeners already bound (tests bind port 0 first).
+pub fn start_on(gateway: Arc<Gateway>, clinician: TcpListener, federation: TcpListener) -> Result<Running, ServeError> {
+    let clinician_tls = Arc::new(crate::tls::clinician_server_config(&gateway.server_keys)?);
+    let federation_tls = Arc::new(crate::tls::federation_server_config(&gateway.server_keys, &gateway.federation_ca)?);
+    let (stop, rx) = watch::channel(false);
+    let clinician_addr = clinician.local_addr().map_err(|source| ServeError::Bind { addr: gateway.config.listen.clinician, source })?;
+    let federation_addr = federation.local_addr().map_err(|source| ServeError::Bind { addr: gateway.config.listen.federation, source })?;
+    let tasks = vec![
+        tokio::spawn(serve_tls("clinician", clinician, clinician_tls, crate::api::clinician::router(gateway.clone()), rx.clone())),
+        tokio::spawn(serve_tls("federation", federation, federation_tls, crate::api::federation::router(gateway.clone()), rx)),
+    ];
+    tracing::info!(region = %gateway.region.code, clinician = %clinician_addr, federation = %federation_addr, peers = gateway.peers.len(), "gateway listening");
+    Ok(Running { clinician: clinician_addr, federation: federation_addr, stop, tasks })
+}
