@@ -1,1 +1,11 @@
-fn main(){}
+//! Cross-process and real-socket integration tests: real gateways on ephemeral ports, real
+//! mutual TLS with certificates made at test time, fake peers that misbehave, and the `gateway`
+//! binary itself. One test binary (faster links).
+
+mod common;
+
+mod cli;
+mod faces;
+mod fanout;
+mod fhir_artifacts;
+mod record_server;

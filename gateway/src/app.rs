@@ -26,7 +26,10 @@ pub enum StartError {
     #[error("identity provider keys: {0}")]
     Keys(#[from] KeyError),
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Peer(#[from] PeerError),
     #[error("the client certificate {path} does not carry this region's identity {identity}")]
@@ -59,25 +62,61 @@ impl Gateway {
         let identity = config.identity();
         let client_path = config.tls.client_cert.display().to_string();
         let client_id: CertIdentity =
-            parse_certificate(client_keys.chain[0].as_ref()).map_err(|e| StartError::Certificate { path: client_path.clone(), message: e.to_string() })?;
+            parse_certificate(client_keys.chain[0].as_ref()).map_err(|e| {
+                StartError::Certificate {
+                    path: client_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         if !client_id.has_identity(&identity) {
-            return Err(StartError::WrongClientIdentity { path: client_path, identity });
+            return Err(StartError::WrongClientIdentity {
+                path: client_path,
+                identity,
+            });
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
-        let local: Arc<dyn RecordSource> = match (&config.record.directory, &config.record.fhir_base) {
-            (Some(dir), _) => {
-                let record = DirectoryRecord::load(dir)?;
-                let (patients, items, skipped) = record.counts();
-                tracing::info!(patients, items, skipped, "loaded the regional record from a directory");
-                Arc::new(record)
-            }
-            (None, Some(base)) => Arc::new(FhirServerRecord::new(base, Duration::from_millis(config.record.timeout_ms), config.limits.max_response_bytes)?),
-            (None, None) => unreachable!("validate() requires one record source"),
+        let local: Arc<dyn RecordSource> =
+            match (&config.record.directory, &config.record.fhir_base) {
+                (Some(dir), _) => {
+                    let record = DirectoryRecord::load(dir)?;
+                    let (patients, items, skipped) = record.counts();
+                    tracing::info!(
+                        patients,
+                        items,
+                        skipped,
+                        "loaded the regional record from a directory"
+                    );
+                    Arc::new(record)
+                }
+                (None, Some(base)) => Arc::new(FhirServerRecord::new(
+                    base,
+                    Duration::from_millis(config.record.timeout_ms),
+                    config.limits.max_response_bytes,
+                )?),
+                (None, None) => unreachable!("validate() requires one record source"),
+            };
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| Peer::new(p, &federation_ca, &client_keys))
+            .collect::<Result<Vec<_>, _>>()?;
+        let region = RegionInfo {
+            code: config.region.code.clone(),
+            name: config.region.name.clone(),
+            base_url: config.region.base_url.clone(),
         };
-        let peers = config.peers.iter().map(|p| Peer::new(p, &federation_ca, &client_keys)).collect::<Result<Vec<_>, _>>()?;
-        let region = RegionInfo { code: config.region.code.clone(), name: config.region.name.clone(), base_url: config.region.base_url.clone() };
-        Ok(Gateway { config, region, identity, local, peers, verifier, signer, server_keys, federation_ca })
+        Ok(Gateway {
+            config,
+            region,
+            identity,
+            local,
+            peers,
+            verifier,
+            signer,
+            server_keys,
+            federation_ca,
+        })
     }
 
     /// The local record's timeout within a fan-out.
@@ -88,10 +127,25 @@ impl Gateway {
 
 fn load_verifier(config: &Config) -> Result<ClinicianVerifier, StartError> {
     let auth = &config.auth;
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|source| StartError::Read { path: p.display().to_string(), source });
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|source| StartError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     Ok(match (&auth.public_keys_pem, &auth.jwks) {
-        (Some(pem), _) => ClinicianVerifier::from_pem(&auth.issuer, &auth.audience, &read(pem)?, &pem.display().to_string())?,
-        (None, Some(jwks)) => ClinicianVerifier::from_jwks(&auth.issuer, &auth.audience, &read(jwks)?, &jwks.display().to_string())?,
+        (Some(pem), _) => ClinicianVerifier::from_pem(
+            &auth.issuer,
+            &auth.audience,
+            &read(pem)?,
+            &pem.display().to_string(),
+        )?,
+        (None, Some(jwks)) => ClinicianVerifier::from_jwks(
+            &auth.issuer,
+            &auth.audience,
+            &read(jwks)?,
+            &jwks.display().to_string(),
+        )?,
         (None, None) => unreachable!("validate() requires one key source"),
     })
 }

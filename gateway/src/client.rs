@@ -44,28 +44,59 @@ pub fn describe(e: reqwest::Error) -> String {
 }
 
 /// GETs `url` and reads a FHIR JSON body of at most `max_bytes`, all within `timeout`.
-pub async fn get_fhir_json(request: reqwest::RequestBuilder, max_bytes: usize, timeout: Duration) -> Result<Value, FetchError> {
+pub async fn get_fhir_json(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Value, FetchError> {
     let ms = timeout.as_millis() as u64;
     tokio::time::timeout(timeout, async move {
-        let mut response = request.header(http::header::ACCEPT, crate::fhir::FHIR_JSON).send().await.map_err(|e| {
-            if e.is_timeout() { FetchError::Timeout(ms) } else { FetchError::Connect(describe(e)) }
-        })?;
+        let mut response = request
+            .header(http::header::ACCEPT, crate::fhir::FHIR_JSON)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    FetchError::Timeout(ms)
+                } else {
+                    FetchError::Connect(describe(e))
+                }
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
-        let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if media != "application/fhir+json" && media != "application/json" {
             return Err(FetchError::NotFhir(content_type.chars().take(64).collect()));
         }
         // Refuse a declared oversize answer before reading any of it, and stop reading an
         // undeclared one as soon as it passes the limit.
-        if response.content_length().is_some_and(|n| n > max_bytes as u64) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > max_bytes as u64)
+        {
             return Err(FetchError::TooLarge(max_bytes));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| if e.is_timeout() { FetchError::Timeout(ms) } else { FetchError::Connect(describe(e)) })? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                FetchError::Timeout(ms)
+            } else {
+                FetchError::Connect(describe(e))
+            }
+        })? {
             if body.len() + chunk.len() > max_bytes {
                 return Err(FetchError::TooLarge(max_bytes));
             }
@@ -84,11 +115,18 @@ pub fn bundle_to_answer(bundle: &Value) -> Result<RecordAnswer, FetchError> {
         return Err(FetchError::NotABundle);
     }
     let mut answer = RecordAnswer::default();
-    for entry in bundle.get("entry").and_then(Value::as_array).into_iter().flatten() {
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome") {
             continue;
         }
-        let Some(resource) = entry.get("resource") else { continue };
+        let Some(resource) = entry.get("resource") else {
+            continue;
+        };
         match resource_type(resource) {
             Some("Patient") => answer.patients.push(resource.clone()),
             Some("OperationOutcome") | None => {}
@@ -123,6 +161,9 @@ mod tests {
         let a = bundle_to_answer(&b).unwrap();
         assert_eq!((a.patients.len(), a.items.len()), (1, 1));
         assert_eq!(next_link(&b), Some("https://x/next"));
-        assert_eq!(bundle_to_answer(&json!({"resourceType": "Patient"})), Err(FetchError::NotABundle));
+        assert_eq!(
+            bundle_to_answer(&json!({"resourceType": "Patient"})),
+            Err(FetchError::NotABundle)
+        );
     }
 }

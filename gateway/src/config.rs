@@ -135,7 +135,9 @@ fn default_deadline() -> u64 {
 
 impl Default for ConfigFanout {
     fn default() -> Self {
-        ConfigFanout { deadline_ms: default_deadline() }
+        ConfigFanout {
+            deadline_ms: default_deadline(),
+        }
     }
 }
 
@@ -153,7 +155,9 @@ fn default_max_response() -> usize {
 
 impl Default for ConfigLimits {
     fn default() -> Self {
-        ConfigLimits { max_response_bytes: default_max_response() }
+        ConfigLimits {
+            max_response_bytes: default_max_response(),
+        }
     }
 }
 
@@ -178,7 +182,10 @@ fn default_peer_timeout() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("configuration is not valid: {0}")]
     Parse(String),
     #[error("configuration key '{key}': {message}")]
@@ -186,7 +193,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -197,7 +207,10 @@ impl Config {
 
     /// Reads, parses and validates a file; relative paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut config = Self::parse(&text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -212,7 +225,13 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        for p in [&mut self.tls.ca, &mut self.tls.server_cert, &mut self.tls.server_key, &mut self.tls.client_cert, &mut self.tls.client_key] {
+        for p in [
+            &mut self.tls.ca,
+            &mut self.tls.server_cert,
+            &mut self.tls.server_key,
+            &mut self.tls.client_cert,
+            &mut self.tls.client_key,
+        ] {
             fix(p);
         }
         if let Some(p) = self.record.directory.as_mut() {
@@ -230,19 +249,33 @@ impl Config {
     /// unique peers.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !valid_region_code(&self.region.code) {
-            return Err(invalid("region.code", "use lower-case letters, digits and '-'"));
+            return Err(invalid(
+                "region.code",
+                "use lower-case letters, digits and '-'",
+            ));
         }
         check_https("region.base_url", &self.region.base_url)?;
         if self.listen.clinician == self.listen.federation {
-            return Err(invalid("listen.federation", "must differ from listen.clinician: the federation face has its own mutual-TLS listener"));
+            return Err(invalid(
+                "listen.federation",
+                "must differ from listen.clinician: the federation face has its own mutual-TLS listener",
+            ));
         }
         match (&self.record.directory, &self.record.fhir_base) {
             (Some(_), None) => {}
             (None, Some(url)) => check_http("record.fhir_base", url)?,
-            _ => return Err(invalid("record", "set exactly one of 'directory' or 'fhir_base'")),
+            _ => {
+                return Err(invalid(
+                    "record",
+                    "set exactly one of 'directory' or 'fhir_base'",
+                ));
+            }
         }
         if self.auth.public_keys_pem.is_some() == self.auth.jwks.is_some() {
-            return Err(invalid("auth", "set exactly one of 'public_keys_pem' or 'jwks'"));
+            return Err(invalid(
+                "auth",
+                "set exactly one of 'public_keys_pem' or 'jwks'",
+            ));
         }
         if self.auth.issuer.is_empty() {
             return Err(invalid("auth.issuer", "must not be empty"));
@@ -251,29 +284,50 @@ impl Config {
             return Err(invalid("auth.audience", "must not be empty"));
         }
         if self.fanout.deadline_ms == 0 || self.fanout.deadline_ms > 120_000 {
-            return Err(invalid("fanout.deadline_ms", "must be between 1 and 120000"));
+            return Err(invalid(
+                "fanout.deadline_ms",
+                "must be between 1 and 120000",
+            ));
         }
         if self.limits.max_response_bytes < 1024 {
-            return Err(invalid("limits.max_response_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "limits.max_response_bytes",
+                "must be at least 1024",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             let key = |k: &str| format!("peers[{i}].{k}");
             if !valid_region_code(&peer.region) {
-                return Err(invalid(key("region"), "use lower-case letters, digits and '-'"));
+                return Err(invalid(
+                    key("region"),
+                    "use lower-case letters, digits and '-'",
+                ));
             }
             if peer.region == self.region.code {
                 return Err(invalid(key("region"), "a region cannot be its own peer"));
             }
             if !seen.insert(peer.region.clone()) {
-                return Err(invalid(key("region"), format!("'{}' is listed twice", peer.region)));
+                return Err(invalid(
+                    key("region"),
+                    format!("'{}' is listed twice", peer.region),
+                ));
             }
             check_https(&key("url"), &peer.url)?;
             if peer.identity.is_empty() {
-                return Err(invalid(key("identity"), "must name the identity in the peer's certificate"));
+                return Err(invalid(
+                    key("identity"),
+                    "must name the identity in the peer's certificate",
+                ));
             }
             if peer.timeout_ms == 0 || peer.timeout_ms > self.fanout.deadline_ms {
-                return Err(invalid(key("timeout_ms"), format!("must be between 1 and fanout.deadline_ms ({})", self.fanout.deadline_ms)));
+                return Err(invalid(
+                    key("timeout_ms"),
+                    format!(
+                        "must be between 1 and fanout.deadline_ms ({})",
+                        self.fanout.deadline_ms
+                    ),
+                ));
             }
         }
         Ok(())
@@ -286,15 +340,27 @@ impl Config {
 }
 
 fn check_http(key: &str, url: &str) -> Result<(), ConfigError> {
-    let ok = (url.starts_with("https://") || url.starts_with("http://")) && url.len() > 8 && !url.ends_with('/');
-    if ok { Ok(()) } else { Err(invalid(key, "must be an http(s) URL without a trailing '/'")) }
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() > 8
+        && !url.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "must be an http(s) URL without a trailing '/'",
+        ))
+    }
 }
 
 fn check_https(key: &str, url: &str) -> Result<(), ConfigError> {
     if url.starts_with("https://") && url.len() > 8 && !url.ends_with('/') {
         Ok(())
     } else {
-        Err(invalid(key, "must be an https:// URL without a trailing '/'"))
+        Err(invalid(
+            key,
+            "must be an https:// URL without a trailing '/'",
+        ))
     }
 }
 
@@ -350,27 +416,63 @@ timeout_ms = 3000
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(key_of(with("timeout_ms = 3000", "timeout_ms = 9000")), "peers[0].timeout_ms");
-        assert_eq!(key_of(with("code = \"dorset\"", "code = \"Dorset\"")), "region.code");
-        assert_eq!(key_of(with("region = \"hampshire\"", "region = \"dorset\"")), "peers[0].region");
-        assert_eq!(key_of(with("url = \"https://localhost:9444/fhir\"", "url = \"http://localhost:9444/fhir\"")), "peers[0].url");
-        assert_eq!(key_of(with("directory = \"data\"", "directory = \"data\"\nfhir_base = \"https://x\"")), "record");
+        assert_eq!(
+            key_of(with("timeout_ms = 3000", "timeout_ms = 9000")),
+            "peers[0].timeout_ms"
+        );
+        assert_eq!(
+            key_of(with("code = \"dorset\"", "code = \"Dorset\"")),
+            "region.code"
+        );
+        assert_eq!(
+            key_of(with("region = \"hampshire\"", "region = \"dorset\"")),
+            "peers[0].region"
+        );
+        assert_eq!(
+            key_of(with(
+                "url = \"https://localhost:9444/fhir\"",
+                "url = \"http://localhost:9444/fhir\""
+            )),
+            "peers[0].url"
+        );
+        assert_eq!(
+            key_of(with(
+                "directory = \"data\"",
+                "directory = \"data\"\nfhir_base = \"https://x\""
+            )),
+            "record"
+        );
         assert_eq!(key_of(with("public_keys_pem = \"idp.pem\"", "")), "auth");
-        assert_eq!(key_of(with("federation = \"127.0.0.1:9443\"", "federation = \"127.0.0.1:8443\"")), "listen.federation");
+        assert_eq!(
+            key_of(with(
+                "federation = \"127.0.0.1:9443\"",
+                "federation = \"127.0.0.1:8443\""
+            )),
+            "listen.federation"
+        );
     }
 
     #[test]
     fn unknown_and_malformed_keys_are_errors_that_name_them() {
-        let err = Config::parse(&GOOD.replace("deadline_ms", "deadline_msec")).unwrap_err().to_string();
+        let err = Config::parse(&GOOD.replace("deadline_ms", "deadline_msec"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("deadline_msec"), "{err}");
-        let err = Config::parse(&GOOD.replace("\"127.0.0.1:8443\"", "\"localhost-8443\"")).unwrap_err().to_string();
+        let err = Config::parse(&GOOD.replace("\"127.0.0.1:8443\"", "\"localhost-8443\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("clinician"), "{err}");
     }
 
     #[test]
     fn duplicate_peers_are_refused() {
-        let twice = format!("{GOOD}\n[[peers]]\nregion = \"hampshire\"\nname = \"H\"\nurl = \"https://h/fhir\"\nidentity = \"x\"\n");
-        assert_eq!(key_of(Config::parse(&twice).unwrap().validate()), "peers[1].region");
+        let twice = format!(
+            "{GOOD}\n[[peers]]\nregion = \"hampshire\"\nname = \"H\"\nurl = \"https://h/fhir\"\nidentity = \"x\"\n"
+        );
+        assert_eq!(
+            key_of(Config::parse(&twice).unwrap().validate()),
+            "peers[1].region"
+        );
     }
 
     #[test]

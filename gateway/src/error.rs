@@ -6,8 +6,8 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::Value;
 
 use crate::auth::AuthError;
-use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::FHIR_JSON;
+use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::query::QueryError;
 
 /// An error answered to a client.
@@ -24,7 +24,12 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, external: impl Into<String>) -> Self {
         let external = external.into();
-        ApiError { status, internal: external.clone(), issues: vec![Issue::new(Severity::Error, code, external)], bearer_challenge: false }
+        ApiError {
+            status,
+            internal: external.clone(),
+            issues: vec![Issue::new(Severity::Error, code, external)],
+            bearer_challenge: false,
+        }
     }
 
     pub fn internal(mut self, message: impl Into<String>) -> Self {
@@ -37,8 +42,17 @@ impl ApiError {
     }
 
     /// A response whose issues come from a merge (no region answered).
-    pub fn from_outcome(status: StatusCode, issues: Vec<Issue>, internal: impl Into<String>) -> Self {
-        ApiError { status, issues, internal: internal.into(), bearer_challenge: false }
+    pub fn from_outcome(
+        status: StatusCode,
+        issues: Vec<Issue>,
+        internal: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            issues,
+            internal: internal.into(),
+            bearer_challenge: false,
+        }
     }
 }
 
@@ -52,7 +66,12 @@ impl From<QueryError> for ApiError {
         if let Some(p) = e.parameter() {
             issue = issue.at(p.to_owned());
         }
-        ApiError { status, issues: vec![issue], internal: e.to_string(), bearer_challenge: false }
+        ApiError {
+            status,
+            issues: vec![issue],
+            internal: e.to_string(),
+            bearer_challenge: false,
+        }
     }
 }
 
@@ -63,14 +82,21 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => "login",
             _ => "security",
         };
-        ApiError { status: StatusCode::UNAUTHORIZED, issues: vec![Issue::new(Severity::Error, code, e.to_string())], internal: e.to_string(), bearer_challenge: true }
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            issues: vec![Issue::new(Severity::Error, code, e.to_string())],
+            internal: e.to_string(),
+            bearer_challenge: true,
+        }
     }
 }
 
 /// A FHIR JSON response.
 pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response
 }
 
@@ -83,7 +109,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = fhir_response(self.status, &operation_outcome(&self.issues));
         if self.bearer_challenge {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
         }
         response
     }

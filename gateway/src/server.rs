@@ -34,12 +34,26 @@ pub struct PeerCertificate {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains.
-pub async fn serve_tls(name: &'static str, listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_tls(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(64 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {
@@ -70,28 +84,42 @@ pub async fn serve_tls(name: &'static str, listener: TcpListener, tls: Arc<rustl
                 }
             };
             let peer = peer_certificate(&tls);
-            let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                if let Some(p) = &peer {
-                    request.extensions_mut().insert(p.clone());
-                }
-                app.clone().oneshot(request)
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service));
+            let service =
+                tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                    if let Some(p) = &peer {
+                        request.extensions_mut().insert(p.clone());
+                    }
+                    app.clone().oneshot(request)
+                });
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(tls),
+                TowerToHyperService::new(service),
+            );
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(face = name, %remote, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!(face = name, "shutdown: some connections were still open after the drain timeout");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            face = name,
+            "shutdown: some connections were still open after the drain timeout"
+        );
     }
 }
 
-fn peer_certificate(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<PeerCertificate> {
+fn peer_certificate(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Option<PeerCertificate> {
     let der = tls.get_ref().1.peer_certificates()?.first()?;
     match parse_certificate(der.as_ref()) {
-        Ok(identity) => Some(PeerCertificate { identity: Arc::new(identity) }),
+        Ok(identity) => Some(PeerCertificate {
+            identity: Arc::new(identity),
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "verified client certificate could not be parsed");
             None
@@ -131,7 +159,10 @@ impl Running {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -140,22 +171,56 @@ pub enum ServeError {
 pub async fn start(gateway: Arc<Gateway>) -> Result<Running, ServeError> {
     let c = gateway.config.listen.clinician;
     let f = gateway.config.listen.federation;
-    let clinician = TcpListener::bind(c).await.map_err(|source| ServeError::Bind { addr: c, source })?;
-    let federation = TcpListener::bind(f).await.map_err(|source| ServeError::Bind { addr: f, source })?;
+    let clinician = TcpListener::bind(c)
+        .await
+        .map_err(|source| ServeError::Bind { addr: c, source })?;
+    let federation = TcpListener::bind(f)
+        .await
+        .map_err(|source| ServeError::Bind { addr: f, source })?;
     start_on(gateway, clinician, federation)
 }
 
 /// Starts both faces on listeners already bound (tests bind port 0 first).
-pub fn start_on(gateway: Arc<Gateway>, clinician: TcpListener, federation: TcpListener) -> Result<Running, ServeError> {
+pub fn start_on(
+    gateway: Arc<Gateway>,
+    clinician: TcpListener,
+    federation: TcpListener,
+) -> Result<Running, ServeError> {
     let clinician_tls = Arc::new(crate::tls::clinician_server_config(&gateway.server_keys)?);
-    let federation_tls = Arc::new(crate::tls::federation_server_config(&gateway.server_keys, &gateway.federation_ca)?);
+    let federation_tls = Arc::new(crate::tls::federation_server_config(
+        &gateway.server_keys,
+        &gateway.federation_ca,
+    )?);
     let (stop, rx) = watch::channel(false);
-    let clinician_addr = clinician.local_addr().map_err(|source| ServeError::Bind { addr: gateway.config.listen.clinician, source })?;
-    let federation_addr = federation.local_addr().map_err(|source| ServeError::Bind { addr: gateway.config.listen.federation, source })?;
+    let clinician_addr = clinician.local_addr().map_err(|source| ServeError::Bind {
+        addr: gateway.config.listen.clinician,
+        source,
+    })?;
+    let federation_addr = federation.local_addr().map_err(|source| ServeError::Bind {
+        addr: gateway.config.listen.federation,
+        source,
+    })?;
     let tasks = vec![
-        tokio::spawn(serve_tls("clinician", clinician, clinician_tls, crate::api::clinician::router(gateway.clone()), rx.clone())),
-        tokio::spawn(serve_tls("federation", federation, federation_tls, crate::api::federation::router(gateway.clone()), rx)),
+        tokio::spawn(serve_tls(
+            "clinician",
+            clinician,
+            clinician_tls,
+            crate::api::clinician::router(gateway.clone()),
+            rx.clone(),
+        )),
+        tokio::spawn(serve_tls(
+            "federation",
+            federation,
+            federation_tls,
+            crate::api::federation::router(gateway.clone()),
+            rx,
+        )),
     ];
     tracing::info!(region = %gateway.region.code, clinician = %clinician_addr, federation = %federation_addr, peers = gateway.peers.len(), "gateway listening");
-    Ok(Running { clinician: clinician_addr, federation: federation_addr, stop, tasks })
+    Ok(Running {
+        clinician: clinician_addr,
+        federation: federation_addr,
+        stop,
+        tasks,
+    })
 }

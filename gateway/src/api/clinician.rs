@@ -25,7 +25,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/Patient/{id}", get(read_patient))
         .route("/fhir/{type}", get(search))
-        .route_layer(middleware::from_fn_with_state(gateway.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            authenticate,
+        ));
     Router::new()
         .route("/fhir/metadata", get(metadata))
         .merge(authenticated)
@@ -36,12 +39,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// Verifies the bearer token and puts the user into the request.
-async fn authenticate(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let token = request
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let user = match token {
         None => Err(AuthError::Missing),
@@ -58,7 +68,15 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, mut request: Request,
 
 async fn metadata(State(gateway): State<Arc<Gateway>>) -> Response {
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
-    fhir_response(StatusCode::OK, &crate::fhir::capability_statement(env!("CARGO_PKG_VERSION"), &gateway.region.base_url, &gateway.region.name, &now))
+    fhir_response(
+        StatusCode::OK,
+        &crate::fhir::capability_statement(
+            env!("CARGO_PKG_VERSION"),
+            &gateway.region.base_url,
+            &gateway.region.name,
+            &now,
+        ),
+    )
 }
 
 /// What every interaction shares: the request's user, id, headers and query.
@@ -70,17 +88,38 @@ struct Ask {
     self_link: String,
 }
 
-fn ask(gateway: &Gateway, request: &axum::http::request::Parts, raw: Option<&str>) -> Result<Ask, ApiError> {
+fn ask(
+    gateway: &Gateway,
+    request: &axum::http::request::Parts,
+    raw: Option<&str>,
+) -> Result<Ask, ApiError> {
     check_accept(&request.headers)?;
-    let user = request.extensions.get::<UserContext>().cloned().ok_or(ApiError::from(AuthError::Missing))?;
-    let request_id = request.extensions.get::<RequestId>().map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+    let user = request
+        .extensions
+        .get::<UserContext>()
+        .cloned()
+        .ok_or(ApiError::from(AuthError::Missing))?;
+    let request_id = request
+        .extensions
+        .get::<RequestId>()
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
     let pairs = query_pairs(raw)?;
-    let path = request.uri.path().strip_prefix("/fhir").unwrap_or(request.uri.path());
+    let path = request
+        .uri
+        .path()
+        .strip_prefix("/fhir")
+        .unwrap_or(request.uri.path());
     let self_link = match raw {
         Some(q) if !q.is_empty() => format!("{}{}?{}", gateway.region.base_url, path, q),
         _ => format!("{}{}", gateway.region.base_url, path),
     };
-    Ok(Ask { user, request_id, lenient: lenient(&request.headers), pairs, self_link })
+    Ok(Ask {
+        user,
+        request_id,
+        lenient: lenient(&request.headers),
+        pairs,
+        self_link,
+    })
 }
 
 async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merged {
@@ -96,24 +135,42 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
     let results = fan.run(&parsed.query).await;
     for r in &results {
         match &r.outcome {
-            Ok(a) => tracing::info!(request_id = %ask.request_id, region = %r.region.code, items = a.items.len(), elapsed_ms = r.elapsed_ms, "region answered"),
-            Err(f) => tracing::warn!(request_id = %ask.request_id, region = %r.region.code, kind = f.kind.label(), reason = %f.reason, elapsed_ms = r.elapsed_ms, "region failed"),
+            Ok(a) => {
+                tracing::info!(request_id = %ask.request_id, region = %r.region.code, items = a.items.len(), elapsed_ms = r.elapsed_ms, "region answered")
+            }
+            Err(f) => {
+                tracing::warn!(request_id = %ask.request_id, region = %r.region.code, kind = f.kind.label(), reason = %f.reason, elapsed_ms = r.elapsed_ms, "region failed")
+            }
         }
     }
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     merge(
         &parsed.query,
         results,
-        MergeContext { gateway_base: &gateway.region.base_url, bundle_id: &ask.request_id, now: &now, self_link: &ask.self_link, issues: parsed.ignored },
+        MergeContext {
+            gateway_base: &gateway.region.base_url,
+            bundle_id: &ask.request_id,
+            now: &now,
+            self_link: &ask.self_link,
+            issues: parsed.ignored,
+        },
     )
 }
 
 /// When no region answered there is nothing to show: 504 if all timed out, else 502.
 fn none_answered(merged: &Merged) -> Option<ApiError> {
     (merged.regions_answered == 0).then(|| {
-        let status = if merged.all_failures_timeouts { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+        let status = if merged.all_failures_timeouts {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
         let issues: Vec<Issue> = outcome_issues(&merged.bundle);
-        ApiError::from_outcome(status, issues, format!("no region answered ({} failed)", merged.regions_failed))
+        ApiError::from_outcome(
+            status,
+            issues,
+            format!("no region answered ({} failed)", merged.regions_failed),
+        )
     })
 }
 
@@ -125,7 +182,12 @@ fn outcome_issues(bundle: &serde_json::Value) -> Vec<Issue> {
         .into_iter()
         .flatten()
         .filter(|e| e["search"]["mode"] == "outcome")
-        .flat_map(|e| e["resource"]["issue"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| {
+            e["resource"]["issue"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .map(|i| {
             let code = match i["code"].as_str() {
                 Some("timeout") => "timeout",
@@ -134,9 +196,17 @@ fn outcome_issues(bundle: &serde_json::Value) -> Vec<Issue> {
                 Some("transient") => "transient",
                 _ => "exception",
             };
-            let mut issue = Issue::new(Severity::Error, code, i["diagnostics"].as_str().unwrap_or("a region failed"));
+            let mut issue = Issue::new(
+                Severity::Error,
+                code,
+                i["diagnostics"].as_str().unwrap_or("a region failed"),
+            );
             if let Some(c) = i["details"]["coding"][0].as_object() {
-                issue = issue.with_details(c["system"].as_str().unwrap_or(""), c["code"].as_str().unwrap_or(""), c["display"].as_str().unwrap_or(""));
+                issue = issue.with_details(
+                    c["system"].as_str().unwrap_or(""),
+                    c["code"].as_str().unwrap_or(""),
+                    c["display"].as_str().unwrap_or(""),
+                );
             }
             issue
         })
@@ -153,14 +223,24 @@ async fn respond_bundle(gateway: &Gateway, ask: Ask, parsed: Parsed) -> Result<R
     Ok(fhir_response(StatusCode::OK, &merged.bundle))
 }
 
-async fn search(State(gateway): State<Arc<Gateway>>, Path(type_name): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+async fn search(
+    State(gateway): State<Arc<Gateway>>,
+    Path(type_name): Path<String>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_search(&type_name, &ask.pairs, ask.lenient)?;
     respond_bundle(&gateway, ask, parsed).await
 }
 
-async fn everything(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+async fn everything(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_everything(&id, &ask.pairs, ask.lenient)?;
@@ -169,7 +249,12 @@ async fn everything(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>,
 
 /// `GET Patient/{nhs}`: the merged Patient. Which regions failed is not visible in a read, so
 /// the response carries a `Warning` header naming them; the search form carries full outcomes.
-async fn read_patient(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+async fn read_patient(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_read(&id, &ask.pairs, ask.lenient)?;
@@ -178,11 +263,16 @@ async fn read_patient(State(gateway): State<Arc<Gateway>>, Path(id): Path<String
         return Err(e);
     }
     let Some(patient) = merged.patient.as_ref() else {
-        return Err(ApiError::not_found("no region that answered holds a patient with this NHS number"));
+        return Err(ApiError::not_found(
+            "no region that answered holds a patient with this NHS number",
+        ));
     };
     let mut response = fhir_response(StatusCode::OK, patient);
     if merged.regions_failed > 0 {
-        let text = format!("199 federation-gateway \"{} region(s) did not answer; use Patient?identifier= for details\"", merged.regions_failed);
+        let text = format!(
+            "199 federation-gateway \"{} region(s) did not answer; use Patient?identifier= for details\"",
+            merged.regions_failed
+        );
         if let Ok(v) = http::HeaderValue::from_str(&text) {
             response.headers_mut().insert(http::header::WARNING, v);
         }

@@ -30,21 +30,44 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/{type}", get(search))
-        .route_layer(middleware::from_fn_with_state(gateway.clone(), authenticate_peer))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            authenticate_peer,
+        ))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(middleware::from_fn(super::request_context))
         .with_state(gateway)
 }
 
-async fn authenticate_peer(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+async fn authenticate_peer(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(cert) = request.extensions().get::<PeerCertificate>().cloned() else {
-        return ApiError::new(StatusCode::FORBIDDEN, "security", "a client certificate is required").into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "security",
+            "a client certificate is required",
+        )
+        .into_response();
     };
-    let Some(peer) = gateway.peers.iter().find(|p| cert.identity.has_identity(&p.identity)) else {
-        return ApiError::new(StatusCode::FORBIDDEN, "security", "the client certificate does not identify a region this gateway federates with")
-            .internal(format!("unknown peer certificate: subject '{}', URIs {:?}", cert.identity.subject, cert.identity.uris))
-            .into_response();
+    let Some(peer) = gateway
+        .peers
+        .iter()
+        .find(|p| cert.identity.has_identity(&p.identity))
+    else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "security",
+            "the client certificate does not identify a region this gateway federates with",
+        )
+        .internal(format!(
+            "unknown peer certificate: subject '{}', URIs {:?}",
+            cert.identity.subject, cert.identity.uris
+        ))
+        .into_response();
     };
     let token = request
         .headers()
@@ -59,15 +82,27 @@ async fn authenticate_peer(State(gateway): State<Arc<Gateway>>, mut request: Req
     match context {
         Ok(context) => {
             tracing::info!(peer = %peer.info.code, calling_request_id = %context.request_id, "federation request authenticated");
-            request.extensions_mut().insert(PeerRegion(peer.info.code.clone()));
+            request
+                .extensions_mut()
+                .insert(PeerRegion(peer.info.code.clone()));
             request.extensions_mut().insert(context);
             next.run(request).await
         }
-        Err(e) => ApiError::from(e).internal(format!("peer {}: forwarded user context refused", peer.info.code)).into_response(),
+        Err(e) => ApiError::from(e)
+            .internal(format!(
+                "peer {}: forwarded user context refused",
+                peer.info.code
+            ))
+            .into_response(),
     }
 }
 
-async fn search(State(gateway): State<Arc<Gateway>>, Path(type_name): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+async fn search(
+    State(gateway): State<Arc<Gateway>>,
+    Path(type_name): Path<String>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     check_accept(&parts.headers)?;
     let pairs = query_pairs(raw.as_deref())?;
@@ -75,7 +110,12 @@ async fn search(State(gateway): State<Arc<Gateway>>, Path(type_name): Path<Strin
     answer(&gateway, parsed, &parts).await
 }
 
-async fn everything(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>, RawQuery(raw): RawQuery, request: Request) -> Result<Response, ApiError> {
+async fn everything(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     check_accept(&parts.headers)?;
     let pairs = query_pairs(raw.as_deref())?;
@@ -85,21 +125,60 @@ async fn everything(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>,
 
 /// The local record's answer: items as `match`, the patient's Patient resources as `include`
 /// (so the caller can check every item belongs to the patient it asked about).
-async fn answer(gateway: &Gateway, parsed: Parsed, request: &http::request::Parts) -> Result<Response, ApiError> {
-    let context = request.extensions.get::<ForwardedContext>().cloned().ok_or(ApiError::from(AuthError::Missing))?;
-    let request_id = request.extensions.get::<RequestId>().map_or("", |r| r.0.as_str());
+async fn answer(
+    gateway: &Gateway,
+    parsed: Parsed,
+    request: &http::request::Parts,
+) -> Result<Response, ApiError> {
+    let context = request
+        .extensions
+        .get::<ForwardedContext>()
+        .cloned()
+        .ok_or(ApiError::from(AuthError::Missing))?;
+    let request_id = request
+        .extensions
+        .get::<RequestId>()
+        .map_or("", |r| r.0.as_str());
     let timeout = gateway.local_timeout();
     let local = match tokio::time::timeout(timeout, gateway.local.search(&parsed.query)).await {
         Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "exception", "this region's record could not answer").internal(e.to_string())),
-        Err(_) => return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "this region's record did not answer in time")),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "exception",
+                "this region's record could not answer",
+            )
+            .internal(e.to_string()));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "this region's record did not answer in time",
+            ));
+        }
     };
     tracing::info!(request_id, calling_request_id = %context.request_id, items = local.items.len(), "federation answer");
     let base = &gateway.region.base_url;
-    let url = |r: &Value| format!("{base}/{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or(""));
+    let url = |r: &Value| {
+        format!(
+            "{base}/{}/{}",
+            r["resourceType"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("")
+        )
+    };
     let total = local.items.len();
-    let mut entries: Vec<Value> = local.items.into_iter().map(|r| fhir::entry(&url(&r), r, SearchMode::Match)).collect();
-    entries.extend(local.patients.into_iter().map(|p| fhir::entry(&url(&p), p, SearchMode::Include)));
+    let mut entries: Vec<Value> = local
+        .items
+        .into_iter()
+        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
+        .collect();
+    entries.extend(
+        local
+            .patients
+            .into_iter()
+            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
+    );
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
     let bundle = fhir::searchset(&id, &now, base, total, entries);

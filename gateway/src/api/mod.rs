@@ -24,16 +24,27 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A caller's request id is kept when it is short and plain; otherwise a new one is made.
 fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))).then(|| s.to_owned())
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    .then(|| s.to_owned())
 }
 
 /// Gives every request an id (echoed in the response) and writes one access-log line.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request.headers().get(REQUEST_ID_HEADER).and_then(acceptable_request_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
     let mut response = next.run(request).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
@@ -54,14 +65,35 @@ pub fn lenient(headers: &HeaderMap) -> bool {
 
 /// Only FHIR JSON is produced: a client that accepts neither JSON nor anything gets 406.
 pub fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(accept) = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()) else { return Ok(()) };
-    let ok = accept.split(',').map(|m| m.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).any(|m| {
-        matches!(m.as_str(), "application/fhir+json" | "application/json" | "application/*" | "*/*" | "") || m == "application/json+fhir"
-    });
+    let Some(accept) = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let ok = accept
+        .split(',')
+        .map(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .any(|m| {
+            matches!(
+                m.as_str(),
+                "application/fhir+json" | "application/json" | "application/*" | "*/*" | ""
+            ) || m == "application/json+fhir"
+        });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "this server produces only application/fhir+json"))
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "this server produces only application/fhir+json",
+        ))
     }
 }
 
@@ -70,16 +102,31 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "this endpoint supports GET only").into_response()
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        "this endpoint supports GET only",
+    )
+    .into_response()
 }
 
 /// Reads the raw query string into pairs, percent-decoded. A malformed one is a 400.
 pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let raw = raw.unwrap_or("");
     if raw.len() > 8 * 1024 {
-        return Err(ApiError::new(StatusCode::URI_TOO_LONG, "too-long", "the query string is longer than 8 KiB"));
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "too-long",
+            "the query string is longer than 8 KiB",
+        ));
     }
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the query string is not well formed"))
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the query string is not well formed",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -90,7 +137,10 @@ mod tests {
     fn lenient_is_read_from_prefer() {
         let mut h = HeaderMap::new();
         assert!(!lenient(&h));
-        h.insert("prefer", HeaderValue::from_static("return=minimal, handling=lenient"));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("return=minimal, handling=lenient"),
+        );
         assert!(lenient(&h));
         h.insert("prefer", HeaderValue::from_static("handling=strict"));
         assert!(!lenient(&h));
@@ -100,16 +150,31 @@ mod tests {
     fn accept_header() {
         let mut h = HeaderMap::new();
         assert!(check_accept(&h).is_ok());
-        h.insert("accept", HeaderValue::from_static("application/fhir+json; fhirVersion=4.0"));
+        h.insert(
+            "accept",
+            HeaderValue::from_static("application/fhir+json; fhirVersion=4.0"),
+        );
         assert!(check_accept(&h).is_ok());
         h.insert("accept", HeaderValue::from_static("application/fhir+xml"));
-        assert_eq!(check_accept(&h).unwrap_err().status, StatusCode::NOT_ACCEPTABLE);
+        assert_eq!(
+            check_accept(&h).unwrap_err().status,
+            StatusCode::NOT_ACCEPTABLE
+        );
     }
 
     #[test]
     fn request_ids_are_checked() {
-        assert_eq!(acceptable_request_id(&HeaderValue::from_static("abc-123")), Some("abc-123".into()));
-        assert_eq!(acceptable_request_id(&HeaderValue::from_static("a b")), None);
-        assert_eq!(acceptable_request_id(&HeaderValue::from_str(&"x".repeat(65)).unwrap()), None);
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static("abc-123")),
+            Some("abc-123".into())
+        );
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static("a b")),
+            None
+        );
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_str(&"x".repeat(65)).unwrap()),
+            None
+        );
     }
 }

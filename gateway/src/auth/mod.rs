@@ -10,7 +10,9 @@
 //! Pure apart from reading key files: no sockets.
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::tls::identity::{CertIdentity, PublicKey};
@@ -40,7 +42,9 @@ pub enum AuthError {
     Missing,
     #[error("the token is not a well-formed JWT")]
     Malformed,
-    #[error("the token's algorithm is not accepted (only asymmetric signatures: RS*, PS*, ES*, EdDSA)")]
+    #[error(
+        "the token's algorithm is not accepted (only asymmetric signatures: RS*, PS*, ES*, EdDSA)"
+    )]
     Algorithm,
     #[error("the token has expired")]
     Expired,
@@ -56,7 +60,9 @@ pub enum AuthError {
     MissingClaim(&'static str),
     #[error("no configured key can verify this token")]
     NoKey,
-    #[error("the forwarded user context names region '{claimed}', but the certificate is region '{certified}'")]
+    #[error(
+        "the forwarded user context names region '{claimed}', but the certificate is region '{certified}'"
+    )]
     RegionMismatch { claimed: String, certified: String },
 }
 
@@ -126,37 +132,70 @@ pub struct ClinicianVerifier {
 
 impl ClinicianVerifier {
     /// Keys from PEM text holding one or more `PUBLIC KEY` (or `RSA PUBLIC KEY`) blocks.
-    pub fn from_pem(issuer: &str, audience: &str, pem_text: &str, source: &str) -> Result<Self, KeyError> {
+    pub fn from_pem(
+        issuer: &str,
+        audience: &str,
+        pem_text: &str,
+        source: &str,
+    ) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for block in pem_blocks(pem_text) {
             let key = DecodingKey::from_ec_pem(block.as_bytes())
                 .or_else(|_| DecodingKey::from_rsa_pem(block.as_bytes()))
                 .or_else(|_| DecodingKey::from_ed_pem(block.as_bytes()))
-                .map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+                .map_err(|e| KeyError::Invalid {
+                    path: source.to_owned(),
+                    message: e.to_string(),
+                })?;
             keys.push(VerifyKey { kid: None, key });
         }
         if keys.is_empty() {
             return Err(KeyError::NoKeys(source.to_owned()));
         }
-        Ok(ClinicianVerifier { issuer: issuer.to_owned(), audience: audience.to_owned(), keys })
+        Ok(ClinicianVerifier {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            keys,
+        })
     }
 
     /// Keys from a JWKS document (`{"keys": [...]}`); keys with a `kid` are chosen by the
     /// token's `kid`.
-    pub fn from_jwks(issuer: &str, audience: &str, jwks_text: &str, source: &str) -> Result<Self, KeyError> {
-        let set: JwkSet = serde_json::from_str(jwks_text).map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+    pub fn from_jwks(
+        issuer: &str,
+        audience: &str,
+        jwks_text: &str,
+        source: &str,
+    ) -> Result<Self, KeyError> {
+        let set: JwkSet = serde_json::from_str(jwks_text).map_err(|e| KeyError::Invalid {
+            path: source.to_owned(),
+            message: e.to_string(),
+        })?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid { path: source.to_owned(), message: e.to_string() })?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
+                path: source.to_owned(),
+                message: e.to_string(),
+            })?;
             if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-                return Err(KeyError::Invalid { path: source.to_owned(), message: "symmetric keys are not accepted".into() });
+                return Err(KeyError::Invalid {
+                    path: source.to_owned(),
+                    message: "symmetric keys are not accepted".into(),
+                });
             }
-            keys.push(VerifyKey { kid: jwk.common.key_id.clone(), key });
+            keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                key,
+            });
         }
         if keys.is_empty() {
             return Err(KeyError::NoKeys(source.to_owned()));
         }
-        Ok(ClinicianVerifier { issuer: issuer.to_owned(), audience: audience.to_owned(), keys })
+        Ok(ClinicianVerifier {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            keys,
+        })
     }
 
     /// Checks a token and returns the user it vouches for.
@@ -171,10 +210,14 @@ impl ClinicianVerifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let candidates = self.keys.iter().filter(|k| k.key.family() == header.alg.family()).filter(|k| match (&header.kid, &k.kid) {
-            (Some(want), Some(have)) => want == have,
-            _ => true,
-        });
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.key.family() == header.alg.family())
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            });
         let mut last = AuthError::NoKey;
         for k in candidates {
             match decode::<ClinicianClaims>(token, &k.key, &validation) {
@@ -210,7 +253,11 @@ fn header_error(token: &str) -> AuthError {
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
-    if alg.is_some() { AuthError::Algorithm } else { AuthError::Malformed }
+    if alg.is_some() {
+        AuthError::Algorithm
+    } else {
+        AuthError::Malformed
+    }
 }
 
 /// Splits PEM text into its blocks.
@@ -260,17 +307,43 @@ impl ForwardSigner {
     /// `issuer` is this region's identity (`urn:gateway:region:{code}`); `key_pem` the PKCS#8
     /// private key of its client certificate; `public_key` that certificate's key.
     pub fn new(issuer: &str, key_pem: &str, public_key: &PublicKey) -> Result<Self, KeyError> {
-        let invalid = |m: String| KeyError::Invalid { path: "client key".into(), message: m };
-        let (algorithm, key) = match public_key {
-            PublicKey::EcP256(_) => (Algorithm::ES256, EncodingKey::from_ec_pem(key_pem.as_bytes())),
-            PublicKey::EcP384(_) => (Algorithm::ES384, EncodingKey::from_ec_pem(key_pem.as_bytes())),
-            PublicKey::Rsa(_) => (Algorithm::PS256, EncodingKey::from_rsa_pem(key_pem.as_bytes())),
-            PublicKey::Other => return Err(invalid("the client certificate's key type cannot sign tokens".into())),
+        let invalid = |m: String| KeyError::Invalid {
+            path: "client key".into(),
+            message: m,
         };
-        Ok(ForwardSigner { issuer: issuer.to_owned(), algorithm, key: key.map_err(|e| invalid(e.to_string()))? })
+        let (algorithm, key) = match public_key {
+            PublicKey::EcP256(_) => (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(key_pem.as_bytes()),
+            ),
+            PublicKey::EcP384(_) => (
+                Algorithm::ES384,
+                EncodingKey::from_ec_pem(key_pem.as_bytes()),
+            ),
+            PublicKey::Rsa(_) => (
+                Algorithm::PS256,
+                EncodingKey::from_rsa_pem(key_pem.as_bytes()),
+            ),
+            PublicKey::Other => {
+                return Err(invalid(
+                    "the client certificate's key type cannot sign tokens".into(),
+                ));
+            }
+        };
+        Ok(ForwardSigner {
+            issuer: issuer.to_owned(),
+            algorithm,
+            key: key.map_err(|e| invalid(e.to_string()))?,
+        })
     }
 
-    pub fn sign(&self, user: &UserContext, audience: &str, request_id: &str, now: i64) -> Result<String, AuthError> {
+    pub fn sign(
+        &self,
+        user: &UserContext,
+        audience: &str,
+        request_id: &str,
+        now: i64,
+    ) -> Result<String, AuthError> {
         let claims = ForwardedClaims {
             iss: self.issuer.clone(),
             aud: audience.to_owned(),
@@ -296,12 +369,20 @@ pub struct ForwardedContext {
 /// Verifies a forwarded token against the public key of the client certificate that carried it.
 /// `peer_identity` is the identity configured for the peer the certificate was mapped to;
 /// `own_identity` is this region's (the token's audience).
-pub fn verify_forwarded(token: &str, certificate: &CertIdentity, peer_identity: &str, own_identity: &str) -> Result<ForwardedContext, AuthError> {
+pub fn verify_forwarded(
+    token: &str,
+    certificate: &CertIdentity,
+    peer_identity: &str,
+    own_identity: &str,
+) -> Result<ForwardedContext, AuthError> {
     let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
     let (key, allowed): (DecodingKey, &[Algorithm]) = match &certificate.public_key {
         PublicKey::EcP256(point) => (DecodingKey::from_ec_der(point), &[Algorithm::ES256]),
         PublicKey::EcP384(point) => (DecodingKey::from_ec_der(point), &[Algorithm::ES384]),
-        PublicKey::Rsa(der) => (DecodingKey::from_rsa_der(der), &[Algorithm::PS256, Algorithm::RS256]),
+        PublicKey::Rsa(der) => (
+            DecodingKey::from_rsa_der(der),
+            &[Algorithm::PS256, Algorithm::RS256],
+        ),
         PublicKey::Other => return Err(AuthError::NoKey),
     };
     if !allowed.contains(&header.alg) {
@@ -312,16 +393,25 @@ pub fn verify_forwarded(token: &str, certificate: &CertIdentity, peer_identity: 
     validation.validate_nbf = true;
     validation.set_audience(&[own_identity]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    let data = decode::<ForwardedClaims>(token, &key, &validation).map_err(|e| map_jwt_error(&e))?;
+    let data =
+        decode::<ForwardedClaims>(token, &key, &validation).map_err(|e| map_jwt_error(&e))?;
     let c = data.claims;
     if c.iss != peer_identity {
-        return Err(AuthError::RegionMismatch { claimed: c.iss, certified: peer_identity.to_owned() });
+        return Err(AuthError::RegionMismatch {
+            claimed: c.iss,
+            certified: peer_identity.to_owned(),
+        });
     }
     if c.exp - c.iat > FORWARD_TTL_SECONDS * 5 {
         return Err(AuthError::Expired);
     }
     Ok(ForwardedContext {
-        user: UserContext { user_id: c.sub, role: c.role, organisation: c.org, purpose_of_use: c.purpose_of_use },
+        user: UserContext {
+            user_id: c.sub,
+            role: c.role,
+            organisation: c.org,
+            purpose_of_use: c.purpose_of_use,
+        },
         request_id: c.jti,
     })
 }
@@ -340,11 +430,21 @@ pub struct DevTokenClaims {
     pub exp: i64,
 }
 
-pub fn mint_dev_token(claims: &DevTokenClaims, idp_key_pem: &str, kid: Option<&str>) -> Result<String, KeyError> {
-    let key = EncodingKey::from_ec_pem(idp_key_pem.as_bytes()).map_err(|e| KeyError::Invalid { path: "IdP key".into(), message: e.to_string() })?;
+pub fn mint_dev_token(
+    claims: &DevTokenClaims,
+    idp_key_pem: &str,
+    kid: Option<&str>,
+) -> Result<String, KeyError> {
+    let key = EncodingKey::from_ec_pem(idp_key_pem.as_bytes()).map_err(|e| KeyError::Invalid {
+        path: "IdP key".into(),
+        message: e.to_string(),
+    })?;
     let mut header = Header::new(Algorithm::ES256);
     header.kid = kid.map(str::to_owned);
-    encode(&header, claims, &key).map_err(|e| KeyError::Invalid { path: "IdP key".into(), message: e.to_string() })
+    encode(&header, claims, &key).map_err(|e| KeyError::Invalid {
+        path: "IdP key".into(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ struct Idp {
 
 fn idp() -> Idp {
     let key = rcgen::KeyPair::generate().unwrap();
-    Idp { key_pem: key.serialize_pem(), public_pem: key.public_key_pem() }
+    Idp {
+        key_pem: key.serialize_pem(),
+        public_pem: key.public_key_pem(),
+    }
 }
 
 fn now() -> i64 {
@@ -48,16 +51,28 @@ fn a_good_token_gives_the_user() {
 fn expired_wrong_audience_wrong_issuer_and_future_tokens_fail() {
     let i = idp();
     let v = verifier(&i);
-    assert_eq!(v.verify(&mint_dev_token(&claims(-120), &i.key_pem, None).unwrap()), Err(AuthError::Expired));
+    assert_eq!(
+        v.verify(&mint_dev_token(&claims(-120), &i.key_pem, None).unwrap()),
+        Err(AuthError::Expired)
+    );
     let mut c = claims(300);
     c.aud = "other".into();
-    assert_eq!(v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()), Err(AuthError::WrongAudience));
+    assert_eq!(
+        v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()),
+        Err(AuthError::WrongAudience)
+    );
     let mut c = claims(300);
     c.iss = "https://evil".into();
-    assert_eq!(v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()), Err(AuthError::WrongIssuer));
+    assert_eq!(
+        v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()),
+        Err(AuthError::WrongIssuer)
+    );
     let mut c = claims(3600);
     c.nbf = now() + 600;
-    assert_eq!(v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()), Err(AuthError::NotYetValid));
+    assert_eq!(
+        v.verify(&mint_dev_token(&c, &i.key_pem, None).unwrap()),
+        Err(AuthError::NotYetValid)
+    );
 }
 
 #[test]
@@ -77,7 +92,11 @@ mod base64_url {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -127,11 +146,19 @@ fn missing_role_is_refused() {
     let i = idp();
     let t = jsonwebtoken::encode(
         &Header::new(Algorithm::ES256),
-        &Thin { iss: "https://idp.test", aud: "gateway", sub: "u", exp: now() + 300 },
+        &Thin {
+            iss: "https://idp.test",
+            aud: "gateway",
+            sub: "u",
+            exp: now() + 300,
+        },
         &EncodingKey::from_ec_pem(i.key_pem.as_bytes()).unwrap(),
     )
     .unwrap();
-    assert_eq!(verifier(&i).verify(&t), Err(AuthError::MissingClaim("role")));
+    assert_eq!(
+        verifier(&i).verify(&t),
+        Err(AuthError::MissingClaim("role"))
+    );
 }
 
 #[test]
@@ -141,7 +168,8 @@ fn jwks_keys_are_chosen_by_kid() {
     let point = key.public_key_raw();
     let (x, y) = point[1..].split_at(32);
     let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256", "x": b64(x), "y": b64(y)}]});
-    let v = ClinicianVerifier::from_jwks("https://idp.test", "gateway", &jwks.to_string(), "jwks").unwrap();
+    let v = ClinicianVerifier::from_jwks("https://idp.test", "gateway", &jwks.to_string(), "jwks")
+        .unwrap();
     let t = mint_dev_token(&claims(300), &i.key_pem, Some("k1")).unwrap();
     assert!(v.verify(&t).is_ok());
     let t = mint_dev_token(&claims(300), &i.key_pem, Some("other")).unwrap();
@@ -155,31 +183,81 @@ fn forwarded_context_binds_to_the_certificate() {
     let wilts = ca.issue("wiltshire", LeafKind::Client, &[], 30).unwrap();
     let dorset_id = parse_certificate(&dorset.cert_der).unwrap();
     let wilts_id = parse_certificate(&wilts.cert_der).unwrap();
-    let signer = ForwardSigner::new("urn:gateway:region:dorset", &dorset.key_pem, &dorset_id.public_key).unwrap();
-    let user = UserContext { user_id: "u".into(), role: "R8000".into(), organisation: "RBD".into(), purpose_of_use: Some("TREAT".into()) };
-    let t = signer.sign(&user, "urn:gateway:region:hampshire", "req-1", now()).unwrap();
+    let signer = ForwardSigner::new(
+        "urn:gateway:region:dorset",
+        &dorset.key_pem,
+        &dorset_id.public_key,
+    )
+    .unwrap();
+    let user = UserContext {
+        user_id: "u".into(),
+        role: "R8000".into(),
+        organisation: "RBD".into(),
+        purpose_of_use: Some("TREAT".into()),
+    };
+    let t = signer
+        .sign(&user, "urn:gateway:region:hampshire", "req-1", now())
+        .unwrap();
 
-    let ok = verify_forwarded(&t, &dorset_id, "urn:gateway:region:dorset", "urn:gateway:region:hampshire").unwrap();
+    let ok = verify_forwarded(
+        &t,
+        &dorset_id,
+        "urn:gateway:region:dorset",
+        "urn:gateway:region:hampshire",
+    )
+    .unwrap();
     assert_eq!(ok.user, user);
     assert_eq!(ok.request_id, "req-1");
     // Presented over wiltshire's certificate: the signature is not wiltshire's.
     assert_eq!(
-        verify_forwarded(&t, &wilts_id, "urn:gateway:region:wiltshire", "urn:gateway:region:hampshire"),
+        verify_forwarded(
+            &t,
+            &wilts_id,
+            "urn:gateway:region:wiltshire",
+            "urn:gateway:region:hampshire"
+        ),
         Err(AuthError::BadSignature)
     );
     // Meant for another region.
     assert_eq!(
-        verify_forwarded(&t, &dorset_id, "urn:gateway:region:dorset", "urn:gateway:region:wiltshire"),
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            "urn:gateway:region:dorset",
+            "urn:gateway:region:wiltshire"
+        ),
         Err(AuthError::WrongAudience)
     );
     // Signed by dorset's key but claiming to be another region.
-    let liar = ForwardSigner::new("urn:gateway:region:wiltshire", &dorset.key_pem, &dorset_id.public_key).unwrap();
-    let t = liar.sign(&user, "urn:gateway:region:hampshire", "r", now()).unwrap();
+    let liar = ForwardSigner::new(
+        "urn:gateway:region:wiltshire",
+        &dorset.key_pem,
+        &dorset_id.public_key,
+    )
+    .unwrap();
+    let t = liar
+        .sign(&user, "urn:gateway:region:hampshire", "r", now())
+        .unwrap();
     assert!(matches!(
-        verify_forwarded(&t, &dorset_id, "urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            "urn:gateway:region:dorset",
+            "urn:gateway:region:hampshire"
+        ),
         Err(AuthError::RegionMismatch { .. })
     ));
     // Expired.
-    let t = signer.sign(&user, "urn:gateway:region:hampshire", "r", now() - 600).unwrap();
-    assert_eq!(verify_forwarded(&t, &dorset_id, "urn:gateway:region:dorset", "urn:gateway:region:hampshire"), Err(AuthError::Expired));
+    let t = signer
+        .sign(&user, "urn:gateway:region:hampshire", "r", now() - 600)
+        .unwrap();
+    assert_eq!(
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            "urn:gateway:region:dorset",
+            "urn:gateway:region:hampshire"
+        ),
+        Err(AuthError::Expired)
+    );
 }

@@ -79,7 +79,9 @@ impl Prefix {
 
 /// Why a date is not a FHIR date.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][.fff](Z|+hh:mm))")]
+#[error(
+    "'{0}' is not a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][.fff](Z|+hh:mm))"
+)]
 pub struct DateError(pub String);
 
 fn num<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
@@ -103,28 +105,51 @@ fn parse_inner(s: &str) -> Option<Interval> {
     };
     let mut fields = date_part.split('-');
     let year: i32 = num(fields.next()?, 4)?;
-    let month: Option<u8> = fields.next().map(|m| num(m, 2)).map_or(Some(None), |m| m.map(Some))?;
-    let day: Option<u8> = fields.next().map(|d| num(d, 2)).map_or(Some(None), |d| d.map(Some))?;
+    let month: Option<u8> = fields
+        .next()
+        .map(|m| num(m, 2))
+        .map_or(Some(None), |m| m.map(Some))?;
+    let day: Option<u8> = fields
+        .next()
+        .map(|d| num(d, 2))
+        .map_or(Some(None), |d| d.map(Some))?;
     if fields.next().is_some() {
         return None;
     }
     let first_day = |y: i32, m: u8| Date::from_calendar_date(y, Month::try_from(m).ok()?, 1).ok();
-    let ts = |d: Date| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc().unix_timestamp();
+    let ts = |d: Date| {
+        PrimitiveDateTime::new(d, Time::MIDNIGHT)
+            .assume_utc()
+            .unix_timestamp()
+    };
     match (month, day, time_part) {
         (None, None, None) => {
             let start = first_day(year, 1)?;
             let end = first_day(year + 1, 1)?;
-            Some(Interval { start: ts(start), end: ts(end) })
+            Some(Interval {
+                start: ts(start),
+                end: ts(end),
+            })
         }
         (Some(m), None, None) => {
             let start = first_day(year, m)?;
-            let end = if m == 12 { first_day(year + 1, 1)? } else { first_day(year, m + 1)? };
-            Some(Interval { start: ts(start), end: ts(end) })
+            let end = if m == 12 {
+                first_day(year + 1, 1)?
+            } else {
+                first_day(year, m + 1)?
+            };
+            Some(Interval {
+                start: ts(start),
+                end: ts(end),
+            })
         }
         (Some(m), Some(d), None) => {
             let date = Date::from_calendar_date(year, Month::try_from(m).ok()?, d).ok()?;
             let start = ts(date);
-            Some(Interval { start, end: start + 86_400 })
+            Some(Interval {
+                start,
+                end: start + 86_400,
+            })
         }
         (Some(m), Some(d), Some(t)) => {
             let date = Date::from_calendar_date(year, Month::try_from(m).ok()?, d).ok()?;
@@ -143,7 +168,8 @@ fn parse_time(date: Date, t: &str) -> Option<Interval> {
         let (c, o) = t.split_at(pos);
         let sign: i8 = if o.starts_with('-') { -1 } else { 1 };
         let (oh, om) = o[1..].split_once(':')?;
-        let off = UtcOffset::from_hms(sign * num::<i8>(oh, 2)?, sign * num::<i8>(om, 2)?, 0).ok()?;
+        let off =
+            UtcOffset::from_hms(sign * num::<i8>(oh, 2)?, sign * num::<i8>(om, 2)?, 0).ok()?;
         (c, off)
     } else {
         (t, UtcOffset::UTC)
@@ -165,8 +191,13 @@ fn parse_time(date: Date, t: &str) -> Option<Interval> {
         return None;
     }
     let time = Time::from_hms(h, m, sec).ok()?;
-    let start = PrimitiveDateTime::new(date, time).assume_offset(offset).unix_timestamp();
-    Some(Interval { start, end: start + width })
+    let start = PrimitiveDateTime::new(date, time)
+        .assume_offset(offset)
+        .unix_timestamp();
+    Some(Interval {
+        start,
+        end: start + width,
+    })
 }
 
 /// The interval of a date-ish element: a date/dateTime/instant string, or a Period.
@@ -175,8 +206,14 @@ pub fn element_interval(v: &Value) -> Option<Interval> {
     match v {
         Value::String(s) => parse_interval(s).ok(),
         Value::Object(o) => {
-            let start = o.get("start").and_then(Value::as_str).and_then(|s| parse_interval(s).ok());
-            let end = o.get("end").and_then(Value::as_str).and_then(|s| parse_interval(s).ok());
+            let start = o
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(|s| parse_interval(s).ok());
+            let end = o
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(|s| parse_interval(s).ok());
             match (start, end) {
                 (None, None) => None,
                 (s, e) => Some(Interval {
@@ -203,19 +240,40 @@ mod tests {
         assert_eq!(iv("2024-02").end - iv("2024-02").start, 29 * 86_400);
         assert_eq!(iv("2023-12").end, iv("2024").start);
         assert_eq!(iv("2023-05-01").end - iv("2023-05-01").start, 86_400);
-        assert_eq!(iv("2023-05-01T10:00").end - iv("2023-05-01T10:00").start, 60);
-        assert_eq!(iv("2023-05-01T10:00:00Z").end - iv("2023-05-01T10:00:00Z").start, 1);
+        assert_eq!(
+            iv("2023-05-01T10:00").end - iv("2023-05-01T10:00").start,
+            60
+        );
+        assert_eq!(
+            iv("2023-05-01T10:00:00Z").end - iv("2023-05-01T10:00:00Z").start,
+            1
+        );
     }
 
     #[test]
     fn offsets_are_applied() {
-        assert_eq!(iv("2023-05-01T10:00:00+01:00").start, iv("2023-05-01T09:00:00Z").start);
-        assert_eq!(iv("2023-05-01T10:00:00.123-02:00").start, iv("2023-05-01T12:00:00Z").start);
+        assert_eq!(
+            iv("2023-05-01T10:00:00+01:00").start,
+            iv("2023-05-01T09:00:00Z").start
+        );
+        assert_eq!(
+            iv("2023-05-01T10:00:00.123-02:00").start,
+            iv("2023-05-01T12:00:00Z").start
+        );
     }
 
     #[test]
     fn rejects_malformed_dates() {
-        for bad in ["23", "2023-13", "2023-02-30", "2023-1-01", "2023-01-01T25:00", "yesterday", "2023-01-01T10", ""] {
+        for bad in [
+            "23",
+            "2023-13",
+            "2023-02-30",
+            "2023-1-01",
+            "2023-01-01T25:00",
+            "yesterday",
+            "2023-01-01T10",
+            "",
+        ] {
             assert!(parse_interval(bad).is_err(), "{bad} should be rejected");
         }
     }

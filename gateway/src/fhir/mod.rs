@@ -40,7 +40,13 @@ pub fn entry(full_url: &str, resource: Value, mode: SearchMode) -> Value {
 
 /// A `searchset` Bundle. `total` counts the matches only (FHIR R4: includes and outcomes are not
 /// counted).
-pub fn searchset(id: &str, timestamp: &str, self_link: &str, total: usize, entries: Vec<Value>) -> Value {
+pub fn searchset(
+    id: &str,
+    timestamp: &str,
+    self_link: &str,
+    total: usize,
+    entries: Vec<Value>,
+) -> Value {
     let mut bundle = json!({
         "resourceType": "Bundle",
         "id": id,
@@ -58,12 +64,21 @@ pub fn searchset(id: &str, timestamp: &str, self_link: &str, total: usize, entri
 
 /// An RFC 3339 timestamp in UTC with seconds, as FHIR `instant` requires.
 pub fn instant(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 /// The CapabilityStatement of the clinician face: exactly what the gateway supports.
-pub fn capability_statement(software_version: &str, base_url: &str, region_name: &str, now: &str) -> Value {
+pub fn capability_statement(
+    software_version: &str,
+    base_url: &str,
+    region_name: &str,
+    now: &str,
+) -> Value {
     use types::ResourceType;
     let mut resources = vec![json!({
         "type": "Patient",
@@ -121,7 +136,12 @@ mod tests {
     #[test]
     fn capability_lists_every_supported_type() {
         let cs = capability_statement("0", "https://x/fhir", "Dorset", "2024-01-01T00:00:00Z");
-        let types: Vec<&str> = cs["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
+        let types: Vec<&str> = cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["type"].as_str().unwrap())
+            .collect();
         assert_eq!(types.len(), 1 + types::ResourceType::ALL.len());
         assert!(types.contains(&"AllergyIntolerance"));
     }

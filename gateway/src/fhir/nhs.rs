@@ -96,15 +96,24 @@ mod tests {
 
     #[test]
     fn rejects_a_wrong_check_digit() {
-        assert_eq!(NhsNumber::parse("9000000008"), Err(NhsNumberError::CheckDigit));
-        assert_eq!(NhsNumber::parse("9434765918"), Err(NhsNumberError::CheckDigit));
+        assert_eq!(
+            NhsNumber::parse("9000000008"),
+            Err(NhsNumberError::CheckDigit)
+        );
+        assert_eq!(
+            NhsNumber::parse("9434765918"),
+            Err(NhsNumberError::CheckDigit)
+        );
     }
 
     #[test]
     fn rejects_bad_shapes() {
         assert_eq!(NhsNumber::parse("900000000"), Err(NhsNumberError::Length));
         assert_eq!(NhsNumber::parse("90000000091"), Err(NhsNumberError::Length));
-        assert_eq!(NhsNumber::parse("90000000O9"), Err(NhsNumberError::NotDigits));
+        assert_eq!(
+            NhsNumber::parse("90000000O9"),
+            Err(NhsNumberError::NotDigits)
+        );
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Length));
     }
 
@@ -112,7 +121,10 @@ mod tests {
     fn remainder_ten_is_never_a_number() {
         // 1,2,3,4,5,6,7,8,9 weighted sum 210 % 11 = 1 -> check 10 -> invalid.
         assert!(NhsNumber::from_nine_digits(123_456_789).is_none());
-        assert_eq!(NhsNumber::from_nine_digits(900_000_000).unwrap().as_str(), "9000000009");
+        assert_eq!(
+            NhsNumber::from_nine_digits(900_000_000).unwrap().as_str(),
+            "9000000009"
+        );
     }
 
     #[test]

@@ -83,32 +83,77 @@ impl ResourceType {
     pub fn date_params(self) -> &'static [DateParam] {
         use ResourceType::*;
         match self {
-            AllergyIntolerance => &[DateParam { name: "date", elements: &["recordedDate"] }],
+            AllergyIntolerance => &[DateParam {
+                name: "date",
+                elements: &["recordedDate"],
+            }],
             Condition => &[
-                DateParam { name: "onset-date", elements: &["onsetDateTime", "onsetPeriod"] },
-                DateParam { name: "recorded-date", elements: &["recordedDate"] },
-                DateParam { name: "abatement-date", elements: &["abatementDateTime", "abatementPeriod"] },
+                DateParam {
+                    name: "onset-date",
+                    elements: &["onsetDateTime", "onsetPeriod"],
+                },
+                DateParam {
+                    name: "recorded-date",
+                    elements: &["recordedDate"],
+                },
+                DateParam {
+                    name: "abatement-date",
+                    elements: &["abatementDateTime", "abatementPeriod"],
+                },
             ],
             DiagnosticReport => &[
-                DateParam { name: "date", elements: &["effectiveDateTime", "effectivePeriod"] },
-                DateParam { name: "issued", elements: &["issued"] },
+                DateParam {
+                    name: "date",
+                    elements: &["effectiveDateTime", "effectivePeriod"],
+                },
+                DateParam {
+                    name: "issued",
+                    elements: &["issued"],
+                },
             ],
             DocumentReference => &[
-                DateParam { name: "date", elements: &["date"] },
-                DateParam { name: "period", elements: &["context.period"] },
+                DateParam {
+                    name: "date",
+                    elements: &["date"],
+                },
+                DateParam {
+                    name: "period",
+                    elements: &["context.period"],
+                },
             ],
-            Encounter => &[DateParam { name: "date", elements: &["period"] }],
-            Immunization => &[DateParam { name: "date", elements: &["occurrenceDateTime"] }],
-            MedicationRequest => &[DateParam { name: "authoredon", elements: &["authoredOn"] }],
-            MedicationStatement => &[DateParam { name: "effective", elements: &["effectiveDateTime", "effectivePeriod"] }],
+            Encounter => &[DateParam {
+                name: "date",
+                elements: &["period"],
+            }],
+            Immunization => &[DateParam {
+                name: "date",
+                elements: &["occurrenceDateTime"],
+            }],
+            MedicationRequest => &[DateParam {
+                name: "authoredon",
+                elements: &["authoredOn"],
+            }],
+            MedicationStatement => &[DateParam {
+                name: "effective",
+                elements: &["effectiveDateTime", "effectivePeriod"],
+            }],
             Observation => &[DateParam {
                 name: "date",
                 elements: &["effectiveDateTime", "effectivePeriod", "effectiveInstant"],
             }],
-            Procedure => &[DateParam { name: "date", elements: &["performedDateTime", "performedPeriod"] }],
+            Procedure => &[DateParam {
+                name: "date",
+                elements: &["performedDateTime", "performedPeriod"],
+            }],
             ServiceRequest => &[
-                DateParam { name: "authored", elements: &["authoredOn"] },
-                DateParam { name: "occurrence", elements: &["occurrenceDateTime", "occurrencePeriod"] },
+                DateParam {
+                    name: "authored",
+                    elements: &["authoredOn"],
+                },
+                DateParam {
+                    name: "occurrence",
+                    elements: &["occurrenceDateTime", "occurrencePeriod"],
+                },
             ],
         }
     }
@@ -140,7 +185,12 @@ impl ResourceType {
             Immunization => &["occurrenceDateTime"],
             MedicationRequest => &["authoredOn"],
             MedicationStatement => &["effectiveDateTime", "effectivePeriod", "dateAsserted"],
-            Observation => &["effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"],
+            Observation => &[
+                "effectiveDateTime",
+                "effectivePeriod",
+                "effectiveInstant",
+                "issued",
+            ],
             Procedure => &["performedDateTime", "performedPeriod"],
             ServiceRequest => &["authoredOn", "occurrenceDateTime"],
         }

@@ -109,7 +109,11 @@ pub struct Merged {
 pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usize) {
     let nhs = query.nhs_number.as_str();
     let before = answer.patients.len() + answer.items.len();
-    let patients: Vec<Value> = answer.patients.into_iter().filter(|p| has_nhs_number(p, nhs) && p.get("id").is_some()).collect();
+    let patients: Vec<Value> = answer
+        .patients
+        .into_iter()
+        .filter(|p| has_nhs_number(p, nhs) && p.get("id").is_some())
+        .collect();
     let mut links: BTreeSet<PatientLink> = patients
         .iter()
         .filter_map(|p| p.get("id").and_then(Value::as_str))
@@ -121,7 +125,9 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
         .items
         .into_iter()
         .filter(|item| {
-            let Some(rt) = resource_type(item).and_then(ResourceType::parse) else { return false };
+            let Some(rt) = resource_type(item).and_then(ResourceType::parse) else {
+                return false;
+            };
             types.contains(&rt)
                 && item.get("id").and_then(Value::as_str).is_some()
                 && patient_link(item, rt.patient_element()).is_some_and(|l| links.contains(&l))
@@ -139,7 +145,11 @@ struct Slot {
 }
 
 /// Merges the regions' results into one Bundle.
-pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeContext<'_>) -> Merged {
+pub fn merge(
+    query: &PatientQuery,
+    mut results: Vec<RegionResult>,
+    ctx: MergeContext<'_>,
+) -> Merged {
     // Order independence: whatever order regions answered in, they are merged in code order.
     results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
     let nhs = query.nhs_number.as_str();
@@ -161,9 +171,19 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
                     Issue::new(
                         Severity::Error,
                         failure.kind.issue_code(),
-                        format!("Region {} ({}) {}: {}. Its records are not included.", region.code, region.name, failure.kind.label(), failure.reason),
+                        format!(
+                            "Region {} ({}) {}: {}. Its records are not included.",
+                            region.code,
+                            region.name,
+                            failure.kind.label(),
+                            failure.reason
+                        ),
                     )
-                    .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+                    .with_details(
+                        REGION_TAG_SYSTEM,
+                        &region.code,
+                        &region.name,
+                    ),
                 );
             }
             Ok(answer) => {
@@ -185,7 +205,9 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
                 }
                 patients.extend(answer.patients.into_iter().map(|p| (ri, p)));
                 for mut item in answer.items {
-                    let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else { continue };
+                    let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else {
+                        continue;
+                    };
                     point_at_patient(&mut item, rtype, &patient_url, nhs);
                     let key = content_key(&item);
                     match by_content.get(&key) {
@@ -195,7 +217,11 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
                         }
                         None => {
                             by_content.insert(key, slots.len());
-                            slots.push(Slot { rtype, resource: item, regions: BTreeSet::from([ri]) });
+                            slots.push(Slot {
+                                rtype,
+                                resource: item,
+                                regions: BTreeSet::from([ri]),
+                            });
                         }
                     }
                 }
@@ -203,8 +229,12 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
         }
     }
 
-    let wants_patient = matches!(query.operation, Operation::PatientSearch | Operation::PatientRead | Operation::Everything { .. });
-    let patient = (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
+    let wants_patient = matches!(
+        query.operation,
+        Operation::PatientSearch | Operation::PatientRead | Operation::Everything { .. }
+    );
+    let patient =
+        (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
 
     slots.sort_by(|a, b| {
         sort_key(b.rtype, &b.resource)
@@ -221,9 +251,18 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
     for slot in slots {
         let first = *slot.regions.iter().next().expect("a slot has a region");
         let origin = &results[first].region;
-        let full_url = format!("{}/{}/{}", origin.base_url, slot.rtype.as_str(), id_of(&slot.resource));
+        let full_url = format!(
+            "{}/{}/{}",
+            origin.base_url,
+            slot.rtype.as_str(),
+            id_of(&slot.resource)
+        );
         let mut resource = slot.resource;
-        tag(&mut resource, &origin.base_url, slot.regions.iter().map(|&i| &results[i].region));
+        tag(
+            &mut resource,
+            &origin.base_url,
+            slot.regions.iter().map(|&i| &results[i].region),
+        );
         matches.push(fhir::entry(&full_url, resource, SearchMode::Match));
     }
     let total = matches.len();
@@ -232,7 +271,11 @@ pub fn merge(query: &PatientQuery, mut results: Vec<RegionResult>, ctx: MergeCon
     }
     if !issues.is_empty() {
         let oo_url = format!("urn:uuid:{}", ctx.bundle_id);
-        matches.push(fhir::entry(&oo_url, operation_outcome(&issues), SearchMode::Outcome));
+        matches.push(fhir::entry(
+            &oo_url,
+            operation_outcome(&issues),
+            SearchMode::Outcome,
+        ));
     }
     let bundle = fhir::searchset(ctx.bundle_id, ctx.now, ctx.self_link, total, matches);
     Merged {
@@ -256,7 +299,11 @@ fn id_of(resource: &Value) -> &str {
 fn content_key(resource: &Value) -> String {
     match resource {
         Value::Object(map) => {
-            let stripped: Map<String, Value> = map.iter().filter(|(k, _)| *k != "id" && *k != "meta").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let stripped: Map<String, Value> = map
+                .iter()
+                .filter(|(k, _)| *k != "id" && *k != "meta")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             Value::Object(stripped).to_string()
         }
         other => other.to_string(),
@@ -266,11 +313,17 @@ fn content_key(resource: &Value) -> String {
 /// The region-local patient reference becomes the merged Patient's, so the reference resolves
 /// inside the Bundle (or at this gateway) and identical items from two regions compare equal.
 fn point_at_patient(item: &mut Value, rtype: ResourceType, patient_url: &str, nhs: &str) {
-    if let Some(r) = item.get_mut(rtype.patient_element()).and_then(Value::as_object_mut) {
+    if let Some(r) = item
+        .get_mut(rtype.patient_element())
+        .and_then(Value::as_object_mut)
+    {
         let display = r.get("display").cloned();
         r.clear();
         r.insert("reference".into(), Value::String(patient_url.to_owned()));
-        r.insert("identifier".into(), json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}));
+        r.insert(
+            "identifier".into(),
+            json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}),
+        );
         if let Some(d) = display {
             r.insert("display".into(), d);
         }
@@ -289,19 +342,28 @@ fn sort_key(rtype: ResourceType, resource: &Value) -> i64 {
 
 /// Adds `meta.source` and one `meta.tag` per region, keeping whatever meta the region sent.
 fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a RegionInfo>) {
-    let Some(obj) = resource.as_object_mut() else { return };
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
     let meta = obj.entry("meta").or_insert_with(|| json!({}));
     if !meta.is_object() {
         *meta = json!({});
     }
     meta["source"] = Value::String(source.to_owned());
-    let tags = meta.as_object_mut().expect("meta is an object").entry("tag").or_insert_with(|| json!([]));
+    let tags = meta
+        .as_object_mut()
+        .expect("meta is an object")
+        .entry("tag")
+        .or_insert_with(|| json!([]));
     if !tags.is_array() {
         *tags = json!([]);
     }
     let tags = tags.as_array_mut().expect("tag is an array");
     for r in regions {
-        let exists = tags.iter().any(|t| t.get("system").and_then(Value::as_str) == Some(REGION_TAG_SYSTEM) && t.get("code").and_then(Value::as_str) == Some(&r.code));
+        let exists = tags.iter().any(|t| {
+            t.get("system").and_then(Value::as_str) == Some(REGION_TAG_SYSTEM)
+                && t.get("code").and_then(Value::as_str) == Some(&r.code)
+        });
         if !exists {
             tags.push(json!({"system": REGION_TAG_SYSTEM, "code": r.code, "display": r.name}));
         }
@@ -309,14 +371,26 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
 }
 
 fn last_updated(p: &Value) -> i64 {
-    p.pointer("/meta/lastUpdated").and_then(Value::as_str).and_then(|s| date::parse_interval(s).ok()).map_or(i64::MIN, |i| i.start)
+    p.pointer("/meta/lastUpdated")
+        .and_then(Value::as_str)
+        .and_then(|s| date::parse_interval(s).ok())
+        .map_or(i64::MIN, |i| i.start)
 }
 
 /// One Patient for the NHS number: the most recently updated region's demographics first,
 /// identifiers, names, telecoms and addresses from every region (each once).
-fn merge_patients(patients: &[(usize, Value)], results: &[RegionResult], nhs: &str, gateway_base: &str) -> Value {
+fn merge_patients(
+    patients: &[(usize, Value)],
+    results: &[RegionResult],
+    nhs: &str,
+    gateway_base: &str,
+) -> Value {
     let mut ordered: Vec<&(usize, Value)> = patients.iter().collect();
-    ordered.sort_by(|a, b| last_updated(&b.1).cmp(&last_updated(&a.1)).then(a.0.cmp(&b.0)));
+    ordered.sort_by(|a, b| {
+        last_updated(&b.1)
+            .cmp(&last_updated(&a.1))
+            .then(a.0.cmp(&b.0))
+    });
     let mut merged = ordered[0].1.clone();
     for list in ["identifier", "name", "telecom", "address"] {
         let mut seen = BTreeSet::new();

@@ -5,7 +5,11 @@ use crate::query::{parse_everything, parse_search};
 const NHS: &str = "9000000009";
 
 fn region(code: &str) -> RegionInfo {
-    RegionInfo { code: code.into(), name: code.to_uppercase(), base_url: format!("https://{code}.example/fhir") }
+    RegionInfo {
+        code: code.into(),
+        name: code.to_uppercase(),
+        base_url: format!("https://{code}.example/fhir"),
+    }
 }
 
 fn patient(local: &str, updated: &str, family: &str) -> Value {
@@ -20,19 +24,45 @@ fn allergy(id: &str, local_patient: &str, recorded: &str) -> Value {
 }
 
 fn answered(code: &str, patients: Vec<Value>, items: Vec<Value>) -> RegionResult {
-    RegionResult { region: region(code), outcome: Ok(RecordAnswer { patients, items }), elapsed_ms: 5 }
+    RegionResult {
+        region: region(code),
+        outcome: Ok(RecordAnswer { patients, items }),
+        elapsed_ms: 5,
+    }
 }
 
 fn failed(code: &str, kind: FailureKind) -> RegionResult {
-    RegionResult { region: region(code), outcome: Err(RegionFailure { kind, reason: "test".into() }), elapsed_ms: 5 }
+    RegionResult {
+        region: region(code),
+        outcome: Err(RegionFailure {
+            kind,
+            reason: "test".into(),
+        }),
+        elapsed_ms: 5,
+    }
 }
 
 fn ctx() -> MergeContext<'static> {
-    MergeContext { gateway_base: "https://gw.example/fhir", bundle_id: "b1", now: "2024-01-01T00:00:00Z", self_link: "https://gw.example/fhir/x", issues: vec![] }
+    MergeContext {
+        gateway_base: "https://gw.example/fhir",
+        bundle_id: "b1",
+        now: "2024-01-01T00:00:00Z",
+        self_link: "https://gw.example/fhir/x",
+        issues: vec![],
+    }
 }
 
 fn allergy_query() -> PatientQuery {
-    parse_search("AllergyIntolerance", &[("patient.identifier".into(), format!("{NHS_NUMBER_SYSTEM}|{NHS}"))], false).unwrap().query
+    parse_search(
+        "AllergyIntolerance",
+        &[(
+            "patient.identifier".into(),
+            format!("{NHS_NUMBER_SYSTEM}|{NHS}"),
+        )],
+        false,
+    )
+    .unwrap()
+    .query
 }
 
 fn entries(b: &Value) -> Vec<Value> {
@@ -40,7 +70,10 @@ fn entries(b: &Value) -> Vec<Value> {
 }
 
 fn matches(b: &Value) -> Vec<Value> {
-    entries(b).into_iter().filter(|e| e["search"]["mode"] == "match").collect()
+    entries(b)
+        .into_iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .collect()
 }
 
 #[test]
@@ -48,8 +81,16 @@ fn identical_items_from_two_regions_appear_once_tagged_with_both() {
     let merged = merge(
         &allergy_query(),
         vec![
-            answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")], vec![allergy("a", "d1", "2020-01-01")]),
-            answered("hampshire", vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")], vec![allergy("zz", "h7", "2020-01-01")]),
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![allergy("a", "d1", "2020-01-01")],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")],
+                vec![allergy("zz", "h7", "2020-01-01")],
+            ),
         ],
         ctx(),
     );
@@ -58,21 +99,45 @@ fn identical_items_from_two_regions_appear_once_tagged_with_both() {
     assert_eq!(merged.total, 1);
     assert_eq!(merged.bundle["total"], 1);
     assert_eq!(merged.deduplicated, 1);
-    let tags: Vec<&str> = m[0]["resource"]["meta"]["tag"].as_array().unwrap().iter().map(|t| t["code"].as_str().unwrap()).collect();
+    let tags: Vec<&str> = m[0]["resource"]["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap())
+        .collect();
     assert_eq!(tags, vec!["dorset", "hampshire"]);
-    assert_eq!(m[0]["resource"]["meta"]["source"], "https://dorset.example/fhir");
-    assert_eq!(m[0]["fullUrl"], "https://dorset.example/fhir/AllergyIntolerance/a");
-    assert_eq!(m[0]["resource"]["patient"]["reference"], "https://gw.example/fhir/Patient/9000000009");
+    assert_eq!(
+        m[0]["resource"]["meta"]["source"],
+        "https://dorset.example/fhir"
+    );
+    assert_eq!(
+        m[0]["fullUrl"],
+        "https://dorset.example/fhir/AllergyIntolerance/a"
+    );
+    assert_eq!(
+        m[0]["resource"]["patient"]["reference"],
+        "https://gw.example/fhir/Patient/9000000009"
+    );
 }
 
 #[test]
 fn different_items_are_kept_newest_first() {
     let merged = merge(
         &allergy_query(),
-        vec![answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")], vec![allergy("old", "d1", "2010-01-01"), allergy("new", "d1", "2022-01-01")])],
+        vec![answered(
+            "dorset",
+            vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+            vec![
+                allergy("old", "d1", "2010-01-01"),
+                allergy("new", "d1", "2022-01-01"),
+            ],
+        )],
         ctx(),
     );
-    let ids: Vec<String> = matches(&merged.bundle).iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = matches(&merged.bundle)
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec!["new", "old"]);
 }
 
@@ -81,7 +146,11 @@ fn failed_regions_are_named_in_an_outcome_entry() {
     let merged = merge(
         &allergy_query(),
         vec![
-            answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")], vec![allergy("a", "d1", "2020")]),
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![allergy("a", "d1", "2020")],
+            ),
             failed("hampshire", FailureKind::Timeout),
             failed("wiltshire", FailureKind::Refused(403)),
         ],
@@ -89,22 +158,45 @@ fn failed_regions_are_named_in_an_outcome_entry() {
     );
     assert_eq!((merged.regions_answered, merged.regions_failed), (1, 2));
     assert!(!merged.all_failures_timeouts);
-    let outcome: Vec<Value> = entries(&merged.bundle).into_iter().filter(|e| e["search"]["mode"] == "outcome").collect();
+    let outcome: Vec<Value> = entries(&merged.bundle)
+        .into_iter()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .collect();
     assert_eq!(outcome.len(), 1);
     let issues = outcome[0]["resource"]["issue"].as_array().unwrap();
     assert_eq!(issues.len(), 2);
     assert_eq!(issues[0]["code"], "timeout");
-    assert!(issues[0]["diagnostics"].as_str().unwrap().contains("hampshire"));
+    assert!(
+        issues[0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("hampshire")
+    );
     assert_eq!(issues[1]["code"], "forbidden");
-    assert!(issues[1]["diagnostics"].as_str().unwrap().contains("wiltshire"));
-    let regions: BTreeSet<&str> = issues.iter().map(|i| i["details"]["coding"][0]["code"].as_str().unwrap()).collect();
+    assert!(
+        issues[1]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("wiltshire")
+    );
+    let regions: BTreeSet<&str> = issues
+        .iter()
+        .map(|i| i["details"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
     assert_eq!(regions, BTreeSet::from(["hampshire", "wiltshire"]));
     assert_eq!(merged.bundle["total"], 1, "outcomes are not counted");
 }
 
 #[test]
 fn all_timeouts_is_flagged() {
-    let merged = merge(&allergy_query(), vec![failed("a", FailureKind::Timeout), failed("b", FailureKind::Timeout)], ctx());
+    let merged = merge(
+        &allergy_query(),
+        vec![
+            failed("a", FailureKind::Timeout),
+            failed("b", FailureKind::Timeout),
+        ],
+        ctx(),
+    );
     assert!(merged.all_failures_timeouts);
     assert_eq!(merged.regions_answered, 0);
 }
@@ -125,8 +217,14 @@ fn a_peer_cannot_slip_in_another_patients_items() {
         )],
         ctx(),
     );
-    assert_eq!(merged.discarded, 3, "the other patient, their allergy and the unasked-for Condition");
-    let ids: Vec<String> = matches(&merged.bundle).iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        merged.discarded, 3,
+        "the other patient, their allergy and the unasked-for Condition"
+    );
+    let ids: Vec<String> = matches(&merged.bundle)
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec!["mine"]);
 }
 
@@ -134,7 +232,15 @@ fn a_peer_cannot_slip_in_another_patients_items() {
 fn count_truncates_but_total_is_the_whole() {
     let mut q = allergy_query();
     q.count = Some(1);
-    let merged = merge(&q, vec![answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "S")], vec![allergy("a", "d1", "2020"), allergy("b", "d1", "2021")])], ctx());
+    let merged = merge(
+        &q,
+        vec![answered(
+            "dorset",
+            vec![patient("d1", "2023-01-01T00:00:00Z", "S")],
+            vec![allergy("a", "d1", "2020"), allergy("b", "d1", "2021")],
+        )],
+        ctx(),
+    );
     assert_eq!(matches(&merged.bundle).len(), 1);
     assert_eq!(merged.bundle["total"], 2);
 }
@@ -145,16 +251,30 @@ fn everything_has_one_merged_patient_first() {
     let merged = merge(
         &q,
         vec![
-            answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "Old")], vec![allergy("a", "d1", "2020")]),
-            answered("hampshire", vec![patient("h1", "2024-01-01T00:00:00Z", "New")], vec![]),
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Old")],
+                vec![allergy("a", "d1", "2020")],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h1", "2024-01-01T00:00:00Z", "New")],
+                vec![],
+            ),
         ],
         ctx(),
     );
     let m = matches(&merged.bundle);
     assert_eq!(m[0]["resource"]["resourceType"], "Patient");
     assert_eq!(m[0]["resource"]["id"], NHS);
-    assert_eq!(m[0]["fullUrl"], "https://gw.example/fhir/Patient/9000000009");
-    assert_eq!(m[0]["resource"]["name"][0]["family"], "New", "most recently updated first");
+    assert_eq!(
+        m[0]["fullUrl"],
+        "https://gw.example/fhir/Patient/9000000009"
+    );
+    assert_eq!(
+        m[0]["resource"]["name"][0]["family"], "New",
+        "most recently updated first"
+    );
     assert_eq!(m[0]["resource"]["name"].as_array().unwrap().len(), 2);
     // NHS number once, two local identifiers.
     assert_eq!(m[0]["resource"]["identifier"].as_array().unwrap().len(), 3);
@@ -163,8 +283,16 @@ fn everything_has_one_merged_patient_first() {
 
 #[test]
 fn merge_is_independent_of_answer_order() {
-    let a = answered("dorset", vec![patient("d1", "2023-01-01T00:00:00Z", "S")], vec![allergy("a", "d1", "2020"), allergy("b", "d1", "2020")]);
-    let b = answered("wiltshire", vec![patient("w1", "2023-01-01T00:00:00Z", "S")], vec![allergy("c", "w1", "2021"), allergy("d", "w1", "2020")]);
+    let a = answered(
+        "dorset",
+        vec![patient("d1", "2023-01-01T00:00:00Z", "S")],
+        vec![allergy("a", "d1", "2020"), allergy("b", "d1", "2020")],
+    );
+    let b = answered(
+        "wiltshire",
+        vec![patient("w1", "2023-01-01T00:00:00Z", "S")],
+        vec![allergy("c", "w1", "2021"), allergy("d", "w1", "2020")],
+    );
     let one = merge(&allergy_query(), vec![a.clone(), b.clone()], ctx());
     let two = merge(&allergy_query(), vec![b, a], ctx());
     assert_eq!(one.bundle, two.bundle);

@@ -34,8 +34,17 @@ pub enum PeerError {
 }
 
 impl Peer {
-    pub fn new(config: &ConfigPeer, federation_ca: &[CertificateDer<'static>], client_identity: &KeyMaterial) -> Result<Self, PeerError> {
-        let tls = peer_client_config(federation_ca, client_identity, &config.identity).map_err(|source| PeerError::Tls { region: config.region.clone(), source })?;
+    pub fn new(
+        config: &ConfigPeer,
+        federation_ca: &[CertificateDer<'static>],
+        client_identity: &KeyMaterial,
+    ) -> Result<Self, PeerError> {
+        let tls = peer_client_config(federation_ca, client_identity, &config.identity).map_err(
+            |source| PeerError::Tls {
+                region: config.region.clone(),
+                source,
+            },
+        )?;
         let timeout = Duration::from_millis(config.timeout_ms);
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -46,9 +55,16 @@ impl Peer {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("federation-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| PeerError::Client { region: config.region.clone(), message: crate::client::describe(e) })?;
+            .map_err(|e| PeerError::Client {
+                region: config.region.clone(),
+                message: crate::client::describe(e),
+            })?;
         Ok(Peer {
-            info: RegionInfo { code: config.region.clone(), name: config.name.clone(), base_url: config.url.clone() },
+            info: RegionInfo {
+                code: config.region.clone(),
+                name: config.name.clone(),
+                base_url: config.url.clone(),
+            },
             identity: config.identity.clone(),
             timeout,
             client,
@@ -56,7 +72,14 @@ impl Peer {
     }
 
     /// Asks the peer's federation face the same question, as `user`.
-    pub async fn query(&self, query: &PatientQuery, token: &str, request_id: &str, max_bytes: usize, budget: Duration) -> Result<crate::record::RecordAnswer, RegionFailure> {
+    pub async fn query(
+        &self,
+        query: &PatientQuery,
+        token: &str,
+        request_id: &str,
+        max_bytes: usize,
+        budget: Duration,
+    ) -> Result<crate::record::RecordAnswer, RegionFailure> {
         let (path, params) = query.to_request();
         let request = self
             .client
@@ -64,7 +87,9 @@ impl Peer {
             .query(&params)
             .bearer_auth(token)
             .header("x-request-id", request_id);
-        let bundle = get_fhir_json(request, max_bytes, budget).await.map_err(failure_from_fetch)?;
+        let bundle = get_fhir_json(request, max_bytes, budget)
+            .await
+            .map_err(failure_from_fetch)?;
         bundle_to_answer(&bundle).map_err(failure_from_fetch)
     }
 }
@@ -76,9 +101,15 @@ pub fn failure_from_fetch(e: FetchError) -> RegionFailure {
         FetchError::Connect(_) => FailureKind::Unreachable,
         FetchError::Status(s @ (401 | 403)) => FailureKind::Refused(*s),
         FetchError::Status(s) => FailureKind::Failed(*s),
-        FetchError::TooLarge(_) | FetchError::NotFhir(_) | FetchError::Json(_) | FetchError::NotABundle => FailureKind::Invalid,
+        FetchError::TooLarge(_)
+        | FetchError::NotFhir(_)
+        | FetchError::Json(_)
+        | FetchError::NotABundle => FailureKind::Invalid,
     };
-    RegionFailure { kind, reason: e.to_string() }
+    RegionFailure {
+        kind,
+        reason: e.to_string(),
+    }
 }
 
 fn failure_from_record(e: RecordError) -> RegionFailure {
@@ -88,7 +119,10 @@ fn failure_from_record(e: RecordError) -> RegionFailure {
         RecordError::Status(s) => FailureKind::Failed(*s),
         RecordError::Invalid(_) => FailureKind::Invalid,
     };
-    RegionFailure { kind, reason: e.to_string() }
+    RegionFailure {
+        kind,
+        reason: e.to_string(),
+    }
 }
 
 /// Everything a fan-out needs.
@@ -115,18 +149,40 @@ impl FanOut<'_> {
             let outcome = match tokio::time::timeout(local_budget, local.search(query)).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(failure_from_record(e)),
-                Err(_) => Err(RegionFailure { kind: FailureKind::Timeout, reason: format!("no answer within {} ms", local_budget.as_millis()) }),
+                Err(_) => Err(RegionFailure {
+                    kind: FailureKind::Timeout,
+                    reason: format!("no answer within {} ms", local_budget.as_millis()),
+                }),
             };
-            RegionResult { region: local_info.clone(), outcome, elapsed_ms: t.elapsed().as_millis() as u64 }
+            RegionResult {
+                region: local_info.clone(),
+                outcome,
+                elapsed_ms: t.elapsed().as_millis() as u64,
+            }
         };
         let peer_futs = self.peers.iter().map(|peer| async move {
             let t = Instant::now();
-            let budget = peer.timeout.min(self.deadline.saturating_sub(started.elapsed()));
-            let outcome = match self.signer.sign(self.user, &peer.identity, self.request_id, now) {
-                Ok(token) => peer.query(query, &token, self.request_id, self.max_bytes, budget).await,
-                Err(e) => Err(RegionFailure { kind: FailureKind::Invalid, reason: format!("could not sign the user context: {e}") }),
+            let budget = peer
+                .timeout
+                .min(self.deadline.saturating_sub(started.elapsed()));
+            let outcome = match self
+                .signer
+                .sign(self.user, &peer.identity, self.request_id, now)
+            {
+                Ok(token) => {
+                    peer.query(query, &token, self.request_id, self.max_bytes, budget)
+                        .await
+                }
+                Err(e) => Err(RegionFailure {
+                    kind: FailureKind::Invalid,
+                    reason: format!("could not sign the user context: {e}"),
+                }),
             };
-            RegionResult { region: peer.info.clone(), outcome, elapsed_ms: t.elapsed().as_millis() as u64 }
+            RegionResult {
+                region: peer.info.clone(),
+                outcome,
+                elapsed_ms: t.elapsed().as_millis() as u64,
+            }
         });
         let (local_result, mut peer_results) = futures::join!(local_fut, join_all(peer_futs));
         let mut results = Vec::with_capacity(1 + peer_results.len());

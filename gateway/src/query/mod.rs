@@ -66,10 +66,15 @@ pub enum QueryError {
     #[error("parameter '{param}' must use the NHS number system https://fhir.nhs.uk/Id/nhs-number")]
     WrongIdentifierSystem { param: String },
     #[error("parameter '{param}': {source}")]
-    InvalidNhsNumber { param: String, source: NhsNumberError },
+    InvalidNhsNumber {
+        param: String,
+        source: NhsNumberError,
+    },
     #[error("parameter '{0}' is given more than once; only one patient can be queried at a time")]
     RepeatedPatient(String),
-    #[error("unknown search parameter '{param}' for {resource} (send 'Prefer: handling=lenient' to ignore unknown parameters)")]
+    #[error(
+        "unknown search parameter '{param}' for {resource} (send 'Prefer: handling=lenient' to ignore unknown parameters)"
+    )]
     UnknownParameter { param: String, resource: String },
     #[error("parameter '{param}': {message}")]
     InvalidValue { param: String, message: String },
@@ -111,11 +116,16 @@ pub struct Parsed {
 const FORMAT_PARAMS: [&str; 2] = ["_format", "_pretty"];
 
 /// Parses a search `{type}?{params}` where `type` is the path segment after `/fhir/`.
-pub fn parse_search(type_name: &str, params: &[(String, String)], lenient: bool) -> Result<Parsed, QueryError> {
+pub fn parse_search(
+    type_name: &str,
+    params: &[(String, String)],
+    lenient: bool,
+) -> Result<Parsed, QueryError> {
     if type_name == "Patient" {
         return parse_patient_search(params, lenient);
     }
-    let rtype = ResourceType::parse(type_name).ok_or_else(|| QueryError::UnsupportedType(type_name.chars().take(64).collect()))?;
+    let rtype = ResourceType::parse(type_name)
+        .ok_or_else(|| QueryError::UnsupportedType(type_name.chars().take(64).collect()))?;
     let mut ignored = Vec::new();
     let mut nhs: Option<NhsNumber> = None;
     let mut dates = Vec::new();
@@ -150,7 +160,13 @@ pub fn parse_search(type_name: &str, params: &[(String, String)], lenient: bool)
     }
     let nhs_number = nhs.ok_or(QueryError::MissingPatient("patient.identifier"))?;
     Ok(Parsed {
-        query: PatientQuery { operation: Operation::Search(rtype), nhs_number, dates, categories, count },
+        query: PatientQuery {
+            operation: Operation::Search(rtype),
+            nhs_number,
+            dates,
+            categories,
+            count,
+        },
         ignored,
     })
 }
@@ -179,11 +195,18 @@ fn parse_patient_search(params: &[(String, String)], lenient: bool) -> Result<Pa
         }
     }
     let nhs_number = nhs.ok_or(QueryError::MissingPatient("identifier"))?;
-    Ok(Parsed { query: PatientQuery::new(Operation::PatientSearch, nhs_number, count), ignored })
+    Ok(Parsed {
+        query: PatientQuery::new(Operation::PatientSearch, nhs_number, count),
+        ignored,
+    })
 }
 
 /// Parses `GET Patient/{id}`: the logical id is the NHS number.
-pub fn parse_read(id: &str, params: &[(String, String)], lenient: bool) -> Result<Parsed, QueryError> {
+pub fn parse_read(
+    id: &str,
+    params: &[(String, String)],
+    lenient: bool,
+) -> Result<Parsed, QueryError> {
     let mut ignored = Vec::new();
     for (name, value) in params {
         if FORMAT_PARAMS.contains(&name.as_str()) {
@@ -193,11 +216,18 @@ pub fn parse_read(id: &str, params: &[(String, String)], lenient: bool) -> Resul
         }
     }
     let nhs_number = parse_nhs("id", id)?;
-    Ok(Parsed { query: PatientQuery::new(Operation::PatientRead, nhs_number, None), ignored })
+    Ok(Parsed {
+        query: PatientQuery::new(Operation::PatientRead, nhs_number, None),
+        ignored,
+    })
 }
 
 /// Parses `GET Patient/{id}/$everything` with `_type` and `_count`.
-pub fn parse_everything(id: &str, params: &[(String, String)], lenient: bool) -> Result<Parsed, QueryError> {
+pub fn parse_everything(
+    id: &str,
+    params: &[(String, String)],
+    lenient: bool,
+) -> Result<Parsed, QueryError> {
     let mut ignored = Vec::new();
     let mut types: Vec<ResourceType> = Vec::new();
     let mut count = None;
@@ -211,7 +241,10 @@ pub fn parse_everything(id: &str, params: &[(String, String)], lenient: bool) ->
                     }
                     let rt = ResourceType::parse(t).ok_or_else(|| QueryError::InvalidValue {
                         param: "_type".into(),
-                        message: format!("'{}' is not a supported resource type", t.chars().take(64).collect::<String>()),
+                        message: format!(
+                            "'{}' is not a supported resource type",
+                            t.chars().take(64).collect::<String>()
+                        ),
                     })?;
                     if !types.contains(&rt) {
                         types.push(rt);
@@ -225,24 +258,42 @@ pub fn parse_everything(id: &str, params: &[(String, String)], lenient: bool) ->
     }
     types.sort();
     let nhs_number = parse_nhs("id", id)?;
-    Ok(Parsed { query: PatientQuery::new(Operation::Everything { types }, nhs_number, count), ignored })
+    Ok(Parsed {
+        query: PatientQuery::new(Operation::Everything { types }, nhs_number, count),
+        ignored,
+    })
 }
 
-fn unknown(name: &str, resource: &str, lenient: bool, ignored: &mut Vec<Issue>) -> Result<(), QueryError> {
+fn unknown(
+    name: &str,
+    resource: &str,
+    lenient: bool,
+    ignored: &mut Vec<Issue>,
+) -> Result<(), QueryError> {
     let param: String = name.chars().take(64).collect();
     if lenient {
         ignored.push(
-            Issue::new(Severity::Information, "not-supported", format!("search parameter '{param}' is not supported and was ignored"))
-                .at(param),
+            Issue::new(
+                Severity::Information,
+                "not-supported",
+                format!("search parameter '{param}' is not supported and was ignored"),
+            )
+            .at(param),
         );
         Ok(())
     } else {
-        Err(QueryError::UnknownParameter { param, resource: resource.to_owned() })
+        Err(QueryError::UnknownParameter {
+            param,
+            resource: resource.to_owned(),
+        })
     }
 }
 
 fn parse_nhs(param: &str, value: &str) -> Result<NhsNumber, QueryError> {
-    NhsNumber::parse(value).map_err(|source| QueryError::InvalidNhsNumber { param: param.to_owned(), source })
+    NhsNumber::parse(value).map_err(|source| QueryError::InvalidNhsNumber {
+        param: param.to_owned(),
+        source,
+    })
 }
 
 /// `https://fhir.nhs.uk/Id/nhs-number|9000000009`; the system is required so that a local
@@ -250,7 +301,9 @@ fn parse_nhs(param: &str, value: &str) -> Result<NhsNumber, QueryError> {
 fn parse_nhs_token(param: &str, value: &str) -> Result<NhsNumber, QueryError> {
     match value.split_once('|') {
         Some((NHS_NUMBER_SYSTEM, number)) => parse_nhs(param, number),
-        _ => Err(QueryError::WrongIdentifierSystem { param: param.to_owned() }),
+        _ => Err(QueryError::WrongIdentifierSystem {
+            param: param.to_owned(),
+        }),
     }
 }
 
@@ -288,8 +341,16 @@ fn check_format(param: &str, value: &str) -> Result<(), QueryError> {
 
 fn parse_date(param: DateParam, value: &str) -> Result<DateFilter, QueryError> {
     let (prefix, rest) = Prefix::split(value);
-    let interval = date::parse_interval(rest).map_err(|e| QueryError::InvalidValue { param: param.name.to_owned(), message: e.to_string() })?;
-    Ok(DateFilter { param, prefix, interval, raw: value.to_owned() })
+    let interval = date::parse_interval(rest).map_err(|e| QueryError::InvalidValue {
+        param: param.name.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(DateFilter {
+        param,
+        prefix,
+        interval,
+        raw: value.to_owned(),
+    })
 }
 
 fn parse_tokens(param: &str, value: &str) -> Result<Vec<Token>, QueryError> {
@@ -297,11 +358,20 @@ fn parse_tokens(param: &str, value: &str) -> Result<Vec<Token>, QueryError> {
         .split(',')
         .map(|t| {
             let token = match t.split_once('|') {
-                Some((s, c)) => Token { system: non_empty(s), code: non_empty(c) },
-                None => Token { system: None, code: non_empty(t) },
+                Some((s, c)) => Token {
+                    system: non_empty(s),
+                    code: non_empty(c),
+                },
+                None => Token {
+                    system: None,
+                    code: non_empty(t),
+                },
             };
             if token.system.is_none() && token.code.is_none() {
-                Err(QueryError::InvalidValue { param: param.to_owned(), message: "an empty token".into() })
+                Err(QueryError::InvalidValue {
+                    param: param.to_owned(),
+                    message: "an empty token".into(),
+                })
             } else {
                 Ok(token)
             }
@@ -315,7 +385,13 @@ fn non_empty(s: &str) -> Option<String> {
 
 impl PatientQuery {
     pub fn new(operation: Operation, nhs_number: NhsNumber, count: Option<u32>) -> Self {
-        PatientQuery { operation, nhs_number, dates: Vec::new(), categories: Vec::new(), count }
+        PatientQuery {
+            operation,
+            nhs_number,
+            dates: Vec::new(),
+            categories: Vec::new(),
+            count,
+        }
     }
 
     /// The clinical resource types this query asks for.
@@ -339,14 +415,29 @@ impl PatientQuery {
             Operation::Everything { types } => {
                 let mut q = Vec::new();
                 if !types.is_empty() {
-                    q.push(("_type".into(), types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")));
+                    q.push((
+                        "_type".into(),
+                        types
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ));
                 }
                 (format!("Patient/{}/$everything", self.nhs_number), q)
             }
             Operation::Search(t) => {
                 let mut q = vec![("patient.identifier".to_owned(), nhs_token)];
-                q.extend(self.dates.iter().map(|d| (d.param.name.to_owned(), d.raw.clone())));
-                q.extend(self.categories.iter().map(|(raw, _)| ("category".to_owned(), raw.clone())));
+                q.extend(
+                    self.dates
+                        .iter()
+                        .map(|d| (d.param.name.to_owned(), d.raw.clone())),
+                );
+                q.extend(
+                    self.categories
+                        .iter()
+                        .map(|(raw, _)| ("category".to_owned(), raw.clone())),
+                );
                 (t.as_str().to_owned(), q)
             }
         }
@@ -356,7 +447,10 @@ impl PatientQuery {
     /// (That the resource is about the patient is the record's business.)
     pub fn matches(&self, rtype: ResourceType, resource: &Value) -> bool {
         self.dates.iter().all(|f| date_matches(f, resource))
-            && self.categories.iter().all(|(_, tokens)| category_matches(rtype, tokens, resource))
+            && self
+                .categories
+                .iter()
+                .all(|(_, tokens)| category_matches(rtype, tokens, resource))
     }
 }
 
@@ -372,19 +466,32 @@ fn date_matches(filter: &DateFilter, resource: &Value) -> bool {
 }
 
 fn category_matches(rtype: ResourceType, tokens: &[Token], resource: &Value) -> bool {
-    let Some(kind) = rtype.category() else { return false };
-    let Some(category) = resource.get("category") else { return false };
+    let Some(kind) = rtype.category() else {
+        return false;
+    };
+    let Some(category) = resource.get("category") else {
+        return false;
+    };
     let codings: Vec<(Option<&str>, Option<&str>)> = match kind {
-        CategoryKind::Codes(system) => as_list(category).filter_map(Value::as_str).map(|c| (Some(system), Some(c))).collect(),
+        CategoryKind::Codes(system) => as_list(category)
+            .filter_map(Value::as_str)
+            .map(|c| (Some(system), Some(c)))
+            .collect(),
         CategoryKind::CodeableConcepts => as_list(category)
             .filter_map(|cc| cc.get("coding").and_then(Value::as_array))
             .flatten()
-            .map(|c| (c.get("system").and_then(Value::as_str), c.get("code").and_then(Value::as_str)))
+            .map(|c| {
+                (
+                    c.get("system").and_then(Value::as_str),
+                    c.get("code").and_then(Value::as_str),
+                )
+            })
             .collect(),
     };
     tokens.iter().any(|t| {
         codings.iter().any(|(system, code)| {
-            t.system.as_deref().is_none_or(|s| Some(s) == *system) && t.code.as_deref().is_none_or(|c| Some(c) == *code)
+            t.system.as_deref().is_none_or(|s| Some(s) == *system)
+                && t.code.as_deref().is_none_or(|c| Some(c) == *code)
         })
     })
 }

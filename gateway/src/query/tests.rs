@@ -2,7 +2,10 @@ use super::*;
 use serde_json::json;
 
 fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number|9000000009";
@@ -11,7 +14,12 @@ const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number|9000000009";
 fn parses_a_type_search() {
     let parsed = parse_search(
         "Observation",
-        &p(&[("patient.identifier", NHS), ("date", "ge2023-01-01"), ("category", "vital-signs"), ("_count", "5")]),
+        &p(&[
+            ("patient.identifier", NHS),
+            ("date", "ge2023-01-01"),
+            ("category", "vital-signs"),
+            ("_count", "5"),
+        ]),
         false,
     )
     .unwrap();
@@ -25,29 +33,62 @@ fn parses_a_type_search() {
 
 #[test]
 fn an_invalid_check_digit_is_refused_naming_the_parameter() {
-    let err = parse_search("AllergyIntolerance", &p(&[("patient.identifier", "https://fhir.nhs.uk/Id/nhs-number|9000000008")]), false).unwrap_err();
-    assert!(matches!(err, QueryError::InvalidNhsNumber { source: NhsNumberError::CheckDigit, .. }));
+    let err = parse_search(
+        "AllergyIntolerance",
+        &p(&[(
+            "patient.identifier",
+            "https://fhir.nhs.uk/Id/nhs-number|9000000008",
+        )]),
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        QueryError::InvalidNhsNumber {
+            source: NhsNumberError::CheckDigit,
+            ..
+        }
+    ));
     assert_eq!(err.parameter(), Some("patient.identifier"));
-    assert!(!err.to_string().contains("9000000008"), "errors never echo the number");
+    assert!(
+        !err.to_string().contains("9000000008"),
+        "errors never echo the number"
+    );
 }
 
 #[test]
 fn the_identifier_system_is_required() {
-    let err = parse_search("Condition", &p(&[("patient.identifier", "9000000009")]), false).unwrap_err();
+    let err = parse_search(
+        "Condition",
+        &p(&[("patient.identifier", "9000000009")]),
+        false,
+    )
+    .unwrap_err();
     assert!(matches!(err, QueryError::WrongIdentifierSystem { .. }));
-    let err = parse_search("Condition", &p(&[("patient.identifier", "urn:local|9000000009")]), false).unwrap_err();
+    let err = parse_search(
+        "Condition",
+        &p(&[("patient.identifier", "urn:local|9000000009")]),
+        false,
+    )
+    .unwrap_err();
     assert!(matches!(err, QueryError::WrongIdentifierSystem { .. }));
 }
 
 #[test]
 fn a_patient_is_required() {
-    let err = parse_search("Condition", &p(&[("category", "problem-list-item")]), false).unwrap_err();
+    let err =
+        parse_search("Condition", &p(&[("category", "problem-list-item")]), false).unwrap_err();
     assert_eq!(err, QueryError::MissingPatient("patient.identifier"));
 }
 
 #[test]
 fn two_patients_are_refused() {
-    let err = parse_search("Condition", &p(&[("patient.identifier", NHS), ("patient", "9434765919")]), false).unwrap_err();
+    let err = parse_search(
+        "Condition",
+        &p(&[("patient.identifier", NHS), ("patient", "9434765919")]),
+        false,
+    )
+    .unwrap_err();
     assert!(matches!(err, QueryError::RepeatedPatient(_)));
 }
 
@@ -63,46 +104,115 @@ fn unknown_parameters_are_refused_unless_lenient() {
 #[test]
 fn date_is_only_where_fhir_defines_it() {
     // Condition has no `date` parameter in R4; it has onset-date and recorded-date.
-    assert!(parse_search("Condition", &p(&[("patient.identifier", NHS), ("date", "2020")]), false).is_err());
-    assert!(parse_search("Condition", &p(&[("patient.identifier", NHS), ("onset-date", "2020")]), false).is_ok());
+    assert!(
+        parse_search(
+            "Condition",
+            &p(&[("patient.identifier", NHS), ("date", "2020")]),
+            false
+        )
+        .is_err()
+    );
+    assert!(
+        parse_search(
+            "Condition",
+            &p(&[("patient.identifier", NHS), ("onset-date", "2020")]),
+            false
+        )
+        .is_ok()
+    );
     // Encounter has no category in R4.
-    assert!(parse_search("Encounter", &p(&[("patient.identifier", NHS), ("category", "x")]), false).is_err());
+    assert!(
+        parse_search(
+            "Encounter",
+            &p(&[("patient.identifier", NHS), ("category", "x")]),
+            false
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn unsupported_types_and_bad_values() {
-    assert!(matches!(parse_search("Flag", &p(&[("patient.identifier", NHS)]), false), Err(QueryError::UnsupportedType(_))));
-    let err = parse_search("Observation", &p(&[("patient.identifier", NHS), ("date", "ge2023-13-01")]), false).unwrap_err();
+    assert!(matches!(
+        parse_search("Flag", &p(&[("patient.identifier", NHS)]), false),
+        Err(QueryError::UnsupportedType(_))
+    ));
+    let err = parse_search(
+        "Observation",
+        &p(&[("patient.identifier", NHS), ("date", "ge2023-13-01")]),
+        false,
+    )
+    .unwrap_err();
     assert_eq!(err.parameter(), Some("date"));
-    let err = parse_search("Observation", &p(&[("patient.identifier", NHS), ("_count", "-1")]), false).unwrap_err();
+    let err = parse_search(
+        "Observation",
+        &p(&[("patient.identifier", NHS), ("_count", "-1")]),
+        false,
+    )
+    .unwrap_err();
     assert_eq!(err.parameter(), Some("_count"));
-    let err = parse_search("Observation", &p(&[("patient.identifier", NHS), ("_format", "xml")]), false).unwrap_err();
+    let err = parse_search(
+        "Observation",
+        &p(&[("patient.identifier", NHS), ("_format", "xml")]),
+        false,
+    )
+    .unwrap_err();
     assert_eq!(err.parameter(), Some("_format"));
 }
 
 #[test]
 fn count_is_capped() {
-    let q = parse_search("Observation", &p(&[("patient.identifier", NHS), ("_count", "999999")]), false).unwrap().query;
+    let q = parse_search(
+        "Observation",
+        &p(&[("patient.identifier", NHS), ("_count", "999999")]),
+        false,
+    )
+    .unwrap()
+    .query;
     assert_eq!(q.count, Some(MAX_COUNT));
 }
 
 #[test]
 fn patient_search_read_and_everything() {
-    let q = parse_search("Patient", &p(&[("identifier", NHS)]), false).unwrap().query;
+    let q = parse_search("Patient", &p(&[("identifier", NHS)]), false)
+        .unwrap()
+        .query;
     assert_eq!(q.operation, Operation::PatientSearch);
     let q = parse_read("9000000009", &[], false).unwrap().query;
     assert_eq!(q.operation, Operation::PatientRead);
     assert!(parse_read("9000000008", &[], false).is_err());
-    let q = parse_everything("9000000009", &p(&[("_type", "Observation,Condition,Patient")]), false).unwrap().query;
-    assert_eq!(q.types(), vec![ResourceType::Condition, ResourceType::Observation]);
-    assert_eq!(parse_everything("9000000009", &[], false).unwrap().query.types().len(), ResourceType::ALL.len());
+    let q = parse_everything(
+        "9000000009",
+        &p(&[("_type", "Observation,Condition,Patient")]),
+        false,
+    )
+    .unwrap()
+    .query;
+    assert_eq!(
+        q.types(),
+        vec![ResourceType::Condition, ResourceType::Observation]
+    );
+    assert_eq!(
+        parse_everything("9000000009", &[], false)
+            .unwrap()
+            .query
+            .types()
+            .len(),
+        ResourceType::ALL.len()
+    );
 }
 
 #[test]
 fn to_request_round_trips_through_the_parser() {
     let original = parse_search(
         "Observation",
-        &p(&[("patient.identifier", NHS), ("date", "ge2023-01-01"), ("date", "lt2024"), ("category", "http://x|laboratory,vital-signs"), ("_count", "3")]),
+        &p(&[
+            ("patient.identifier", NHS),
+            ("date", "ge2023-01-01"),
+            ("date", "lt2024"),
+            ("category", "http://x|laboratory,vital-signs"),
+            ("_count", "3"),
+        ]),
         false,
     )
     .unwrap()
@@ -110,23 +220,42 @@ fn to_request_round_trips_through_the_parser() {
     let (path, params) = original.to_request();
     let again = parse_search(&path, &params, false).unwrap().query;
     assert_eq!(again.count, None, "_count is not forwarded");
-    assert_eq!(PatientQuery { count: Some(3), ..again }, original);
+    assert_eq!(
+        PatientQuery {
+            count: Some(3),
+            ..again
+        },
+        original
+    );
 
-    let everything = parse_everything("9000000009", &p(&[("_type", "Condition")]), false).unwrap().query;
+    let everything = parse_everything("9000000009", &p(&[("_type", "Condition")]), false)
+        .unwrap()
+        .query;
     let (path, params) = everything.to_request();
     assert_eq!(path, "Patient/9000000009/$everything");
-    let again = parse_everything("9000000009", &params, false).unwrap().query;
+    let again = parse_everything("9000000009", &params, false)
+        .unwrap()
+        .query;
     assert_eq!(again, everything);
 }
 
 #[test]
 fn matching_dates_and_categories() {
-    let q = parse_search("Observation", &p(&[("patient.identifier", NHS), ("date", "ge2023-01-01"), ("category", "vital-signs")]), false)
-        .unwrap()
-        .query;
+    let q = parse_search(
+        "Observation",
+        &p(&[
+            ("patient.identifier", NHS),
+            ("date", "ge2023-01-01"),
+            ("category", "vital-signs"),
+        ]),
+        false,
+    )
+    .unwrap()
+    .query;
     let cat = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}]);
     let yes = json!({"resourceType": "Observation", "effectiveDateTime": "2023-06-01T10:00:00Z", "category": cat});
-    let old = json!({"resourceType": "Observation", "effectiveDateTime": "2022-06-01", "category": cat});
+    let old =
+        json!({"resourceType": "Observation", "effectiveDateTime": "2022-06-01", "category": cat});
     let lab = json!({"resourceType": "Observation", "effectiveDateTime": "2023-06-01", "category": [{"coding": [{"code": "laboratory"}]}]});
     let undated = json!({"resourceType": "Observation", "category": cat});
     assert!(q.matches(ResourceType::Observation, &yes));
@@ -139,11 +268,23 @@ fn matching_dates_and_categories() {
 fn allergy_category_is_a_code_list() {
     let q = parse_search(
         "AllergyIntolerance",
-        &p(&[("patient.identifier", NHS), ("category", "http://hl7.org/fhir/allergy-intolerance-category|medication")]),
+        &p(&[
+            ("patient.identifier", NHS),
+            (
+                "category",
+                "http://hl7.org/fhir/allergy-intolerance-category|medication",
+            ),
+        ]),
         false,
     )
     .unwrap()
     .query;
-    assert!(q.matches(ResourceType::AllergyIntolerance, &json!({"category": ["food", "medication"]})));
-    assert!(!q.matches(ResourceType::AllergyIntolerance, &json!({"category": ["food"]})));
+    assert!(q.matches(
+        ResourceType::AllergyIntolerance,
+        &json!({"category": ["food", "medication"]})
+    ));
+    assert!(!q.matches(
+        ResourceType::AllergyIntolerance,
+        &json!({"category": ["food"]})
+    ));
 }

@@ -17,9 +17,16 @@ use crate::query::PatientQuery;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: not FHIR JSON: {message}")]
-    Json { path: String, line: usize, message: String },
+    Json {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: a resource without a resourceType or id")]
     NotAResource { path: String },
 }
@@ -37,8 +44,15 @@ pub struct DirectoryRecord {
 impl DirectoryRecord {
     /// Loads every `*.json` and `*.ndjson` file in a directory (not recursively).
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
-        let io = |source| LoadError::Io { path: dir.display().to_string(), source };
-        let mut files: Vec<_> = std::fs::read_dir(dir).map_err(io)?.filter_map(Result::ok).map(|e| e.path()).collect();
+        let io = |source| LoadError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
         files.sort();
         let mut record = DirectoryRecord::default();
         for path in files {
@@ -47,14 +61,29 @@ impl DirectoryRecord {
             if ext != "json" && ext != "ndjson" {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: shown.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+                path: shown.clone(),
+                source,
+            })?;
             if ext == "ndjson" {
-                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let v = serde_json::from_str(line).map_err(|e| LoadError::Json { path: shown.clone(), line: n + 1, message: e.to_string() })?;
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let v = serde_json::from_str(line).map_err(|e| LoadError::Json {
+                        path: shown.clone(),
+                        line: n + 1,
+                        message: e.to_string(),
+                    })?;
                     record.add(v, &shown)?;
                 }
             } else {
-                let v = serde_json::from_str(&text).map_err(|e| LoadError::Json { path: shown.clone(), line: e.line(), message: e.to_string() })?;
+                let v = serde_json::from_str(&text).map_err(|e| LoadError::Json {
+                    path: shown.clone(),
+                    line: e.line(),
+                    message: e.to_string(),
+                })?;
                 record.add(v, &shown)?;
             }
         }
@@ -73,7 +102,11 @@ impl DirectoryRecord {
     fn add(&mut self, v: Value, path: &str) -> Result<(), LoadError> {
         match resource_type(&v) {
             Some("Bundle") => {
-                let entries = v.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+                let entries = v
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 for e in entries {
                     if let Some(r) = e.get("resource") {
                         self.add(r.clone(), path)?;
@@ -81,14 +114,26 @@ impl DirectoryRecord {
                 }
                 Ok(())
             }
-            Some(_) if v.get("id").and_then(Value::as_str).is_none() => Err(LoadError::NotAResource { path: path.to_owned() }),
+            Some(_) if v.get("id").and_then(Value::as_str).is_none() => {
+                Err(LoadError::NotAResource {
+                    path: path.to_owned(),
+                })
+            }
             Some("Patient") => {
                 let index = self.patients.len();
-                for ident in v.get("identifier").and_then(Value::as_array).into_iter().flatten() {
+                for ident in v
+                    .get("identifier")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if ident.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM)
                         && let Some(nhs) = ident.get("value").and_then(Value::as_str)
                     {
-                        self.patients_by_nhs.entry(nhs.to_owned()).or_default().push(index);
+                        self.patients_by_nhs
+                            .entry(nhs.to_owned())
+                            .or_default()
+                            .push(index);
                     }
                 }
                 self.patients.push(v);
@@ -99,7 +144,10 @@ impl DirectoryRecord {
                 match ResourceType::parse(t) {
                     Some(rt) => {
                         if let Some(link) = patient_link(&v, rt.patient_element()) {
-                            self.items_by_link.entry(link).or_default().push(self.items.len());
+                            self.items_by_link
+                                .entry(link)
+                                .or_default()
+                                .push(self.items.len());
                         }
                         self.items.push((rt, v));
                     }
@@ -107,7 +155,9 @@ impl DirectoryRecord {
                 }
                 Ok(())
             }
-            None => Err(LoadError::NotAResource { path: path.to_owned() }),
+            None => Err(LoadError::NotAResource {
+                path: path.to_owned(),
+            }),
         }
     }
 
@@ -134,7 +184,12 @@ impl DirectoryRecord {
             .map(|id| PatientLink::Local(id.to_owned()))
             .collect();
         links.push(PatientLink::Nhs(nhs.to_owned()));
-        let mut indices: Vec<usize> = links.iter().filter_map(|l| self.items_by_link.get(l)).flatten().copied().collect();
+        let mut indices: Vec<usize> = links
+            .iter()
+            .filter_map(|l| self.items_by_link.get(l))
+            .flatten()
+            .copied()
+            .collect();
         indices.sort_unstable();
         indices.dedup();
         let items = indices
@@ -143,12 +198,18 @@ impl DirectoryRecord {
             .filter(|(rt, v)| types.contains(rt) && query.matches(*rt, v))
             .map(|(_, v)| v.clone())
             .collect();
-        RecordAnswer { patients: patients.into_iter().cloned().collect(), items }
+        RecordAnswer {
+            patients: patients.into_iter().cloned().collect(),
+            items,
+        }
     }
 }
 
 impl RecordSource for DirectoryRecord {
-    fn search<'a>(&'a self, query: &'a PatientQuery) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
+    fn search<'a>(
+        &'a self,
+        query: &'a PatientQuery,
+    ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(async move { Ok(self.answer(query)) })
     }
 }
@@ -172,7 +233,10 @@ mod tests {
     }
 
     fn q(t: &str, extra: &[(&str, &str)]) -> PatientQuery {
-        let mut params = vec![("patient.identifier".to_string(), format!("{NHS_NUMBER_SYSTEM}|9000000009"))];
+        let mut params = vec![(
+            "patient.identifier".to_string(),
+            format!("{NHS_NUMBER_SYSTEM}|9000000009"),
+        )];
         params.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
         parse_search(t, &params, false).unwrap().query
     }
@@ -193,7 +257,12 @@ mod tests {
 
     #[test]
     fn applies_date_filters() {
-        assert!(record().answer(&q("AllergyIntolerance", &[("date", "ge2024")])).items.is_empty());
+        assert!(
+            record()
+                .answer(&q("AllergyIntolerance", &[("date", "ge2024")]))
+                .items
+                .is_empty()
+        );
     }
 
     #[test]
@@ -202,7 +271,11 @@ mod tests {
         query.operation = Operation::Everything { types: vec![] };
         let a = record().answer(&query);
         assert_eq!(a.items.len(), 2, "allergy and condition, not the Flag");
-        assert_eq!(record().counts(), (2, 3, 1), "two patients, three items, the Flag skipped");
+        assert_eq!(
+            record().counts(),
+            (2, 3, 1),
+            "two patients, three items, the Flag skipped"
+        );
     }
 
     #[test]
@@ -217,7 +290,11 @@ mod tests {
         std::fs::write(dir.path().join("README.txt"), "ignored").unwrap();
         let r = DirectoryRecord::load(dir.path()).unwrap();
         assert_eq!(r.counts(), (1, 1, 0));
-        std::fs::write(dir.path().join("c.ndjson"), "{\"resourceType\":\"Condition\",\"id\":\"c2\"}\nnot json\n").unwrap();
+        std::fs::write(
+            dir.path().join("c.ndjson"),
+            "{\"resourceType\":\"Condition\",\"id\":\"c2\"}\nnot json\n",
+        )
+        .unwrap();
         let err = DirectoryRecord::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("c.ndjson:2"), "{err}");
     }

@@ -30,20 +30,35 @@ impl FhirServerRecord {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| RecordError::Unreachable(describe(e)))?;
-        Ok(FhirServerRecord { base: base.trim_end_matches('/').to_owned(), client, timeout, max_bytes })
+        Ok(FhirServerRecord {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+            timeout,
+            max_bytes,
+        })
     }
 
     async fn get_all(&self, first: reqwest::RequestBuilder) -> Result<Vec<Value>, RecordError> {
-        let mut pages = vec![get_fhir_json(first, self.max_bytes, self.timeout).await.map_err(record_error)?];
+        let mut pages = vec![
+            get_fhir_json(first, self.max_bytes, self.timeout)
+                .await
+                .map_err(record_error)?,
+        ];
         while let Some(next) = pages.last().and_then(next_link).map(str::to_owned) {
             if pages.len() >= MAX_PAGES {
                 return Err(RecordError::Invalid(format!("more than {MAX_PAGES} pages")));
             }
             // Only follow links on the same server.
             if !next.starts_with(&self.base) {
-                return Err(RecordError::Invalid("a next link points to another server".into()));
+                return Err(RecordError::Invalid(
+                    "a next link points to another server".into(),
+                ));
             }
-            pages.push(get_fhir_json(self.client.get(&next), self.max_bytes, self.timeout).await.map_err(record_error)?);
+            pages.push(
+                get_fhir_json(self.client.get(&next), self.max_bytes, self.timeout)
+                    .await
+                    .map_err(record_error)?,
+            );
         }
         Ok(pages)
     }
@@ -51,27 +66,54 @@ impl FhirServerRecord {
     async fn answer(&self, query: &PatientQuery) -> Result<RecordAnswer, RecordError> {
         let nhs = query.nhs_number.as_str();
         let patient_pages = self
-            .get_all(self.client.get(format!("{}/Patient", self.base)).query(&[("identifier", format!("{NHS_NUMBER_SYSTEM}|{nhs}"))]))
+            .get_all(
+                self.client
+                    .get(format!("{}/Patient", self.base))
+                    .query(&[("identifier", format!("{NHS_NUMBER_SYSTEM}|{nhs}"))]),
+            )
             .await?;
         let mut answer = RecordAnswer::default();
         for page in &patient_pages {
             let a = bundle_to_answer(page).map_err(record_error)?;
-            answer.patients.extend(a.patients.into_iter().filter(|p| has_nhs_number(p, nhs)));
+            answer
+                .patients
+                .extend(a.patients.into_iter().filter(|p| has_nhs_number(p, nhs)));
         }
-        if matches!(query.operation, Operation::PatientSearch | Operation::PatientRead) {
+        if matches!(
+            query.operation,
+            Operation::PatientSearch | Operation::PatientRead
+        ) {
             return Ok(answer);
         }
-        let ids: Vec<String> = answer.patients.iter().filter_map(|p| p.get("id").and_then(Value::as_str)).map(str::to_owned).collect();
+        let ids: Vec<String> = answer
+            .patients
+            .iter()
+            .filter_map(|p| p.get("id").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
         let (_, filters) = query.to_request();
-        let filters: Vec<(String, String)> = filters.into_iter().filter(|(k, _)| k != "patient.identifier" && k != "_type").collect();
-        let searches = query.types().into_iter().flat_map(|t| ids.iter().map(move |id| (t, id))).map(|(t, id)| {
-            let mut params = vec![("patient".to_owned(), format!("Patient/{id}"))];
-            params.extend(filters.iter().cloned());
-            self.get_all(self.client.get(format!("{}/{}", self.base, t.as_str())).query(&params))
-        });
+        let filters: Vec<(String, String)> = filters
+            .into_iter()
+            .filter(|(k, _)| k != "patient.identifier" && k != "_type")
+            .collect();
+        let searches = query
+            .types()
+            .into_iter()
+            .flat_map(|t| ids.iter().map(move |id| (t, id)))
+            .map(|(t, id)| {
+                let mut params = vec![("patient".to_owned(), format!("Patient/{id}"))];
+                params.extend(filters.iter().cloned());
+                self.get_all(
+                    self.client
+                        .get(format!("{}/{}", self.base, t.as_str()))
+                        .query(&params),
+                )
+            });
         for pages in try_join_all(searches).await? {
             for page in pages {
-                answer.items.extend(bundle_to_answer(&page).map_err(record_error)?.items);
+                answer
+                    .items
+                    .extend(bundle_to_answer(&page).map_err(record_error)?.items);
             }
         }
         Ok(answer)
@@ -88,7 +130,10 @@ fn record_error(e: FetchError) -> RecordError {
 }
 
 impl RecordSource for FhirServerRecord {
-    fn search<'a>(&'a self, query: &'a PatientQuery) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
+    fn search<'a>(
+        &'a self,
+        query: &'a PatientQuery,
+    ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(self.answer(query))
     }
 }

@@ -35,14 +35,23 @@ pub enum RecordError {
 
 /// A region's own record.
 pub trait RecordSource: Send + Sync {
-    fn search<'a>(&'a self, query: &'a PatientQuery) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
+    fn search<'a>(
+        &'a self,
+        query: &'a PatientQuery,
+    ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
 }
 
 /// Does a Patient resource carry this NHS number?
 pub fn has_nhs_number(patient: &Value, nhs: &str) -> bool {
-    patient.get("identifier").and_then(Value::as_array).is_some_and(|ids| {
-        ids.iter().any(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM) && i.get("value").and_then(Value::as_str) == Some(nhs))
-    })
+    patient
+        .get("identifier")
+        .and_then(Value::as_array)
+        .is_some_and(|ids| {
+            ids.iter().any(|i| {
+                i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM)
+                    && i.get("value").and_then(Value::as_str) == Some(nhs)
+            })
+        })
 }
 
 /// What an item's patient reference points at.
@@ -61,11 +70,17 @@ pub fn patient_link(item: &Value, element: &str) -> Option<PatientLink> {
     if let Some(reference) = r.get("reference").and_then(Value::as_str) {
         let mut parts = reference.rsplit('/');
         let id = parts.next()?;
-        return (parts.next() == Some("Patient") && !id.is_empty()).then(|| PatientLink::Local(id.to_owned()));
+        return (parts.next() == Some("Patient") && !id.is_empty())
+            .then(|| PatientLink::Local(id.to_owned()));
     }
     let ident = r.get("identifier")?;
     (ident.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM))
-        .then(|| ident.get("value").and_then(Value::as_str).map(|v| PatientLink::Nhs(v.to_owned())))
+        .then(|| {
+            ident
+                .get("value")
+                .and_then(Value::as_str)
+                .map(|v| PatientLink::Nhs(v.to_owned()))
+        })
         .flatten()
 }
 
@@ -77,11 +92,20 @@ mod tests {
     #[test]
     fn links_from_literal_and_logical_references() {
         let a = json!({"subject": {"reference": "Patient/p1"}});
-        assert_eq!(patient_link(&a, "subject"), Some(PatientLink::Local("p1".into())));
+        assert_eq!(
+            patient_link(&a, "subject"),
+            Some(PatientLink::Local("p1".into()))
+        );
         let b = json!({"subject": {"reference": "https://r.example/fhir/Patient/p2"}});
-        assert_eq!(patient_link(&b, "subject"), Some(PatientLink::Local("p2".into())));
+        assert_eq!(
+            patient_link(&b, "subject"),
+            Some(PatientLink::Local("p2".into()))
+        );
         let c = json!({"patient": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": "9000000009"}}});
-        assert_eq!(patient_link(&c, "patient"), Some(PatientLink::Nhs("9000000009".into())));
+        assert_eq!(
+            patient_link(&c, "patient"),
+            Some(PatientLink::Nhs("9000000009".into()))
+        );
         let d = json!({"subject": {"reference": "Group/g1"}});
         assert_eq!(patient_link(&d, "subject"), None);
     }

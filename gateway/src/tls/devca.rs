@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -18,7 +19,10 @@ pub enum DevCaError {
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("'{0}' is not a valid region code (lower-case letters, digits and '-')")]
     BadRegion(String),
 }
@@ -47,7 +51,12 @@ pub struct DevCa {
 
 /// True for codes usable in DNS names and URIs.
 pub fn valid_region_code(code: &str) -> bool {
-    !code.is_empty() && code.len() <= 63 && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !code.starts_with('-')
+    !code.is_empty()
+        && code.len() <= 63
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !code.starts_with('-')
 }
 
 impl DevCa {
@@ -57,20 +66,43 @@ impl DevCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "Regional federation (development)");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            "Regional federation (development)",
+        );
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(DevCa { cert_pem: cert.pem(), key_pem, issuer: Issuer::new(params, key) })
+        Ok(DevCa {
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Issues a certificate for a region, valid for `days` from an hour ago.
-    pub fn issue(&self, region: &str, kind: LeafKind, extra_hosts: &[String], days: i64) -> Result<Leaf, DevCaError> {
+    pub fn issue(
+        &self,
+        region: &str,
+        kind: LeafKind,
+        extra_hosts: &[String],
+        days: i64,
+    ) -> Result<Leaf, DevCaError> {
         let now = OffsetDateTime::now_utc();
-        self.issue_between(region, kind, extra_hosts, now - Duration::hours(1), now + Duration::days(days))
+        self.issue_between(
+            region,
+            kind,
+            extra_hosts,
+            now - Duration::hours(1),
+            now + Duration::days(days),
+        )
     }
 
     /// Issues a certificate with explicit validity (tests use it for expired certificates).
@@ -92,9 +124,17 @@ impl DevCa {
             LeafKind::Server => "server",
             LeafKind::Client => "client",
         };
-        params.distinguished_name.push(DnType::CommonName, format!("{region} gateway {role}"));
-        params.distinguished_name.push(DnType::OrganizationName, "Regional federation (development)");
-        let mut sans = vec![SanType::DnsName(format!("{region}.gateway.local").try_into()?), SanType::URI(region_uri(region).try_into()?)];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{region} gateway {role}"));
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            "Regional federation (development)",
+        );
+        let mut sans = vec![
+            SanType::DnsName(format!("{region}.gateway.local").try_into()?),
+            SanType::URI(region_uri(region).try_into()?),
+        ];
         if kind == LeafKind::Server {
             for host in extra_hosts {
                 sans.push(match host.parse() {
@@ -113,27 +153,44 @@ impl DevCa {
         params.not_after = not_after;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Leaf { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
 /// The files `certs init` writes for one region.
 pub fn region_paths(dir: &Path, region: &str) -> [PathBuf; 4] {
     let d = dir.join(region);
-    [d.join("server.pem"), d.join("server.key"), d.join("client.pem"), d.join("client.key")]
+    [
+        d.join("server.pem"),
+        d.join("server.key"),
+        d.join("client.pem"),
+        d.join("client.key"),
+    ]
 }
 
 /// Writes a CA and each region's certificates under `dir`:
 /// `ca.pem`, `ca.key`, and `{region}/server.pem|server.key|client.pem|client.key`.
 /// Keys are written with mode 0600.
-pub fn init_dir(dir: &Path, regions: &[String], hosts: &[String], days: i64) -> Result<Vec<PathBuf>, DevCaError> {
+pub fn init_dir(
+    dir: &Path,
+    regions: &[String],
+    hosts: &[String],
+    days: i64,
+) -> Result<Vec<PathBuf>, DevCaError> {
     for r in regions {
         if !valid_region_code(r) {
             return Err(DevCaError::BadRegion(r.clone()));
         }
     }
     let ca = DevCa::new("Federation development CA")?;
-    let mut written = vec![write(&dir.join("ca.pem"), &ca.cert_pem, false)?, write(&dir.join("ca.key"), &ca.key_pem, true)?];
+    let mut written = vec![
+        write(&dir.join("ca.pem"), &ca.cert_pem, false)?,
+        write(&dir.join("ca.key"), &ca.key_pem, true)?,
+    ];
     for region in regions {
         let [server_pem, server_key, client_pem, client_key] = region_paths(dir, region);
         let server = ca.issue(region, LeafKind::Server, hosts, days)?;
@@ -150,7 +207,10 @@ pub fn init_dir(dir: &Path, regions: &[String], hosts: &[String], days: i64) -> 
 /// by others, not even briefly).
 pub fn write(path: &Path, content: &str, secret: bool) -> Result<PathBuf, DevCaError> {
     use std::io::Write;
-    let io = |source| DevCaError::Io { path: path.display().to_string(), source };
+    let io = |source| DevCaError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -165,7 +225,8 @@ pub fn write(path: &Path, content: &str, secret: bool) -> Result<PathBuf, DevCaE
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
     f.write_all(content.as_bytes()).map_err(io)?;
     Ok(path.to_owned())
@@ -178,14 +239,26 @@ mod tests {
     #[test]
     fn init_writes_keys_private() {
         let dir = tempfile::tempdir().unwrap();
-        let files = init_dir(dir.path(), &["dorset".into(), "wiltshire".into()], &["localhost".into(), "127.0.0.1".into()], 30).unwrap();
+        let files = init_dir(
+            dir.path(),
+            &["dorset".into(), "wiltshire".into()],
+            &["localhost".into(), "127.0.0.1".into()],
+            30,
+        )
+        .unwrap();
         assert_eq!(files.len(), 2 + 2 * 4);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("dorset/client.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("dorset/client.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
-            let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("ca.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let pem = std::fs::read_to_string(dir.path().join("wiltshire/server.pem")).unwrap();
@@ -195,7 +268,13 @@ mod tests {
     #[test]
     fn refuses_bad_region_codes() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(init_dir(dir.path(), &["Dorset".into()], &[], 30), Err(DevCaError::BadRegion(_))));
-        assert!(matches!(init_dir(dir.path(), &["a/b".into()], &[], 30), Err(DevCaError::BadRegion(_))));
+        assert!(matches!(
+            init_dir(dir.path(), &["Dorset".into()], &[], 30),
+            Err(DevCaError::BadRegion(_))
+        ));
+        assert!(matches!(
+            init_dir(dir.path(), &["a/b".into()], &[], 30),
+            Err(DevCaError::BadRegion(_))
+        ));
     }
 }

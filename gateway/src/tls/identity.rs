@@ -49,7 +49,10 @@ pub enum IdentityError {
 impl CertIdentity {
     /// The region named by a `urn:gateway:region:` URI, if exactly one is present.
     pub fn region(&self) -> Option<&str> {
-        let mut regions = self.uris.iter().filter_map(|u| u.strip_prefix(REGION_URI_PREFIX));
+        let mut regions = self
+            .uris
+            .iter()
+            .filter_map(|u| u.strip_prefix(REGION_URI_PREFIX));
         match (regions.next(), regions.next()) {
             (Some(r), None) if !r.is_empty() => Some(r),
             _ => None,
@@ -58,13 +61,18 @@ impl CertIdentity {
 
     /// Does the certificate carry this identity (a URI SAN, or a DNS SAN)?
     pub fn has_identity(&self, identity: &str) -> bool {
-        self.uris.iter().any(|u| u == identity) || self.dns_names.iter().any(|d| d.eq_ignore_ascii_case(identity))
+        self.uris.iter().any(|u| u == identity)
+            || self
+                .dns_names
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(identity))
     }
 }
 
 /// Reads the identity from a DER certificate.
 pub fn parse_certificate(der: &[u8]) -> Result<CertIdentity, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
     let mut uris = Vec::new();
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -79,7 +87,12 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertIdentity, IdentityError> {
     let spki = cert.public_key();
     let key_bytes = spki.subject_public_key.data.to_vec();
     let alg = spki.algorithm.algorithm.to_id_string();
-    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
     let public_key = match (alg.as_str(), curve.as_deref()) {
         ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => PublicKey::EcP256(key_bytes),
         ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => PublicKey::EcP384(key_bytes),
@@ -104,7 +117,9 @@ mod tests {
     #[test]
     fn reads_region_and_key_from_a_dev_certificate() {
         let ca = DevCa::new("Test CA").unwrap();
-        let leaf = ca.issue("dorset", LeafKind::Client, &["localhost".into()], 30).unwrap();
+        let leaf = ca
+            .issue("dorset", LeafKind::Client, &["localhost".into()], 30)
+            .unwrap();
         let id = parse_certificate(&leaf.cert_der).unwrap();
         assert_eq!(id.region(), Some("dorset"));
         assert!(id.has_identity("urn:gateway:region:dorset"));

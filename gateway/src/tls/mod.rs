@@ -13,7 +13,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use identity::parse_certificate;
 
@@ -48,16 +51,26 @@ pub struct KeyMaterial {
 
 impl Clone for KeyMaterial {
     fn clone(&self) -> Self {
-        KeyMaterial { chain: self.chain.clone(), key: self.key.clone_key(), key_pem: self.key_pem.clone() }
+        KeyMaterial {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            key_pem: self.key_pem.clone(),
+        }
     }
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let shown = path.display().to_string();
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Read { path: shown.clone(), message: e.to_string() })?
+        .map_err(|e| TlsError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Read { path: shown.clone(), message: e.to_string() })?;
+        .map_err(|e| TlsError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: shown });
     }
@@ -67,9 +80,19 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key_material(cert: &Path, key: &Path) -> Result<KeyMaterial, TlsError> {
     let chain = load_certs(cert)?;
     let shown = key.display().to_string();
-    let key_pem = std::fs::read_to_string(key).map_err(|e| TlsError::Read { path: shown.clone(), message: e.to_string() })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Read { path: shown, message: e.to_string() })?;
-    Ok(KeyMaterial { chain, key, key_pem })
+    let key_pem = std::fs::read_to_string(key).map_err(|e| TlsError::Read {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Read {
+        path: shown,
+        message: e.to_string(),
+    })?;
+    Ok(KeyMaterial {
+        chain,
+        key,
+        key_pem,
+    })
 }
 
 pub fn root_store(cas: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
@@ -82,16 +105,25 @@ pub fn root_store(cas: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsE
 
 /// The clinician face: server authentication only.
 pub fn clinician_server_config(server: &KeyMaterial) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder().with_no_client_auth().with_single_cert(server.chain.clone(), server.key.clone_key())?;
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(server.chain.clone(), server.key.clone_key())?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
 /// The federation face: a client certificate chaining to the federation CA is required; a
 /// handshake without one fails before any HTTP is read.
-pub fn federation_server_config(server: &KeyMaterial, federation_ca: &[CertificateDer<'static>]) -> Result<ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder(Arc::new(root_store(federation_ca)?)).build().map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut config = ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(server.chain.clone(), server.key.clone_key())?;
+pub fn federation_server_config(
+    server: &KeyMaterial,
+    federation_ca: &[CertificateDer<'static>],
+) -> Result<ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder(Arc::new(root_store(federation_ca)?))
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server.chain.clone(), server.key.clone_key())?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -99,11 +131,18 @@ pub fn federation_server_config(server: &KeyMaterial, federation_ca: &[Certifica
 /// The client configuration for calling one peer: trust only the federation CA, present this
 /// region's client certificate, and accept the server only if its certificate carries the
 /// identity configured for that peer.
-pub fn peer_client_config(federation_ca: &[CertificateDer<'static>], client: &KeyMaterial, expected_identity: &str) -> Result<ClientConfig, TlsError> {
+pub fn peer_client_config(
+    federation_ca: &[CertificateDer<'static>],
+    client: &KeyMaterial,
+    expected_identity: &str,
+) -> Result<ClientConfig, TlsError> {
     let inner = rustls::client::WebPkiServerVerifier::builder(Arc::new(root_store(federation_ca)?))
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = ExpectIdentity { inner, expected: expected_identity.to_owned() };
+    let verifier = ExpectIdentity {
+        inner,
+        expected: expected_identity.to_owned(),
+    };
     let mut config = ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -119,12 +158,22 @@ struct ExpectIdentity {
     expected: String,
 }
 
-#[derive(Debug)]
+/// rustls shows this error with `Debug`, so both forms read as a sentence.
 struct IdentityMismatch(String);
+
+impl std::fmt::Debug for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 impl std::fmt::Display for IdentityMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the peer's certificate does not carry the expected identity {}", self.0)
+        write!(
+            f,
+            "the peer's certificate does not carry the expected identity {}",
+            self.0
+        )
     }
 }
 
@@ -139,22 +188,39 @@ impl ServerCertVerifier for ExpectIdentity {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        let identity = parse_certificate(end_entity.as_ref()).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let identity = parse_certificate(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if identity.has_identity(&self.expected) {
             Ok(verified)
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(IdentityMismatch(
-                self.expected.clone(),
-            ))))))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(IdentityMismatch(self.expected.clone()))),
+            )))
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 

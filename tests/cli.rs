@@ -1,0 +1,210 @@
+//! The `gateway` binary, run as a separate process: certificate generation, configuration
+//! checks, and the demo end to end (start, answer across three regions, stop on Ctrl-C).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn gateway_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    c.env("RUST_LOG", "info").env_remove("GATEWAY_CONFIG");
+    c
+}
+
+#[test]
+fn certs_init_writes_a_ca_and_region_certificates_with_private_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gateway_bin()
+        .args(["certs", "init", "--dir"])
+        .arg(dir.path())
+        .args(["--regions", "dorset,hampshire"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.pem",
+        "dorset/server.pem",
+        "dorset/client.key",
+        "hampshire/client.pem",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir.path().join("hampshire/server.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    let pem = std::fs::read(dir.path().join("dorset/client.pem")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    let id = gateway::tls::identity::parse_certificate(&der).unwrap();
+    assert_eq!(id.region(), Some("dorset"));
+    assert!(id.dns_names.contains(&"dorset.gateway.local".to_string()));
+
+    let bad = gateway_bin()
+        .args(["certs", "init", "--dir"])
+        .arg(dir.path())
+        .args(["--regions", "Not A Region"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn check_names_the_configuration_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = gateway_bin()
+        .args(["demo", "--prepare-only", "--patients", "5", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let good = dir.path().join("dorset.toml");
+    let out = gateway_bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string(&good).unwrap().replacen(
+        "timeout_ms = 3000",
+        "timeout_ms = 60000",
+        1,
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let out = gateway_bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peers[0].timeout_ms"), "{err}");
+
+    // A missing key file stops the start with the file named.
+    std::fs::remove_file(dir.path().join("certs/dorset/client.key")).unwrap();
+    let out = gateway_bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client.key"));
+}
+
+/// A port base whose six demo ports are free now.
+fn free_port_base() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 211)) % 30_000;
+        let ports = [base, base + 1, base + 2, base + 100, base + 101, base + 102];
+        if ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+#[tokio::test]
+async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
+    install();
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let mut child = gateway_bin()
+        .args([
+            "demo",
+            "--patients",
+            "40",
+            "--port-base",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines.iter().any(|l: &String| l.contains("Press Ctrl-C")) {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo printed its commands");
+        lines.push(l);
+    }
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert!(curls.len() >= 5, "{lines:?}");
+    assert!(curls[0].contains("$everything"));
+    assert!(curls[0].contains(&dir.path().join("certs/ca.pem").display().to_string()));
+
+    // Run the first command's request as curl would (same URL, CA and token).
+    let url = curls[0].rsplit('\'').nth(1).unwrap().to_owned();
+    let token = std::fs::read_to_string(dir.path().join("token.jwt")).unwrap();
+    assert!(curls[0].contains(&token), "the token is filled in");
+    let ca = std::fs::read(dir.path().join("certs/ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    let r = get_json(&client, &url, Some(&token)).await;
+    assert_eq!(r.status, http::StatusCode::OK);
+    let patient = &entries(&r.body, "match")[0]["resource"];
+    assert_eq!(
+        region_tags(patient),
+        vec!["dorset", "hampshire", "wiltshire"]
+    );
+    let nhs = patient["id"].as_str().unwrap().to_owned();
+
+    // Ctrl-C stops it cleanly.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
+
+    // The operational log never carries the patient's NHS number.
+    let log = log.join().unwrap();
+    assert!(log.contains("gateway listening"), "the log was captured");
+    assert!(log.contains("region answered"));
+    assert!(!log.contains(&nhs), "an NHS number reached the log");
+}

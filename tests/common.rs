@@ -1,0 +1,476 @@
+//! Test federations: N regions on port 0 with generated certificates, records and an IdP key;
+//! fake peers that bind port 0 and misbehave on demand; clients with or without certificates.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::app::Gateway;
+use gateway::config::Config;
+use gateway::demo::data::{DemoData, generate};
+use gateway::server::{Running, serve_tls, start_on};
+use gateway::tls::devca::{DevCa, Leaf, LeafKind, write};
+use http::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "federation-gateway";
+
+/// A peer entry added to a region's configuration by hand (for fake peers).
+#[derive(Clone)]
+pub struct ExtraPeer {
+    pub code: String,
+    pub addr: SocketAddr,
+    pub identity: String,
+    pub timeout_ms: u64,
+}
+
+pub struct Region {
+    pub clinician: SocketAddr,
+    pub federation: SocketAddr,
+    /// Held so the gateway keeps serving: dropping it stops the listeners.
+    _running: Running,
+}
+
+pub struct TestFederation {
+    pub dir: TempDir,
+    pub ca: DevCa,
+    pub idp_key_pem: String,
+    pub regions: Vec<Region>,
+    pub data: DemoData,
+}
+
+pub fn install() {
+    gateway::tls::install_crypto_provider();
+}
+
+fn config_text(
+    code: &str,
+    clinician: SocketAddr,
+    federation: SocketAddr,
+    peers: &[ExtraPeer],
+    deadline_ms: u64,
+) -> String {
+    let mut text = format!(
+        r#"[region]
+code = "{code}"
+name = "{code} region"
+base_url = "https://localhost:{cp}/fhir"
+[listen]
+clinician = "{clinician}"
+federation = "{federation}"
+[tls]
+ca = "certs/ca.pem"
+server_cert = "certs/{code}/server.pem"
+server_key = "certs/{code}/server.key"
+client_cert = "certs/{code}/client.pem"
+client_key = "certs/{code}/client.key"
+[record]
+directory = "data/{code}"
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+public_keys_pem = "idp.pem"
+[fanout]
+deadline_ms = {deadline_ms}
+"#,
+        cp = clinician.port()
+    );
+    for p in peers {
+        text.push_str(&format!(
+            "[[peers]]\nregion = \"{}\"\nname = \"{} region\"\nurl = \"https://localhost:{}/fhir\"\nidentity = \"{}\"\ntimeout_ms = {}\n",
+            p.code,
+            p.code,
+            p.addr.port(),
+            p.identity,
+            p.timeout_ms
+        ));
+    }
+    text
+}
+
+/// Writes a region's certificates into `dir/certs/{code}/`.
+pub fn write_region_certs(ca: &DevCa, dir: &Path, code: &str) {
+    let server = ca
+        .issue(
+            code,
+            LeafKind::Server,
+            &["localhost".into(), "127.0.0.1".into()],
+            30,
+        )
+        .unwrap();
+    let client = ca.issue(code, LeafKind::Client, &[], 30).unwrap();
+    let d = dir.join("certs").join(code);
+    write(&d.join("server.pem"), &server.cert_pem, false).unwrap();
+    write(&d.join("server.key"), &server.key_pem, true).unwrap();
+    write(&d.join("client.pem"), &client.cert_pem, false).unwrap();
+    write(&d.join("client.key"), &client.key_pem, true).unwrap();
+}
+
+pub struct Builder {
+    codes: Vec<String>,
+    patients: usize,
+    extra_peers: Vec<ExtraPeer>,
+    deadline_ms: u64,
+    peer_timeout_ms: u64,
+    ca: Option<DevCa>,
+    /// The first region's record is this FHIR server (url, timeout) instead of a directory.
+    local_record: Option<(String, u64)>,
+}
+
+impl Builder {
+    pub fn new(codes: &[&str]) -> Self {
+        Builder {
+            codes: codes.iter().map(|s| s.to_string()).collect(),
+            patients: 12,
+            extra_peers: vec![],
+            deadline_ms: 4000,
+            peer_timeout_ms: 3000,
+            ca: None,
+            local_record: None,
+        }
+    }
+
+    /// Uses this CA (so fake peers made from it are trusted).
+    pub fn with_ca(mut self, ca: DevCa) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    pub fn local_record(mut self, url: &str, timeout_ms: u64) -> Self {
+        self.local_record = Some((url.to_owned(), timeout_ms));
+        self
+    }
+
+    pub fn patients(mut self, n: usize) -> Self {
+        self.patients = n;
+        self
+    }
+
+    /// Adds a peer to the first region's configuration only.
+    pub fn extra_peer(mut self, p: ExtraPeer) -> Self {
+        self.extra_peers.push(p);
+        self
+    }
+
+    pub fn timeouts(mut self, deadline_ms: u64, peer_timeout_ms: u64) -> Self {
+        self.deadline_ms = deadline_ms;
+        self.peer_timeout_ms = peer_timeout_ms;
+        self
+    }
+
+    pub async fn start(self) -> TestFederation {
+        install();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = self
+            .ca
+            .unwrap_or_else(|| DevCa::new("Test federation CA").unwrap());
+        write(&dir.path().join("certs/ca.pem"), &ca.cert_pem, false).unwrap();
+        let idp = rcgen::KeyPair::generate().unwrap();
+        write(&dir.path().join("idp.pem"), &idp.public_key_pem(), false).unwrap();
+        let data = generate(&self.codes, self.patients, 42);
+        for (code, resources) in &data.records {
+            let d = dir.path().join("data").join(code);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("record.ndjson"),
+                resources
+                    .iter()
+                    .map(|r| format!("{r}\n"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+        }
+        let mut listeners = Vec::new();
+        for code in &self.codes {
+            write_region_certs(&ca, dir.path(), code);
+            let c = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.push((code.clone(), c, f));
+        }
+        let addrs: Vec<(String, SocketAddr, SocketAddr)> = listeners
+            .iter()
+            .map(|(c, l, f)| (c.clone(), l.local_addr().unwrap(), f.local_addr().unwrap()))
+            .collect();
+        let mut regions = Vec::new();
+        for (i, (code, c, f)) in listeners.into_iter().enumerate() {
+            let mut peers: Vec<ExtraPeer> = addrs
+                .iter()
+                .filter(|(other, _, _)| *other != code)
+                .map(|(other, _, fed)| ExtraPeer {
+                    code: other.clone(),
+                    addr: *fed,
+                    identity: format!("urn:gateway:region:{other}"),
+                    timeout_ms: self.peer_timeout_ms,
+                })
+                .collect();
+            if i == 0 {
+                peers.extend(self.extra_peers.iter().cloned());
+            }
+            let path = dir.path().join(format!("{code}.toml"));
+            let mut text = config_text(
+                &code,
+                c.local_addr().unwrap(),
+                f.local_addr().unwrap(),
+                &peers,
+                self.deadline_ms,
+            );
+            if let (0, Some((url, timeout))) = (i, &self.local_record) {
+                text = text.replace(
+                    &format!("directory = \"data/{code}\""),
+                    &format!("fhir_base = \"{url}\"\ntimeout_ms = {timeout}"),
+                );
+            }
+            std::fs::write(&path, text).unwrap();
+            let config = Config::load(&path).unwrap();
+            let gateway = Arc::new(Gateway::from_config(config).unwrap());
+            let running = start_on(gateway, c, f).unwrap();
+            regions.push(Region {
+                clinician: running.clinician,
+                federation: running.federation,
+                _running: running,
+            });
+        }
+        TestFederation {
+            dir,
+            ca,
+            idp_key_pem: idp.serialize_pem(),
+            regions,
+            data,
+        }
+    }
+}
+
+impl TestFederation {
+    pub fn token(&self, role: &str) -> String {
+        self.token_with(|c| c.role = role.into())
+    }
+
+    pub fn token_with(&self, edit: impl FnOnce(&mut gateway::auth::DevTokenClaims)) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut claims = gateway::auth::DevTokenClaims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "test-user".into(),
+            role: "R8000".into(),
+            org: "RBD".into(),
+            purpose_of_use: "TREAT".into(),
+            iat: now,
+            nbf: now - 10,
+            exp: now + 600,
+        };
+        edit(&mut claims);
+        gateway::auth::mint_dev_token(&claims, &self.idp_key_pem, None).unwrap()
+    }
+
+    pub fn base(&self, region: usize) -> String {
+        format!(
+            "https://localhost:{}/fhir",
+            self.regions[region].clinician.port()
+        )
+    }
+
+    pub fn fed_base(&self, region: usize) -> String {
+        format!(
+            "https://localhost:{}/fhir",
+            self.regions[region].federation.port()
+        )
+    }
+
+    /// A clinician's HTTPS client trusting the federation CA only.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).unwrap()])
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    /// GET as a clinician.
+    pub async fn get(&self, region: usize, path: &str, token: Option<&str>) -> Reply {
+        get_json(
+            &self.client(),
+            &format!("{}{}", self.base(region), path),
+            token,
+        )
+        .await
+    }
+
+    pub fn everywhere(&self) -> String {
+        self.data.seen_everywhere.to_string()
+    }
+}
+
+/// What a FHIR request got back.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+/// GETs a URL and reads a FHIR JSON body (asserting the content type).
+pub async fn get_json(client: &reqwest::Client, url: &str, token: Option<&str>) -> Reply {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let (status, version, headers) = (resp.status(), resp.version(), resp.headers().clone());
+    let ct = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        ct.starts_with("application/fhir+json"),
+        "content type {ct} for {status}"
+    );
+    Reply {
+        status,
+        body: serde_json::from_slice(&body).unwrap(),
+        version,
+        headers,
+    }
+}
+
+/// Entries of a Bundle with the given search mode.
+pub fn entries<'a>(bundle: &'a Value, mode: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["search"]["mode"] == mode).collect())
+        .unwrap_or_default()
+}
+
+/// The region codes tagged on a resource.
+pub fn region_tags(resource: &Value) -> Vec<String> {
+    resource["meta"]["tag"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["system"] == "urn:gateway:region")
+        .map(|t| t["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The issues of the outcome entry, as (code, region code, diagnostics).
+pub fn outcome_issues(bundle: &Value) -> Vec<(String, String, String)> {
+    entries(bundle, "outcome")
+        .iter()
+        .flat_map(|e| {
+            e["resource"]["issue"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|i| {
+            (
+                i["code"].as_str().unwrap_or("").to_owned(),
+                i["details"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                i["diagnostics"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// How a fake peer behaves.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Accepts the request and never answers.
+    Hang,
+    /// Answers this status, content type and body.
+    Answer(u16, &'static str, String),
+}
+
+/// A fake peer region: a real mTLS server (certificate from `ca` naming `region`) that behaves
+/// as told.
+pub struct FakePeer {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl FakePeer {
+    pub async fn start(ca: &DevCa, region: &str, behaviour: Behaviour) -> FakePeer {
+        install();
+        let server = ca
+            .issue(region, LeafKind::Server, &["localhost".into()], 30)
+            .unwrap();
+        let keys = key_material(&server);
+        let ca_der = rustls::pki_types::CertificateDer::from(rcgen_ca_der(ca));
+        let tls = gateway::tls::federation_server_config(&keys, &[ca_der]).unwrap();
+        let app = axum::Router::new().fallback(move || {
+            let b = behaviour.clone();
+            async move {
+                match b {
+                    Behaviour::Hang => {
+                        futures::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                    Behaviour::Answer(status, ct, body) => http::Response::builder()
+                        .status(status)
+                        .header("content-type", ct)
+                        .body(axum::body::Body::from(body))
+                        .unwrap(),
+                }
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve_tls("fake-peer", listener, Arc::new(tls), app, rx));
+        FakePeer { addr, _stop: stop }
+    }
+
+    pub fn as_peer(&self, region: &str, timeout_ms: u64) -> ExtraPeer {
+        ExtraPeer {
+            code: region.into(),
+            addr: self.addr,
+            identity: format!("urn:gateway:region:{region}"),
+            timeout_ms,
+        }
+    }
+}
+
+pub fn key_material(leaf: &Leaf) -> gateway::tls::KeyMaterial {
+    use rustls::pki_types::pem::PemObject;
+    gateway::tls::KeyMaterial {
+        chain: vec![rustls::pki_types::CertificateDer::from(
+            leaf.cert_der.clone(),
+        )],
+        key: rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        key_pem: leaf.key_pem.clone(),
+    }
+}
+
+pub fn rcgen_ca_der(ca: &DevCa) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// A plain TCP server that accepts connections and never answers.
+pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// An address where nothing listens.
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
