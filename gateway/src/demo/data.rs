@@ -41,8 +41,8 @@ impl Rng {
         self.below(100) < percent
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
     }
 }
 
@@ -214,11 +214,11 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
         patients.push(DemoPatient {
             nhs,
             given: if female {
-                *rng.pick(&GIVEN_F)
+                rng.pick(&GIVEN_F)
             } else {
-                *rng.pick(&GIVEN_M)
+                rng.pick(&GIVEN_M)
             },
-            family: *rng.pick(&FAMILY),
+            family: rng.pick(&FAMILY),
             gender: if female { "female" } else { "male" },
             birth_date: format!(
                 "{}-{:02}-{:02}",
@@ -306,7 +306,7 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                 }));
             }
             for _ in 0..rng.below(3) {
-                let (code, display) = *rng.pick(&CONDITIONS);
+                let (code, display) = rng.pick(&CONDITIONS);
                 let onset = when(&mut rng);
                 out.push(json!({
                     "resourceType": "Condition", "id": id("cond"),
@@ -319,9 +319,9 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
             for _ in 0..(2 + rng.below(4)) {
                 let lab = rng.chance(50);
                 let (code, display, unit, lo, hi) = if lab {
-                    *rng.pick(&LABS)
+                    rng.pick(&LABS)
                 } else {
-                    *rng.pick(&VITALS)
+                    rng.pick(&VITALS)
                 };
                 let (cat, cat_display) = if lab {
                     ("laboratory", "Laboratory")
@@ -338,9 +338,9 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
             for _ in 0..rng.below(3) {
                 let rad = rng.chance(50);
                 let (code, display) = if rad {
-                    *rng.pick(&RADIOLOGY)
+                    rng.pick(&RADIOLOGY)
                 } else {
-                    *rng.pick(&PATHOLOGY)
+                    rng.pick(&PATHOLOGY)
                 };
                 let (cat, cat_display) = if rad {
                     ("RAD", "Radiology")
@@ -356,7 +356,7 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                 }));
             }
             for _ in 0..rng.below(3) {
-                let medicine = *rng.pick(&MEDICINES);
+                let medicine = rng.pick(&MEDICINES);
                 out.push(json!({
                     "resourceType": "MedicationStatement", "id": id("ms"), "status": rng.pick(&["active", "completed"]),
                     "category": cc("http://terminology.hl7.org/CodeSystem/medication-statement-category", "community", "Community"),
@@ -364,8 +364,8 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                 }));
             }
             for _ in 0..rng.below(3) {
-                let medicine = *rng.pick(&MEDICINES);
-                let (cat, cat_display) = *rng.pick(&[
+                let medicine = rng.pick(&MEDICINES);
+                let (cat, cat_display) = rng.pick(&[
                     ("community", "Community"),
                     ("inpatient", "Inpatient"),
                     ("discharge", "Discharge"),
@@ -400,7 +400,7 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                 }));
             }
             if rng.chance(40) {
-                let (code, display) = *rng.pick(&VACCINES);
+                let (code, display) = rng.pick(&VACCINES);
                 out.push(json!({
                     "resourceType": "Immunization", "id": id("imm"), "status": "completed",
                     "vaccineCode": cc("http://hl7.org/fhir/sid/cvx", code, display), "patient": subject,
@@ -408,7 +408,7 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                 }));
             }
             if rng.chance(25) {
-                let (code, display, cat, cat_display) = *rng.pick(&PROCEDURES);
+                let (code, display, cat, cat_display) = rng.pick(&PROCEDURES);
                 out.push(json!({
                     "resourceType": "Procedure", "id": id("proc"), "status": "completed",
                     "category": cc(SNOMED, cat, cat_display), "code": cc(SNOMED, code, display),
