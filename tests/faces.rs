@@ -134,7 +134,7 @@ async fn bad_queries_get_400_naming_the_problem() {
             Some(&t),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(first_issue(&r.body).0, "not-supported");
 
     let r = fed.get(0, "/Observation?date=ge2020", Some(&t)).await;

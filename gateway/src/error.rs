@@ -58,10 +58,7 @@ impl ApiError {
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
-        let status = match e {
-            QueryError::UnsupportedType(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
+        let status = StatusCode::BAD_REQUEST;
         let mut issue = Issue::new(Severity::Error, e.issue_code(), e.to_string());
         if let Some(p) = e.parameter() {
             issue = issue.at(p.to_owned());
