@@ -1,0 +1,412 @@
+//! # Consent and role policy
+//!
+//! Every item a region releases and every item a clinician sees is decided here, per item, by
+//! a Cedar policy set that governance staff can read as text. Pure: the only I/O is reading
+//! policy files in [`PolicySet::load`].
+//!
+//! # Layout
+//! - [`PolicySet`]: parse and validate a schema and policy files; errors give file, line, column
+//! - [`Question`] / [`Decision`]: one decision and the policies that determined it
+//! - [`cases`]: policy test cases as data (`policies/tests/*.json`) and their runner
+
+pub mod cases;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+
+/// Where a policy problem is, for an editor to point at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("the policy set is invalid:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    #[error("the policy set is empty")]
+    Empty,
+}
+
+/// Where the decision is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionPoint {
+    /// The answering region decides what may leave it.
+    Release,
+    /// The requesting region decides what its user may see.
+    View,
+}
+
+impl DecisionPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionPoint::Release => "release",
+            DecisionPoint::View => "view",
+        }
+    }
+}
+
+/// The user, as the policies see them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Principal {
+    pub id: String,
+    pub role: String,
+    pub organisation: String,
+    pub home_region: String,
+}
+
+/// An item of a record, by class: everything a decision may depend on, nothing of its content.
+/// Two items of one class always get the same decision, so a request memoises per class.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ItemClass {
+    pub resource_type: String,
+    pub region: String,
+    pub confidentiality: String,
+    pub sensitivity: BTreeSet<String>,
+    pub patient_home_region: String,
+    pub patient_objects_to_sharing: bool,
+    pub consent_denies: bool,
+    pub consent_permits: bool,
+}
+
+/// The circumstances of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Circumstances {
+    pub purpose_of_use: String,
+    pub break_glass: bool,
+    pub decision_point: DecisionPoint,
+    pub requesting_region: String,
+}
+
+/// One question: may `principal` read `item` in these circumstances?
+#[derive(Debug, Clone)]
+pub struct Question<'a> {
+    pub principal: &'a Principal,
+    pub item: &'a ItemClass,
+    pub circumstances: &'a Circumstances,
+}
+
+/// A decision and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The `@id`s of the policies that determined it: the permits that allowed it, or the
+    /// forbids that refused it. Empty for a refusal because nothing permitted it.
+    pub policies: Vec<String>,
+    /// Evaluation errors. Any error refuses (fail closed), even if a permit matched.
+    pub errors: Vec<String>,
+}
+
+/// A validated policy set with its schema.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    schema: Schema,
+    set: cedar_policy::PolicySet,
+    actions: Entities,
+    /// The files it was built from, in order: (name, text).
+    pub files: Vec<(String, String)>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn problems_of(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Vec<Problem> {
+    let message = {
+        let mut m = diagnostic.to_string();
+        if let Some(help) = diagnostic.help() {
+            m.push_str(&format!(" ({help})"));
+        }
+        m
+    };
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut l| l.next())
+        .map_or(0, |l| l.offset());
+    let (line, column) = line_col(text, offset);
+    vec![Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }]
+}
+
+impl PolicySet {
+    /// Reads `dir/schema.cedarschema` and every `*.cedar` file in `dir/default` (name order).
+    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| PolicyError::Read {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let schema = read(&dir.join("schema.cedarschema"))?;
+        let policy_dir = dir.join("default");
+        let mut names: Vec<_> = std::fs::read_dir(&policy_dir)
+            .map_err(|e| PolicyError::Read {
+                path: policy_dir.display().to_string(),
+                message: e.to_string(),
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
+            .collect();
+        names.sort();
+        let files = names
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    read(p)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+        Self::from_sources(&schema, files)
+    }
+
+    /// Parses and validates a schema and policy files. Every policy needs a unique `@id`.
+    pub fn from_sources(
+        schema_text: &str,
+        files: Vec<(String, String)>,
+    ) -> Result<Self, PolicyError> {
+        let schema = match Schema::from_cedarschema_str(schema_text) {
+            Ok((s, _warnings)) => s,
+            Err(e) => {
+                return Err(PolicyError::Invalid(problems_of(
+                    &e,
+                    "schema.cedarschema",
+                    schema_text,
+                )));
+            }
+        };
+        let mut problems = Vec::new();
+        let mut set = cedar_policy::PolicySet::new();
+        let mut file_of: HashMap<String, usize> = HashMap::new();
+        for (index, (name, text)) in files.iter().enumerate() {
+            let parsed = match cedar_policy::PolicySet::from_str(text) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.extend(problems_of(&e, name, text));
+                    continue;
+                }
+            };
+            // Policies come back in source order; find each one's text after the previous one.
+            let mut cursor = 0;
+            let mut ordered: Vec<_> = parsed.policies().collect();
+            ordered.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX)
+            });
+            for policy in ordered {
+                let source = policy.to_string();
+                let offset = text[cursor..]
+                    .find(source.trim())
+                    .map_or(cursor, |o| cursor + o);
+                cursor = offset + 1;
+                let (line, column) = line_col(text, offset);
+                let Some(id) = policy.annotation("id").map(str::to_owned) else {
+                    problems.push(Problem {
+                        file: name.clone(),
+                        line,
+                        column,
+                        message: "every policy needs an @id(\"...\") annotation".into(),
+                    });
+                    continue;
+                };
+                if file_of.insert(id.clone(), index).is_some() {
+                    problems.push(Problem {
+                        file: name.clone(),
+                        line,
+                        column,
+                        message: format!("the @id \"{id}\" is used twice"),
+                    });
+                    continue;
+                }
+                if let Err(e) = set.add(policy.new_id(PolicyId::new(&id))) {
+                    problems.push(Problem {
+                        file: name.clone(),
+                        line,
+                        column,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let (name, text) = file_of
+                    .get(&e.policy_id().to_string())
+                    .map(|&i| &files[i])
+                    .map_or(("?", ""), |(n, t)| (n.as_str(), t.as_str()));
+                problems.extend(problems_of(e, name, text));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        if set.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+        let actions = schema.action_entities().map_err(|e| {
+            PolicyError::Invalid(vec![Problem {
+                file: "schema.cedarschema".into(),
+                line: 1,
+                column: 1,
+                message: e.to_string(),
+            }])
+        })?;
+        Ok(PolicySet {
+            schema,
+            set,
+            actions,
+            files,
+        })
+    }
+
+    /// The policy ids with the first line of their comment, for explanations.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.set.policies().map(|p| p.id().to_string()).collect()
+    }
+
+    /// Decides one question. Fails closed: anything unexpected is a refusal with the reason.
+    pub fn decide(&self, q: &Question<'_>) -> Decision {
+        match self.try_decide(q) {
+            Ok(d) => d,
+            Err(e) => Decision {
+                allowed: false,
+                policies: vec![],
+                errors: vec![e],
+            },
+        }
+    }
+
+    fn try_decide(&self, q: &Question<'_>) -> Result<Decision, String> {
+        let uid = |t: &str, id: &str| -> Result<EntityUid, String> {
+            Ok(EntityUid::from_type_name_and_id(
+                EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
+                EntityId::new(id),
+            ))
+        };
+        let principal = uid("Gateway::User", &q.principal.id)?;
+        let resource = uid("Gateway::Item", "item")?;
+        let action = uid("Gateway::Action", &format!("read:{}", q.item.resource_type))?;
+        let s = RestrictedExpression::new_string;
+        let user = Entity::new(
+            principal.clone(),
+            HashMap::from([
+                ("role".to_owned(), s(q.principal.role.clone())),
+                (
+                    "organisation".to_owned(),
+                    s(q.principal.organisation.clone()),
+                ),
+                ("home_region".to_owned(), s(q.principal.home_region.clone())),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let i = q.item;
+        let item = Entity::new(
+            resource.clone(),
+            HashMap::from([
+                ("resource_type".to_owned(), s(i.resource_type.clone())),
+                ("region".to_owned(), s(i.region.clone())),
+                ("confidentiality".to_owned(), s(i.confidentiality.clone())),
+                (
+                    "sensitivity".to_owned(),
+                    RestrictedExpression::new_set(i.sensitivity.iter().cloned().map(s)),
+                ),
+                (
+                    "patient_home_region".to_owned(),
+                    s(i.patient_home_region.clone()),
+                ),
+                (
+                    "patient_objects_to_sharing".to_owned(),
+                    RestrictedExpression::new_bool(i.patient_objects_to_sharing),
+                ),
+                (
+                    "consent_denies".to_owned(),
+                    RestrictedExpression::new_bool(i.consent_denies),
+                ),
+                (
+                    "consent_permits".to_owned(),
+                    RestrictedExpression::new_bool(i.consent_permits),
+                ),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let entities = self
+            .actions
+            .clone()
+            .add_entities([user, item], Some(&self.schema))
+            .map_err(|e| e.to_string())?;
+        let c = q.circumstances;
+        let context = Context::from_json_value(
+            serde_json::json!({
+                "purpose_of_use": c.purpose_of_use,
+                "break_glass": c.break_glass,
+                "decision_point": c.decision_point.as_str(),
+                "requesting_region": c.requesting_region,
+            }),
+            Some((&self.schema, &action)),
+        )
+        .map_err(|e| e.to_string())?;
+        // An unknown resource type has no action in the schema: refused, with the reason.
+        let request = Request::new(principal, action, resource, context, Some(&self.schema))
+            .map_err(|e| e.to_string())?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        let allowed = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+        Ok(Decision {
+            allowed,
+            policies,
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+
+fn repo_policies() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn schema() -> String {
+    std::fs::read_to_string(repo_policies().join("schema.cedarschema")).unwrap()
+}
+
+#[test]
+fn the_default_set_loads_and_passes_its_cases() {
+    let set = PolicySet::load(&repo_policies()).unwrap();
+    let files = cases::load_dir(&repo_policies().join("tests")).unwrap();
+    let outcomes = cases::run(&set, &files);
+    assert!(outcomes.len() > 100, "{} cases", outcomes.len());
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+    assert!(failed.is_empty(), "failing cases: {failed:#?}");
+}
+
+#[test]
+fn a_case_with_the_wrong_expectation_fails() {
+    let set = PolicySet::load(&repo_policies()).unwrap();
+    let mut files = cases::load_dir(&repo_policies().join("tests")).unwrap();
+    let case = &mut files[0].1[0];
+    case.expect = match case.expect {
+        cases::Expect::Allow => cases::Expect::Deny,
+        cases::Expect::Deny => cases::Expect::Allow,
+    };
+    assert!(!cases::run(&set, &files)[0].passed);
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let files = vec![
+        (
+            "a.cedar".to_owned(),
+            "@id(\"ok\")\npermit (principal, action, resource);\n".to_owned(),
+        ),
+        (
+            "b.cedar".to_owned(),
+            "// comment\n@id(\"broken\")\npermit (principal, action resource);\n".to_owned(),
+        ),
+    ];
+    let err = PolicySet::from_sources(&schema(), files).unwrap_err();
+    let PolicyError::Invalid(problems) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(problems[0].file, "b.cedar");
+    assert_eq!(problems[0].line, 3, "{problems:?}");
+    assert!(problems[0].column > 1);
+}
+
+#[test]
+fn a_policy_that_does_not_fit_the_schema_is_refused_with_its_place() {
+    let files = vec![("c.cedar".to_owned(), "@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.rol == \"R8000\" };\n".to_owned())];
+    let PolicyError::Invalid(problems) = PolicySet::from_sources(&schema(), files).unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!(problems[0].file, "c.cedar");
+    assert_eq!(problems[0].line, 3, "{problems:?}");
+    assert!(problems[0].message.contains("rol"), "{problems:?}");
+}
+
+#[test]
+fn every_policy_needs_a_unique_id() {
+    let files = vec![(
+        "d.cedar".to_owned(),
+        "permit (principal, action, resource);\n".to_owned(),
+    )];
+    let PolicyError::Invalid(p) = PolicySet::from_sources(&schema(), files).unwrap_err() else {
+        panic!()
+    };
+    assert!(p[0].message.contains("@id"));
+    let twice = "@id(\"x\")\npermit (principal, action, resource);\n@id(\"x\")\nforbid (principal, action, resource);\n";
+    let PolicyError::Invalid(p) =
+        PolicySet::from_sources(&schema(), vec![("e.cedar".into(), twice.into())]).unwrap_err()
+    else {
+        panic!()
+    };
+    assert!(p[0].message.contains("twice"));
+    assert_eq!(p[0].line, 3);
+}
+
+fn question_parts(resource_type: &str) -> (Principal, ItemClass, Circumstances) {
+    (
+        Principal {
+            id: "u".into(),
+            role: "R8000".into(),
+            organisation: "RBD".into(),
+            home_region: "dorset".into(),
+        },
+        ItemClass {
+            resource_type: resource_type.into(),
+            region: "dorset".into(),
+            confidentiality: "N".into(),
+            sensitivity: BTreeSet::new(),
+            patient_home_region: "dorset".into(),
+            patient_objects_to_sharing: false,
+            consent_denies: false,
+            consent_permits: false,
+        },
+        Circumstances {
+            purpose_of_use: "TREAT".into(),
+            break_glass: false,
+            decision_point: DecisionPoint::View,
+            requesting_region: "dorset".into(),
+        },
+    )
+}
+
+#[test]
+fn decisions_name_their_policies_and_unknown_types_fail_closed() {
+    let set = PolicySet::load(&repo_policies()).unwrap();
+    let (p, i, c) = question_parts("Observation");
+    let d = set.decide(&Question {
+        principal: &p,
+        item: &i,
+        circumstances: &c,
+    });
+    assert!(d.allowed);
+    assert_eq!(d.policies, vec!["direct-care-clinicians"]);
+    let (p, i, c) = question_parts("Flag");
+    let d = set.decide(&Question {
+        principal: &p,
+        item: &i,
+        circumstances: &c,
+    });
+    assert!(!d.allowed);
+    assert!(!d.errors.is_empty());
+}
