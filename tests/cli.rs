@@ -208,3 +208,71 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     assert!(log.contains("region answered"));
     assert!(!log.contains(&nhs), "an NHS number reached the log");
 }
+
+#[test]
+fn policy_test_runs_the_cases_and_fails_when_one_fails() {
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/tests");
+    let out = gateway_bin()
+        .args(["policy", "test", "--cases", cases])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" 0 failed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wrong.json"),
+        r#"[{"name": "students read letters (wrong)", "principal": {"role": "R8004"}, "resource_type": "DocumentReference", "expect": "allow"}]"#,
+    )
+    .unwrap();
+    let out = gateway_bin()
+        .args(["policy", "test", "--cases"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("FAILED wrong.json: students read letters (wrong)")
+    );
+}
+
+#[test]
+fn policy_explain_prints_the_decision_and_the_rule_in_plain_english() {
+    let out = gateway_bin()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "R8001",
+            "--type",
+            "Observation",
+            "--sensitivity",
+            "STD",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("Decision: DENY"), "{text}");
+    assert!(
+        text.contains("sensitive-legally-restricted (40-sensitive.cedar): Legally restricted"),
+        "{text}"
+    );
+    let out = gateway_bin()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "R8001",
+            "--type",
+            "Observation",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Decision: ALLOW"));
+}

@@ -119,6 +119,8 @@ pub struct Builder {
     ca: Option<DevCa>,
     /// The first region's record is this FHIR server (url, timeout) instead of a directory.
     local_record: Option<(String, u64)>,
+    /// (region index, extra policy file name, its text): that region runs the default set plus it.
+    extra_policy: Option<(usize, String, String)>,
 }
 
 impl Builder {
@@ -131,12 +133,19 @@ impl Builder {
             peer_timeout_ms: 3000,
             ca: None,
             local_record: None,
+            extra_policy: None,
         }
     }
 
     /// Uses this CA (so fake peers made from it are trusted).
     pub fn with_ca(mut self, ca: DevCa) -> Self {
         self.ca = Some(ca);
+        self
+    }
+
+    /// Region `index` runs the default policy set plus this file.
+    pub fn extra_policy(mut self, index: usize, name: &str, text: &str) -> Self {
+        self.extra_policy = Some((index, name.to_owned(), text.to_owned()));
         self
     }
 
@@ -223,6 +232,22 @@ impl Builder {
                     &format!("directory = \"data/{code}\""),
                     &format!("fhir_base = \"{url}\"\ntimeout_ms = {timeout}"),
                 );
+            }
+            if let Some((index, name, policy)) = &self.extra_policy
+                && *index == i
+            {
+                let pdir = dir.path().join(format!("policies-{code}"));
+                std::fs::create_dir_all(pdir.join("default")).unwrap();
+                std::fs::write(
+                    pdir.join("schema.cedarschema"),
+                    gateway::access::EMBEDDED_SCHEMA,
+                )
+                .unwrap();
+                for (n, t) in gateway::access::embedded_policy_files() {
+                    std::fs::write(pdir.join("default").join(n), t).unwrap();
+                }
+                std::fs::write(pdir.join("default").join(name), policy).unwrap();
+                text.push_str(&format!("[policy]\ndirectory = \"policies-{code}\"\n"));
             }
             std::fs::write(&path, text).unwrap();
             let config = Config::load(&path).unwrap();

@@ -257,6 +257,7 @@ async fn the_federation_face_refuses_anyone_without_a_federation_certificate() {
         role: "R8000".into(),
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
+        break_glass: None,
     };
     let token = signer
         .sign(

@@ -8,4 +8,5 @@ mod cli;
 mod faces;
 mod fanout;
 mod fhir_artifacts;
+mod policy;
 mod record_server;

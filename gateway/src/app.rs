@@ -36,6 +36,8 @@ pub enum StartError {
     WrongClientIdentity { path: String, identity: String },
     #[error("certificate {path}: {message}")]
     Certificate { path: String, message: String },
+    #[error("policy: {0}")]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// Everything a request handler needs.
@@ -47,6 +49,8 @@ pub struct Gateway {
     pub local: Arc<dyn RecordSource>,
     pub peers: Vec<Peer>,
     pub verifier: ClinicianVerifier,
+    /// The consent and role policy set; an invalid one stops the start (fail closed).
+    pub policies: Arc<policy::PolicySet>,
     pub signer: ForwardSigner,
     pub server_keys: KeyMaterial,
     pub federation_ca: Vec<CertificateDer<'static>>,
@@ -76,6 +80,11 @@ impl Gateway {
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
+        let policies = Arc::new(match &config.policy.directory {
+            Some(dir) => policy::PolicySet::load(dir)?,
+            None => crate::access::embedded_policy_set()?,
+        });
+        tracing::info!(policies = policies.policy_ids().len(), source = %config.policy.directory.as_ref().map_or("embedded".into(), |d| d.display().to_string()), "policy set loaded");
         let local: Arc<dyn RecordSource> =
             match (&config.record.directory, &config.record.fhir_base) {
                 (Some(dir), _) => {
@@ -113,6 +122,7 @@ impl Gateway {
             local,
             peers,
             verifier,
+            policies,
             signer,
             server_keys,
             federation_ca,

@@ -122,6 +122,13 @@ pub fn bundle_to_answer(bundle: &Value) -> Result<RecordAnswer, FetchError> {
         .flatten()
     {
         if entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome") {
+            // A region says it withheld items (never which): count it for the clinician's warning.
+            let issues = entry.pointer("/resource/issue").and_then(Value::as_array);
+            answer.withheld += issues
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("code").and_then(Value::as_str) == Some("suppressed"))
+                .count();
             continue;
         }
         let Some(resource) = entry.get("resource") else {

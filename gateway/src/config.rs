@@ -60,6 +60,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: ConfigLimits,
     #[serde(default)]
+    pub policy: ConfigPolicy,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
 }
 
@@ -139,6 +141,15 @@ impl Default for ConfigFanout {
             deadline_ms: default_deadline(),
         }
     }
+}
+
+/// The consent and role policy set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigPolicy {
+    /// A directory holding `schema.cedarschema` and `default/*.cedar`. Without it the policy set
+    /// embedded in the binary (the repository's `policies/`) is used.
+    pub directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +252,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.auth.jwks.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.policy.directory.as_mut() {
             fix(p);
         }
     }

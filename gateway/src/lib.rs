@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes) — pure
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
+//! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
@@ -19,6 +20,7 @@
 //! - [`app`]: the gateway built from its configuration
 //! - [`demo`]: synthetic regional records and the local three-region federation
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod auth;

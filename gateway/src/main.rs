@@ -61,6 +61,11 @@ enum Command {
         #[arg(long)]
         prepare_only: bool,
     },
+    /// Consent and role policy: run the test cases, or explain one decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Mint a development clinician token with the demo's identity-provider key.
     Token {
         #[arg(long, default_value = "demo-data/idp/idp.key")]
@@ -76,6 +81,60 @@ enum Command {
         purpose: String,
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: i64,
+    },
+}
+
+// Parsed once at start; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the policy test cases (policies/tests/*.json) against a policy set.
+    Test {
+        /// Policy directory (schema.cedarschema and default/*.cedar); the embedded set if absent.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "policies/tests")]
+        cases: PathBuf,
+    },
+    /// Decide one question and show the policies behind the decision.
+    Explain {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The user's NHS RBAC role code.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "RBD")]
+        org: String,
+        #[arg(long, default_value = "dorset")]
+        user_region: String,
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+        #[arg(long)]
+        break_glass: bool,
+        /// `view` (the requesting region) or `release` (the answering region).
+        #[arg(long, default_value = "view", value_parser = ["view", "release"])]
+        point: String,
+        /// The item's FHIR resource type.
+        #[arg(long = "type")]
+        resource_type: String,
+        /// The region holding the item.
+        #[arg(long, default_value = "dorset")]
+        item_region: String,
+        #[arg(long, default_value = "N")]
+        confidentiality: String,
+        /// Sensitivity codes on the item (HIV, PSY, SDV, ETH, STD, ...).
+        #[arg(long, value_delimiter = ',')]
+        sensitivity: Vec<String>,
+        /// The patient's home region.
+        #[arg(long, default_value = "dorset")]
+        patient_region: String,
+        /// The patient objects to sharing outside their home region.
+        #[arg(long)]
+        objects: bool,
+        #[arg(long)]
+        consent_denies: bool,
+        #[arg(long)]
+        consent_permits: bool,
     },
 }
 
@@ -170,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                 demo::run(opts).await?;
             }
         }
+        Command::Policy { command } => return policy_command(command),
         Command::Token {
             idp_key,
             role,
@@ -201,4 +261,101 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load_policies(dir: Option<&std::path::Path>) -> anyhow::Result<policy::PolicySet> {
+    Ok(match dir {
+        Some(d) => policy::PolicySet::load(d)?,
+        None => gateway::access::embedded_policy_set()?,
+    })
+}
+
+fn policy_command(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Test { dir, cases } => {
+            let set = load_policies(dir.as_deref())?;
+            let files = policy::cases::load_dir(&cases)?;
+            let outcomes = policy::cases::run(&set, &files);
+            let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+            for o in &failed {
+                println!("FAILED {}: {}: {}", o.file, o.name, o.detail);
+            }
+            println!(
+                "policy-cases: {} passed, {} failed",
+                outcomes.len() - failed.len(),
+                failed.len()
+            );
+            if !failed.is_empty() {
+                anyhow::bail!("{} policy case(s) failed", failed.len());
+            }
+        }
+        PolicyCommand::Explain {
+            dir,
+            role,
+            org,
+            user_region,
+            purpose,
+            break_glass,
+            point,
+            resource_type,
+            item_region,
+            confidentiality,
+            sensitivity,
+            patient_region,
+            objects,
+            consent_denies,
+            consent_permits,
+        } => {
+            let set = load_policies(dir.as_deref())?;
+            let principal = policy::Principal {
+                id: "explain".into(),
+                role,
+                organisation: org,
+                home_region: user_region.clone(),
+            };
+            let item = policy::ItemClass {
+                resource_type,
+                region: item_region,
+                confidentiality,
+                sensitivity: sensitivity.into_iter().collect(),
+                patient_home_region: patient_region,
+                patient_objects_to_sharing: objects,
+                consent_denies,
+                consent_permits,
+            };
+            let circumstances = policy::Circumstances {
+                purpose_of_use: if break_glass {
+                    "ETREAT".into()
+                } else {
+                    purpose
+                },
+                break_glass,
+                decision_point: if point == "release" {
+                    policy::DecisionPoint::Release
+                } else {
+                    policy::DecisionPoint::View
+                },
+                requesting_region: user_region,
+            };
+            let d = set.decide(&policy::Question {
+                principal: &principal,
+                item: &item,
+                circumstances: &circumstances,
+            });
+            println!("Decision: {}", if d.allowed { "ALLOW" } else { "DENY" });
+            if d.policies.is_empty() && !d.allowed {
+                println!("  No policy permits this (anything not permitted is refused).");
+            }
+            for id in &d.policies {
+                match set.describe(id) {
+                    Some((file, text)) => println!("  {id} ({file}): {text}"),
+                    None => println!("  {id}"),
+                }
+            }
+            for e in &d.errors {
+                println!("  error (refused, fail closed): {e}");
+            }
+        }
+    }
+    Ok(())
 }

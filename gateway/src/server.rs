@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -55,7 +56,12 @@ pub async fn serve_tls(
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
+    // Shutdown waits for requests, not connections: a neighbour's pooled connection can stay
+    // open indefinitely, so once no request is in flight the remaining connections are closed.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -71,7 +77,8 @@ pub async fn serve_tls(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let in_flight = in_flight.clone();
+        connections.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -89,7 +96,13 @@ pub async fn serve_tls(
                     if let Some(p) = &peer {
                         request.extensions_mut().insert(p.clone());
                     }
-                    app.clone().oneshot(request)
+                    let guard = InFlight::enter(&in_flight);
+                    let response = app.clone().oneshot(request);
+                    async move {
+                        let r = response.await;
+                        drop(guard);
+                        r
+                    }
                 });
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(tls),
@@ -101,14 +114,37 @@ pub async fn serve_tls(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            face = name,
-            "shutdown: some connections were still open after the drain timeout"
-        );
+    let drained = async {
+        // A request whose headers are still arriving is not counted yet: give it a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = drained => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!(face = name, "shutdown: requests were still in flight after the drain timeout");
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

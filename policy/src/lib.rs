@@ -297,9 +297,25 @@ impl PolicySet {
         })
     }
 
-    /// The policy ids with the first line of their comment, for explanations.
+    /// The ids of every policy in the set.
     pub fn policy_ids(&self) -> Vec<String> {
         self.set.policies().map(|p| p.id().to_string()).collect()
+    }
+
+    /// The plain-English comment written above a policy, and its file, for explanations.
+    pub fn describe(&self, id: &str) -> Option<(String, String)> {
+        let marker = format!("@id(\"{id}\")");
+        self.files.iter().find_map(|(name, text)| {
+            let at = text.find(&marker)?;
+            let comment: Vec<&str> = text[..at]
+                .lines()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("//"))
+                .map(|l| l.trim_start().trim_start_matches('/').trim())
+                .collect();
+            let comment: Vec<&str> = comment.into_iter().rev().collect();
+            Some((name.clone(), comment.join(" ")))
+        })
     }
 
     /// Decides one question. Fails closed: anything unexpected is a refusal with the reason.

@@ -130,3 +130,12 @@ fn decisions_name_their_policies_and_unknown_types_fail_closed() {
     assert!(!d.allowed);
     assert!(!d.errors.is_empty());
 }
+
+#[test]
+fn policies_are_described_by_their_comments() {
+    let set = PolicySet::load(&repo_policies()).unwrap();
+    let (file, text) = set.describe("direct-care-students").unwrap();
+    assert_eq!(file, "10-direct-care.cedar");
+    assert!(text.starts_with("Students (R8004)"), "{text}");
+    assert!(set.describe("no-such-policy").is_none());
+}

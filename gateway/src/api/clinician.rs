@@ -11,10 +11,15 @@ use axum::routing::get;
 use http::StatusCode;
 
 use super::{RequestId, check_accept, lenient, query_pairs};
+use crate::access::{BREAK_GLASS_HEADER, Filtered, Gatekeeper, break_glass_reason};
 use crate::app::Gateway;
 use crate::auth::{AuthError, UserContext};
 use crate::error::{ApiError, fhir_response};
-use crate::fhir::outcome::Issue;
+use crate::fhir::outcome::{Issue, Severity};
+use policy::DecisionPoint;
+
+/// A purpose of use given with the request, honoured only when the token carries none.
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
 use crate::merge::{MergeContext, Merged, merge};
 use crate::peers::FanOut;
 use crate::query::{self, Parsed};
@@ -94,11 +99,33 @@ fn ask(
     raw: Option<&str>,
 ) -> Result<Ask, ApiError> {
     check_accept(&request.headers)?;
-    let user = request
+    let mut user = request
         .extensions
         .get::<UserContext>()
         .cloned()
         .ok_or(ApiError::from(AuthError::Missing))?;
+    // Purpose of use: the identity provider's claim; a request header only where it made none.
+    if user.purpose_of_use.is_none() {
+        user.purpose_of_use = request
+            .headers
+            .get(PURPOSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+    }
+    if user.purpose_of_use.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "security",
+            "a purpose of use is required (the token's purpose_of_use claim, or an X-Purpose-Of-Use header)",
+        ));
+    }
+    let header = request
+        .headers
+        .get(BREAK_GLASS_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    user.break_glass = break_glass_reason(header)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
     let request_id = request
         .extensions
         .get::<RequestId>()
@@ -133,6 +160,42 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
         max_bytes: gateway.config.limits.max_response_bytes,
     };
     let results = fan.run(&parsed.query).await;
+    // The view decision point: what this region's user may see of every region's answer.
+    let mut gatekeeper = Gatekeeper::new(
+        &gateway.policies,
+        &ask.user,
+        &gateway.region.code,
+        DecisionPoint::View,
+        &gateway.region.code,
+    );
+    let mut report = Filtered::default();
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|mut r| {
+            r.outcome = r
+                .outcome
+                .map(|a| gatekeeper.filter(a, &r.region.code, &mut report));
+            r
+        })
+        .collect();
+    let mut issues = parsed.ignored;
+    if report.withheld > 0 {
+        issues.push(Issue::new(
+            Severity::Warning,
+            "suppressed",
+            "Some items were withheld under consent and access policy.",
+        ));
+    }
+    if ask.user.break_glass.is_some() {
+        // The reason itself goes to the audit trail, never to the operational log.
+        issues.push(Issue::new(
+            Severity::Warning,
+            "informational",
+            "Emergency (break-glass) access: this access is recorded and will be reviewed.",
+        ));
+    }
+    tracing::info!(request_id = %ask.request_id, released = report.released, withheld = report.withheld, decisions = gatekeeper.decisions_made(),
+        break_glass = ask.user.break_glass.is_some(), policies = ?report.policies, "policy applied");
     for r in &results {
         match &r.outcome {
             Ok(a) => {
@@ -152,7 +215,7 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
             bundle_id: &ask.request_id,
             now: &now,
             self_link: &ask.self_link,
-            issues: parsed.ignored,
+            issues,
         },
     )
 }

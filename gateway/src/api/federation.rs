@@ -15,12 +15,15 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::{RequestId, check_accept, lenient, query_pairs};
+use crate::access::{Filtered, Gatekeeper};
 use crate::app::Gateway;
 use crate::auth::{AuthError, ForwardedContext, verify_forwarded};
 use crate::error::{ApiError, fhir_response};
+use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::{self, SearchMode};
 use crate::query::{self, Parsed};
 use crate::server::PeerCertificate;
+use policy::DecisionPoint;
 
 /// Which peer is asking, as established from its certificate.
 #[derive(Debug, Clone)]
@@ -158,7 +161,21 @@ async fn answer(
             ));
         }
     };
-    tracing::info!(request_id, calling_request_id = %context.request_id, items = local.items.len(), "federation answer");
+    let peer = request
+        .extensions
+        .get::<PeerRegion>()
+        .map_or("", |p| p.0.as_str());
+    let mut gatekeeper = Gatekeeper::new(
+        &gateway.policies,
+        &context.user,
+        peer,
+        DecisionPoint::Release,
+        peer,
+    );
+    let mut report = Filtered::default();
+    let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
+    tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,
+        break_glass = context.user.break_glass.is_some(), "federation answer");
     let base = &gateway.region.base_url;
     let url = |r: &Value| {
         format!(
@@ -179,6 +196,19 @@ async fn answer(
             .into_iter()
             .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
     );
+    if report.withheld > 0 {
+        // Says that something was withheld, never what.
+        let issue = Issue::new(
+            Severity::Warning,
+            "suppressed",
+            "some items were withheld under this region's consent and release policy",
+        );
+        entries.push(fhir::entry(
+            &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            operation_outcome(&[issue]),
+            SearchMode::Outcome,
+        ));
+    }
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
     let bundle = fhir::searchset(&id, &now, base, total, entries);

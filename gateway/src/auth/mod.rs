@@ -33,6 +33,9 @@ pub struct UserContext {
     pub organisation: String,
     /// HL7 v3 ActReason, e.g. TREAT.
     pub purpose_of_use: Option<String>,
+    /// The reason given for emergency (break-glass) access, when the clinician broke the glass.
+    #[serde(default)]
+    pub break_glass: Option<String>,
 }
 
 /// Why a token was refused. Never carries the token.
@@ -228,6 +231,7 @@ impl ClinicianVerifier {
                         role: c.role.ok_or(AuthError::MissingClaim("role"))?,
                         organisation: c.org.ok_or(AuthError::MissingClaim("org"))?,
                         purpose_of_use: c.purpose_of_use,
+                        break_glass: None,
                     });
                 }
                 Err(e) => {
@@ -289,6 +293,9 @@ struct ForwardedClaims {
     org: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     purpose_of_use: Option<String>,
+    /// The clinician's break-glass reason, so the answering region can decide and audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    break_glass: Option<String>,
     iat: i64,
     exp: i64,
     /// The request id, so both regions' audit records can be joined.
@@ -351,6 +358,7 @@ impl ForwardSigner {
             role: user.role.clone(),
             org: user.organisation.clone(),
             purpose_of_use: user.purpose_of_use.clone(),
+            break_glass: user.break_glass.clone(),
             iat: now,
             exp: now + FORWARD_TTL_SECONDS,
             jti: request_id.to_owned(),
@@ -411,6 +419,7 @@ pub fn verify_forwarded(
             role: c.role,
             organisation: c.org,
             purpose_of_use: c.purpose_of_use,
+            break_glass: c.break_glass,
         },
         request_id: c.jti,
     })

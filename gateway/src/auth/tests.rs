@@ -194,6 +194,7 @@ fn forwarded_context_binds_to_the_certificate() {
         role: "R8000".into(),
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
+        break_glass: Some("patient collapsed".into()),
     };
     let t = signer
         .sign(&user, "urn:gateway:region:hampshire", "req-1", now())

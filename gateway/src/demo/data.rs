@@ -432,6 +432,32 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                     "type": [cc(SNOMED, "424525001", "Antenatal care")], "subject": subject, "period": {"start": format!("{start}T10:00:00Z")},
                 }));
             }
+            // Sensitive items, labelled in meta.security: the showcase patient has an HIV-labelled
+            // and a mental-health-labelled condition in their home region, as do a few others.
+            if (pi == 0 && order == 0) || (pi > 2 && order == 0 && rng.chance(4)) {
+                let onset = when(&mut rng);
+                out.push(json!({
+                    "resourceType": "Condition", "id": id("hiv"),
+                    "meta": {"security": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R", "display": "restricted"},
+                        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV", "display": "HIV/AIDS information sensitivity"}]},
+                    "clinicalStatus": cc("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
+                    "verificationStatus": cc("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"),
+                    "category": [cc("http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item")],
+                    "code": cc(SNOMED, "86406008", "Human immunodeficiency virus infection"), "subject": subject, "onsetDateTime": onset, "recordedDate": onset,
+                }));
+            }
+            if (pi == 0 && order == 0) || (pi > 2 && rng.chance(5)) {
+                let onset = when(&mut rng);
+                out.push(json!({
+                    "resourceType": "Condition", "id": id("psy"),
+                    "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY", "display": "psychiatry disorder information sensitivity"}]},
+                    "clinicalStatus": cc("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
+                    "verificationStatus": cc("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"),
+                    "category": [cc("http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item")],
+                    "code": cc(SNOMED, "35489007", "Depressive disorder"), "subject": subject, "onsetDateTime": onset, "recordedDate": onset,
+                }));
+            }
             // Cancer follow-up.
             if rng.chance(6) {
                 let onset = when(&mut rng);

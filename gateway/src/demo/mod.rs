@@ -117,6 +117,9 @@ issuer = "{DEMO_ISSUER}"
 audience = "{DEMO_AUDIENCE}"
 public_keys_pem = "idp/idp.pem"
 
+[policy]
+directory = "policies"
+
 [fanout]
 deadline_ms = 5000
 "#,
@@ -176,6 +179,16 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
         std::fs::create_dir_all(&region_dir).map_err(io_err(&region_dir))?;
         let path = region_dir.join("record.ndjson");
         let text: String = resources.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+    }
+
+    // The policy set, written out so that it can be read and edited.
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(policies.join("default")).map_err(io_err(&policies))?;
+    let schema = policies.join("schema.cedarschema");
+    std::fs::write(&schema, crate::access::EMBEDDED_SCHEMA).map_err(io_err(&schema))?;
+    for (name, text) in crate::access::embedded_policy_files() {
+        let path = policies.join("default").join(name);
         std::fs::write(&path, text).map_err(io_err(&path))?;
     }
 

@@ -134,7 +134,15 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
         })
         .collect();
     let after = patients.len() + items.len();
-    (RecordAnswer { patients, items }, before - after)
+    let withheld = answer.withheld;
+    (
+        RecordAnswer {
+            patients,
+            items,
+            withheld,
+        },
+        before - after,
+    )
 }
 
 /// One merged entry before it becomes JSON.
@@ -189,6 +197,12 @@ pub fn merge(
             Ok(answer) => {
                 answered += 1;
                 let (answer, dropped) = screen(answer.clone(), query);
+                if answer.withheld > 0 {
+                    issues.push(
+                        Issue::new(Severity::Warning, "suppressed", format!("Region {} ({}) withheld some items under its consent and release policy.", region.code, region.name))
+                            .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+                    );
+                }
                 if dropped > 0 {
                     discarded += dropped;
                     issues.push(

@@ -201,6 +201,7 @@ impl DirectoryRecord {
         RecordAnswer {
             patients: patients.into_iter().cloned().collect(),
             items,
+            withheld: 0,
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct RecordAnswer {
     pub patients: Vec<Value>,
     /// The items that match the query and reference one of those patients.
     pub items: Vec<Value>,
+    /// How many items the region's release policy withheld (never which ones).
+    pub withheld: usize,
 }
 
 /// Why a record could not answer. Messages carry no patient data.

@@ -1,0 +1,110 @@
+//! Hot paths: per-item policy filtering of a large Bundle, and the merge of three regions.
+//! `cargo bench -p gateway --bench hot_paths`
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
+use gateway::auth::UserContext;
+use gateway::demo::data::generate;
+use gateway::merge::{MergeContext, RegionInfo, RegionResult, merge};
+use gateway::record::RecordAnswer;
+use policy::DecisionPoint;
+use serde_json::Value;
+
+/// About 5,000 items of every type, some labelled sensitive, from the demo generator.
+fn items(n: usize) -> Vec<Value> {
+    let regions = vec![
+        "dorset".to_string(),
+        "hampshire".to_string(),
+        "wiltshire".to_string(),
+    ];
+    let data = generate(&regions, 2000, 7);
+    data.records
+        .values()
+        .flatten()
+        .filter(|r| r["resourceType"] != "Patient")
+        .take(n)
+        .cloned()
+        .collect()
+}
+
+fn user(role: &str) -> UserContext {
+    UserContext {
+        user_id: "bench".into(),
+        role: role.into(),
+        organisation: "RBD".into(),
+        purpose_of_use: Some("TREAT".into()),
+        break_glass: None,
+    }
+}
+
+fn filtering(c: &mut Criterion) {
+    let set = embedded_policy_set().unwrap();
+    let items = items(5000);
+    assert_eq!(items.len(), 5000);
+    for role in ["R8000", "R8004"] {
+        let u = user(role);
+        c.bench_function(&format!("policy filter 5000 items ({role})"), |b| {
+            b.iter_batched(
+                || RecordAnswer {
+                    patients: vec![],
+                    items: items.clone(),
+                    withheld: 0,
+                },
+                |answer| {
+                    let mut gk = Gatekeeper::new(&set, &u, "dorset", DecisionPoint::View, "dorset");
+                    let mut report = Filtered::default();
+                    black_box(gk.filter(answer, "dorset", &mut report))
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+}
+
+fn merging(c: &mut Criterion) {
+    let regions = vec![
+        "dorset".to_string(),
+        "hampshire".to_string(),
+        "wiltshire".to_string(),
+    ];
+    let data = generate(&regions, 300, 3);
+    let nhs = data.seen_everywhere.clone();
+    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
+        .unwrap()
+        .query;
+    let results: Vec<RegionResult> = regions
+        .iter()
+        .map(|code| {
+            let record = gateway::record::directory::DirectoryRecord::from_resources(
+                data.records[code].clone(),
+            )
+            .unwrap();
+            RegionResult {
+                region: RegionInfo {
+                    code: code.clone(),
+                    name: code.clone(),
+                    base_url: format!("https://{code}/fhir"),
+                },
+                outcome: Ok(record.answer(&query)),
+                elapsed_ms: 1,
+            }
+        })
+        .collect();
+    c.bench_function("merge three regions' $everything (one patient)", |b| {
+        b.iter(|| {
+            let ctx = MergeContext {
+                gateway_base: "https://gw/fhir",
+                bundle_id: "b",
+                now: "2026-01-01T00:00:00Z",
+                self_link: "https://gw/fhir/x",
+                issues: vec![],
+            };
+            black_box(merge(&query, results.clone(), ctx))
+        })
+    });
+}
+
+criterion_group!(benches, filtering, merging);
+criterion_main!(benches);

@@ -1,0 +1,235 @@
+//! Who may see what: the gateway's side of the policy decisions. Pure: resources and a policy
+//! set in, released resources out.
+//!
+//! An item's class (type, region, security labels, the patient's consent state) is read from
+//! the FHIR resource; one decision is made per class within a request (memoised), so a large
+//! Bundle costs a handful of Cedar evaluations. Used at both decision points: the answering
+//! region's release (federation face) and the requesting region's view (clinician face).
+
+use std::collections::{BTreeSet, HashMap};
+
+use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Principal, Question};
+use serde_json::Value;
+
+use crate::auth::UserContext;
+use crate::fhir::types::resource_type;
+use crate::record::RecordAnswer;
+
+/// HL7 v3 Confidentiality code system (meta.security).
+pub const CONFIDENTIALITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+/// HL7 v3 ActCode system, which holds the sensitivity codes (HIV, PSY, ...).
+pub const ACT_CODE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+/// Break-glass: the header carrying the clinician's reason, and its minimum length.
+pub const BREAK_GLASS_HEADER: &str = "x-break-glass-reason";
+pub const BREAK_GLASS_MIN_CHARS: usize = 10;
+/// The purpose of use break-glass switches to.
+pub const EMERGENCY_PURPOSE: &str = "ETREAT";
+
+/// The embedded default policy set (the files under `policies/`), used when the configuration
+/// names no policy directory.
+pub fn embedded_policy_set() -> Result<PolicySet, policy::PolicyError> {
+    PolicySet::from_sources(
+        include_str!("../../../policies/schema.cedarschema"),
+        embedded_policy_files(),
+    )
+}
+
+/// The embedded default policy files: (name, text).
+pub fn embedded_policy_files() -> Vec<(String, String)> {
+    [
+        (
+            "10-direct-care.cedar",
+            include_str!("../../../policies/default/10-direct-care.cedar"),
+        ),
+        (
+            "20-purpose.cedar",
+            include_str!("../../../policies/default/20-purpose.cedar"),
+        ),
+        (
+            "30-consent.cedar",
+            include_str!("../../../policies/default/30-consent.cedar"),
+        ),
+        (
+            "40-sensitive.cedar",
+            include_str!("../../../policies/default/40-sensitive.cedar"),
+        ),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_owned(), t.to_owned()))
+    .collect()
+}
+
+/// The embedded schema text.
+pub const EMBEDDED_SCHEMA: &str = include_str!("../../../policies/schema.cedarschema");
+
+/// Confidentiality and sensitivity labels from `meta.security`. Unlabelled items are "N".
+/// Of several confidentiality codes, the most restrictive counts.
+pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
+    const ORDER: [&str; 6] = ["U", "L", "M", "N", "R", "V"];
+    let mut confidentiality = "N";
+    let mut sensitivity = BTreeSet::new();
+    for label in resource
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let system = label.get("system").and_then(Value::as_str);
+        let Some(code) = label.get("code").and_then(Value::as_str) else {
+            continue;
+        };
+        match system {
+            Some(CONFIDENTIALITY_SYSTEM) => {
+                let rank = |c: &str| ORDER.iter().position(|o| *o == c);
+                match rank(code) {
+                    Some(r) if rank(confidentiality).is_some_and(|cur| r > cur) => {
+                        confidentiality = ORDER[r]
+                    }
+                    Some(_) => {}
+                    // An unknown confidentiality code is treated as the most restrictive.
+                    None => confidentiality = "V",
+                }
+            }
+            Some(ACT_CODE_SYSTEM) => {
+                sensitivity.insert(code.to_owned());
+            }
+            _ => {}
+        }
+    }
+    (confidentiality.to_owned(), sensitivity)
+}
+
+/// The class of an item of `region`'s record.
+pub fn item_class(resource: &Value, region: &str) -> ItemClass {
+    let (confidentiality, sensitivity) = labels(resource);
+    ItemClass {
+        resource_type: resource_type(resource).unwrap_or("").to_owned(),
+        region: region.to_owned(),
+        confidentiality,
+        sensitivity,
+        // Consent directives are not read yet: the item's region stands for the patient's home.
+        patient_home_region: region.to_owned(),
+        patient_objects_to_sharing: false,
+        consent_denies: false,
+        consent_permits: false,
+    }
+}
+
+/// Why a break-glass header is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("X-Break-Glass-Reason must give a reason of at least {BREAK_GLASS_MIN_CHARS} characters")]
+pub struct BreakGlassError;
+
+/// Reads a break-glass reason: absent is `None`; present but too short is an error.
+pub fn break_glass_reason(header: Option<&str>) -> Result<Option<String>, BreakGlassError> {
+    match header.map(str::trim) {
+        None => Ok(None),
+        Some(r) if r.chars().count() >= BREAK_GLASS_MIN_CHARS => {
+            Ok(Some(r.chars().take(500).collect()))
+        }
+        Some(_) => Err(BreakGlassError),
+    }
+}
+
+/// One request's decisions: the user and circumstances are fixed, the items vary.
+pub struct Gatekeeper<'a> {
+    set: &'a PolicySet,
+    principal: Principal,
+    circumstances: Circumstances,
+    memo: HashMap<ItemClass, Decision>,
+}
+
+/// What filtering did, for the log, the audit trail and the response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filtered {
+    pub released: usize,
+    pub withheld: usize,
+    /// The policies that decided, allow or deny.
+    pub policies: BTreeSet<String>,
+}
+
+impl<'a> Gatekeeper<'a> {
+    /// `home_region` is the region that vouched for the user; `requesting_region` the region
+    /// whose user asks (the same on the view side).
+    pub fn new(
+        set: &'a PolicySet,
+        user: &UserContext,
+        home_region: &str,
+        point: DecisionPoint,
+        requesting_region: &str,
+    ) -> Self {
+        let break_glass = user.break_glass.is_some();
+        Gatekeeper {
+            set,
+            principal: Principal {
+                id: user.user_id.clone(),
+                role: user.role.clone(),
+                organisation: user.organisation.clone(),
+                home_region: home_region.to_owned(),
+            },
+            circumstances: Circumstances {
+                purpose_of_use: if break_glass {
+                    EMERGENCY_PURPOSE.to_owned()
+                } else {
+                    user.purpose_of_use.clone().unwrap_or_default()
+                },
+                break_glass,
+                decision_point: point,
+                requesting_region: requesting_region.to_owned(),
+            },
+            memo: HashMap::new(),
+        }
+    }
+
+    /// The decision for one item class (memoised).
+    pub fn decide(&mut self, class: ItemClass) -> &Decision {
+        let (set, principal, circumstances) = (self.set, &self.principal, &self.circumstances);
+        self.memo.entry(class).or_insert_with_key(|class| {
+            set.decide(&Question {
+                principal,
+                item: class,
+                circumstances,
+            })
+        })
+    }
+
+    /// Distinct classes decided so far.
+    pub fn decisions_made(&self) -> usize {
+        self.memo.len()
+    }
+
+    /// Keeps what policy releases of one region's answer (Patient resources included).
+    pub fn filter(
+        &mut self,
+        answer: RecordAnswer,
+        region: &str,
+        report: &mut Filtered,
+    ) -> RecordAnswer {
+        let before = report.withheld;
+        let mut keep = |resources: Vec<Value>, report: &mut Filtered| -> Vec<Value> {
+            resources
+                .into_iter()
+                .filter(|r| {
+                    let d = self.decide(item_class(r, region));
+                    report.policies.extend(d.policies.iter().cloned());
+                    if d.allowed {
+                        report.released += 1;
+                    } else {
+                        report.withheld += 1;
+                    }
+                    d.allowed
+                })
+                .collect()
+        };
+        let patients = keep(answer.patients, report);
+        let items = keep(answer.items, report);
+        RecordAnswer {
+            patients,
+            items,
+            withheld: answer.withheld + report.withheld - before,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

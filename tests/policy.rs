@@ -1,0 +1,252 @@
+//! Consent and role policy across real gateways: both decision points, purpose of use,
+//! sensitive categories and break-glass.
+
+use std::collections::BTreeSet;
+
+use crate::common::*;
+use http::StatusCode;
+
+fn types(bundle: &serde_json::Value) -> BTreeSet<String> {
+    entries(bundle, "match")
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn has_code(bundle: &serde_json::Value, snomed: &str) -> bool {
+    entries(bundle, "match")
+        .iter()
+        .any(|e| e["resource"]["code"]["coding"][0]["code"] == snomed)
+}
+
+const HIV: &str = "86406008";
+const DEPRESSION: &str = "35489007";
+
+async fn get_as(
+    fed: &TestFederation,
+    token: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
+    let mut req = fed
+        .client()
+        .get(format!("{}{}", fed.base(0), path))
+        .bearer_auth(token);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_student_sees_less_than_a_clinical_practitioner_and_nothing_of_what_is_withheld() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let path = format!("/Patient/{}/$everything", fed.everywhere());
+    let (s1, practitioner) = get_as(&fed, &fed.token("R8000"), &path, &[]).await;
+    let (s2, student) = get_as(&fed, &fed.token("R8004"), &path, &[]).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert!(has_code(&practitioner, HIV) && has_code(&practitioner, DEPRESSION));
+    assert!(!has_code(&student, HIV) && !has_code(&student, DEPRESSION));
+    let seen = types(&practitioner);
+    assert!(
+        seen.contains("DocumentReference")
+            || seen.contains("DiagnosticReport")
+            || seen.contains("Procedure")
+            || seen.contains("ServiceRequest")
+    );
+    for hidden in [
+        "DocumentReference",
+        "DiagnosticReport",
+        "Procedure",
+        "ServiceRequest",
+    ] {
+        assert!(
+            !types(&student).contains(hidden),
+            "students do not see {hidden}"
+        );
+    }
+    assert!(student["total"].as_u64() < practitioner["total"].as_u64());
+    assert_eq!(
+        student["total"].as_u64().unwrap() as usize,
+        entries(&student, "match").len(),
+        "total counts only what was released"
+    );
+    // The student is told something was withheld, and nothing about what.
+    let issues = outcome_issues(&student);
+    assert!(
+        issues.iter().any(|(code, _, _)| code == "suppressed"),
+        "{issues:?}"
+    );
+    let text = student.to_string();
+    for hidden in [
+        "DocumentReference",
+        "DiagnosticReport",
+        "Human immunodeficiency",
+        "HIV",
+        "Depressive",
+    ] {
+        assert!(!text.contains(hidden), "the response mentions {hidden}");
+    }
+    assert!(outcome_issues(&practitioner).is_empty());
+}
+
+#[tokio::test]
+async fn hiv_items_are_withheld_from_clerical_staff_and_from_break_glass() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let path = format!(
+        "/Condition?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.everywhere()
+    );
+    let (_, clinician) = get_as(&fed, &fed.token("R8000"), &path, &[]).await;
+    assert!(has_code(&clinician, HIV));
+    // Clerical staff may not read conditions at all.
+    let (status, clerical) = get_as(&fed, &fed.token("R8008"), &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entries(&clerical, "match").len(), 0);
+    let (status, glass) = get_as(
+        &fed,
+        &fed.token("R8000"),
+        &path,
+        &[(
+            "x-break-glass-reason",
+            "Unconscious in ED, no history available",
+        )],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !has_code(&glass, HIV),
+        "break-glass never unlocks legally restricted categories"
+    );
+    assert!(
+        has_code(&glass, DEPRESSION),
+        "mental health items remain visible to a clinician"
+    );
+    let issues = outcome_issues(&glass);
+    assert!(
+        issues
+            .iter()
+            .any(|(_, _, text)| text.contains("break-glass")),
+        "{issues:?}"
+    );
+    let (status, body) = get_as(
+        &fed,
+        &fed.token("R8000"),
+        &path,
+        &[("x-break-glass-reason", "because")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("at least 10")
+    );
+}
+
+#[tokio::test]
+async fn only_direct_care_is_a_purpose() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let path = format!("/Patient/{}/$everything", fed.everywhere());
+    let research = fed.token_with(|c| c.purpose_of_use = "HRESCH".into());
+    let (status, body) = get_as(&fed, &research, &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 0);
+    assert!(
+        outcome_issues(&body)
+            .iter()
+            .any(|(code, _, _)| code == "suppressed")
+    );
+    // Emergency treatment claimed without break-glass is refused too.
+    let etreat = fed.token_with(|c| c.purpose_of_use = "ETREAT".into());
+    let (_, body) = get_as(&fed, &etreat, &path, &[]).await;
+    assert_eq!(body["total"], 0);
+}
+
+#[tokio::test]
+async fn a_peers_release_policy_decides_what_leaves_it() {
+    // Hampshire releases no Observations to other regions; its own view is unaffected.
+    let no_observations = r#"
+// Test rule: Observations never leave this region.
+@id("test-no-observations-leave")
+forbid (principal, action == Gateway::Action::"read:Observation", resource)
+when { context.decision_point == "release" };
+"#;
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .extra_policy(1, "90-test.cedar", no_observations)
+        .start()
+        .await;
+    let path = format!(
+        "/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.everywhere()
+    );
+    let (status, from_dorset) = get_as(&fed, &fed.token("R8000"), &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let regions: BTreeSet<String> = entries(&from_dorset, "match")
+        .iter()
+        .flat_map(|e| region_tags(&e["resource"]))
+        .collect();
+    assert!(
+        !regions.contains("hampshire"),
+        "hampshire's observations did not leave it: {regions:?}"
+    );
+    assert!(regions.contains("dorset"));
+    let issues = outcome_issues(&from_dorset);
+    assert!(
+        issues
+            .iter()
+            .any(|(code, region, _)| code == "suppressed" && region == "hampshire"),
+        "{issues:?}"
+    );
+    // Asked at hampshire itself, its own clinicians see its observations.
+    let r = get_json(
+        &fed.client(),
+        &format!("{}{}", fed.base(1), path),
+        Some(&fed.token("R8000")),
+    )
+    .await;
+    let regions: BTreeSet<String> = entries(&r.body, "match")
+        .iter()
+        .flat_map(|e| region_tags(&e["resource"]))
+        .collect();
+    assert!(regions.contains("hampshire"));
+}
+
+#[test]
+fn a_gateway_with_an_invalid_policy_set_refuses_to_start() {
+    install();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = gateway::demo::DemoOptions {
+        dir: dir.path().to_owned(),
+        port_base: 40_000,
+        patients: 3,
+        regions: vec!["dorset".into(), "hampshire".into()],
+    };
+    gateway::demo::prepare(&opts).unwrap();
+    let pdir = dir.path().join("bad-policies");
+    std::fs::create_dir_all(pdir.join("default")).unwrap();
+    std::fs::write(
+        pdir.join("schema.cedarschema"),
+        gateway::access::EMBEDDED_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(
+        pdir.join("default/10.cedar"),
+        "@id(\"x\")\npermit (principal, action, resource) when { principal.rol == \"R8000\" };\n",
+    )
+    .unwrap();
+    let config_path = dir.path().join("dorset.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let text = text.replace("directory = \"policies\"", "directory = \"bad-policies\"");
+    std::fs::write(&config_path, text).unwrap();
+    let config = gateway::config::Config::load(&config_path).unwrap();
+    let err = gateway::app::Gateway::from_config(config)
+        .err()
+        .expect("an invalid policy set stops the start")
+        .to_string();
+    assert!(err.contains("10.cedar:2"), "{err}");
+}
