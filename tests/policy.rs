@@ -250,3 +250,85 @@ fn a_gateway_with_an_invalid_policy_set_refuses_to_start() {
         .to_string();
     assert!(err.contains("10.cedar:2"), "{err}");
 }
+
+#[tokio::test]
+async fn an_objecting_patients_records_never_leave_their_home_region_except_by_break_glass() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let objecting = fed.data.patients[3].clone();
+    assert_eq!(objecting.regions.len(), 2);
+    let home = objecting.regions[0];
+    let other = objecting.regions[1];
+    let codes = ["dorset", "hampshire", "wiltshire"];
+    let path = format!("/Patient/{}/$everything", objecting.nhs);
+    let regions_in = |b: &serde_json::Value| -> BTreeSet<String> {
+        entries(b, "match")
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] != "Patient")
+            .flat_map(|e| region_tags(&e["resource"]))
+            .collect()
+    };
+
+    // Asked from the other region: nothing of the home region's record comes out.
+    let t = fed.token("R8000");
+    let r = get_json(
+        &fed.client(),
+        &format!("{}{}", fed.base(other), path),
+        Some(&t),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = regions_in(&r.body);
+    assert!(
+        !seen.contains(codes[home]),
+        "the home region released items: {seen:?}"
+    );
+    assert!(
+        seen.contains(codes[other]),
+        "the other region's own items are still shown"
+    );
+    assert!(
+        outcome_issues(&r.body)
+            .iter()
+            .any(|(code, region, _)| code == "suppressed" && region == codes[home]),
+        "{:?}",
+        outcome_issues(&r.body)
+    );
+
+    // Break-glass unlocks it for emergency direct care, with the warning.
+    let glass = fed
+        .client()
+        .get(format!("{}{}", fed.base(other), path))
+        .bearer_auth(&t)
+        .header(
+            "x-break-glass-reason",
+            "Unresponsive on arrival, anaphylaxis suspected",
+        )
+        .send()
+        .await
+        .unwrap();
+    let glass: serde_json::Value = glass.json().await.unwrap();
+    assert!(
+        regions_in(&glass).contains(codes[home]),
+        "break-glass overrides the objection"
+    );
+    assert!(
+        outcome_issues(&glass)
+            .iter()
+            .any(|(_, _, text)| text.contains("break-glass"))
+    );
+
+    // The home region's own clinicians see the whole record, their own region's included.
+    let r = get_json(
+        &fed.client(),
+        &format!("{}{}", fed.base(home), path),
+        Some(&t),
+    )
+    .await;
+    let seen = regions_in(&r.body);
+    assert!(
+        seen.contains(codes[home]) && seen.contains(codes[other]),
+        "{seen:?}"
+    );
+}

@@ -10,6 +10,7 @@
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
+//! - [`consent`]: patients' FHIR Consent directives read into per-item flags — pure
 //! - [`config`]: the TOML configuration, parsed from text and validated
 //! - [`record`]: the region's own record (directory in memory, or a FHIR server)
 //! - [`client`]: outbound HTTP with time and size limits
@@ -26,6 +27,7 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod consent;
 pub mod demo;
 pub mod error;
 pub mod fhir;

@@ -12,6 +12,7 @@ use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Princ
 use serde_json::Value;
 
 use crate::auth::UserContext;
+use crate::consent::ConsentView;
 use crate::fhir::types::resource_type;
 use crate::record::RecordAnswer;
 
@@ -107,7 +108,7 @@ pub fn item_class(resource: &Value, region: &str) -> ItemClass {
         region: region.to_owned(),
         confidentiality,
         sensitivity,
-        // Consent directives are not read yet: the item's region stands for the patient's home.
+        // Without directives the item's region stands for the patient's home; see class_of.
         patient_home_region: region.to_owned(),
         patient_objects_to_sharing: false,
         consent_denies: false,
@@ -137,6 +138,9 @@ pub struct Gatekeeper<'a> {
     principal: Principal,
     circumstances: Circumstances,
     memo: HashMap<ItemClass, Decision>,
+    consent: ConsentView,
+    /// The region whose record holds the directives: the patient's home when they object.
+    consent_region: String,
 }
 
 /// What filtering did, for the log, the audit trail and the response.
@@ -178,7 +182,28 @@ impl<'a> Gatekeeper<'a> {
                 requesting_region: requesting_region.to_owned(),
             },
             memo: HashMap::new(),
+            consent: ConsentView::default(),
+            consent_region: String::new(),
         }
+    }
+
+    /// Applies the patient's consent directives, read from `region`'s record.
+    pub fn with_consent(mut self, consent: ConsentView, region: &str) -> Self {
+        self.consent = consent;
+        self.consent_region = region.to_owned();
+        self
+    }
+
+    /// An item's class, with what the patient's directives say of it for this user.
+    pub fn class_of(&self, resource: &Value, region: &str) -> ItemClass {
+        let mut class = item_class(resource, region);
+        if self.consent.objects_to_sharing {
+            class.patient_objects_to_sharing = true;
+            class.patient_home_region = self.consent_region.clone();
+        }
+        (class.consent_denies, class.consent_permits) =
+            self.consent.applies(resource, &self.principal.organisation);
+        class
     }
 
     /// The decision for one item class (memoised).
@@ -210,7 +235,8 @@ impl<'a> Gatekeeper<'a> {
             resources
                 .into_iter()
                 .filter(|r| {
-                    let d = self.decide(item_class(r, region));
+                    let class = self.class_of(r, region);
+                    let d = self.decide(class);
                     report.policies.extend(d.policies.iter().cloned());
                     if d.allowed {
                         report.released += 1;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 
-use super::{RequestId, check_accept, lenient, query_pairs};
+use super::{RequestId, check_accept, lenient, query_pairs, read_consent};
 use crate::access::{BREAK_GLASS_HEADER, Filtered, Gatekeeper, break_glass_reason};
 use crate::app::Gateway;
 use crate::auth::{AuthError, UserContext};
@@ -149,7 +149,11 @@ fn ask(
     })
 }
 
-async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merged {
+async fn fan_out_and_merge(
+    gateway: &Gateway,
+    ask: &Ask,
+    parsed: Parsed,
+) -> Result<Merged, ApiError> {
     let fan = FanOut {
         local: (&gateway.region, &gateway.local, gateway.local_timeout()),
         peers: &gateway.peers,
@@ -159,7 +163,19 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
         deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),
         max_bytes: gateway.config.limits.max_response_bytes,
     };
-    let results = fan.run(&parsed.query).await;
+    let (results, consent) = futures::join!(
+        fan.run(&parsed.query),
+        read_consent(gateway, &parsed.query.nhs_number)
+    );
+    // Consent must be readable before anything is released; when no region answered there is
+    // nothing to release and the 502/504 below says more than a 503 would.
+    let consent = match consent {
+        Ok(c) => c,
+        Err(_) if results.iter().all(|r| r.outcome.is_err()) => {
+            crate::consent::ConsentView::default()
+        }
+        Err(e) => return Err(e),
+    };
     // The view decision point: what this region's user may see of every region's answer.
     let mut gatekeeper = Gatekeeper::new(
         &gateway.policies,
@@ -167,7 +183,8 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
         &gateway.region.code,
         DecisionPoint::View,
         &gateway.region.code,
-    );
+    )
+    .with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let results: Vec<_> = results
         .into_iter()
@@ -207,7 +224,7 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
         }
     }
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
-    merge(
+    Ok(merge(
         &parsed.query,
         results,
         MergeContext {
@@ -217,7 +234,7 @@ async fn fan_out_and_merge(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Merg
             self_link: &ask.self_link,
             issues,
         },
-    )
+    ))
 }
 
 /// When no region answered there is nothing to show: 504 if all timed out, else 502.
@@ -277,7 +294,7 @@ fn outcome_issues(bundle: &serde_json::Value) -> Vec<Issue> {
 }
 
 async fn respond_bundle(gateway: &Gateway, ask: Ask, parsed: Parsed) -> Result<Response, ApiError> {
-    let merged = fan_out_and_merge(gateway, &ask, parsed).await;
+    let merged = fan_out_and_merge(gateway, &ask, parsed).await?;
     if let Some(e) = none_answered(&merged) {
         return Err(e);
     }
@@ -321,7 +338,7 @@ async fn read_patient(
     let (parts, _) = request.into_parts();
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_read(&id, &ask.pairs, ask.lenient)?;
-    let merged = fan_out_and_merge(&gateway, &ask, parsed).await;
+    let merged = fan_out_and_merge(&gateway, &ask, parsed).await?;
     if let Some(e) = none_answered(&merged) {
         return Err(e);
     }

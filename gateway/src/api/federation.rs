@@ -14,6 +14,7 @@ use axum::routing::get;
 use http::StatusCode;
 use serde_json::Value;
 
+use super::read_consent;
 use super::{RequestId, check_accept, lenient, query_pairs};
 use crate::access::{Filtered, Gatekeeper};
 use crate::app::Gateway;
@@ -165,13 +166,15 @@ async fn answer(
         .extensions
         .get::<PeerRegion>()
         .map_or("", |p| p.0.as_str());
+    let consent = read_consent(gateway, &parsed.query.nhs_number).await?;
     let mut gatekeeper = Gatekeeper::new(
         &gateway.policies,
         &context.user,
         peer,
         DecisionPoint::Release,
         peer,
-    );
+    )
+    .with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
     tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,

@@ -129,6 +129,31 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
     })
 }
 
+/// Reads the patient's consent directives from this region's record. Fails closed: a record
+/// that cannot say what the patient decided releases nothing (503).
+pub async fn read_consent(
+    gateway: &crate::app::Gateway,
+    nhs: &crate::fhir::nhs::NhsNumber,
+) -> Result<crate::consent::ConsentView, crate::error::ApiError> {
+    match tokio::time::timeout(gateway.local_timeout(), gateway.local.consents(nhs)).await {
+        Ok(Ok(consents)) => Ok(crate::consent::read(
+            &consents,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )),
+        Ok(Err(e)) => Err(consent_unavailable(e.to_string())),
+        Err(_) => Err(consent_unavailable("timed out".into())),
+    }
+}
+
+fn consent_unavailable(internal: String) -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the patient's consent directives could not be read, so no records are released; try again shortly",
+    )
+    .internal(format!("consent directives unavailable: {internal}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,6 +68,8 @@ pub struct DemoData {
     pub seen_in_two: NhsNumber,
     /// Seen in two regions whose demographics disagree (date of birth): a possible wrong match.
     pub mismatched: NhsNumber,
+    /// Seen in two regions, and objects to sharing outside the home region (a Consent there).
+    pub objecting: NhsNumber,
 }
 
 const GIVEN_F: [&str; 12] = [
@@ -199,7 +201,7 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
         // regions and 25% in two.
         let spread = match i {
             0 => regions.len(),
-            1 | 2 => 2.min(regions.len()),
+            1..=3 => 2.min(regions.len()),
             _ => match rng.below(100) {
                 0..10 => 3.min(regions.len()),
                 10..35 => 2.min(regions.len()),
@@ -432,6 +434,18 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
                     "type": [cc(SNOMED, "424525001", "Antenatal care")], "subject": subject, "period": {"start": format!("{start}T10:00:00Z")},
                 }));
             }
+            // The objecting patient recorded an opt-out with their home region (the first region
+            // they are seen in): their record there is not to leave it.
+            if pi == 3 && order == 0 {
+                out.push(json!({
+                    "resourceType": "Consent", "id": id("consent"), "status": "active",
+                    "scope": cc("http://terminology.hl7.org/CodeSystem/consentscope", "patient-privacy", "Privacy Consent"),
+                    "category": [cc(LOINC, "59284-0", "Patient Consent")],
+                    "patient": subject, "dateTime": "2024-03-01T09:00:00Z",
+                    "policyRule": cc("http://terminology.hl7.org/CodeSystem/v3-ActCode", "OPTOUT", "opt-out"),
+                    "provision": {"type": "deny"},
+                }));
+            }
             // Sensitive items, labelled in meta.security: the showcase patient has an HIV-labelled
             // and a mental-health-labelled condition in their home region, as do a few others.
             if (pi == 0 && order == 0) || (pi > 2 && order == 0 && rng.chance(4)) {
@@ -480,12 +494,14 @@ pub fn generate(regions: &[String], count: usize, seed: u64) -> DemoData {
     let seen_everywhere = patients[0].nhs.clone();
     let seen_in_two = patients[1].nhs.clone();
     let mismatched = patients[2].nhs.clone();
+    let objecting = patients[3.min(patients.len() - 1)].nhs.clone();
     DemoData {
         records,
         patients,
         seen_everywhere,
         seen_in_two,
         mismatched,
+        objecting,
     }
 }
 

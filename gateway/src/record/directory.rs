@@ -38,6 +38,8 @@ pub struct DirectoryRecord {
     patients_by_nhs: HashMap<String, Vec<usize>>,
     items: Vec<(ResourceType, Value)>,
     items_by_link: HashMap<PatientLink, Vec<usize>>,
+    consents: Vec<Value>,
+    consents_by_link: HashMap<PatientLink, Vec<usize>>,
     skipped: usize,
 }
 
@@ -139,6 +141,16 @@ impl DirectoryRecord {
                 self.patients.push(v);
                 Ok(())
             }
+            Some("Consent") => {
+                if let Some(link) = patient_link(&v, "patient") {
+                    self.consents_by_link
+                        .entry(link)
+                        .or_default()
+                        .push(self.consents.len());
+                }
+                self.consents.push(v);
+                Ok(())
+            }
             Some(t) => {
                 // Types the gateway does not federate are kept out of the index, counted.
                 match ResourceType::parse(t) {
@@ -164,6 +176,31 @@ impl DirectoryRecord {
     /// Counts for the start-up log line: (patients, items, resources of other types).
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.patients.len(), self.items.len(), self.skipped)
+    }
+
+    /// The patient's Consent resources (by local Patient id or NHS number).
+    pub fn consents_of(&self, nhs: &str) -> Vec<Value> {
+        let mut links: Vec<PatientLink> = self
+            .patients_by_nhs
+            .get(nhs)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.patients[i].get("id").and_then(Value::as_str))
+            .map(|id| PatientLink::Local(id.to_owned()))
+            .collect();
+        links.push(PatientLink::Nhs(nhs.to_owned()));
+        let mut indices: Vec<usize> = links
+            .iter()
+            .filter_map(|l| self.consents_by_link.get(l))
+            .flatten()
+            .copied()
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|i| self.consents[i].clone())
+            .collect()
     }
 
     /// Answers a query synchronously (the whole record is in memory).
@@ -212,6 +249,13 @@ impl RecordSource for DirectoryRecord {
         query: &'a PatientQuery,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(async move { Ok(self.answer(query)) })
+    }
+
+    fn consents<'a>(
+        &'a self,
+        nhs: &'a crate::fhir::nhs::NhsNumber,
+    ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>> {
+        Box::pin(async move { Ok(self.consents_of(nhs.as_str())) })
     }
 }
 

@@ -136,4 +136,42 @@ impl RecordSource for FhirServerRecord {
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(self.answer(query))
     }
+
+    fn consents<'a>(
+        &'a self,
+        nhs: &'a crate::fhir::nhs::NhsNumber,
+    ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>> {
+        Box::pin(async move {
+            let read = PatientQuery::new(Operation::PatientRead, nhs.clone(), None);
+            let patients = self.answer(&read).await?.patients;
+            let mut consents = Vec::new();
+            for id in patients
+                .iter()
+                .filter_map(|p| p.get("id").and_then(Value::as_str))
+            {
+                let pages = self
+                    .get_all(
+                        self.client
+                            .get(format!("{}/Consent", self.base))
+                            .query(&[("patient", format!("Patient/{id}"))]),
+                    )
+                    .await?;
+                for page in pages {
+                    for entry in page
+                        .get("entry")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(r) = entry.get("resource").filter(|r| {
+                            r.get("resourceType").and_then(Value::as_str) == Some("Consent")
+                        }) {
+                            consents.push(r.clone());
+                        }
+                    }
+                }
+            }
+            Ok(consents)
+        })
+    }
 }

@@ -41,6 +41,12 @@ pub trait RecordSource: Send + Sync {
         &'a self,
         query: &'a PatientQuery,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
+
+    /// The patient's Consent resources held in this record (any status; the reader decides).
+    fn consents<'a>(
+        &'a self,
+        nhs: &'a crate::fhir::nhs::NhsNumber,
+    ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>>;
 }
 
 /// Does a Patient resource carry this NHS number?
