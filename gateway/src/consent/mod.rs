@@ -36,7 +36,7 @@ pub struct ConsentView {
     rules: Vec<Rule>,
 }
 
-fn codes<'a>(v: Option<&'a Value>) -> impl Iterator<Item = &'a Value> {
+fn codes(v: Option<&Value>) -> impl Iterator<Item = &Value> {
     v.and_then(Value::as_array).into_iter().flatten()
 }
 
