@@ -332,3 +332,72 @@ async fn an_objecting_patients_records_never_leave_their_home_region_except_by_b
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn policies_reload_on_change_and_a_broken_set_is_refused_while_the_old_one_decides() {
+    let placeholder = "@id(\"test-placeholder\")\nforbid (principal, action, resource) when { context.purpose_of_use == \"NEVER\" };\n";
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .extra_policy(0, "90-test.cedar", placeholder)
+        .start()
+        .await;
+    let file = fed.dir.path().join("policies-dorset/default/90-test.cedar");
+    let path = format!(
+        "/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.everywhere()
+    );
+    let token = fed.token("R8000");
+    let count = || async {
+        entries(
+            &get_json(
+                &fed.client(),
+                &format!("{}{}", fed.base(0), path),
+                Some(&token),
+            )
+            .await
+            .body,
+            "match",
+        )
+        .len()
+    };
+    assert!(count().await > 0);
+
+    // A valid change: observations are no longer shown to dorset's users.
+    std::fs::write(&file, "@id(\"test-no-observations\")\nforbid (principal, action == Gateway::Action::\"read:Observation\", resource);\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed policy was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A broken file is refused: the previous set (no observations) keeps deciding.
+    std::fs::write(
+        &file,
+        "@id(\"broken\")\nforbid (principal, action resource);\n",
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        count().await,
+        0,
+        "the broken set was not loaded, the previous one still applies"
+    );
+
+    // A set that parses but fails the directory's own test cases is refused too.
+    std::fs::create_dir_all(fed.dir.path().join("policies-dorset/tests")).unwrap();
+    std::fs::write(fed.dir.path().join("policies-dorset/tests/local.json"), r#"[{"name": "observations are readable", "principal": {"role": "R8000"}, "resource_type": "Observation", "expect": "allow"}]"#).unwrap();
+    std::fs::write(&file, "@id(\"test-no-observations-still\")\nforbid (principal, action == Gateway::Action::\"read:Observation\", resource);\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Fixing the file so that the cases pass brings observations back.
+    std::fs::write(&file, placeholder).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fixed policy was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

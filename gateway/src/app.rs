@@ -2,6 +2,8 @@
 //! from a [`Config`] at start. Building it is where an unreadable file stops the start.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use crate::auth::{ClinicianVerifier, ForwardSigner, KeyError};
@@ -50,7 +52,8 @@ pub struct Gateway {
     pub peers: Vec<Peer>,
     pub verifier: ClinicianVerifier,
     /// The consent and role policy set; an invalid one stops the start (fail closed).
-    pub policies: Arc<policy::PolicySet>,
+    /// Swapped whole on reload; a request holds the version it started with.
+    pub policies: ArcSwap<policy::PolicySet>,
     pub signer: ForwardSigner,
     pub server_keys: KeyMaterial,
     pub federation_ca: Vec<CertificateDer<'static>>,
@@ -80,11 +83,11 @@ impl Gateway {
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
-        let policies = Arc::new(match &config.policy.directory {
-            Some(dir) => policy::PolicySet::load(dir)?,
+        let policies = ArcSwap::from_pointee(match &config.policy.directory {
+            Some(dir) => policy::PolicySet::load_checked(dir)?,
             None => crate::access::embedded_policy_set()?,
         });
-        tracing::info!(policies = policies.policy_ids().len(), source = %config.policy.directory.as_ref().map_or("embedded".into(), |d| d.display().to_string()), "policy set loaded");
+        tracing::info!(policies = policies.load().policy_ids().len(), source = %config.policy.directory.as_ref().map_or("embedded".into(), |d| d.display().to_string()), "policy set loaded");
         let local: Arc<dyn RecordSource> =
             match (&config.record.directory, &config.record.fhir_base) {
                 (Some(dir), _) => {
@@ -129,6 +132,19 @@ impl Gateway {
         })
     }
 
+    /// Reloads the policy set from its directory. An invalid set (parse, schema or a failing
+    /// test case) is refused and the active set stays; on success the new set applies to
+    /// requests that start from now on. Returns the number of policies.
+    pub fn reload_policies(&self) -> Result<usize, policy::PolicyError> {
+        let Some(dir) = &self.config.policy.directory else {
+            return Ok(self.policies.load().policy_ids().len());
+        };
+        let set = policy::PolicySet::load_checked(dir)?;
+        let n = set.policy_ids().len();
+        self.policies.store(Arc::new(set));
+        Ok(n)
+    }
+
     /// The local record's timeout within a fan-out.
     pub fn local_timeout(&self) -> Duration {
         Duration::from_millis(self.config.record.timeout_ms)
@@ -158,4 +174,89 @@ fn load_verifier(config: &Config) -> Result<ClinicianVerifier, StartError> {
         )?,
         (None, None) => unreachable!("validate() requires one key source"),
     })
+}
+
+/// Reloads the policy set when its directory changes or on SIGHUP, until `stop` turns true.
+/// Does nothing for the embedded set.
+pub async fn watch_policies(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use notify::Watcher;
+    let Some(dir) = gateway.config.policy.directory.clone() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+            return watch_signal_only(gateway, stop).await;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+    }
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            Some(()) = rx.recv() => {
+                // An editor writes a file in several steps: wait for them to settle.
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = next_hangup(&mut hangup) => {}
+        }
+        reload_and_log(&gateway, &dir);
+    }
+}
+
+async fn watch_signal_only(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(dir) = gateway.config.policy.directory.clone() else {
+        return;
+    };
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = next_hangup(&mut hangup) => reload_and_log(&gateway, &dir),
+        }
+    }
+}
+
+fn reload_and_log(gateway: &Gateway, dir: &std::path::Path) {
+    match gateway.reload_policies() {
+        Ok(n) => tracing::info!(policies = n, directory = %dir.display(), "policy set reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, directory = %dir.display(), "policy reload refused; the previous policy set stays active")
+        }
+    }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<()> {
+    None
+}
+
+#[cfg(unix)]
+async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Option<()>) {
+    std::future::pending().await
 }

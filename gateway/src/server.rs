@@ -249,8 +249,9 @@ pub fn start_on(
             federation,
             federation_tls,
             crate::api::federation::router(gateway.clone()),
-            rx,
+            rx.clone(),
         )),
+        tokio::spawn(crate::app::watch_policies(gateway.clone(), rx)),
     ];
     tracing::info!(region = %gateway.region.code, clinician = %clinician_addr, federation = %federation_addr, peers = gateway.peers.len(), "gateway listening");
     Ok(Running {

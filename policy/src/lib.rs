@@ -49,6 +49,8 @@ pub enum PolicyError {
     Invalid(Vec<Problem>),
     #[error("the policy set is empty")]
     Empty,
+    #[error("{} policy test case(s) fail:\n{}", .0.len(), .0.iter().map(|c| format!("  {c}")).collect::<Vec<_>>().join("\n"))]
+    CasesFail(Vec<String>),
 }
 
 /// Where the decision is made.
@@ -192,6 +194,25 @@ impl PolicySet {
             })
             .collect::<Result<Vec<_>, PolicyError>>()?;
         Self::from_sources(&schema, files)
+    }
+
+    /// [`PolicySet::load`], then runs the directory's own test cases (`dir/tests/*.json`, when
+    /// present): a set whose cases fail is refused like one that does not parse.
+    pub fn load_checked(dir: &Path) -> Result<Self, PolicyError> {
+        let set = Self::load(dir)?;
+        let tests = dir.join("tests");
+        if tests.is_dir() {
+            let files = cases::load_dir(&tests)?;
+            let failed: Vec<String> = cases::run(&set, &files)
+                .into_iter()
+                .filter(|o| !o.passed)
+                .map(|o| format!("{}: {}: {}", o.file, o.name, o.detail))
+                .collect();
+            if !failed.is_empty() {
+                return Err(PolicyError::CasesFail(failed));
+            }
+        }
+        Ok(set)
     }
 
     /// Parses and validates a schema and policy files. Every policy needs a unique `@id`.

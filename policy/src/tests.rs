@@ -139,3 +139,26 @@ fn policies_are_described_by_their_comments() {
     assert!(text.starts_with("Students (R8004)"), "{text}");
     assert!(set.describe("no-such-policy").is_none());
 }
+
+#[test]
+fn load_checked_refuses_a_set_whose_own_cases_fail() {
+    let dir = std::env::temp_dir().join(format!("policy-checked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("default")).unwrap();
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    std::fs::write(dir.join("schema.cedarschema"), schema()).unwrap();
+    std::fs::write(
+        dir.join("default/a.cedar"),
+        "@id(\"all\")\npermit (principal, action, resource);\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("tests/t.json"), r#"[{"name": "students never read letters", "principal": {"role": "R8004"}, "resource_type": "DocumentReference", "expect": "deny"}]"#).unwrap();
+    let err = PolicySet::load_checked(&dir).unwrap_err();
+    assert!(
+        matches!(err, PolicyError::CasesFail(ref f) if f.len() == 1 && f[0].contains("students never read letters")),
+        "{err}"
+    );
+    std::fs::write(dir.join("default/a.cedar"), "@id(\"clinicians\")\npermit (principal, action, resource) when { principal.role == \"R8000\" };\n").unwrap();
+    assert!(PolicySet::load_checked(&dir).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

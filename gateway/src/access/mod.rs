@@ -60,6 +60,9 @@ pub fn embedded_policy_files() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The embedded policy test cases (`policies/tests/default.json`).
+pub const EMBEDDED_CASES: &str = include_str!("../../../policies/tests/default.json");
+
 /// The embedded schema text.
 pub const EMBEDDED_SCHEMA: &str = include_str!("../../../policies/schema.cedarschema");
 

@@ -177,8 +177,10 @@ async fn fan_out_and_merge(
         Err(e) => return Err(e),
     };
     // The view decision point: what this region's user may see of every region's answer.
+    // The version in force when the request started, whatever a reload does meanwhile.
+    let policies = gateway.policies.load_full();
     let mut gatekeeper = Gatekeeper::new(
-        &gateway.policies,
+        &policies,
         &ask.user,
         &gateway.region.code,
         DecisionPoint::View,

@@ -167,14 +167,11 @@ async fn answer(
         .get::<PeerRegion>()
         .map_or("", |p| p.0.as_str());
     let consent = read_consent(gateway, &parsed.query.nhs_number).await?;
-    let mut gatekeeper = Gatekeeper::new(
-        &gateway.policies,
-        &context.user,
-        peer,
-        DecisionPoint::Release,
-        peer,
-    )
-    .with_consent(consent, &gateway.region.code);
+    // The version in force when the request started, whatever a reload does meanwhile.
+    let policies = gateway.policies.load_full();
+    let mut gatekeeper =
+        Gatekeeper::new(&policies, &context.user, peer, DecisionPoint::Release, peer)
+            .with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
     tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,

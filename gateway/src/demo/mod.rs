@@ -187,6 +187,9 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
     std::fs::create_dir_all(policies.join("default")).map_err(io_err(&policies))?;
     let schema = policies.join("schema.cedarschema");
     std::fs::write(&schema, crate::access::EMBEDDED_SCHEMA).map_err(io_err(&schema))?;
+    let cases = policies.join("tests/default.json");
+    std::fs::create_dir_all(policies.join("tests")).map_err(io_err(&policies))?;
+    std::fs::write(&cases, crate::access::EMBEDDED_CASES).map_err(io_err(&cases))?;
     for (name, text) in crate::access::embedded_policy_files() {
         let path = policies.join("default").join(name);
         std::fs::write(&path, text).map_err(io_err(&path))?;
