@@ -401,3 +401,131 @@ async fn policies_reload_on_change_and_a_broken_set_is_refused_while_the_old_one
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+fn objection(nhs: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+        "provision": {"type": "deny"}
+    })
+}
+
+#[tokio::test]
+async fn consent_recorded_through_the_api_applies_from_the_next_query_and_can_be_withdrawn() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let nhs = fed.everywhere();
+    let path = format!("/Patient/{nhs}/$everything");
+    let clinician = fed.token("R8000");
+    let officer = fed.token("R0001");
+    let from_dorset = || async {
+        let r = get_json(
+            &fed.client(),
+            &format!("{}{}", fed.base(0), path),
+            Some(&clinician),
+        )
+        .await;
+        entries(&r.body, "match")
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] != "Patient")
+            .flat_map(|e| region_tags(&e["resource"]))
+            .collect::<BTreeSet<String>>()
+    };
+    assert!(from_dorset().await.contains("hampshire"));
+
+    // Hampshire's privacy officer records the patient's objection with hampshire.
+    let post = |token: String, body: serde_json::Value| {
+        let client = fed.client();
+        let url = format!("{}/Consent", fed.base(1));
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let created = post(officer.clone(), objection(&nhs)).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert!(
+        created.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("/Consent/")
+    );
+    let created: serde_json::Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["meta"]["versionId"], "1");
+
+    // The next query from dorset gets nothing of hampshire's record, and is told so.
+    let seen = from_dorset().await;
+    assert!(
+        !seen.contains("hampshire") && seen.contains("dorset") && seen.contains("wiltshire"),
+        "{seen:?}"
+    );
+
+    // The directive can be found by patient.
+    let listed = get_json(
+        &fed.client(),
+        &format!(
+            "{}/Consent?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}",
+            fed.base(1)
+        ),
+        Some(&officer),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(
+        entries(&listed.body, "match")
+            .iter()
+            .any(|e| e["resource"]["id"] == id.as_str())
+    );
+
+    // Withdrawn (status inactive): the record flows again.
+    let mut withdrawn = objection(&nhs);
+    withdrawn["id"] = serde_json::json!(id);
+    withdrawn["status"] = serde_json::json!("inactive");
+    let put = fed
+        .client()
+        .put(format!("{}/Consent/{id}", fed.base(1)))
+        .bearer_auth(&officer)
+        .header("content-type", "application/fhir+json")
+        .body(withdrawn.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let put: serde_json::Value = put.json().await.unwrap();
+    assert_eq!(put["meta"]["versionId"], "2");
+    assert!(from_dorset().await.contains("hampshire"));
+
+    // A student may not record directives; a malformed one is refused with the reason.
+    let r = post(fed.token("R8004"), objection(&nhs)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = post(officer.clone(), objection("9000000008")).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("NHS number")
+    );
+    let r = fed
+        .client()
+        .post(format!("{}/Consent", fed.base(1)))
+        .bearer_auth(&officer)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}

@@ -40,6 +40,8 @@ pub enum StartError {
     Certificate { path: String, message: String },
     #[error("policy: {0}")]
     Policy(#[from] policy::PolicyError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Everything a request handler needs.
@@ -54,6 +56,8 @@ pub struct Gateway {
     /// The consent and role policy set; an invalid one stops the start (fail closed).
     /// Swapped whole on reload; a request holds the version it started with.
     pub policies: ArcSwap<policy::PolicySet>,
+    /// Consent directives recorded through this gateway.
+    pub consents: Arc<dyn crate::store::ConsentStore>,
     pub signer: ForwardSigner,
     pub server_keys: KeyMaterial,
     pub federation_ca: Vec<CertificateDer<'static>>,
@@ -83,6 +87,10 @@ impl Gateway {
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
+        let consents: Arc<dyn crate::store::ConsentStore> = match &config.store.sqlite {
+            Some(path) => Arc::new(crate::store::SqliteStore::open(path)?),
+            None => Arc::new(crate::store::SqliteStore::open_in_memory()?),
+        };
         let policies = ArcSwap::from_pointee(match &config.policy.directory {
             Some(dir) => policy::PolicySet::load_checked(dir)?,
             None => crate::access::embedded_policy_set()?,
@@ -126,6 +134,7 @@ impl Gateway {
             peers,
             verifier,
             policies,
+            consents,
             signer,
             server_keys,
             federation_ca,

@@ -62,6 +62,8 @@ pub struct Config {
     #[serde(default)]
     pub policy: ConfigPolicy,
     #[serde(default)]
+    pub store: ConfigStore,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
 }
 
@@ -141,6 +143,14 @@ impl Default for ConfigFanout {
             deadline_ms: default_deadline(),
         }
     }
+}
+
+/// The gateway's own store (consent directives recorded through it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigStore {
+    /// SQLite file; default `{region.code}.sqlite` beside the configuration file.
+    pub sqlite: Option<PathBuf>,
 }
 
 /// The consent and role policy set.
@@ -257,6 +267,9 @@ impl Config {
         if let Some(p) = self.policy.directory.as_mut() {
             fix(p);
         }
+        let default_store = PathBuf::from(format!("{}.sqlite", self.region.code));
+        let store = self.store.sqlite.get_or_insert(default_store);
+        fix(store);
     }
 
     /// Checks what the types cannot: codes, URLs, exclusive choices, timeouts within the deadline,

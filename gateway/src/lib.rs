@@ -15,6 +15,7 @@
 //! - [`record`]: the region's own record (directory in memory, or a FHIR server)
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
+//! - [`store`]: the gateway's own store (consent directives): one trait, SQLite
 //! - [`api`]: the clinician and federation faces (axum routers)
 //! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
 //! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown
@@ -36,4 +37,5 @@ pub mod peers;
 pub mod query;
 pub mod record;
 pub mod server;
+pub mod store;
 pub mod tls;

@@ -14,8 +14,11 @@ use crate::{Circumstances, DecisionPoint, ItemClass, PolicyError, PolicySet, Pri
 pub struct Case {
     pub name: String,
     pub principal: CasePrincipal,
-    /// The FHIR resource type read (the action is `read:{type}`).
+    /// The FHIR resource type read (the action is `read:{type}` unless `action` says otherwise).
     pub resource_type: String,
+    /// Another action, e.g. `manage-consent`.
+    #[serde(default)]
+    pub action: Option<String>,
     #[serde(default)]
     pub item: CaseItem,
     #[serde(default)]
@@ -170,11 +173,15 @@ pub fn run(set: &PolicySet, files: &[(String, Vec<Case>)]) -> Vec<Outcome> {
     for (file, cases) in files {
         for case in cases {
             let (p, i, c) = case.question_parts();
-            let d = set.decide(&Question {
+            let q = Question {
                 principal: &p,
                 item: &i,
                 circumstances: &c,
-            });
+            };
+            let d = match &case.action {
+                Some(action) => set.decide_action(action, &q),
+                None => set.decide(&q),
+            };
             let got = if d.allowed {
                 Expect::Allow
             } else {

@@ -341,7 +341,12 @@ impl PolicySet {
 
     /// Decides one question. Fails closed: anything unexpected is a refusal with the reason.
     pub fn decide(&self, q: &Question<'_>) -> Decision {
-        match self.try_decide(q) {
+        self.decide_action(&format!("read:{}", q.item.resource_type), q)
+    }
+
+    /// Decides another action of the schema (e.g. `manage-consent`) on the item.
+    pub fn decide_action(&self, action: &str, q: &Question<'_>) -> Decision {
+        match self.try_decide(action, q) {
             Ok(d) => d,
             Err(e) => Decision {
                 allowed: false,
@@ -351,7 +356,7 @@ impl PolicySet {
         }
     }
 
-    fn try_decide(&self, q: &Question<'_>) -> Result<Decision, String> {
+    fn try_decide(&self, action_id: &str, q: &Question<'_>) -> Result<Decision, String> {
         let uid = |t: &str, id: &str| -> Result<EntityUid, String> {
             Ok(EntityUid::from_type_name_and_id(
                 EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
@@ -360,7 +365,7 @@ impl PolicySet {
         };
         let principal = uid("Gateway::User", &q.principal.id)?;
         let resource = uid("Gateway::Item", "item")?;
-        let action = uid("Gateway::Action", &format!("read:{}", q.item.resource_type))?;
+        let action = uid("Gateway::Action", action_id)?;
         let s = RestrictedExpression::new_string;
         let user = Entity::new(
             principal.clone(),

@@ -54,6 +54,10 @@ pub fn embedded_policy_files() -> Vec<(String, String)> {
             "40-sensitive.cedar",
             include_str!("../../../policies/default/40-sensitive.cedar"),
         ),
+        (
+            "50-consent-management.cedar",
+            include_str!("../../../policies/default/50-consent-management.cedar"),
+        ),
     ]
     .into_iter()
     .map(|(n, t)| (n.to_owned(), t.to_owned()))

@@ -29,6 +29,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let authenticated = Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/Patient/{id}", get(read_patient))
+        .route(
+            "/fhir/Consent",
+            get(super::consent::search).post(super::consent::create),
+        )
+        .route(
+            "/fhir/Consent/{id}",
+            get(super::consent::read).put(super::consent::update),
+        )
         .route("/fhir/{type}", get(search))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -85,15 +93,15 @@ async fn metadata(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 /// What every interaction shares: the request's user, id, headers and query.
-struct Ask {
-    user: UserContext,
-    request_id: String,
+pub(super) struct Ask {
+    pub(super) user: UserContext,
+    pub(super) request_id: String,
     lenient: bool,
     pairs: Vec<(String, String)>,
     self_link: String,
 }
 
-fn ask(
+pub(super) fn ask(
     gateway: &Gateway,
     request: &axum::http::request::Parts,
     raw: Option<&str>,

@@ -4,6 +4,7 @@
 //! FHIR fallbacks, and reading `Prefer: handling=lenient`.
 
 pub mod clinician;
+pub mod consent;
 pub mod federation;
 
 use std::time::Instant;
@@ -135,12 +136,26 @@ pub async fn read_consent(
     gateway: &crate::app::Gateway,
     nhs: &crate::fhir::nhs::NhsNumber,
 ) -> Result<crate::consent::ConsentView, crate::error::ApiError> {
-    match tokio::time::timeout(gateway.local_timeout(), gateway.local.consents(nhs)).await {
+    let both = async {
+        let stored = gateway
+            .consents
+            .for_patient(nhs.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consents = gateway
+            .local
+            .consents(nhs)
+            .await
+            .map_err(|e| e.to_string())?;
+        consents.extend(stored.into_iter().map(|c| c.resource));
+        Ok::<_, String>(consents)
+    };
+    match tokio::time::timeout(gateway.local_timeout(), both).await {
         Ok(Ok(consents)) => Ok(crate::consent::read(
             &consents,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )),
-        Ok(Err(e)) => Err(consent_unavailable(e.to_string())),
+        Ok(Err(e)) => Err(consent_unavailable(e)),
         Err(_) => Err(consent_unavailable("timed out".into())),
     }
 }

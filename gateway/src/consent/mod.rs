@@ -186,10 +186,114 @@ impl ConsentView {
     }
 }
 
+/// Why a directive sent to the gateway is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectiveError {
+    #[error("the body is not a FHIR Consent resource")]
+    NotConsent,
+    #[error(
+        "Consent.status must be one of draft, proposed, active, rejected, inactive, entered-in-error"
+    )]
+    Status,
+    #[error("Consent.scope must be patient-privacy ({CONSENT_SCOPE_SYSTEM})")]
+    Scope,
+    #[error("Consent.category is required")]
+    Category,
+    #[error("Consent.policy or Consent.policyRule is required (FHIR invariant ppc-1)")]
+    Policy,
+    #[error(
+        "Consent.patient must carry the identifier https://fhir.nhs.uk/Id/nhs-number with a valid NHS number"
+    )]
+    Patient,
+    #[error("Consent.provision.type must be permit or deny")]
+    Provision,
+}
+
+/// Checks a directive sent to the gateway and returns the patient's NHS number.
+pub fn validate_directive(consent: &Value) -> Result<crate::fhir::nhs::NhsNumber, DirectiveError> {
+    use crate::fhir::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
+    if consent.get("resourceType").and_then(Value::as_str) != Some("Consent") {
+        return Err(DirectiveError::NotConsent);
+    }
+    let statuses = [
+        "draft",
+        "proposed",
+        "active",
+        "rejected",
+        "inactive",
+        "entered-in-error",
+    ];
+    if !consent
+        .get("status")
+        .and_then(Value::as_str)
+        .is_some_and(|s| statuses.contains(&s))
+    {
+        return Err(DirectiveError::Status);
+    }
+    if !is_patient_privacy(consent) {
+        return Err(DirectiveError::Scope);
+    }
+    if consent
+        .get("category")
+        .and_then(Value::as_array)
+        .is_none_or(|c| c.is_empty())
+    {
+        return Err(DirectiveError::Category);
+    }
+    if consent.get("policy").is_none() && consent.get("policyRule").is_none() {
+        return Err(DirectiveError::Policy);
+    }
+    let mut provisions = vec![consent.get("provision")];
+    while let Some(Some(p)) = provisions.pop() {
+        if p.get("type").is_some_and(|t| t != "permit" && t != "deny") {
+            return Err(DirectiveError::Provision);
+        }
+        provisions.extend(codes(p.get("provision")).map(Some));
+    }
+    let ident = consent
+        .pointer("/patient/identifier")
+        .ok_or(DirectiveError::Patient)?;
+    if ident.get("system").and_then(Value::as_str) != Some(NHS_NUMBER_SYSTEM) {
+        return Err(DirectiveError::Patient);
+    }
+    ident
+        .get("value")
+        .and_then(Value::as_str)
+        .and_then(|v| NhsNumber::parse(v).ok())
+        .ok_or(DirectiveError::Patient)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn directives_are_validated() {
+        let good = json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+            "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}},
+            "provision": {"type": "deny"}});
+        assert_eq!(validate_directive(&good).unwrap().as_str(), "9000000009");
+        let mut bad = good.clone();
+        bad["patient"]["identifier"]["value"] = json!("9000000008");
+        assert_eq!(validate_directive(&bad), Err(DirectiveError::Patient));
+        let mut bad = good.clone();
+        bad["status"] = json!("maybe");
+        assert_eq!(validate_directive(&bad), Err(DirectiveError::Status));
+        let mut bad = good.clone();
+        bad["provision"] = json!({"type": "deny", "provision": [{"type": "perhaps"}]});
+        assert_eq!(validate_directive(&bad), Err(DirectiveError::Provision));
+        let mut bad = good.clone();
+        bad.as_object_mut().unwrap().remove("policyRule");
+        assert_eq!(validate_directive(&bad), Err(DirectiveError::Policy));
+        assert_eq!(
+            validate_directive(&json!({"resourceType": "Patient"})),
+            Err(DirectiveError::NotConsent)
+        );
+    }
 
     fn consent(provision: Value) -> Value {
         json!({"resourceType": "Consent", "status": "active",

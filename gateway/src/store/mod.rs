@@ -1,0 +1,221 @@
+//! The gateway's own store. Here: patients' consent directives recorded through the gateway.
+//! One trait; SQLite (embedded, WAL) is the default implementation. The PostgreSQL one, for
+//! several replicas, comes with the audit store (issue 5) and shares this trait.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: a stored directive is not JSON: {0}")]
+    Corrupt(String),
+    #[error("store: the worker failed: {0}")]
+    Worker(String),
+}
+
+/// A directive as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredConsent {
+    pub id: String,
+    /// The patient's NHS number.
+    pub nhs: String,
+    pub version: i64,
+    pub resource: Value,
+    /// The user who recorded this version.
+    pub recorded_by: String,
+    pub recorded_at: String,
+}
+
+/// Consent directives recorded through the gateway.
+pub trait ConsentStore: Send + Sync {
+    /// Inserts or replaces a directive (the caller sets the version).
+    fn put(&self, consent: StoredConsent) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredConsent>, StoreError>>;
+    /// Every directive of a patient, oldest first.
+    fn for_patient<'a>(
+        &'a self,
+        nhs: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredConsent>, StoreError>>;
+}
+
+/// SQLite, in WAL mode. rusqlite is synchronous, so each call runs on the blocking pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS consent (
+    id          TEXT PRIMARY KEY,
+    nhs         TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    resource    TEXT NOT NULL,
+    recorded_by TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_by_patient ON consent (nhs);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn.lock().map_err(|e| StoreError::Worker(e.to_string()))?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, String, String, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn to_stored(
+    (id, nhs, version, resource, recorded_by, recorded_at): (
+        String,
+        String,
+        i64,
+        String,
+        String,
+        String,
+    ),
+) -> Result<StoredConsent, StoreError> {
+    let resource =
+        serde_json::from_str(&resource).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(StoredConsent {
+        id,
+        nhs,
+        version,
+        resource,
+        recorded_by,
+        recorded_at,
+    })
+}
+
+impl ConsentStore for SqliteStore {
+    fn put(&self, c: StoredConsent) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO consent (id, nhs, version, resource, recorded_by, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET nhs = excluded.nhs, version = excluded.version, resource = excluded.resource,
+                     recorded_by = excluded.recorded_by, recorded_at = excluded.recorded_at",
+                params![c.id, c.nhs, c.version, c.resource.to_string(), c.recorded_by, c.recorded_at],
+            )?;
+            Ok(())
+        }))
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredConsent>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.with(move |conn| {
+            let found = conn
+                .query_row("SELECT id, nhs, version, resource, recorded_by, recorded_at FROM consent WHERE id = ?1", params![id], row)
+                .optional()?;
+            found.map(to_stored).transpose()
+        }))
+    }
+
+    fn for_patient<'a>(
+        &'a self,
+        nhs: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredConsent>, StoreError>> {
+        let nhs = nhs.to_owned();
+        Box::pin(self.with(move |conn| {
+            let mut stmt = conn.prepare("SELECT id, nhs, version, resource, recorded_by, recorded_at FROM consent WHERE nhs = ?1 ORDER BY rowid")?;
+            let rows = stmt.query_map(params![nhs], row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_stored).collect()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn consent(id: &str, nhs: &str, version: i64, status: &str) -> StoredConsent {
+        StoredConsent {
+            id: id.into(),
+            nhs: nhs.into(),
+            version,
+            resource: json!({"resourceType": "Consent", "id": id, "status": status}),
+            recorded_by: "u".into(),
+            recorded_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_replace_and_list_by_patient_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put(consent("a", "9000000009", 1, "active"))
+                .await
+                .unwrap();
+            s.put(consent("b", "9000000009", 1, "active"))
+                .await
+                .unwrap();
+            s.put(consent("c", "9434765919", 1, "active"))
+                .await
+                .unwrap();
+            s.put(consent("a", "9000000009", 2, "inactive"))
+                .await
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let a = s.get("a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.version, a.resource["status"].as_str()),
+            (2, Some("inactive"))
+        );
+        assert!(s.get("zz").await.unwrap().is_none());
+        let ids: Vec<String> = s
+            .for_patient("9000000009")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, vec!["a", "b"]);
+    }
+}
