@@ -149,22 +149,42 @@ async fn hiv_items_are_withheld_from_clerical_staff_and_from_break_glass() {
 }
 
 #[tokio::test]
-async fn only_direct_care_is_a_purpose() {
+async fn only_direct_care_is_a_purpose_and_only_clinicians_break_the_glass() {
     let fed = Builder::new(&["dorset", "hampshire"]).start().await;
     let path = format!("/Patient/{}/$everything", fed.everywhere());
+    // Research is refused before any region is asked, with the reason.
     let research = fed.token_with(|c| c.purpose_of_use = "HRESCH".into());
     let (status, body) = get_as(&fed, &research, &path, &[]).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["total"], 0);
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
-        outcome_issues(&body)
-            .iter()
-            .any(|(code, _, _)| code == "suppressed")
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("purpose of use"),
+        "{body}"
     );
-    // Emergency treatment claimed without break-glass is refused too.
+    // Emergency treatment claimed without break-glass is refused up front too.
     let etreat = fed.token_with(|c| c.purpose_of_use = "ETREAT".into());
-    let (_, body) = get_as(&fed, &etreat, &path, &[]).await;
-    assert_eq!(body["total"], 0);
+    let (status, _) = get_as(&fed, &etreat, &path, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A student may not break the glass.
+    let (status, body) = get_as(
+        &fed,
+        &fed.token("R8004"),
+        &path,
+        &[("x-break-glass-reason", "Unconscious in ED, no history")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("break the glass")
+    );
+    // An unknown role may not search at all.
+    let (status, _) = get_as(&fed, &fed.token("R9999"), &path, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

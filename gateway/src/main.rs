@@ -114,6 +114,9 @@ enum PolicyCommand {
         /// `view` (the requesting region) or `release` (the answering region).
         #[arg(long, default_value = "view", value_parser = ["view", "release"])]
         point: String,
+        /// Another action than reading the item: search, break-glass, manage-consent, edit-policy.
+        #[arg(long)]
+        action: Option<String>,
         /// The item's FHIR resource type.
         #[arg(long = "type")]
         resource_type: String,
@@ -291,6 +294,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<()> {
         }
         PolicyCommand::Explain {
             dir,
+            action,
             role,
             org,
             user_region,
@@ -336,12 +340,22 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<()> {
                     policy::DecisionPoint::View
                 },
                 requesting_region: user_region,
+                break_glass_reason: if break_glass {
+                    "(given)".into()
+                } else {
+                    String::new()
+                },
+                time: time::OffsetDateTime::now_utc().unix_timestamp(),
             };
-            let d = set.decide(&policy::Question {
+            let q = policy::Question {
                 principal: &principal,
                 item: &item,
                 circumstances: &circumstances,
-            });
+            };
+            let d = match &action {
+                Some(a) => set.decide_action(a, &q),
+                None => set.decide(&q),
+            };
             println!("Decision: {}", if d.allowed { "ALLOW" } else { "DENY" });
             if d.policies.is_empty() && !d.allowed {
                 println!("  No policy permits this (anything not permitted is refused).");

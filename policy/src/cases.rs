@@ -80,6 +80,9 @@ pub struct CaseContext {
     pub break_glass: bool,
     pub decision_point: DecisionPoint,
     pub requesting_region: String,
+    pub break_glass_reason: String,
+    /// Unix seconds; default 2026-01-01T00:00:00Z.
+    pub time: i64,
 }
 
 impl Default for CaseContext {
@@ -89,6 +92,8 @@ impl Default for CaseContext {
             break_glass: false,
             decision_point: DecisionPoint::View,
             requesting_region: default_region(),
+            break_glass_reason: String::new(),
+            time: 1_767_225_600,
         }
     }
 }
@@ -162,6 +167,8 @@ impl Case {
             break_glass: self.context.break_glass,
             decision_point: self.context.decision_point,
             requesting_region: self.context.requesting_region.clone(),
+            break_glass_reason: self.context.break_glass_reason.clone(),
+            time: self.context.time,
         };
         (p, i, c)
     }

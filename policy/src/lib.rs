@@ -102,6 +102,10 @@ pub struct Circumstances {
     pub break_glass: bool,
     pub decision_point: DecisionPoint,
     pub requesting_region: String,
+    /// The clinician's break-glass reason, "" when none.
+    pub break_glass_reason: String,
+    /// Unix seconds.
+    pub time: i64,
 }
 
 /// One question: may `principal` read `item` in these circumstances?
@@ -423,6 +427,8 @@ impl PolicySet {
                 "break_glass": c.break_glass,
                 "decision_point": c.decision_point.as_str(),
                 "requesting_region": c.requesting_region,
+                "break_glass_reason": c.break_glass_reason,
+                "time": c.time,
             }),
             Some((&self.schema, &action)),
         )

@@ -106,6 +106,8 @@ fn question_parts(resource_type: &str) -> (Principal, ItemClass, Circumstances) 
             break_glass: false,
             decision_point: DecisionPoint::View,
             requesting_region: "dorset".into(),
+            break_glass_reason: String::new(),
+            time: 1_767_225_600,
         },
     )
 }

@@ -43,6 +43,10 @@ pub fn embedded_policy_files() -> Vec<(String, String)> {
             include_str!("../../../policies/default/10-direct-care.cedar"),
         ),
         (
+            "15-search-and-emergency.cedar",
+            include_str!("../../../policies/default/15-search-and-emergency.cedar"),
+        ),
+        (
             "20-purpose.cedar",
             include_str!("../../../policies/default/20-purpose.cedar"),
         ),
@@ -139,6 +143,15 @@ pub fn break_glass_reason(header: Option<&str>) -> Result<Option<String>, BreakG
     }
 }
 
+/// Why a whole request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("your role may not break the glass")]
+    BreakGlass,
+    #[error("your role and purpose of use do not permit searching the shared record")]
+    Search,
+}
+
 /// One request's decisions: the user and circumstances are fixed, the items vary.
 pub struct Gatekeeper<'a> {
     set: &'a PolicySet,
@@ -187,6 +200,8 @@ impl<'a> Gatekeeper<'a> {
                 break_glass,
                 decision_point: point,
                 requesting_region: requesting_region.to_owned(),
+                break_glass_reason: user.break_glass.clone().unwrap_or_default(),
+                time: time::OffsetDateTime::now_utc().unix_timestamp(),
             },
             memo: HashMap::new(),
             consent: ConsentView::default(),
@@ -211,6 +226,40 @@ impl<'a> Gatekeeper<'a> {
         (class.consent_denies, class.consent_permits) =
             self.consent.applies(resource, &self.principal.organisation);
         class
+    }
+
+    /// A decision about the request as a whole (`search`, `break-glass`), made on the patient's
+    /// record as one item of the given region.
+    pub fn request_decision(&self, action: &str, region: &str) -> Decision {
+        let record = ItemClass {
+            resource_type: "Patient".into(),
+            region: region.to_owned(),
+            confidentiality: "N".into(),
+            sensitivity: BTreeSet::new(),
+            patient_home_region: region.to_owned(),
+            patient_objects_to_sharing: false,
+            consent_denies: false,
+            consent_permits: false,
+        };
+        self.set.decide_action(
+            action,
+            &Question {
+                principal: &self.principal,
+                item: &record,
+                circumstances: &self.circumstances,
+            },
+        )
+    }
+
+    /// Refuses the request outright when the user may not search, or may not break the glass.
+    pub fn admit(&self, region: &str) -> Result<(), Refusal> {
+        if self.circumstances.break_glass && !self.request_decision("break-glass", region).allowed {
+            return Err(Refusal::BreakGlass);
+        }
+        if !self.request_decision("search", region).allowed {
+            return Err(Refusal::Search);
+        }
+        Ok(())
     }
 
     /// The decision for one item class (memoised).

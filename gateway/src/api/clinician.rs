@@ -162,6 +162,18 @@ async fn fan_out_and_merge(
     ask: &Ask,
     parsed: Parsed,
 ) -> Result<Merged, ApiError> {
+    // The version in force when the request started, whatever a reload does meanwhile.
+    let policies = gateway.policies.load_full();
+    let gatekeeper = Gatekeeper::new(
+        &policies,
+        &ask.user,
+        &gateway.region.code,
+        DecisionPoint::View,
+        &gateway.region.code,
+    );
+    gatekeeper
+        .admit(&gateway.region.code)
+        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
     let fan = FanOut {
         local: (&gateway.region, &gateway.local, gateway.local_timeout()),
         peers: &gateway.peers,
@@ -185,16 +197,7 @@ async fn fan_out_and_merge(
         Err(e) => return Err(e),
     };
     // The view decision point: what this region's user may see of every region's answer.
-    // The version in force when the request started, whatever a reload does meanwhile.
-    let policies = gateway.policies.load_full();
-    let mut gatekeeper = Gatekeeper::new(
-        &policies,
-        &ask.user,
-        &gateway.region.code,
-        DecisionPoint::View,
-        &gateway.region.code,
-    )
-    .with_consent(consent, &gateway.region.code);
+    let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let results: Vec<_> = results
         .into_iter()

@@ -49,6 +49,8 @@ fn authorise(gateway: &Gateway, ask: &Ask) -> Result<(), ApiError> {
         break_glass: user.break_glass.is_some(),
         decision_point: DecisionPoint::View,
         requesting_region: gateway.region.code.clone(),
+        break_glass_reason: user.break_glass.clone().unwrap_or_default(),
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
     };
     let d = policies.decide_action(
         "manage-consent",

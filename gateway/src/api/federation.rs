@@ -169,9 +169,12 @@ async fn answer(
     let consent = read_consent(gateway, &parsed.query.nhs_number).await?;
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
-    let mut gatekeeper =
-        Gatekeeper::new(&policies, &context.user, peer, DecisionPoint::Release, peer)
-            .with_consent(consent, &gateway.region.code);
+    let gatekeeper = Gatekeeper::new(&policies, &context.user, peer, DecisionPoint::Release, peer);
+    // This region's own policy decides whether this user may search it at all.
+    gatekeeper
+        .admit(&gateway.region.code)
+        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
+    let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
     tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,
