@@ -66,20 +66,9 @@ pub async fn get_fhir_json(
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let media = crate::fhir::media_type(response.headers());
         if media != "application/fhir+json" && media != "application/json" {
-            return Err(FetchError::NotFhir(content_type.chars().take(64).collect()));
+            return Err(FetchError::NotFhir(media.chars().take(64).collect()));
         }
         // Refuse a declared oversize answer before reading any of it, and stop reading an
         // undeclared one as soon as it passes the limit.

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::response::Response;
 use http::{HeaderValue, StatusCode};
@@ -72,16 +71,9 @@ fn authorise(gateway: &Gateway, ask: &Ask) -> Result<(), ApiError> {
     }
 }
 
-fn parse_body(headers: &http::HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    let media = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+/// Reads a directive body: FHIR JSON, at most [`MAX_CONSENT_BYTES`] (read no further).
+async fn read_body(headers: &http::HeaderMap, body: axum::body::Body) -> Result<Value, ApiError> {
+    let media = crate::fhir::media_type(headers);
     if media != "application/fhir+json" && media != "application/json" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -89,14 +81,17 @@ fn parse_body(headers: &http::HeaderMap, body: &Bytes) -> Result<Value, ApiError
             "send the Consent as application/fhir+json",
         ));
     }
-    if body.len() > MAX_CONSENT_BYTES {
-        return Err(ApiError::new(
+    let too_large = || {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-long",
             format!("a Consent may be at most {MAX_CONSENT_BYTES} bytes"),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
+        )
+    };
+    let body = axum::body::to_bytes(body, MAX_CONSENT_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "structure",
@@ -145,16 +140,7 @@ pub async fn create(
     let (parts, body) = request.into_parts();
     let ask = ask(&gateway, &parts, None)?;
     authorise(&gateway, &ask)?;
-    let body = axum::body::to_bytes(body, MAX_CONSENT_BYTES + 1)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
-                format!("a Consent may be at most {MAX_CONSENT_BYTES} bytes"),
-            )
-        })?;
-    let resource = parse_body(&parts.headers, &body)?;
+    let resource = read_body(&parts.headers, body).await?;
     let nhs = validate_directive(&resource)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invariant", e.to_string()))?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -177,16 +163,7 @@ pub async fn update(
     let (parts, body) = request.into_parts();
     let ask = ask(&gateway, &parts, None)?;
     authorise(&gateway, &ask)?;
-    let body = axum::body::to_bytes(body, MAX_CONSENT_BYTES + 1)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
-                format!("a Consent may be at most {MAX_CONSENT_BYTES} bytes"),
-            )
-        })?;
-    let resource = parse_body(&parts.headers, &body)?;
+    let resource = read_body(&parts.headers, body).await?;
     if resource
         .get("id")
         .and_then(Value::as_str)

@@ -15,6 +15,19 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The code system of the region tag put on every entry (`meta.tag`).
 pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
 
+/// The media type of a `Content-Type` header, lower-cased, without parameters ("" if none).
+pub fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// `Bundle.entry.search.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchMode {

@@ -178,43 +178,23 @@ impl DirectoryRecord {
         (self.patients.len(), self.items.len(), self.skipped)
     }
 
-    /// The patient's Consent resources (by local Patient id or NHS number).
-    pub fn consents_of(&self, nhs: &str) -> Vec<Value> {
-        let mut links: Vec<PatientLink> = self
-            .patients_by_nhs
-            .get(nhs)
-            .into_iter()
-            .flatten()
-            .filter_map(|&i| self.patients[i].get("id").and_then(Value::as_str))
-            .map(|id| PatientLink::Local(id.to_owned()))
-            .collect();
-        links.push(PatientLink::Nhs(nhs.to_owned()));
-        let mut indices: Vec<usize> = links
-            .iter()
-            .filter_map(|l| self.consents_by_link.get(l))
-            .flatten()
-            .copied()
-            .collect();
-        indices.sort_unstable();
-        indices.dedup();
-        indices
-            .into_iter()
-            .map(|i| self.consents[i].clone())
-            .collect()
-    }
-
-    /// Answers a query synchronously (the whole record is in memory).
-    pub fn answer(&self, query: &PatientQuery) -> RecordAnswer {
-        let nhs = query.nhs_number.as_str();
-        let patients: Vec<&Value> = self
-            .patients_by_nhs
+    /// The patient's Patient resources: indexed under the NHS number, and carrying it.
+    fn patients_of(&self, nhs: &str) -> Vec<&Value> {
+        self.patients_by_nhs
             .get(nhs)
             .into_iter()
             .flatten()
             .map(|&i| &self.patients[i])
             .filter(|p| has_nhs_number(p, nhs))
-            .collect();
-        let types = query.types();
+            .collect()
+    }
+
+    /// Indices of what references the patient (by local Patient id or by NHS number), in order.
+    fn linked(
+        index: &HashMap<PatientLink, Vec<usize>>,
+        patients: &[&Value],
+        nhs: &str,
+    ) -> Vec<usize> {
         let mut links: Vec<PatientLink> = patients
             .iter()
             .filter_map(|p| p.get("id").and_then(Value::as_str))
@@ -223,12 +203,30 @@ impl DirectoryRecord {
         links.push(PatientLink::Nhs(nhs.to_owned()));
         let mut indices: Vec<usize> = links
             .iter()
-            .filter_map(|l| self.items_by_link.get(l))
+            .filter_map(|l| index.get(l))
             .flatten()
             .copied()
             .collect();
         indices.sort_unstable();
         indices.dedup();
+        indices
+    }
+
+    /// The patient's Consent resources (by local Patient id or NHS number).
+    pub fn consents_of(&self, nhs: &str) -> Vec<Value> {
+        let patients = self.patients_of(nhs);
+        Self::linked(&self.consents_by_link, &patients, nhs)
+            .into_iter()
+            .map(|i| self.consents[i].clone())
+            .collect()
+    }
+
+    /// Answers a query synchronously (the whole record is in memory).
+    pub fn answer(&self, query: &PatientQuery) -> RecordAnswer {
+        let nhs = query.nhs_number.as_str();
+        let patients = self.patients_of(nhs);
+        let types = query.types();
+        let indices = Self::linked(&self.items_by_link, &patients, nhs);
         let items = indices
             .into_iter()
             .map(|i| &self.items[i])
