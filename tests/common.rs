@@ -36,6 +36,8 @@ pub struct Region {
 }
 
 pub struct TestFederation {
+    /// PostgreSQL schemas made for this federation (dropped by `drop_pg_schemas`).
+    pub pg_schemas: Vec<String>,
     pub dir: TempDir,
     pub ca: DevCa,
     pub idp_key_pem: String,
@@ -121,6 +123,8 @@ pub struct Builder {
     local_record: Option<(String, u64)>,
     /// (region index, extra policy file name, its text): that region runs the default set plus it.
     extra_policy: Option<(usize, String, String)>,
+    /// Every region keeps its consent directives in PostgreSQL (a schema per region and run).
+    postgres: bool,
 }
 
 impl Builder {
@@ -134,12 +138,19 @@ impl Builder {
             ca: None,
             local_record: None,
             extra_policy: None,
+            postgres: false,
         }
     }
 
     /// Uses this CA (so fake peers made from it are trusted).
     pub fn with_ca(mut self, ca: DevCa) -> Self {
         self.ca = Some(ca);
+        self
+    }
+
+    /// Consent directives in PostgreSQL (`GATEWAY_TEST_POSTGRES`, default the local server).
+    pub fn postgres(mut self) -> Self {
+        self.postgres = true;
         self
     }
 
@@ -205,6 +216,7 @@ impl Builder {
             .map(|(c, l, f)| (c.clone(), l.local_addr().unwrap(), f.local_addr().unwrap()))
             .collect();
         let mut regions = Vec::new();
+        let mut pg_schemas = Vec::new();
         for (i, (code, c, f)) in listeners.into_iter().enumerate() {
             let mut peers: Vec<ExtraPeer> = addrs
                 .iter()
@@ -249,9 +261,23 @@ impl Builder {
                 std::fs::write(pdir.join("default").join(name), policy).unwrap();
                 text.push_str(&format!("[policy]\ndirectory = \"policies-{code}\"\n"));
             }
+            if self.postgres {
+                let conninfo = std::env::var("GATEWAY_TEST_POSTGRES").unwrap_or_else(|_| {
+                    "host=127.0.0.1 port=5432 user=postgres dbname=test".into()
+                });
+                let schema = format!(
+                    "gw_it_{}_{}",
+                    uuid::Uuid::new_v4().simple(),
+                    code.replace('-', "_")
+                );
+                text.push_str(&format!(
+                    "[store]\npostgres = \"{conninfo}\"\npostgres_schema = \"{schema}\"\n"
+                ));
+                pg_schemas.push(schema);
+            }
             std::fs::write(&path, text).unwrap();
             let config = Config::load(&path).unwrap();
-            let gateway = Arc::new(Gateway::from_config(config).unwrap());
+            let gateway = Arc::new(Gateway::from_config(config).await.unwrap());
             let running = start_on(gateway, c, f).unwrap();
             regions.push(Region {
                 clinician: running.clinician,
@@ -260,6 +286,7 @@ impl Builder {
             });
         }
         TestFederation {
+            pg_schemas,
             dir,
             ca,
             idp_key_pem: idp.serialize_pem(),
@@ -323,6 +350,20 @@ impl TestFederation {
             token,
         )
         .await
+    }
+
+    /// Drops the PostgreSQL schemas this federation made.
+    pub async fn drop_pg_schemas(&self) {
+        let conninfo = std::env::var("GATEWAY_TEST_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+        for schema in &self.pg_schemas {
+            gateway::store::postgres::PostgresStore::connect(&conninfo, schema)
+                .await
+                .unwrap()
+                .drop_schema()
+                .await
+                .unwrap();
+        }
     }
 
     pub fn everywhere(&self) -> String {

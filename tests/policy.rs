@@ -236,8 +236,8 @@ when { context.decision_point == "release" };
     assert!(regions.contains("hampshire"));
 }
 
-#[test]
-fn a_gateway_with_an_invalid_policy_set_refuses_to_start() {
+#[tokio::test]
+async fn a_gateway_with_an_invalid_policy_set_refuses_to_start() {
     install();
     let dir = tempfile::tempdir().unwrap();
     let opts = gateway::demo::DemoOptions {
@@ -265,6 +265,7 @@ fn a_gateway_with_an_invalid_policy_set_refuses_to_start() {
     std::fs::write(&config_path, text).unwrap();
     let config = gateway::config::Config::load(&config_path).unwrap();
     let err = gateway::app::Gateway::from_config(config)
+        .await
         .err()
         .expect("an invalid policy set stops the start")
         .to_string();
@@ -435,9 +436,26 @@ fn objection(nhs: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn consent_recorded_through_the_api_applies_from_the_next_query_and_can_be_withdrawn() {
+    consent_round_trip(
+        Builder::new(&["dorset", "hampshire", "wiltshire"])
+            .start()
+            .await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn consent_round_trip_with_the_postgres_store() {
     let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .postgres()
         .start()
         .await;
+    assert_eq!(fed.pg_schemas.len(), 3);
+    let fed = consent_round_trip(fed).await;
+    fed.drop_pg_schemas().await;
+}
+
+async fn consent_round_trip(fed: TestFederation) -> TestFederation {
     let nhs = fed.everywhere();
     let path = format!("/Patient/{nhs}/$everything");
     let clinician = fed.token("R8000");
@@ -548,4 +566,5 @@ async fn consent_recorded_through_the_api_applies_from_the_next_query_and_can_be
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    fed
 }

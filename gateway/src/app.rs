@@ -65,7 +65,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads every file the configuration names and builds the gateway.
-    pub fn from_config(config: Config) -> Result<Self, StartError> {
+    pub async fn from_config(config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         let federation_ca = load_certs(&config.tls.ca)?;
         let server_keys = load_key_material(&config.tls.server_cert, &config.tls.server_key)?;
@@ -87,10 +87,18 @@ impl Gateway {
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
-        let consents: Arc<dyn crate::store::ConsentStore> = match &config.store.sqlite {
-            Some(path) => Arc::new(crate::store::SqliteStore::open(path)?),
-            None => Arc::new(crate::store::SqliteStore::open_in_memory()?),
-        };
+        let consents: Arc<dyn crate::store::ConsentStore> =
+            match (&config.store.sqlite, &config.store.postgres) {
+                (_, Some(conninfo)) => Arc::new(
+                    crate::store::postgres::PostgresStore::connect(
+                        conninfo,
+                        &config.store.postgres_schema,
+                    )
+                    .await?,
+                ),
+                (Some(path), None) => Arc::new(crate::store::SqliteStore::open(path)?),
+                (None, None) => Arc::new(crate::store::SqliteStore::open_in_memory()?),
+            };
         let policies = ArcSwap::from_pointee(match &config.policy.directory {
             Some(dir) => policy::PolicySet::load_checked(dir)?,
             None => crate::access::embedded_policy_set()?,

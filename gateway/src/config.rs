@@ -146,11 +146,31 @@ impl Default for ConfigFanout {
 }
 
 /// The gateway's own store (consent directives recorded through it).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigStore {
-    /// SQLite file; default `{region.code}.sqlite` beside the configuration file.
+    /// SQLite file; default `{region.code}.sqlite` beside the configuration file, unless
+    /// `postgres` is set.
     pub sqlite: Option<PathBuf>,
+    /// PostgreSQL connection string (`host=... user=... dbname=...`), for several replicas.
+    pub postgres: Option<String>,
+    /// The schema the gateway's tables live in.
+    #[serde(default = "default_pg_schema")]
+    pub postgres_schema: String,
+}
+
+fn default_pg_schema() -> String {
+    "gateway".into()
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        ConfigStore {
+            sqlite: None,
+            postgres: None,
+            postgres_schema: default_pg_schema(),
+        }
+    }
 }
 
 /// The consent and role policy set.
@@ -267,9 +287,11 @@ impl Config {
         if let Some(p) = self.policy.directory.as_mut() {
             fix(p);
         }
-        let default_store = PathBuf::from(format!("{}.sqlite", self.region.code));
-        let store = self.store.sqlite.get_or_insert(default_store);
-        fix(store);
+        if self.store.postgres.is_none() {
+            let default_store = PathBuf::from(format!("{}.sqlite", self.region.code));
+            let store = self.store.sqlite.get_or_insert(default_store);
+            fix(store);
+        }
     }
 
     /// Checks what the types cannot: codes, URLs, exclusive choices, timeouts within the deadline,
@@ -314,6 +336,18 @@ impl Config {
             return Err(invalid(
                 "fanout.deadline_ms",
                 "must be between 1 and 120000",
+            ));
+        }
+        if self.store.sqlite.is_some() && self.store.postgres.is_some() {
+            return Err(invalid(
+                "store",
+                "set at most one of 'sqlite' or 'postgres'",
+            ));
+        }
+        if !crate::store::postgres::valid_schema(&self.store.postgres_schema) {
+            return Err(invalid(
+                "store.postgres_schema",
+                "use lower-case letters, digits and '_'",
             ));
         }
         if self.limits.max_response_bytes < 1024 {

@@ -179,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)
                 .with_context(|| format!("configuration {}", config.display()))?;
-            let gateway = Arc::new(Gateway::from_config(config)?);
+            let gateway = Arc::new(Gateway::from_config(config).await?);
             let running = gateway::server::start(gateway).await?;
             let stop = running.stop_handle();
             tokio::spawn(async move {
@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Check { config } => {
             let loaded = Config::load(&config)
                 .with_context(|| format!("configuration {}", config.display()))?;
-            Gateway::from_config(loaded)?;
+            Gateway::from_config(loaded).await?;
             println!("{}: valid", config.display());
         }
         Command::Certs {

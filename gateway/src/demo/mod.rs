@@ -266,7 +266,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let mut running = Vec::new();
     for (_, path, _) in &layout.regions {
         let config = Config::load(path)?;
-        let gateway = Arc::new(Gateway::from_config(config)?);
+        let gateway = Arc::new(Gateway::from_config(config).await?);
         running.push(crate::server::start(gateway).await?);
     }
     println!(

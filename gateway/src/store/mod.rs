@@ -1,6 +1,8 @@
 //! The gateway's own store. Here: patients' consent directives recorded through the gateway.
-//! One trait; SQLite (embedded, WAL) is the default implementation. The PostgreSQL one, for
-//! several replicas, comes with the audit store (issue 5) and shares this trait.
+//! One trait, two implementations with one shared test suite: SQLite (embedded, WAL; the
+//! default) and PostgreSQL (for several replicas of one region sharing their directives).
+
+pub mod postgres;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: the worker failed: {0}")]
     Worker(String),
+    #[error("store: PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("store: {0}")]
+    Config(String),
 }
 
 /// A directive as stored.
@@ -167,6 +173,55 @@ impl ConsentStore for SqliteStore {
     }
 }
 
+/// The suite every store must pass. Public so that each implementation's tests run it.
+#[cfg(test)]
+pub(crate) async fn shared_suite(store: &dyn ConsentStore) {
+    use serde_json::json;
+    let stamp = uuid::Uuid::new_v4().to_string();
+    let (a, b, c) = (
+        format!("a-{stamp}"),
+        format!("b-{stamp}"),
+        format!("c-{stamp}"),
+    );
+    let put = |id: &str, nhs: &str, version: i64, status: &str| StoredConsent {
+        id: id.into(),
+        nhs: nhs.into(),
+        version,
+        resource: json!({"resourceType": "Consent", "id": id, "status": status, "text": "ünïcödé ' quotes \" and \\ slashes"}),
+        recorded_by: "user-1".into(),
+        recorded_at: "2026-01-01T00:00:00Z".into(),
+    };
+    // Patients unique to this run, so parallel runs against one database do not meet.
+    let p1 = format!("p1-{stamp}");
+    let p2 = format!("p2-{stamp}");
+    store.put(put(&a, &p1, 1, "active")).await.unwrap();
+    store.put(put(&b, &p1, 1, "active")).await.unwrap();
+    store.put(put(&c, &p2, 1, "active")).await.unwrap();
+    store.put(put(&a, &p1, 2, "inactive")).await.unwrap();
+    let got = store.get(&a).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, got.resource["status"].as_str()),
+        (2, Some("inactive"))
+    );
+    assert_eq!(got.resource["text"], "ünïcödé ' quotes \" and \\ slashes");
+    assert_eq!(got.recorded_by, "user-1");
+    assert!(store.get("no-such-id").await.unwrap().is_none());
+    let ids: Vec<String> = store
+        .for_patient(&p1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a.clone(), b.clone()],
+        "oldest first, replaced in place"
+    );
+    assert_eq!(store.for_patient(&p2).await.unwrap().len(), 1);
+    assert!(store.for_patient("nobody").await.unwrap().is_empty());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +236,12 @@ mod tests {
             recorded_by: "u".into(),
             recorded_at: "2026-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn sqlite_passes_the_shared_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        shared_suite(&SqliteStore::open(&dir.path().join("s.sqlite")).unwrap()).await;
     }
 
     #[tokio::test]
