@@ -28,6 +28,18 @@ pub struct ExtraPeer {
     pub timeout_ms: u64,
 }
 
+impl ExtraPeer {
+    /// A peer region at `addr`, expected to carry its region's identity.
+    pub fn new(code: &str, addr: SocketAddr, timeout_ms: u64) -> Self {
+        ExtraPeer {
+            code: code.into(),
+            addr,
+            identity: format!("urn:gateway:region:{code}"),
+            timeout_ms,
+        }
+    }
+}
+
 pub struct Region {
     pub clinician: SocketAddr,
     pub federation: SocketAddr,

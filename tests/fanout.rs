@@ -189,12 +189,7 @@ async fn type_searches_filter_by_date_and_category_across_regions() {
 async fn a_peer_that_is_down_is_named_and_the_others_still_answer() {
     let dead = dead_address().await;
     let fed = Builder::new(&["dorset", "hampshire"])
-        .extra_peer(ExtraPeer {
-            code: "kent".into(),
-            addr: dead,
-            identity: "urn:gateway:region:kent".into(),
-            timeout_ms: 2000,
-        })
+        .extra_peer(ExtraPeer::new("kent", dead, 2000))
         .start()
         .await;
     let r = fed
@@ -409,12 +404,7 @@ async fn when_no_region_answers_the_status_is_502_and_when_all_time_out_504() {
             &format!("http://127.0.0.1:{}/fhir", dead_record.port()),
             1000,
         )
-        .extra_peer(ExtraPeer {
-            code: "kent".into(),
-            addr: dead_peer,
-            identity: "urn:gateway:region:kent".into(),
-            timeout_ms: 1000,
-        })
+        .extra_peer(ExtraPeer::new("kent", dead_peer, 1000))
         .start()
         .await;
     let r = fed

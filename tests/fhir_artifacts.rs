@@ -22,12 +22,7 @@ async fn merged_bundles_from_the_demo_data_are_written_for_validation() {
         .start()
         .await;
     let with_failure = Builder::new(&["dorset", "hampshire"])
-        .extra_peer(ExtraPeer {
-            code: "kent".into(),
-            addr: dead,
-            identity: "urn:gateway:region:kent".into(),
-            timeout_ms: 1000,
-        })
+        .extra_peer(ExtraPeer::new("kent", dead, 1000))
         .start()
         .await;
     let dir = artifact_dir();
