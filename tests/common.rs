@@ -507,12 +507,7 @@ impl FakePeer {
     }
 
     pub fn as_peer(&self, region: &str, timeout_ms: u64) -> ExtraPeer {
-        ExtraPeer {
-            code: region.into(),
-            addr: self.addr,
-            identity: format!("urn:gateway:region:{region}"),
-            timeout_ms,
-        }
+        ExtraPeer::new(region, self.addr, timeout_ms)
     }
 }
 
