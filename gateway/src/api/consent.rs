@@ -250,7 +250,7 @@ pub async fn search(
                     "not-supported",
                     format!(
                         "unknown search parameter '{}' for Consent",
-                        other.chars().take(64).collect::<String>()
+                        crate::fhir::echo(other, 64)
                     ),
                 ));
             }

@@ -95,7 +95,7 @@ fn num<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
 /// Parses a FHIR date, dateTime or instant into the interval it denotes. A time without a zone
 /// is read as UTC (FHIR leaves it to the server; this gateway documents UTC).
 pub fn parse_interval(s: &str) -> Result<Interval, DateError> {
-    parse_inner(s).ok_or_else(|| DateError(s.chars().take(40).collect()))
+    parse_inner(s).ok_or_else(|| DateError(super::echo(s, 40)))
 }
 
 fn parse_inner(s: &str) -> Option<Interval> {

@@ -15,6 +15,20 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The code system of the region tag put on every entry (`meta.tag`).
 pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
 
+/// A piece of client input fit to echo in an error message (and so in the log): at most
+/// `max` characters, and withheld entirely if it holds a run of six or more digits, which
+/// could be an NHS number typed into the wrong place.
+pub fn echo(input: &str, max: usize) -> String {
+    let mut run = 0;
+    for c in input.chars() {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 6 {
+            return "<value withheld: it looks like an identifier>".into();
+        }
+    }
+    input.chars().take(max).collect()
+}
+
 /// The media type of a `Content-Type` header, lower-cased, without parameters ("" if none).
 pub fn media_type(headers: &http::HeaderMap) -> String {
     headers
@@ -139,6 +153,15 @@ pub fn capability_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_input_never_carries_a_number_that_could_identify_a_patient() {
+        assert_eq!(echo("colour", 64), "colour");
+        assert_eq!(echo("2023-01-01", 64), "2023-01-01");
+        assert!(!echo("9434765919", 64).contains("943476"));
+        assert!(!echo("x943 476 5919".replace(' ', "").as_str(), 64).contains("9434"));
+        assert_eq!(echo("abcdef", 3), "abc");
+    }
 
     #[test]
     fn instants_have_seconds_and_zone() {

@@ -125,7 +125,7 @@ pub fn parse_search(
         return parse_patient_search(params, lenient);
     }
     let rtype = ResourceType::parse(type_name)
-        .ok_or_else(|| QueryError::UnsupportedType(type_name.chars().take(64).collect()))?;
+        .ok_or_else(|| QueryError::UnsupportedType(crate::fhir::echo(type_name, 64)))?;
     let mut ignored = Vec::new();
     let mut nhs: Option<NhsNumber> = None;
     let mut dates = Vec::new();
@@ -243,7 +243,7 @@ pub fn parse_everything(
                         param: "_type".into(),
                         message: format!(
                             "'{}' is not a supported resource type",
-                            t.chars().take(64).collect::<String>()
+                            crate::fhir::echo(t, 64)
                         ),
                     })?;
                     if !types.contains(&rt) {
@@ -270,7 +270,7 @@ fn unknown(
     lenient: bool,
     ignored: &mut Vec<Issue>,
 ) -> Result<(), QueryError> {
-    let param: String = name.chars().take(64).collect();
+    let param: String = crate::fhir::echo(name, 64);
     if lenient {
         ignored.push(
             Issue::new(

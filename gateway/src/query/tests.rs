@@ -288,3 +288,20 @@ fn allergy_category_is_a_code_list() {
         &json!({"category": ["food"]})
     ));
 }
+
+#[test]
+fn errors_never_echo_a_number_given_in_the_wrong_place() {
+    for (name, value) in [("date", "9434765919"), ("9434765919", "x")] {
+        let err = parse_search(
+            "Observation",
+            &p(&[("patient.identifier", NHS), (name, value)]),
+            false,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("9434765919"), "{err}");
+    }
+    let err = parse_search("9434765919", &p(&[("patient.identifier", NHS)]), false).unwrap_err();
+    assert!(!err.to_string().contains("9434765919"));
+    let err = parse_everything("9000000009", &p(&[("_type", "9434765919")]), false).unwrap_err();
+    assert!(!err.to_string().contains("9434765919"));
+}
