@@ -8,6 +8,7 @@
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
+//! - [`audit`]: audit records, their canonical form and the tamper-evident hash chain — pure
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
 //! - [`consent`]: patients' FHIR Consent directives read into per-item flags — pure
@@ -25,6 +26,7 @@
 pub mod access;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -15,6 +15,45 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The code system of the region tag put on every entry (`meta.tag`).
 pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
 
+/// JSON with every object's keys sorted and no whitespace: one text for one value, whatever
+/// order the keys arrived in. (serde_json keeps insertion order here, because a dependency
+/// enables its `preserve_order` feature, so `to_string` is not canonical.)
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// A piece of client input fit to echo in an error message (and so in the log): at most
 /// `max` characters, and withheld entirely if it holds a run of six or more digits, which
 /// could be an NHS number typed into the wrong place.
@@ -161,6 +200,19 @@ mod tests {
         assert!(!echo("9434765919", 64).contains("943476"));
         assert!(!echo("x943 476 5919".replace(' ', "").as_str(), 64).contains("9434"));
         assert_eq!(echo("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":"é"}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"c":"é","z":[{"x":2,"y":1}]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":"é","z":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 
     #[test]

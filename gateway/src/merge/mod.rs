@@ -309,7 +309,7 @@ fn id_of(resource: &Value) -> &str {
 }
 
 /// Identity of content for deduplication: the resource without its region-local `id` and
-/// `meta`, serialised with sorted keys (serde_json's default map is ordered).
+/// `meta`, in canonical JSON (keys sorted at every depth).
 fn content_key(resource: &Value) -> String {
     match resource {
         Value::Object(map) => {
@@ -318,9 +318,9 @@ fn content_key(resource: &Value) -> String {
                 .filter(|(k, _)| *k != "id" && *k != "meta")
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            Value::Object(stripped).to_string()
+            crate::fhir::canonical_json(&Value::Object(stripped))
         }
-        other => other.to_string(),
+        other => crate::fhir::canonical_json(other),
     }
 }
 

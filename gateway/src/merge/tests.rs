@@ -301,3 +301,27 @@ fn merge_is_independent_of_answer_order() {
     let two = merge(&allergy_query(), vec![b, a], ctx());
     assert_eq!(one.bundle, two.bundle);
 }
+
+#[test]
+fn identical_items_are_merged_whatever_order_their_keys_came_in() {
+    let a: Value = serde_json::from_str(r#"{"resourceType":"AllergyIntolerance","id":"x","patient":{"reference":"Patient/d1"},"code":{"text":"Penicillin","coding":[{"system":"s","code":"c"}]},"recordedDate":"2020"}"#).unwrap();
+    let b: Value = serde_json::from_str(r#"{"recordedDate":"2020","code":{"coding":[{"code":"c","system":"s"}],"text":"Penicillin"},"patient":{"reference":"Patient/h1"},"id":"y","resourceType":"AllergyIntolerance"}"#).unwrap();
+    let merged = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "S")],
+                vec![a],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h1", "2023-01-01T00:00:00Z", "S")],
+                vec![b],
+            ),
+        ],
+        ctx(),
+    );
+    assert_eq!(matches(&merged.bundle).len(), 1);
+    assert_eq!(merged.deduplicated, 1);
+}
