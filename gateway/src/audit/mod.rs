@@ -134,10 +134,9 @@ impl std::fmt::Display for Tamper {
 
 /// Checks a trail in stored order. `Ok(n)` is the number of records checked.
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> Result<u64, Tamper> {
-    let mut expected_seq = 1;
     let mut prev_hash = GENESIS.to_owned();
     let mut count = 0;
-    for r in records {
+    for (expected_seq, r) in (1u64..).zip(records) {
         if r.seq < expected_seq {
             return Err(Tamper::Reordered { seq: r.seq });
         }
@@ -154,8 +153,7 @@ pub fn verify<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> Result<
             return Err(Tamper::Unlinked { seq: r.seq });
         }
         prev_hash = r.hash.clone();
-        expected_seq += 1;
-        count += 1;
+        count = expected_seq;
     }
     Ok(count)
 }
