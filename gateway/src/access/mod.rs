@@ -228,11 +228,11 @@ impl<'a> Gatekeeper<'a> {
         class
     }
 
-    /// A decision about the request as a whole (`search`, `break-glass`), made on the patient's
-    /// record as one item of the given region.
-    pub fn request_decision(&self, action: &str, region: &str) -> Decision {
+    /// A decision about the request as a whole (`search`, `break-glass`, `manage-consent`), made
+    /// on one unlabelled item of `resource_type` held in `region`.
+    pub fn request_decision(&self, action: &str, resource_type: &str, region: &str) -> Decision {
         let record = ItemClass {
-            resource_type: "Patient".into(),
+            resource_type: resource_type.to_owned(),
             region: region.to_owned(),
             confidentiality: "N".into(),
             sensitivity: BTreeSet::new(),
@@ -253,10 +253,14 @@ impl<'a> Gatekeeper<'a> {
 
     /// Refuses the request outright when the user may not search, or may not break the glass.
     pub fn admit(&self, region: &str) -> Result<(), Refusal> {
-        if self.circumstances.break_glass && !self.request_decision("break-glass", region).allowed {
+        if self.circumstances.break_glass
+            && !self
+                .request_decision("break-glass", "Patient", region)
+                .allowed
+        {
             return Err(Refusal::BreakGlass);
         }
-        if !self.request_decision("search", region).allowed {
+        if !self.request_decision("search", "Patient", region).allowed {
             return Err(Refusal::Search);
         }
         Ok(())

@@ -258,52 +258,12 @@ fn none_answered(merged: &Merged) -> Option<ApiError> {
         } else {
             StatusCode::BAD_GATEWAY
         };
-        let issues: Vec<Issue> = outcome_issues(&merged.bundle);
         ApiError::from_outcome(
             status,
-            issues,
+            merged.issues.clone(),
             format!("no region answered ({} failed)", merged.regions_failed),
         )
     })
-}
-
-/// The issues of the Bundle's outcome entry, rebuilt as `Issue`s for an error response.
-fn outcome_issues(bundle: &serde_json::Value) -> Vec<Issue> {
-    use crate::fhir::outcome::Severity;
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "outcome")
-        .flat_map(|e| {
-            e["resource"]["issue"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|i| {
-            let code = match i["code"].as_str() {
-                Some("timeout") => "timeout",
-                Some("forbidden") => "forbidden",
-                Some("invalid") => "invalid",
-                Some("transient") => "transient",
-                _ => "exception",
-            };
-            let mut issue = Issue::new(
-                Severity::Error,
-                code,
-                i["diagnostics"].as_str().unwrap_or("a region failed"),
-            );
-            if let Some(c) = i["details"]["coding"][0].as_object() {
-                issue = issue.with_details(
-                    c["system"].as_str().unwrap_or(""),
-                    c["code"].as_str().unwrap_or(""),
-                    c["display"].as_str().unwrap_or(""),
-                );
-            }
-            issue
-        })
-        .collect()
 }
 
 async fn respond_bundle(gateway: &Gateway, ask: Ask, parsed: Parsed) -> Result<Response, ApiError> {

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::response::Response;
 use http::{HeaderValue, StatusCode};
-use policy::{Circumstances, DecisionPoint, ItemClass, Principal, Question};
+use policy::DecisionPoint;
 use serde_json::Value;
 
 use super::clinician::{Ask, ask};
 use super::query_pairs;
+use crate::access::Gatekeeper;
 use crate::app::Gateway;
 use crate::consent::validate_directive;
 use crate::error::{ApiError, fhir_response};
@@ -23,44 +24,20 @@ use crate::store::StoredConsent;
 /// The largest directive accepted.
 pub const MAX_CONSENT_BYTES: usize = 64 * 1024;
 
-/// May this user manage consent directives here? (Cedar action `manage-consent`.)
-fn authorise(gateway: &Gateway, ask: &Ask) -> Result<(), ApiError> {
+/// The request's user, if the policy lets them manage consent directives here (Cedar action
+/// `manage-consent`, decided like every other request-level action by the Gatekeeper).
+fn consent_ask(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    raw: Option<&str>,
+) -> Result<Ask, ApiError> {
+    let ask = ask(gateway, parts, raw)?;
     let policies = gateway.policies.load_full();
-    let user = &ask.user;
-    let principal = Principal {
-        id: user.user_id.clone(),
-        role: user.role.clone(),
-        organisation: user.organisation.clone(),
-        home_region: gateway.region.code.clone(),
-    };
-    let item = ItemClass {
-        resource_type: "Consent".into(),
-        region: gateway.region.code.clone(),
-        confidentiality: "N".into(),
-        sensitivity: Default::default(),
-        patient_home_region: gateway.region.code.clone(),
-        patient_objects_to_sharing: false,
-        consent_denies: false,
-        consent_permits: false,
-    };
-    let circumstances = Circumstances {
-        purpose_of_use: user.purpose_of_use.clone().unwrap_or_default(),
-        break_glass: user.break_glass.is_some(),
-        decision_point: DecisionPoint::View,
-        requesting_region: gateway.region.code.clone(),
-        break_glass_reason: user.break_glass.clone().unwrap_or_default(),
-        time: time::OffsetDateTime::now_utc().unix_timestamp(),
-    };
-    let d = policies.decide_action(
-        "manage-consent",
-        &Question {
-            principal: &principal,
-            item: &item,
-            circumstances: &circumstances,
-        },
-    );
+    let region = &gateway.region.code;
+    let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
+        .request_decision("manage-consent", "Consent", region);
     if d.allowed {
-        Ok(())
+        Ok(ask)
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -138,8 +115,7 @@ pub async fn create(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let ask = ask(&gateway, &parts, None)?;
-    authorise(&gateway, &ask)?;
+    let ask = consent_ask(&gateway, &parts, None)?;
     let resource = read_body(&parts.headers, body).await?;
     let nhs = validate_directive(&resource)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invariant", e.to_string()))?;
@@ -161,8 +137,7 @@ pub async fn update(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let ask = ask(&gateway, &parts, None)?;
-    authorise(&gateway, &ask)?;
+    let ask = consent_ask(&gateway, &parts, None)?;
     let resource = read_body(&parts.headers, body).await?;
     if resource
         .get("id")
@@ -200,8 +175,7 @@ pub async fn read(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
-    let ask = ask(&gateway, &parts, None)?;
-    authorise(&gateway, &ask)?;
+    consent_ask(&gateway, &parts, None)?;
     let found = gateway
         .consents
         .get(&id)
@@ -218,8 +192,7 @@ pub async fn search(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
-    let ask = ask(&gateway, &parts, raw.as_deref())?;
-    authorise(&gateway, &ask)?;
+    let ask = consent_ask(&gateway, &parts, raw.as_deref())?;
     let pairs = query_pairs(raw.as_deref())?;
     let mut nhs = None;
     for (k, v) in &pairs {

@@ -102,6 +102,8 @@ pub struct Merged {
     pub discarded: usize,
     /// Items that were duplicates of another region's and folded into its entry.
     pub deduplicated: usize,
+    /// The issues of the outcome entry (failed regions, screening, warnings).
+    pub issues: Vec<Issue>,
 }
 
 /// Keeps only what a region may legitimately answer: its Patient resources carrying the NHS
@@ -301,6 +303,7 @@ pub fn merge(
         all_failures_timeouts: failed > 0 && all_timeouts,
         discarded,
         deduplicated,
+        issues,
     }
 }
 
