@@ -354,6 +354,16 @@ impl TestFederation {
             .unwrap()
     }
 
+    /// A clinical practitioner's search at the first region: `GET {Type}?patient.identifier=`
+    /// for the patient seen everywhere.
+    pub async fn search_as_clinician(&self, resource_type: &str) -> Reply {
+        let path = format!(
+            "/{resource_type}?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+            self.everywhere()
+        );
+        self.get(0, &path, Some(&self.token("R8000"))).await
+    }
+
     /// GET as a clinician.
     pub async fn get(&self, region: usize, path: &str, token: Option<&str>) -> Reply {
         get_json(

@@ -232,13 +232,7 @@ async fn start_with_fake(behaviour: Behaviour, timeout_ms: u64) -> (TestFederati
 async fn a_peer_that_never_answers_times_out_and_the_others_are_returned_in_time() {
     let (fed, _fake) = start_with_fake(Behaviour::Hang, 400).await;
     let started = Instant::now();
-    let r = fed
-        .get(
-            0,
-            &format!("/AllergyIntolerance?{NHS_PARAM}{}", fed.everywhere()),
-            Some(&fed.token("R8000")),
-        )
-        .await;
+    let r = fed.search_as_clinician("AllergyIntolerance").await;
     let took = started.elapsed();
     assert_eq!(r.status, StatusCode::OK);
     assert!(
@@ -260,13 +254,7 @@ async fn a_peer_that_never_answers_times_out_and_the_others_are_returned_in_time
         BTreeSet::from(["dorset".to_string(), "hampshire".to_string()])
     );
     // And the next query still works.
-    let again = fed
-        .get(
-            0,
-            &format!("/AllergyIntolerance?{NHS_PARAM}{}", fed.everywhere()),
-            Some(&fed.token("R8000")),
-        )
-        .await;
+    let again = fed.search_as_clinician("AllergyIntolerance").await;
     assert_eq!(again.status, StatusCode::OK);
 }
 
@@ -308,13 +296,7 @@ async fn peers_that_answer_nonsense_are_reported_and_ignored() {
     ];
     for (behaviour, code) in cases {
         let (fed, _fake) = start_with_fake(behaviour, 2000).await;
-        let r = fed
-            .get(
-                0,
-                &format!("/Condition?{NHS_PARAM}{}", fed.everywhere()),
-                Some(&fed.token("R8000")),
-            )
-            .await;
+        let r = fed.search_as_clinician("Condition").await;
         assert_eq!(r.status, StatusCode::OK);
         let issues = outcome_issues(&r.body);
         assert_eq!(issues.len(), 1, "{issues:?}");
@@ -337,13 +319,7 @@ async fn a_peer_slipping_in_another_patients_records_is_screened() {
         2000,
     )
     .await;
-    let r = fed
-        .get(
-            0,
-            &format!("/Condition?{NHS_PARAM}{}", fed.everywhere()),
-            Some(&fed.token("R8000")),
-        )
-        .await;
+    let r = fed.search_as_clinician("Condition").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(
         entries(&r.body, "match")
@@ -380,13 +356,7 @@ async fn a_peer_presenting_another_regions_certificate_is_not_trusted() {
         .extra_peer(fake.as_peer("kent", 2000))
         .start()
         .await;
-    let r = fed
-        .get(
-            0,
-            &format!("/Condition?{NHS_PARAM}{}", fed.everywhere()),
-            Some(&fed.token("R8000")),
-        )
-        .await;
+    let r = fed.search_as_clinician("Condition").await;
     assert_eq!(r.status, StatusCode::OK);
     let issues = outcome_issues(&r.body);
     assert_eq!(issues.len(), 1);
@@ -407,13 +377,7 @@ async fn when_no_region_answers_the_status_is_502_and_when_all_time_out_504() {
         .extra_peer(ExtraPeer::new("kent", dead_peer, 1000))
         .start()
         .await;
-    let r = fed
-        .get(
-            0,
-            &format!("/Condition?{NHS_PARAM}{}", fed.everywhere()),
-            Some(&fed.token("R8000")),
-        )
-        .await;
+    let r = fed.search_as_clinician("Condition").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.body["resourceType"], "OperationOutcome");
     let regions: BTreeSet<&str> = r.body["issue"]
