@@ -22,6 +22,38 @@ pub enum EventKind {
     PolicyActivation,
     RefusedToken,
     RefusedCertificate,
+    /// Governance staff reading the trail itself.
+    AuditRead,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::ClinicianQuery,
+        EventKind::FederationQuery,
+        EventKind::ConsentChange,
+        EventKind::PolicyChange,
+        EventKind::PolicyActivation,
+        EventKind::RefusedToken,
+        EventKind::RefusedCertificate,
+        EventKind::AuditRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ClinicianQuery => "clinician-query",
+            EventKind::FederationQuery => "federation-query",
+            EventKind::ConsentChange => "consent-change",
+            EventKind::PolicyChange => "policy-change",
+            EventKind::PolicyActivation => "policy-activation",
+            EventKind::RefusedToken => "refused-token",
+            EventKind::RefusedCertificate => "refused-certificate",
+            EventKind::AuditRead => "audit-read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// What one region did for a query.
@@ -50,10 +82,66 @@ pub struct AuditEvent {
     pub withheld: usize,
     pub policies: Vec<String>,
     pub break_glass_reason: Option<String>,
+    /// The HTTP status answered (0 for events that answer no request, such as a reload).
+    pub status: u16,
     /// "success", or the refusal or failure.
     pub outcome: String,
     /// Anything else the event needs (the consent directive's id, a policy version, ...).
     pub detail: Value,
+}
+
+impl AuditEvent {
+    /// An event of `kind` at `time` with everything else empty, to fill in.
+    pub fn new(kind: EventKind, time: String, request_id: &str) -> Self {
+        AuditEvent {
+            time,
+            kind,
+            request_id: request_id.to_owned(),
+            user_id: String::new(),
+            role: String::new(),
+            organisation: String::new(),
+            purpose_of_use: String::new(),
+            patient: None,
+            regions: Vec::new(),
+            released: 0,
+            withheld: 0,
+            policies: Vec::new(),
+            break_glass_reason: None,
+            status: 0,
+            outcome: "success".into(),
+            detail: Value::Null,
+        }
+    }
+
+    /// The IHE/FHIR outcome code: 0 success, 4 minor failure (a refusal, a bad request),
+    /// 8 serious failure (this gateway or a region could not answer).
+    pub fn outcome_code(&self) -> u8 {
+        if self.outcome == "success" {
+            0
+        } else if self.status >= 500 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// The event's time in Unix seconds (0 when unreadable), for range filters.
+    pub fn unix_time(&self) -> i64 {
+        time::OffsetDateTime::parse(&self.time, &time::format_description::well_known::Rfc3339)
+            .map_or(0, |t| t.unix_timestamp())
+    }
+
+    /// The regions named by the event, for filters: those asked, and the calling region of a
+    /// federation query.
+    pub fn region_codes(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.regions.iter().map(|r| r.region.clone()).collect();
+        if let Some(r) = self.detail.get("calling_region").and_then(Value::as_str) {
+            out.push(r.to_owned());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// A chained record as stored.
@@ -134,28 +222,177 @@ impl std::fmt::Display for Tamper {
 
 /// Checks a trail in stored order. `Ok(n)` is the number of records checked.
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> Result<u64, Tamper> {
-    let mut prev_hash = GENESIS.to_owned();
-    let mut count = 0;
-    for (expected_seq, r) in (1u64..).zip(records) {
-        if r.seq < expected_seq {
+    let mut v = Verifier::default();
+    for r in records {
+        v.push(r)?;
+    }
+    Ok(v.checked())
+}
+
+/// Checks a trail a page at a time, so a long trail need not fit in memory.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    prev_hash: String,
+    next_seq: u64,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            prev_hash: GENESIS.to_owned(),
+            next_seq: 1,
+        }
+    }
+}
+
+impl Verifier {
+    /// Checks the next record in stored order.
+    pub fn push(&mut self, r: &AuditRecord) -> Result<(), Tamper> {
+        if r.seq < self.next_seq {
             return Err(Tamper::Reordered { seq: r.seq });
         }
-        if r.seq > expected_seq {
+        if r.seq > self.next_seq {
             return Err(Tamper::Deleted {
-                after: expected_seq - 1,
-                missing_from: expected_seq,
+                after: self.next_seq - 1,
+                missing_from: self.next_seq,
             });
         }
         if hash(r.seq, &r.prev_hash, &r.event) != r.hash {
             return Err(Tamper::Modified { seq: r.seq });
         }
-        if r.prev_hash != prev_hash {
+        if r.prev_hash != self.prev_hash {
             return Err(Tamper::Unlinked { seq: r.seq });
         }
-        prev_hash = r.hash.clone();
-        count = expected_seq;
+        self.prev_hash.clone_from(&r.hash);
+        self.next_seq += 1;
+        Ok(())
     }
-    Ok(count)
+
+    /// How many records were checked.
+    pub fn checked(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The hash of the last record checked.
+    pub fn head(&self) -> &str {
+        &self.prev_hash
+    }
+}
+
+/// A signed statement that the trail held `seq` records, the last with hash `hash`, at `time`.
+/// Signed (JWS) with the region's client-certificate key, so a party holding the region's
+/// certificate can check it; kept outside the trail too, it shows a trail cut short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointClaims {
+    /// The region's identity (`urn:gateway:region:{code}`).
+    pub iss: String,
+    pub seq: u64,
+    pub hash: String,
+    /// Unix seconds.
+    pub iat: i64,
+}
+
+/// What a checkpoint says about a trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointProblem {
+    /// The trail has fewer records than the checkpoint vouched for.
+    Truncated { checkpoint_seq: u64, trail_len: u64 },
+    /// The record at the checkpoint's sequence number has another hash.
+    Diverged { seq: u64 },
+}
+
+impl std::fmt::Display for CheckpointProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointProblem::Truncated {
+                checkpoint_seq,
+                trail_len,
+            } => write!(
+                f,
+                "the trail was truncated: a signed checkpoint vouches for {checkpoint_seq} records, the trail holds {trail_len}"
+            ),
+            CheckpointProblem::Diverged { seq } => write!(
+                f,
+                "record {seq} is not the record a signed checkpoint vouches for"
+            ),
+        }
+    }
+}
+
+/// Checks a checkpoint against the hash of every record (`hash_at(seq)`, None past the end).
+pub fn check_checkpoint(
+    c: &CheckpointClaims,
+    trail_len: u64,
+    hash_at: impl Fn(u64) -> Option<String>,
+) -> Result<(), CheckpointProblem> {
+    if c.seq > trail_len {
+        return Err(CheckpointProblem::Truncated {
+            checkpoint_seq: c.seq,
+            trail_len,
+        });
+    }
+    if c.seq == 0 {
+        return Ok(());
+    }
+    match hash_at(c.seq) {
+        Some(h) if h == c.hash => Ok(()),
+        _ => Err(CheckpointProblem::Diverged { seq: c.seq }),
+    }
+}
+
+/// Which records a reader wants, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub patient: Option<String>,
+    pub user: Option<String>,
+    pub region: Option<String>,
+    pub kind: Option<EventKind>,
+    /// Unix seconds, inclusive.
+    pub from: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+    pub break_glass_only: bool,
+    /// 0, 4 or 8 (see [`AuditEvent::outcome_code`]).
+    pub outcome: Option<u8>,
+    pub request_id: Option<String>,
+    /// Only records before this sequence number (the next page).
+    pub before_seq: Option<u64>,
+    /// Page size.
+    pub count: usize,
+}
+
+impl Filter {
+    /// Does `r` pass the filter (page bounds aside)? Stores filter in SQL; this is the
+    /// reference their shared test suite compares against.
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.event;
+        let t = e.unix_time();
+        self.patient
+            .as_ref()
+            .is_none_or(|p| e.patient.as_ref() == Some(p))
+            && self.user.as_ref().is_none_or(|u| &e.user_id == u)
+            && self
+                .region
+                .as_ref()
+                .is_none_or(|g| e.region_codes().contains(g))
+            && self.kind.is_none_or(|k| e.kind == k)
+            && self.from.is_none_or(|f| t >= f)
+            && self.until.is_none_or(|u| t < u)
+            && (!self.break_glass_only || e.break_glass_reason.is_some())
+            && self.outcome.is_none_or(|o| e.outcome_code() == o)
+            && self.request_id.as_ref().is_none_or(|q| &e.request_id == q)
+            && self.before_seq.is_none_or(|b| r.seq < b)
+    }
+}
+
+/// One page of a filtered trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub records: Vec<AuditRecord>,
+    /// How many records match the filter in all (ignoring paging).
+    pub total: u64,
+    /// The `before_seq` of the next page, when there is one.
+    pub next_before: Option<u64>,
 }
 
 #[cfg(test)]
@@ -182,6 +419,7 @@ mod tests {
             withheld: 0,
             policies: vec!["direct-care-clinicians".into()],
             break_glass_reason: None,
+            status: 200,
             outcome: "success".into(),
             detail: json!({"b": 2, "a": {"z": 1, "y": [3, 2]}}),
         }

@@ -2,6 +2,7 @@
 //! One trait, two implementations with one shared test suite: SQLite (embedded, WAL; the
 //! default) and PostgreSQL (for several replicas of one region sharing their directives).
 
+pub mod audit;
 pub mod postgres;
 
 use std::path::Path;
@@ -23,6 +24,8 @@ pub enum StoreError {
     Postgres(String),
     #[error("store: {0}")]
     Config(String),
+    #[error("store: {0}")]
+    Unavailable(String),
 }
 
 /// A directive as stored.

@@ -2,24 +2,29 @@
 //! own (`store.postgres_schema`), created on first connection. The connection is re-opened
 //! when the server drops it.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::{Client, NoTls};
 
+use super::audit::{AuditStore, COLUMNS, Pending, Row, Stored, StoredCheckpoint};
 use super::{ConsentStore, StoreError, StoredConsent};
-
-pub struct PostgresStore {
-    conninfo: String,
-    schema: String,
-    client: Mutex<Option<Client>>,
-}
+use crate::audit::{AuditEvent, AuditRecord, EventKind, Filter, Page};
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
     // The server's own message (without parameters, which may hold patient data).
-    StoreError::Postgres(
-        e.as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-    )
+    StoreError::Postgres(e.as_db_error().map_or_else(
+        || {
+            // The source says why a TLS handshake or a connection failed.
+            match std::error::Error::source(&e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            }
+        },
+        |d| d.message().to_owned(),
+    ))
 }
 
 /// A schema name safe to put in SQL text.
@@ -32,32 +37,99 @@ pub fn valid_schema(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-impl PostgresStore {
-    /// Connects and creates the schema and tables if they do not exist.
-    pub async fn connect(conninfo: &str, schema: &str) -> Result<Self, StoreError> {
+/// Is every host of a connection string this machine (loopback or a Unix socket)? Plain TCP
+/// is accepted only there.
+pub fn local_only(conninfo: &str) -> Result<bool, StoreError> {
+    let config: tokio_postgres::Config = conninfo.parse().map_err(|e: tokio_postgres::Error| {
+        StoreError::Config(format!("the PostgreSQL connection string: {e}"))
+    })?;
+    Ok(config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    }))
+}
+
+/// How to reach the server: the connection string, the schema, and TLS when a CA is given
+/// (then the server's certificate must chain to it and name the host: `sslmode` is forced to
+/// `require` and the certificate is verified, unlike libpq's `require`).
+#[derive(Clone)]
+pub struct Connector {
+    conninfo: String,
+    schema: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Connector {
+    pub fn new(conninfo: &str, schema: &str, ca: Option<&Path>) -> Result<Self, StoreError> {
         if !valid_schema(schema) {
             return Err(StoreError::Config(format!(
                 "'{schema}' is not a valid schema name (lower-case letters, digits, '_')"
             )));
         }
-        let store = PostgresStore {
+        let tls = match ca {
+            None => None,
+            Some(path) => {
+                crate::tls::install_crypto_provider();
+                let certs = crate::tls::load_certs(path)
+                    .map_err(|e| StoreError::Config(format!("store.postgres_ca: {e}")))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| StoreError::Config(format!("store.postgres_ca: {e}")))?;
+                }
+                Some(Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                ))
+            }
+        };
+        Ok(Connector {
             conninfo: conninfo.to_owned(),
             schema: schema.to_owned(),
-            client: Mutex::new(None),
-        };
-        drop(store.client().await?);
-        Ok(store)
+            tls,
+        })
     }
 
-    async fn open(&self) -> Result<Client, StoreError> {
-        let (client, connection) = tokio_postgres::connect(&self.conninfo, NoTls)
-            .await
-            .map_err(pg)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Connects, and creates the schema and tables if they do not exist.
+    pub async fn open(&self) -> Result<Client, StoreError> {
+        let mut config: tokio_postgres::Config =
+            self.conninfo.parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::Config(format!("the PostgreSQL connection string: {e}"))
+            })?;
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "PostgreSQL connection ended");
+                    }
+                });
+                client
             }
-        });
+            Some(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connect = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (client, connection) = config.connect(connect).await.map_err(pg)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "PostgreSQL connection ended");
+                    }
+                });
+                client
+            }
+        };
         let s = &self.schema;
         client
             .batch_execute(&format!(
@@ -71,20 +143,94 @@ impl PostgresStore {
                      recorded_by TEXT NOT NULL,
                      recorded_at TEXT NOT NULL
                  );
-                 CREATE INDEX IF NOT EXISTS consent_by_patient ON {s}.consent (nhs);"
+                 CREATE INDEX IF NOT EXISTS consent_by_patient ON {s}.consent (nhs);
+                 CREATE TABLE IF NOT EXISTS {s}.audit (
+                     seq                BIGINT PRIMARY KEY,
+                     prev_hash          TEXT NOT NULL,
+                     hash               TEXT NOT NULL,
+                     time               TEXT NOT NULL,
+                     kind               TEXT NOT NULL,
+                     request_id         TEXT NOT NULL,
+                     user_id            TEXT NOT NULL,
+                     role               TEXT NOT NULL,
+                     organisation       TEXT NOT NULL,
+                     purpose_of_use     TEXT NOT NULL,
+                     patient            TEXT,
+                     regions            TEXT NOT NULL,
+                     released           BIGINT NOT NULL,
+                     withheld           BIGINT NOT NULL,
+                     policies           TEXT NOT NULL,
+                     break_glass_reason TEXT,
+                     status             BIGINT NOT NULL,
+                     outcome            TEXT NOT NULL,
+                     detail             TEXT NOT NULL,
+                     at_unix            BIGINT NOT NULL,
+                     region_codes       TEXT NOT NULL,
+                     outcome_code       BIGINT NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS audit_by_patient ON {s}.audit (patient, seq);
+                 CREATE INDEX IF NOT EXISTS audit_by_user ON {s}.audit (user_id, seq);
+                 CREATE INDEX IF NOT EXISTS audit_by_time ON {s}.audit (at_unix);
+                 CREATE INDEX IF NOT EXISTS audit_by_request ON {s}.audit (request_id);
+                 CREATE TABLE IF NOT EXISTS {s}.audit_checkpoint (
+                     seq BIGINT PRIMARY KEY,
+                     jws TEXT NOT NULL
+                 );"
             ))
             .await
             .map_err(pg)?;
         Ok(client)
+    }
+}
+
+/// A client that reconnects when the server has dropped it.
+struct Reconnecting {
+    connector: Connector,
+    client: Mutex<Option<Client>>,
+}
+
+impl Reconnecting {
+    fn new(connector: Connector) -> Self {
+        Reconnecting {
+            connector,
+            client: Mutex::new(None),
+        }
     }
 
     /// The live client, reconnecting if the last one was closed.
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(self.open().await?);
+            *guard = Some(self.connector.open().await?);
         }
         Ok(guard)
+    }
+}
+
+/// Consent directives in PostgreSQL.
+pub struct PostgresStore {
+    schema: String,
+    conn: Reconnecting,
+}
+
+impl PostgresStore {
+    /// Connects over plain TCP (tests and loopback servers) and creates the tables.
+    pub async fn connect(conninfo: &str, schema: &str) -> Result<Self, StoreError> {
+        Self::with(Connector::new(conninfo, schema, None)?).await
+    }
+
+    /// Connects with `connector` and creates the tables.
+    pub async fn with(connector: Connector) -> Result<Self, StoreError> {
+        let store = PostgresStore {
+            schema: connector.schema().to_owned(),
+            conn: Reconnecting::new(connector),
+        };
+        drop(store.conn.client().await?);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        self.conn.client().await
     }
 
     /// Drops the schema and everything in it (tests clean up with it).
@@ -177,6 +323,296 @@ impl ConsentStore for PostgresStore {
     }
 }
 
+/// The audit trail in PostgreSQL, for several replicas of one region writing at once. Each
+/// group commit locks the audit table against other writers (readers are not blocked) while
+/// it reads the head of the chain and appends, so replicas extend one chain.
+pub struct PostgresAudit {
+    schema: String,
+    writer: mpsc::Sender<Pending>,
+    reader: Reconnecting,
+}
+
+fn pg_row(r: &tokio_postgres::Row) -> Row {
+    Row {
+        seq: r.get(0),
+        prev_hash: r.get(1),
+        hash: r.get(2),
+        time: r.get(3),
+        kind: r.get(4),
+        request_id: r.get(5),
+        user_id: r.get(6),
+        role: r.get(7),
+        organisation: r.get(8),
+        purpose_of_use: r.get(9),
+        patient: r.get(10),
+        regions: r.get(11),
+        released: r.get(12),
+        withheld: r.get(13),
+        policies: r.get(14),
+        break_glass_reason: r.get(15),
+        status: r.get(16),
+        outcome: r.get(17),
+        detail: r.get(18),
+        at_unix: r.get(19),
+        region_codes: r.get(20),
+        outcome_code: r.get(21),
+    }
+}
+
+async fn write_pg_batch(
+    client: &mut Client,
+    s: &str,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.batch_execute(&format!("LOCK TABLE {s}.audit IN SHARE ROW EXCLUSIVE MODE"))
+        .await
+        .map_err(pg)?;
+    let head = tx
+        .query_opt(
+            &format!("SELECT seq, hash FROM {s}.audit ORDER BY seq DESC LIMIT 1"),
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)));
+    let records = super::audit::chain_batch(head, events);
+    let insert = tx
+        .prepare(&format!(
+            "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        ))
+        .await
+        .map_err(pg)?;
+    let rows: Vec<Row> = records.iter().map(Row::from_record).collect();
+    type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+    let params: Vec<[P<'_>; 22]> = rows
+        .iter()
+        .map(|w| -> [P<'_>; 22] {
+            [
+                &w.seq,
+                &w.prev_hash,
+                &w.hash,
+                &w.time,
+                &w.kind,
+                &w.request_id,
+                &w.user_id,
+                &w.role,
+                &w.organisation,
+                &w.purpose_of_use,
+                &w.patient,
+                &w.regions,
+                &w.released,
+                &w.withheld,
+                &w.policies,
+                &w.break_glass_reason,
+                &w.status,
+                &w.outcome,
+                &w.detail,
+                &w.at_unix,
+                &w.region_codes,
+                &w.outcome_code,
+            ]
+        })
+        .collect();
+    // Sent together: tokio-postgres pipelines the inserts on the one connection.
+    futures::future::try_join_all(params.iter().map(|p| tx.execute(&insert, p)))
+        .await
+        .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(records)
+}
+
+async fn pg_writer(
+    connector: Connector,
+    mut client: Option<Client>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let batch = super::audit::drain(first, &mut rx);
+        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let result = async {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = Some(connector.open().await?);
+            }
+            let c = client.as_mut().expect("connected");
+            write_pg_batch(c, connector.schema(), events).await
+        }
+        .await
+        .map_err(|e| format!("audit write failed: {e}"));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, records = batch.len(), "audit write failed; the requests waiting on it are refused");
+        }
+        super::audit::reply(batch, result);
+    }
+}
+
+const PG_WHERE: &str = "($1::text IS NULL OR patient = $1) AND ($2::text IS NULL OR user_id = $2)
+    AND ($3::text IS NULL OR strpos(region_codes, ',' || $3 || ',') > 0) AND ($4::text IS NULL OR kind = $4)
+    AND ($5::bigint IS NULL OR at_unix >= $5) AND ($6::bigint IS NULL OR at_unix < $6)
+    AND (NOT $7::bool OR break_glass_reason IS NOT NULL) AND ($8::bigint IS NULL OR outcome_code = $8)
+    AND ($9::text IS NULL OR request_id = $9)";
+
+impl PostgresAudit {
+    /// Connects (a writer connection and a reader connection) and creates the tables.
+    pub async fn connect(connector: Connector) -> Result<Self, StoreError> {
+        let writer_client = connector.open().await?;
+        let reader = Reconnecting::new(connector.clone());
+        drop(reader.client().await?);
+        let (tx, rx) = mpsc::channel(super::audit::MAX_BATCH * 4);
+        let schema = connector.schema().to_owned();
+        tokio::spawn(pg_writer(connector, Some(writer_client), rx));
+        Ok(PostgresAudit {
+            schema,
+            writer: tx,
+            reader,
+        })
+    }
+}
+
+impl AuditStore for PostgresAudit {
+    fn append(&self, event: AuditEvent) -> BoxFuture<'_, Result<AuditRecord, StoreError>> {
+        Box::pin(super::audit::submit(&self.writer, event))
+    }
+
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
+        Box::pin(async move {
+            let guard = self.reader.client().await?;
+            let client = guard.as_ref().expect("connected");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {}.audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                self.schema
+            );
+            let rows = client
+                .query(&sql, &[&(after as i64), &(limit as i64)])
+                .await
+                .map_err(pg)?;
+            Ok(rows.iter().map(|r| pg_row(r).into_stored()).collect())
+        })
+    }
+
+    fn search<'a>(&'a self, f: &'a Filter) -> BoxFuture<'a, Result<Page, StoreError>> {
+        Box::pin(async move {
+            let guard = self.reader.client().await?;
+            let client = guard.as_ref().expect("connected");
+            let kind = f.kind.map(EventKind::as_str);
+            let outcome = f.outcome.map(i64::from);
+            let total: i64 = client
+                .query_one(
+                    &format!(
+                        "SELECT COUNT(*) FROM {}.audit WHERE {PG_WHERE}",
+                        self.schema
+                    ),
+                    &[
+                        &f.patient,
+                        &f.user,
+                        &f.region,
+                        &kind,
+                        &f.from,
+                        &f.until,
+                        &f.break_glass_only,
+                        &outcome,
+                        &f.request_id,
+                    ],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
+            let limit = (f.count + 1) as i64;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM {}.audit WHERE {PG_WHERE} AND seq < $10 ORDER BY seq DESC LIMIT $11",
+                        self.schema
+                    ),
+                    &[
+                        &f.patient,
+                        &f.user,
+                        &f.region,
+                        &kind,
+                        &f.from,
+                        &f.until,
+                        &f.break_glass_only,
+                        &outcome,
+                        &f.request_id,
+                        &before,
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(super::audit::page(
+                rows.iter().map(pg_row).collect(),
+                f.count,
+                total,
+            ))
+        })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<(u64, String)>, StoreError>> {
+        Box::pin(async move {
+            let guard = self.reader.client().await?;
+            let client = guard.as_ref().expect("connected");
+            Ok(client
+                .query_opt(
+                    &format!(
+                        "SELECT seq, hash FROM {}.audit ORDER BY seq DESC LIMIT 1",
+                        self.schema
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+        })
+    }
+
+    fn put_checkpoint(&self, c: StoredCheckpoint) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let guard = self.reader.client().await?;
+            let client = guard.as_ref().expect("connected");
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {}.audit_checkpoint (seq, jws) VALUES ($1, $2) ON CONFLICT (seq) DO UPDATE SET jws = EXCLUDED.jws",
+                        self.schema
+                    ),
+                    &[&(c.seq as i64), &c.jws],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>, StoreError>> {
+        Box::pin(async move {
+            let guard = self.reader.client().await?;
+            let client = guard.as_ref().expect("connected");
+            Ok(client
+                .query(
+                    &format!(
+                        "SELECT seq, jws FROM {}.audit_checkpoint ORDER BY seq",
+                        self.schema
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| StoredCheckpoint {
+                    seq: r.get::<_, i64>(0) as u64,
+                    jws: r.get(1),
+                })
+                .collect())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +636,67 @@ mod tests {
             });
         super::super::shared_suite(&store).await;
         store.drop_schema().await.unwrap();
+    }
+
+    async fn audit_store(schema: &str) -> PostgresAudit {
+        let connector = Connector::new(&test_conninfo(), schema, None).unwrap();
+        PostgresAudit::connect(connector).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL must be reachable for this test (set GATEWAY_TEST_POSTGRES): {e}")
+        })
+    }
+
+    async fn drop_schema(schema: &str) {
+        PostgresStore::connect(&test_conninfo(), schema)
+            .await
+            .unwrap()
+            .drop_schema()
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_audit_suite() {
+        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let store = audit_store(&schema).await;
+        let s = schema.clone();
+        let exec = move |sql: String| -> BoxFuture<'static, ()> {
+            let sql = sql.replace("{audit}", &format!("{s}.audit"));
+            Box::pin(async move {
+                let (client, conn) = tokio_postgres::connect(&test_conninfo(), NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await.unwrap();
+            })
+        };
+        crate::store::audit::audit_suite(&store, &exec).await;
+        drop_schema(&schema).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_writing_at_once_extend_one_chain() {
+        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let (a, b) = (audit_store(&schema).await, audit_store(&schema).await);
+        let from_a = (0..150).map(|i| a.append(crate::store::audit::sample_event(i)));
+        let from_b = (150..300).map(|i| b.append(crate::store::audit::sample_event(i)));
+        let (ra, rb) = futures::join!(
+            futures::future::join_all(from_a),
+            futures::future::join_all(from_b)
+        );
+        assert!(ra.iter().chain(rb.iter()).all(Result::is_ok));
+        let verified = crate::store::audit::verify_store(&a).await.unwrap();
+        assert_eq!(verified.map(|(n, _)| n), Ok(300));
+        drop_schema(&schema).await;
+    }
+
+    #[test]
+    fn only_loopback_servers_are_local() {
+        assert!(local_only("host=127.0.0.1 user=x").unwrap());
+        assert!(local_only("host=localhost user=x").unwrap());
+        assert!(local_only("host=/var/run/postgresql user=x").unwrap());
+        assert!(!local_only("host=db.example.nhs.uk user=x").unwrap());
+        assert!(!local_only("host=127.0.0.1,10.0.0.5 user=x").unwrap());
+        assert!(local_only("host='unterminated").is_err());
     }
 
     #[test]
