@@ -512,7 +512,14 @@ impl FakePeer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(serve_tls("fake-peer", listener, Arc::new(tls), app, rx));
+        tokio::spawn(serve_tls(
+            "fake-peer",
+            listener,
+            Arc::new(tls),
+            app,
+            rx,
+            None,
+        ));
         FakePeer { addr, _stop: stop }
     }
 

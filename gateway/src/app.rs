@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
+use crate::audit::{AuditEvent, AuditRecord, CheckpointClaims};
 use crate::auth::{ClinicianVerifier, ForwardSigner, KeyError};
 use crate::config::Config;
 use crate::merge::RegionInfo;
@@ -13,6 +14,8 @@ use crate::peers::{Peer, PeerError};
 use crate::record::RecordSource;
 use crate::record::directory::{DirectoryRecord, LoadError};
 use crate::record::fhir_server::FhirServerRecord;
+use crate::store::StoreError;
+use crate::store::audit::{AuditStore, StoredCheckpoint};
 use crate::tls::identity::{CertIdentity, parse_certificate};
 use crate::tls::{KeyMaterial, TlsError, load_certs, load_key_material};
 use rustls::pki_types::CertificateDer;
@@ -58,6 +61,10 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// The tamper-evident audit trail; a record is written before any response leaves.
+    pub audit: Arc<dyn AuditStore>,
+    /// The sequence number of the last signed checkpoint.
+    last_checkpoint: std::sync::atomic::AtomicU64,
     pub signer: ForwardSigner,
     pub server_keys: KeyMaterial,
     pub federation_ca: Vec<CertificateDer<'static>>,
@@ -87,18 +94,7 @@ impl Gateway {
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
-        let consents: Arc<dyn crate::store::ConsentStore> =
-            match (&config.store.sqlite, &config.store.postgres) {
-                (_, Some(conninfo)) => Arc::new(
-                    crate::store::postgres::PostgresStore::connect(
-                        conninfo,
-                        &config.store.postgres_schema,
-                    )
-                    .await?,
-                ),
-                (Some(path), None) => Arc::new(crate::store::SqliteStore::open(path)?),
-                (None, None) => Arc::new(crate::store::SqliteStore::open_in_memory()?),
-            };
+        let (consents, audit) = open_stores(&config).await?;
         let policies = ArcSwap::from_pointee(match &config.policy.directory {
             Some(dir) => policy::PolicySet::load_checked(dir)?,
             None => crate::access::embedded_policy_set()?,
@@ -143,6 +139,8 @@ impl Gateway {
             verifier,
             policies,
             consents,
+            audit,
+            last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             signer,
             server_keys,
             federation_ca,
@@ -162,9 +160,129 @@ impl Gateway {
         Ok(n)
     }
 
+    /// Writes an audit record and returns it once it is durable; signs a checkpoint when the
+    /// trail reaches the next multiple of `audit.checkpoint_every`.
+    pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        let r = self.audit.append(event).await?;
+        let every = self.config.audit.checkpoint_every;
+        if every > 0 && r.seq % every == 0 {
+            if let Err(e) = self.checkpoint().await {
+                tracing::error!(error = %e, "could not sign an audit checkpoint");
+            }
+        }
+        Ok(r)
+    }
+
+    /// Signs a checkpoint of the trail's head, unless the last one already covers it. Stored
+    /// with the trail and appended to `audit.checkpoint_file`.
+    pub async fn checkpoint(&self) -> Result<Option<CheckpointClaims>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let Some((seq, hash)) = self.audit.head().await? else {
+            return Ok(None);
+        };
+        if seq <= self.last_checkpoint.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let claims = CheckpointClaims {
+            iss: self.identity.clone(),
+            seq,
+            hash,
+            iat: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        let jws = self
+            .signer
+            .sign_claims(&claims)
+            .map_err(|e| StoreError::Unavailable(format!("signing a checkpoint: {e}")))?;
+        self.audit
+            .put_checkpoint(StoredCheckpoint {
+                seq,
+                jws: jws.clone(),
+            })
+            .await?;
+        if let Some(path) = &self.config.audit.checkpoint_file {
+            append_line(path, &jws)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        }
+        self.last_checkpoint.fetch_max(seq, Ordering::SeqCst);
+        tracing::info!(seq, "audit checkpoint signed");
+        Ok(Some(claims))
+    }
+
     /// The local record's timeout within a fan-out.
     pub fn local_timeout(&self) -> Duration {
         Duration::from_millis(self.config.record.timeout_ms)
+    }
+}
+
+/// Appends one line to a file and waits until it is on disk.
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
+/// Opens the consent and audit stores the configuration names (SQLite by default).
+pub async fn open_stores(
+    config: &Config,
+) -> Result<(Arc<dyn crate::store::ConsentStore>, Arc<dyn AuditStore>), StoreError> {
+    use crate::store::audit::SqliteAudit;
+    use crate::store::postgres::{Connector, PostgresAudit, PostgresStore};
+    let store = &config.store;
+    Ok(match (&store.sqlite, &store.postgres) {
+        (_, Some(conninfo)) => {
+            let connector = Connector::new(
+                conninfo,
+                &store.postgres_schema,
+                store.postgres_ca.as_deref(),
+            )?;
+            (
+                Arc::new(PostgresStore::with(connector.clone()).await?),
+                Arc::new(PostgresAudit::connect(connector).await?),
+            )
+        }
+        (Some(path), None) => (
+            Arc::new(crate::store::SqliteStore::open(path)?),
+            Arc::new(SqliteAudit::open(path)?),
+        ),
+        (None, None) => (
+            Arc::new(crate::store::SqliteStore::open_in_memory()?),
+            Arc::new(SqliteAudit::open_in_memory()?),
+        ),
+    })
+}
+
+/// Signs a checkpoint every `audit.checkpoint_interval_s` while records are added, and a last
+/// one when `stop` turns true.
+pub async fn checkpoint_periodically(
+    gateway: Arc<Gateway>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let secs = gateway.config.audit.checkpoint_interval_s;
+    let period = if secs == 0 {
+        None
+    } else {
+        Some(Duration::from_secs(secs))
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = async {
+                match period {
+                    Some(p) => tokio::time::sleep(p).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        if let Err(e) = gateway.checkpoint().await {
+            tracing::error!(error = %e, "could not sign an audit checkpoint");
+        }
+    }
+    if let Err(e) = gateway.checkpoint().await {
+        tracing::error!(error = %e, "could not sign the final audit checkpoint");
     }
 }
 

@@ -64,7 +64,43 @@ pub struct Config {
     #[serde(default)]
     pub store: ConfigStore,
     #[serde(default)]
+    pub audit: ConfigAudit,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// The audit trail (kept in the store) and its signed checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigAudit {
+    /// Sign a checkpoint every this many records (0: only on the interval).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ... and at least this often while records are being added (seconds; 0: never).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_s: u64,
+    /// Signed checkpoints are also appended to this file (JSON lines), to be copied off the
+    /// machine: a trail cut short in the database is then still caught. Default
+    /// `{region.code}.checkpoints.jsonl` beside the configuration file.
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+
+fn default_checkpoint_interval() -> u64 {
+    300
+}
+
+impl Default for ConfigAudit {
+    fn default() -> Self {
+        ConfigAudit {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval_s: default_checkpoint_interval(),
+            checkpoint_file: None,
+        }
+    }
 }
 
 /// This region.
@@ -157,6 +193,10 @@ pub struct ConfigStore {
     /// The schema the gateway's tables live in.
     #[serde(default = "default_pg_schema")]
     pub postgres_schema: String,
+    /// CA certificate(s) (PEM) the PostgreSQL server's certificate must chain to. When set,
+    /// the connection uses TLS and the certificate is verified; a server on another host
+    /// requires it.
+    pub postgres_ca: Option<PathBuf>,
 }
 
 fn default_pg_schema() -> String {
@@ -169,6 +209,7 @@ impl Default for ConfigStore {
             sqlite: None,
             postgres: None,
             postgres_schema: default_pg_schema(),
+            postgres_ca: None,
         }
     }
 }
@@ -292,6 +333,14 @@ impl Config {
             let store = self.store.sqlite.get_or_insert(default_store);
             fix(store);
         }
+        if let Some(p) = self.store.postgres_ca.as_mut() {
+            fix(p);
+        }
+        let default_checkpoints = PathBuf::from(format!("{}.checkpoints.jsonl", self.region.code));
+        fix(self
+            .audit
+            .checkpoint_file
+            .get_or_insert(default_checkpoints));
     }
 
     /// Checks what the types cannot: codes, URLs, exclusive choices, timeouts within the deadline,
@@ -343,6 +392,18 @@ impl Config {
                 "store",
                 "set at most one of 'sqlite' or 'postgres'",
             ));
+        }
+        if let (Some(conninfo), None) = (&self.store.postgres, &self.store.postgres_ca) {
+            match crate::store::postgres::local_only(conninfo) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(invalid(
+                        "store.postgres",
+                        "a PostgreSQL server on another host must be reached over TLS: set store.postgres_ca",
+                    ));
+                }
+                Err(e) => return Err(invalid("store.postgres", &e.to_string())),
+            }
         }
         if !crate::store::postgres::valid_schema(&self.store.postgres_schema) {
             return Err(invalid(

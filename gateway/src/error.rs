@@ -10,6 +10,10 @@ use crate::fhir::FHIR_JSON;
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::query::QueryError;
 
+/// Why a request was refused or failed, as a response extension for the audit record.
+#[derive(Debug, Clone)]
+pub struct Refusal(pub String);
+
 /// An error answered to a client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -105,6 +109,18 @@ impl IntoResponse for ApiError {
             tracing::info!(status = self.status.as_u16(), reason = %self.internal, "request refused");
         }
         let mut response = fhir_response(self.status, &operation_outcome(&self.issues));
+        // For the audit record of this request (never sent).
+        let said = self
+            .issues
+            .first()
+            .map_or_else(String::new, |i| i.diagnostics.clone());
+        response
+            .extensions_mut()
+            .insert(Refusal(if said == self.internal {
+                said
+            } else {
+                format!("{said} ({})", self.internal)
+            }));
         if self.bearer_challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

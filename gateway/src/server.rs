@@ -34,6 +34,21 @@ pub struct PeerCertificate {
     pub identity: Arc<CertIdentity>,
 }
 
+/// Called with the remote address and the reason when a client's certificate is refused in
+/// the TLS handshake (none presented, or not from the federation CA).
+pub type CertificateRefused = Arc<dyn Fn(std::net::SocketAddr, String) + Send + Sync>;
+
+/// The reason a handshake error is a refused client certificate, if it is one.
+fn certificate_refusal(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::NoCertificatesPresented
+        | rustls::Error::InvalidCertificate(_)
+        | rustls::Error::InvalidCertRevocationList(_) => Some(inner.to_string()),
+        _ => None,
+    }
+}
+
 /// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains.
 pub async fn serve_tls(
     name: &'static str,
@@ -41,6 +56,7 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
+    on_refused: Option<CertificateRefused>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
@@ -78,11 +94,15 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let in_flight = in_flight.clone();
+        let on_refused = on_refused.clone();
         connections.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::info!(face = name, %remote, error = %e, "TLS handshake refused");
+                    if let (Some(hook), Some(reason)) = (&on_refused, certificate_refusal(&e)) {
+                        hook(remote, reason);
+                    }
                     return;
                 }
                 Err(_) => {
@@ -130,6 +150,24 @@ pub async fn serve_tls(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// Records each certificate refused at the federation face's handshake in the audit trail.
+fn record_refused_certificates(gateway: Arc<Gateway>) -> CertificateRefused {
+    Arc::new(move |remote, reason| {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            crate::api::audit::record_refusal(
+                &gateway,
+                crate::audit::EventKind::RefusedCertificate,
+                &uuid::Uuid::new_v4().to_string(),
+                http::StatusCode::FORBIDDEN,
+                format!("TLS handshake refused: {reason}"),
+                serde_json::json!({"remote": remote.to_string()}),
+            )
+            .await;
+        });
+    })
 }
 
 /// Counts a request as in flight until dropped.
@@ -243,6 +281,7 @@ pub fn start_on(
             clinician_tls,
             crate::api::clinician::router(gateway.clone()),
             rx.clone(),
+            None,
         )),
         tokio::spawn(serve_tls(
             "federation",
@@ -250,8 +289,10 @@ pub fn start_on(
             federation_tls,
             crate::api::federation::router(gateway.clone()),
             rx.clone(),
+            Some(record_refused_certificates(gateway.clone())),
         )),
-        tokio::spawn(crate::app::watch_policies(gateway.clone(), rx)),
+        tokio::spawn(crate::app::watch_policies(gateway.clone(), rx.clone())),
+        tokio::spawn(crate::app::checkpoint_periodically(gateway.clone(), rx)),
     ];
     tracing::info!(region = %gateway.region.code, clinician = %clinician_addr, federation = %federation_addr, peers = gateway.peers.len(), "gateway listening");
     Ok(Running {

@@ -62,6 +62,10 @@ pub fn embedded_policy_files() -> Vec<(String, String)> {
             "50-consent-management.cedar",
             include_str!("../../../policies/default/50-consent-management.cedar"),
         ),
+        (
+            "60-governance.cedar",
+            include_str!("../../../policies/default/60-governance.cedar"),
+        ),
     ]
     .into_iter()
     .map(|(n, t)| (n.to_owned(), t.to_owned()))

@@ -38,6 +38,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(super::consent::read).put(super::consent::update),
         )
         .route("/fhir/{type}", get(search))
+        .route("/admin/audit", get(super::audit::search_trail))
+        // Layers run outside in: authenticate, then audit, then the handler.
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::audit::audit_clinician,
+        ))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             authenticate,
@@ -75,7 +81,18 @@ async fn authenticate(
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            let what = super::audit::refused_request(&request);
+            drop(request);
+            super::audit::record_refused_request(
+                &gateway,
+                crate::audit::EventKind::RefusedToken,
+                what,
+                ApiError::from(e).into_response(),
+                serde_json::json!({}),
+            )
+            .await
+        }
     }
 }
 
@@ -97,8 +114,19 @@ pub(super) struct Ask {
     pub(super) user: UserContext,
     pub(super) request_id: String,
     lenient: bool,
-    pairs: Vec<(String, String)>,
+    pub(super) pairs: Vec<(String, String)>,
     self_link: String,
+    /// The request's audit event.
+    audit: Option<super::audit::AuditSlot>,
+}
+
+impl Ask {
+    /// Adds to the request's audit event.
+    pub(super) fn note(&self, f: impl FnOnce(&mut crate::audit::AuditEvent)) {
+        if let Some(slot) = &self.audit {
+            slot.update(f);
+        }
+    }
 }
 
 pub(super) fn ask(
@@ -106,6 +134,7 @@ pub(super) fn ask(
     request: &axum::http::request::Parts,
     raw: Option<&str>,
 ) -> Result<Ask, ApiError> {
+    let audit = super::audit::AuditSlot::of(request);
     check_accept(&request.headers)?;
     let mut user = request
         .extensions
@@ -134,6 +163,12 @@ pub(super) fn ask(
         .map(|v| v.to_str().unwrap_or(""));
     user.break_glass = break_glass_reason(header)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
+    if let Some(slot) = &audit {
+        slot.update(|e| {
+            e.purpose_of_use = user.purpose_of_use.clone().unwrap_or_default();
+            e.break_glass_reason.clone_from(&user.break_glass);
+        });
+    }
     let request_id = request
         .extensions
         .get::<RequestId>()
@@ -154,6 +189,7 @@ pub(super) fn ask(
         lenient: lenient(&request.headers),
         pairs,
         self_link,
+        audit,
     })
 }
 
@@ -162,6 +198,7 @@ async fn fan_out_and_merge(
     ask: &Ask,
     parsed: Parsed,
 ) -> Result<Merged, ApiError> {
+    ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
     let gatekeeper = Gatekeeper::new(
@@ -224,6 +261,21 @@ async fn fan_out_and_merge(
             "Emergency (break-glass) access: this access is recorded and will be reviewed.",
         ));
     }
+    ask.note(|e| {
+        e.regions = results
+            .iter()
+            .map(|r| crate::audit::RegionOutcome {
+                region: r.region.code.clone(),
+                outcome: match &r.outcome {
+                    Ok(_) => "answered".into(),
+                    Err(f) => f.kind.label().to_owned(),
+                },
+                items: r.outcome.as_ref().map_or(0, |a| a.items.len()),
+            })
+            .collect();
+        e.withheld = report.withheld;
+        e.policies = report.policies.iter().cloned().collect();
+    });
     tracing::info!(request_id = %ask.request_id, released = report.released, withheld = report.withheld, decisions = gatekeeper.decisions_made(),
         break_glass = ask.user.break_glass.is_some(), policies = ?report.policies, "policy applied");
     for r in &results {
@@ -237,7 +289,7 @@ async fn fan_out_and_merge(
         }
     }
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
-    Ok(merge(
+    let merged = merge(
         &parsed.query,
         results,
         MergeContext {
@@ -247,7 +299,14 @@ async fn fan_out_and_merge(
             self_link: &ask.self_link,
             issues,
         },
-    ))
+    );
+    // What the user receives: the merged items (and the Patient, when one region knew it).
+    ask.note(|e| {
+        e.released = merged.total;
+        e.detail["deduplicated"] = serde_json::json!(merged.deduplicated);
+        e.detail["discarded"] = serde_json::json!(merged.discarded);
+    });
+    Ok(merged)
 }
 
 /// When no region answered there is nothing to show: 504 if all timed out, else 502.

@@ -34,6 +34,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/{type}", get(search))
+        // Layers run outside in: authenticate the peer, then audit, then the handler.
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::audit::audit_federation,
+        ))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             authenticate_peer,
@@ -49,20 +54,33 @@ async fn authenticate_peer(
     mut request: Request,
     next: Next,
 ) -> Response {
+    use crate::audit::EventKind;
+    use serde_json::json;
+    let what = super::audit::refused_request(&request);
     let Some(cert) = request.extensions().get::<PeerCertificate>().cloned() else {
-        return ApiError::new(
+        drop(request);
+        let response = ApiError::new(
             StatusCode::FORBIDDEN,
             "security",
             "a client certificate is required",
         )
         .into_response();
+        return super::audit::record_refused_request(
+            &gateway,
+            EventKind::RefusedCertificate,
+            what,
+            response,
+            json!({}),
+        )
+        .await;
     };
     let Some(peer) = gateway
         .peers
         .iter()
         .find(|p| cert.identity.has_identity(&p.identity))
     else {
-        return ApiError::new(
+        drop(request);
+        let response = ApiError::new(
             StatusCode::FORBIDDEN,
             "security",
             "the client certificate does not identify a region this gateway federates with",
@@ -72,6 +90,14 @@ async fn authenticate_peer(
             cert.identity.subject, cert.identity.uris
         ))
         .into_response();
+        return super::audit::record_refused_request(
+            &gateway,
+            EventKind::RefusedCertificate,
+            what,
+            response,
+            json!({"certificate_subject": cert.identity.subject, "certificate_uris": cert.identity.uris}),
+        )
+        .await;
     };
     let token = request
         .headers()
@@ -92,12 +118,23 @@ async fn authenticate_peer(
             request.extensions_mut().insert(context);
             next.run(request).await
         }
-        Err(e) => ApiError::from(e)
-            .internal(format!(
-                "peer {}: forwarded user context refused",
-                peer.info.code
-            ))
-            .into_response(),
+        Err(e) => {
+            drop(request);
+            let response = ApiError::from(e)
+                .internal(format!(
+                    "peer {}: forwarded user context refused",
+                    peer.info.code
+                ))
+                .into_response();
+            super::audit::record_refused_request(
+                &gateway,
+                EventKind::RefusedToken,
+                what,
+                response,
+                json!({"calling_region": peer.info.code}),
+            )
+            .await
+        }
     }
 }
 
@@ -143,6 +180,8 @@ async fn answer(
         .extensions
         .get::<RequestId>()
         .map_or("", |r| r.0.as_str());
+    let note = |f: &dyn Fn(&mut crate::audit::AuditEvent)| super::audit::note(request, f);
+    note(&|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
     let timeout = gateway.local_timeout();
     let local = match tokio::time::timeout(timeout, gateway.local.search(&parsed.query)).await {
         Ok(Ok(a)) => a,
@@ -176,7 +215,18 @@ async fn answer(
         .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
     let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
+    let answered = local.items.len();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
+    note(&|e| {
+        e.regions = vec![crate::audit::RegionOutcome {
+            region: gateway.region.code.clone(),
+            outcome: "answered".into(),
+            items: answered,
+        }];
+        e.released = report.released;
+        e.withheld = report.withheld;
+        e.policies = report.policies.iter().cloned().collect();
+    });
     tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,
         break_glass = context.user.break_glass.is_some(), "federation answer");
     let base = &gateway.region.base_url;

@@ -3,6 +3,7 @@
 //! (method, route template, status, time; never a query string, which holds NHS numbers),
 //! FHIR fallbacks, and reading `Prefer: handling=lenient`.
 
+pub mod audit;
 pub mod clinician;
 pub mod consent;
 pub mod federation;

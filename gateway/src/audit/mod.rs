@@ -4,6 +4,8 @@
 //! reordering or inserting a record breaks the chain at that point, and [`verify`] names it.
 //! Stores and the request path use this module; it does no I/O.
 
+pub mod fhir;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

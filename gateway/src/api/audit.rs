@@ -1,0 +1,276 @@
+//! Auditing every request, and reading the trail.
+//!
+//! Each authenticated route runs inside [`audit_clinician`] or [`audit_federation`]: the
+//! middleware opens an audit event for the request, the handler fills in what it learns (the
+//! patient, what each region answered, what was released and withheld, the policies that
+//! decided), and once the handler has built its response the middleware writes the record.
+//! Only when the record is durable does the response leave; if it cannot be written the
+//! caller gets 503 and nothing else (fail closed). Refused tokens and certificates are
+//! recorded by the authentication middlewares.
+//!
+//! `GET /admin/audit` lets governance roles (Cedar action `read-audit`) read the trail as a
+//! FHIR Bundle of `AuditEvent`s, filtered and paged; that reading is itself audited.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{RawQuery, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use policy::DecisionPoint;
+use serde_json::{Value, json};
+
+use super::RequestId;
+use super::clinician::ask;
+use crate::access::Gatekeeper;
+use crate::app::Gateway;
+use crate::audit::{AuditEvent, EventKind};
+use crate::auth::{ForwardedContext, UserContext};
+use crate::error::{ApiError, Refusal, fhir_response};
+use crate::fhir::{self, SearchMode};
+use crate::store::StoreError;
+
+/// The audit event of the request being handled; handlers add to it.
+#[derive(Clone)]
+pub struct AuditSlot(Arc<Mutex<AuditEvent>>);
+
+impl AuditSlot {
+    pub fn update(&self, f: impl FnOnce(&mut AuditEvent)) {
+        if let Ok(mut e) = self.0.lock() {
+            f(&mut e);
+        }
+    }
+
+    /// The slot of a request, if it is audited.
+    pub fn of(parts: &http::request::Parts) -> Option<AuditSlot> {
+        parts.extensions.get::<AuditSlot>().cloned()
+    }
+
+    fn take(&self) -> AuditEvent {
+        match self.0.lock() {
+            Ok(e) => e.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Updates the request's audit event, when it has one.
+pub fn note(parts: &http::request::Parts, f: impl FnOnce(&mut AuditEvent)) {
+    if let Some(slot) = AuditSlot::of(parts) {
+        slot.update(f);
+    }
+}
+
+fn now() -> String {
+    fhir::instant(time::OffsetDateTime::now_utc())
+}
+
+fn request_id(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone())
+}
+
+fn fill_user(e: &mut AuditEvent, user: &UserContext) {
+    e.user_id.clone_from(&user.user_id);
+    e.role.clone_from(&user.role);
+    e.organisation.clone_from(&user.organisation);
+    e.purpose_of_use = user.purpose_of_use.clone().unwrap_or_default();
+    e.break_glass_reason.clone_from(&user.break_glass);
+}
+
+/// What the request asked, as method and path with query (this is the audit store, where the
+/// NHS number in a query belongs).
+fn describe(request: &Request) -> Value {
+    let query = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    json!({"method": request.method().as_str(), "query": query})
+}
+
+/// The answer to a request whose audit record could not be written: nothing is released.
+pub fn audit_unavailable(e: &StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "this access could not be recorded in the audit trail, so nothing is released; try again shortly",
+    )
+    .internal(format!("audit trail unavailable: {e}"))
+}
+
+/// Completes the event from the response and writes it; the response leaves only after.
+async fn finish(gateway: &Gateway, slot: AuditSlot, response: Response) -> Response {
+    let mut event = slot.take();
+    event.status = response.status().as_u16();
+    if !response.status().is_success() {
+        event.outcome = response.extensions().get::<Refusal>().map_or_else(
+            || response.status().to_string(),
+            |r| format!("{}: {}", response.status().as_u16(), r.0),
+        );
+    }
+    match gateway.record(event).await {
+        Ok(_) => response,
+        Err(e) => audit_unavailable(&e).into_response(),
+    }
+}
+
+/// Audits an authenticated clinician request (runs after `authenticate`).
+pub async fn audit_clinician(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let kind = match *request.method() {
+        http::Method::POST | http::Method::PUT => EventKind::ConsentChange,
+        _ => EventKind::ClinicianQuery,
+    };
+    let mut event = AuditEvent::new(kind, now(), &request_id(&request));
+    if let Some(user) = request.extensions().get::<UserContext>() {
+        fill_user(&mut event, user);
+    }
+    event.detail = describe(&request);
+    let slot = AuditSlot(Arc::new(Mutex::new(event)));
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    finish(&gateway, slot, response).await
+}
+
+/// Audits a federation request from a peer (runs after `authenticate_peer`).
+pub async fn audit_federation(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let mut event = AuditEvent::new(EventKind::FederationQuery, now(), &request_id(&request));
+    event.detail = describe(&request);
+    if let Some(context) = request.extensions().get::<ForwardedContext>() {
+        fill_user(&mut event, &context.user);
+        event.detail["calling_request_id"] = json!(context.request_id);
+    }
+    if let Some(peer) = request.extensions().get::<super::federation::PeerRegion>() {
+        event.detail["calling_region"] = json!(peer.0);
+    }
+    let slot = AuditSlot(Arc::new(Mutex::new(event)));
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    finish(&gateway, slot, response).await
+}
+
+/// Records a refused token or certificate. The refusal is answered whether or not the record
+/// could be written (it releases nothing); a failed write is logged.
+pub async fn record_refusal(
+    gateway: &Gateway,
+    kind: EventKind,
+    request_id: &str,
+    status: StatusCode,
+    outcome: String,
+    detail: Value,
+) {
+    let mut event = AuditEvent::new(kind, now(), request_id);
+    event.status = status.as_u16();
+    event.outcome = outcome;
+    event.detail = detail;
+    if let Err(e) = gateway.record(event).await {
+        tracing::error!(error = %e, kind = kind.as_str(), "could not record a refusal in the audit trail");
+    }
+}
+
+/// What a refused request was (its id, method and path), taken before the request is
+/// answered: a request's body cannot be held across an await.
+pub fn refused_request(request: &Request) -> (String, Value) {
+    (request_id(request), describe(request))
+}
+
+/// Records a refused request from what [`refused_request`] took and the refusal answered.
+pub async fn record_refused_request(
+    gateway: &Gateway,
+    kind: EventKind,
+    (request_id, mut detail): (String, Value),
+    response: Response,
+    extra: Value,
+) -> Response {
+    if let (Some(d), Some(x)) = (detail.as_object_mut(), extra.as_object()) {
+        d.extend(x.clone());
+    }
+    let status = response.status();
+    let outcome = response.extensions().get::<Refusal>().map_or_else(
+        || status.to_string(),
+        |r| format!("{}: {}", status.as_u16(), r.0),
+    );
+    record_refusal(gateway, kind, &request_id, status, outcome, detail).await;
+    response
+}
+
+/// `GET /admin/audit`: the trail as a Bundle of AuditEvents, newest first.
+pub async fn search_trail(
+    State(gateway): State<Arc<Gateway>>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    note(&parts, |e| e.kind = EventKind::AuditRead);
+    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    let policies = gateway.policies.load_full();
+    let region = &gateway.region.code;
+    let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
+        .request_decision("read-audit", "AuditEvent", region);
+    note(&parts, |e| e.policies = d.policies.clone());
+    if !d.allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your role may not read the audit trail",
+        ));
+    }
+    let filter = crate::audit::fhir::parse_filter(&ask.pairs).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
+            .internal(format!("audit filter refused: parameter {}", e.parameter))
+    })?;
+    note(&parts, |e| e.patient.clone_from(&filter.patient));
+    let page = gateway.audit.search(&filter).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the audit trail cannot be read just now",
+        )
+        .internal(e.to_string())
+    })?;
+    note(&parts, |e| e.released = page.records.len());
+    let base = &gateway.region.base_url;
+    let site = &gateway.region.name;
+    let entries: Vec<Value> = page
+        .records
+        .iter()
+        .map(|r| {
+            fhir::entry(
+                &format!("{base}/AuditEvent/{}", r.seq),
+                crate::audit::fhir::to_audit_event(r, &gateway.identity, site),
+                SearchMode::Match,
+            )
+        })
+        .collect();
+    let admin = base.strip_suffix("/fhir").unwrap_or(base);
+    let query: Vec<(String, String)> = ask
+        .pairs
+        .iter()
+        .filter(|(k, _)| k != "before")
+        .cloned()
+        .collect();
+    let encode =
+        |pairs: &[(String, String)]| serde_urlencoded::to_string(pairs).unwrap_or_default();
+    let mut bundle = fhir::searchset(&ask.request_id, &now(), base, page.total as usize, entries);
+    let mut links = vec![
+        json!({"relation": "self", "url": format!("{admin}/admin/audit?{}", encode(&ask.pairs))}),
+    ];
+    if let Some(next) = page.next_before {
+        let mut q = query.clone();
+        q.push(("before".into(), next.to_string()));
+        links.push(
+            json!({"relation": "next", "url": format!("{admin}/admin/audit?{}", encode(&q))}),
+        );
+    }
+    bundle["link"] = Value::Array(links);
+    Ok(fhir_response(StatusCode::OK, &bundle))
+}
