@@ -191,6 +191,31 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     );
     let nhs = patient["id"].as_str().unwrap().to_owned();
 
+    // Every other command the demo printed, a break-glass access and a forged token.
+    for c in &curls[1..] {
+        let url = c.rsplit('\'').nth(1).unwrap();
+        let token = c.contains("Bearer").then_some(token.as_str());
+        assert_eq!(
+            get_json(&client, url, token).await.status,
+            http::StatusCode::OK,
+            "{url}"
+        );
+    }
+    let reason = "Collapsed at home, history unavailable";
+    let r = client
+        .get(&url)
+        .bearer_auth(&token)
+        .header("x-break-glass-reason", reason)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), http::StatusCode::OK);
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        get_json(&client, &url, Some(&forged)).await.status,
+        http::StatusCode::UNAUTHORIZED
+    );
+
     // Ctrl-C stops it cleanly.
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -202,11 +227,114 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l == "Stopped."), "{rest:?}");
 
-    // The operational log never carries the patient's NHS number.
+    // The operational log never carries patient data or secrets: no NHS number, name, date
+    // of birth or postcode of any demo patient, no token, no break-glass reason.
     let log = log.join().unwrap();
     assert!(log.contains("gateway listening"), "the log was captured");
     assert!(log.contains("region answered"));
-    assert!(!log.contains(&nhs), "an NHS number reached the log");
+    assert!(log.contains("policy applied"));
+    let mut secrets = patient_data(&dir.path().join("data"));
+    assert!(secrets.contains(&nhs));
+    assert!(secrets.len() > 100, "{} values", secrets.len());
+    secrets.insert(token.trim().to_owned());
+    secrets.insert(forged);
+    secrets.insert(reason.to_owned());
+    let leaked: Vec<&String> = secrets
+        .iter()
+        .filter(|s| log.contains(s.as_str()))
+        .collect();
+    assert!(leaked.is_empty(), "reached the operational log: {leaked:?}");
+
+    // The audit trail verifies, with the checkpoint signed at shutdown.
+    let config = dir.path().join("dorset.toml");
+    let verify = || {
+        gateway_bin()
+            .args(["audit", "verify", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("intact"), "{stdout}");
+    assert!(stdout.contains("signed checkpoint(s) verified"), "{stdout}");
+
+    // Edit one row by hand: verify names it.
+    let db = rusqlite::Connection::open(dir.path().join("dorset.sqlite")).unwrap();
+    let (seq, user): (i64, String) = db
+        .query_row(
+            "SELECT seq, user_id FROM audit WHERE break_glass_reason IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE audit SET user_id = 'someone-else' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains(&format!("TAMPERED: record {seq} was modified")),
+        "{stdout}"
+    );
+    db.execute(
+        "UPDATE audit SET user_id = ?1 WHERE seq = ?2",
+        rusqlite::params![user, seq],
+    )
+    .unwrap();
+    assert!(verify().status.success());
+
+    // Cut the trail short: the chain alone cannot tell, the signed checkpoint does.
+    db.execute(
+        "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+        [],
+    )
+    .unwrap();
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success());
+    assert!(stdout.contains("truncated"), "{stdout}");
+}
+
+/// Every NHS number, name, date of birth and postcode in the demo's records.
+fn patient_data(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for region in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(region.unwrap().path().join("record.ndjson")).unwrap();
+        for line in text.lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            if r["resourceType"] != "Patient" {
+                continue;
+            }
+            for id in r["identifier"].as_array().unwrap() {
+                if id["system"] == "https://fhir.nhs.uk/Id/nhs-number" {
+                    out.insert(id["value"].as_str().unwrap().to_owned());
+                }
+            }
+            for n in r["name"].as_array().into_iter().flatten() {
+                let given = n["given"][0].as_str().unwrap_or("");
+                out.insert(format!("{given} {}", n["family"].as_str().unwrap_or("")));
+                out.insert(format!("\"{}\"", n["family"].as_str().unwrap_or("")));
+            }
+            if let Some(d) = r["birthDate"].as_str() {
+                out.insert(d.to_owned());
+            }
+            for a in r["address"].as_array().into_iter().flatten() {
+                if let Some(p) = a["postalCode"].as_str() {
+                    out.insert(p.to_owned());
+                }
+            }
+        }
+    }
+    out
 }
 
 #[test]

@@ -388,6 +388,48 @@ impl TestFederation {
         }
     }
 
+    /// `GET /admin/audit?{query}` at a region, as the holder of `token`.
+    pub async fn audit(&self, region: usize, query: &str, token: &str) -> Reply {
+        get_json(
+            &self.client(),
+            &format!(
+                "https://localhost:{}/admin/audit?{query}",
+                self.regions[region].clinician.port()
+            ),
+            Some(token),
+        )
+        .await
+    }
+
+    /// The audit trail's AuditEvents at a region matching `query`, read by a privacy officer;
+    /// waits up to two seconds for `at_least` of them (some refusals are recorded after the
+    /// answer, in the background).
+    pub async fn audit_events(&self, region: usize, query: &str, at_least: usize) -> Vec<Value> {
+        let officer = self.token_with(|c| {
+            c.role = "R0001".into();
+            c.sub = "privacy-officer".into();
+            c.purpose_of_use = "HOPERAT".into();
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let r = self.audit(region, query, &officer).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let events: Vec<Value> = entries(&r.body, "match")
+                .into_iter()
+                .map(|e| e["resource"].clone())
+                .collect();
+            if events.len() >= at_least || std::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A region's configuration file.
+    pub fn config_path(&self, code: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{code}.toml"))
+    }
+
     pub fn everywhere(&self) -> String {
         self.data.seen_everywhere.to_string()
     }
@@ -563,4 +605,15 @@ pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 pub async fn dead_address() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
+}
+
+/// The value of one `detail` of an AuditEvent's record entity.
+pub fn audit_detail(event: &Value, name: &str) -> Option<String> {
+    event["entity"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e["detail"].as_array())
+        .flatten()
+        .find(|d| d["type"] == name)
+        .and_then(|d| d["valueString"].as_str().map(str::to_owned))
 }

@@ -297,4 +297,22 @@ async fn the_federation_face_refuses_anyone_without_a_federation_certificate() {
         StatusCode::FORBIDDEN,
         "hampshire does not peer with itself"
     );
+
+    // Dorset's audit trail holds every refusal: the two certificates refused in the handshake
+    // and kent's, the two tokens refused, and the one answer, joined to hampshire's request.
+    let refused = fed.audit_events(0, "kind=refused-certificate", 3).await;
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+    assert!(refused.iter().all(|e| e["outcome"] == "4"));
+    let tokens = fed.audit_events(0, "kind=refused-token", 2).await;
+    assert_eq!(tokens.len(), 2, "{tokens:#?}");
+    let answered = fed.audit_events(0, "kind=federation-query", 1).await;
+    assert_eq!(answered.len(), 1);
+    assert_eq!(
+        audit_detail(&answered[0], "calling_request_id").as_deref(),
+        Some("req-1")
+    );
+    assert_eq!(
+        audit_detail(&answered[0], "calling_region").as_deref(),
+        Some("hampshire")
+    );
 }

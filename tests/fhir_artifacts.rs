@@ -98,5 +98,23 @@ async fn merged_bundles_from_the_demo_data_are_written_for_validation() {
     save("error-invalid-nhs".into(), &r.body);
     let r = fed.get(0, "/Condition?patient.identifier=x", None).await;
     save("error-unauthenticated".into(), &r.body);
-    assert!(written >= 25);
+    // The audit trail as AuditEvents: queries, a break-glass access, refusals, a federation
+    // answer (region 1 answered dorset's queries).
+    let r = fed
+        .client()
+        .get(format!("{}/Patient/{nhs}/$everything", fed.base(0)))
+        .bearer_auth(&token)
+        .header("x-break-glass-reason", "Anaphylaxis, history unknown")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), http::StatusCode::OK);
+    let officer = fed.token("R0001");
+    for (region, name) in [(0, "audit-trail-requesting"), (1, "audit-trail-answering")] {
+        let r = fed.audit(region, "_count=100", &officer).await;
+        assert_eq!(r.status, http::StatusCode::OK);
+        assert!(entries(&r.body, "match").len() >= 10);
+        save(name.into(), &r.body);
+    }
+    assert!(written >= 27);
 }

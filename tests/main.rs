@@ -4,6 +4,7 @@
 
 mod common;
 
+mod audit;
 mod cli;
 mod faces;
 mod fanout;

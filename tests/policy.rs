@@ -340,6 +340,32 @@ async fn an_objecting_patients_records_never_leave_their_home_region_except_by_b
             .any(|(_, _, text)| text.contains("break-glass"))
     );
 
+    // Both regions recorded it, flagged for review; the home region's trail shows that it
+    // withheld everything before and released items under break-glass.
+    let query = format!("kind=federation-query&patient={}", objecting.nhs);
+    let released = fed.audit_events(home, &query, 2).await;
+    assert_eq!(released.len(), 2, "{released:#?}");
+    let (glass_event, plain_event) = (&released[0], &released[1]);
+    assert!(audit_detail(glass_event, "break-glass-reason").is_some());
+    assert_ne!(audit_detail(glass_event, "released").as_deref(), Some("0"));
+    assert!(audit_detail(plain_event, "break-glass-reason").is_none());
+    assert_eq!(audit_detail(plain_event, "released").as_deref(), Some("0"));
+    assert_ne!(audit_detail(plain_event, "withheld").as_deref(), Some("0"));
+    assert!(
+        audit_detail(plain_event, "policies")
+            .unwrap()
+            .contains("consent-objection"),
+        "the deciding policy is named: {plain_event:#}"
+    );
+    let flagged = fed
+        .audit_events(
+            other,
+            &format!("break-glass=true&patient={}", objecting.nhs),
+            1,
+        )
+        .await;
+    assert_eq!(flagged.len(), 1);
+
     // The home region's own clinicians see the whole record, their own region's included.
     let r = get_json(
         &fed.client(),
@@ -566,5 +592,30 @@ async fn consent_round_trip(fed: TestFederation) -> TestFederation {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Every change is in hampshire's audit trail: the objection and its withdrawal, and the
+    // three refused attempts.
+    let changes = fed
+        .audit_events(
+            1,
+            &format!("kind=consent-change&patient={nhs}&outcome=0"),
+            2,
+        )
+        .await;
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    assert_eq!(
+        audit_detail(&changes[0], "consent_status").as_deref(),
+        Some("inactive")
+    );
+    assert_eq!(
+        audit_detail(&changes[1], "consent_status").as_deref(),
+        Some("active")
+    );
+    assert_eq!(changes[1]["subtype"][0]["code"], "create");
+    assert_eq!(changes[0]["subtype"][0]["code"], "update");
+    let refused = fed
+        .audit_events(1, "kind=consent-change&outcome=4", 3)
+        .await;
+    assert_eq!(refused.len(), 3, "{refused:#?}");
     fed
 }

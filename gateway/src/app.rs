@@ -345,7 +345,7 @@ pub async fn watch_policies(gateway: Arc<Gateway>, mut stop: tokio::sync::watch:
             }
             _ = next_hangup(&mut hangup) => {}
         }
-        reload_and_log(&gateway, &dir);
+        reload_and_log(&gateway, &dir, "file change or SIGHUP").await;
     }
 }
 
@@ -357,18 +357,73 @@ async fn watch_signal_only(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = next_hangup(&mut hangup) => reload_and_log(&gateway, &dir),
+            _ = next_hangup(&mut hangup) => reload_and_log(&gateway, &dir, "SIGHUP").await,
         }
     }
 }
 
-fn reload_and_log(gateway: &Gateway, dir: &std::path::Path) {
-    match gateway.reload_policies() {
-        Ok(n) => tracing::info!(policies = n, directory = %dir.display(), "policy set reloaded"),
+/// Reloads the policy set and records the activation, or its refusal, in the audit trail.
+async fn reload_and_log(gateway: &Gateway, dir: &std::path::Path, trigger: &str) {
+    let result = gateway.reload_policies();
+    let mut event = AuditEvent::new(
+        crate::audit::EventKind::PolicyActivation,
+        crate::fhir::instant(time::OffsetDateTime::now_utc()),
+        &uuid::Uuid::new_v4().to_string(),
+    );
+    event.user_id = "system".into();
+    event.detail = serde_json::json!({
+        "trigger": trigger,
+        "directory": dir.display().to_string(),
+        "digest": policy_digest(dir),
+    });
+    match &result {
+        Ok(n) => {
+            tracing::info!(policies = n, directory = %dir.display(), "policy set reloaded");
+            event.detail["policies"] = serde_json::json!(n);
+        }
         Err(e) => {
-            tracing::error!(error = %e, directory = %dir.display(), "policy reload refused; the previous policy set stays active")
+            tracing::error!(error = %e, directory = %dir.display(), "policy reload refused; the previous policy set stays active");
+            event.outcome = format!("refused: {e}");
         }
     }
+    if let Err(e) = gateway.record(event).await {
+        tracing::error!(error = %e, "could not record the policy activation in the audit trail");
+    }
+}
+
+/// SHA-256 over the policy directory's files (names and contents, in name order), so the
+/// audit trail says exactly which text was activated.
+pub fn policy_digest(dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for f in files {
+        let name = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(&f).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(unix)]
@@ -394,4 +449,102 @@ async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Option<()>) {
     std::future::pending().await
+}
+
+/// What `gateway audit verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct TrailReport {
+    /// Records checked (up to the first problem).
+    pub records: u64,
+    /// The hash of the last record checked.
+    pub head: String,
+    /// Signed checkpoints whose signature and content were checked.
+    pub checkpoints: usize,
+    pub latest_checkpoint: Option<u64>,
+    /// Each problem, the chain's first.
+    pub problems: Vec<String>,
+}
+
+/// Verifies the configured store's audit trail: the hash chain from the first record, then
+/// every signed checkpoint (in the store, and in `checkpoint_files`) against the region's
+/// client certificate and against the trail.
+pub async fn verify_trail(
+    config: &Config,
+    checkpoint_files: &[std::path::PathBuf],
+) -> Result<TrailReport, StartError> {
+    use crate::store::audit::{hash_at, verify_store};
+    if let (Some(path), None) = (&config.store.sqlite, &config.store.postgres) {
+        if !path.exists() {
+            return Err(StartError::Read {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no audit trail here"),
+            });
+        }
+    }
+    crate::tls::install_crypto_provider();
+    let (_, audit) = open_stores(config).await?;
+    let mut report = TrailReport::default();
+    match verify_store(audit.as_ref()).await? {
+        Ok((n, head)) => {
+            report.records = n;
+            report.head = head;
+        }
+        Err(t) => report.problems.push(t.to_string()),
+    }
+    let keys = load_key_material(&config.tls.client_cert, &config.tls.client_key)?;
+    let cert = parse_certificate(keys.chain[0].as_ref()).map_err(|e| StartError::Certificate {
+        path: config.tls.client_cert.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let identity = config.identity();
+    let trail_len = audit.head().await?.map_or(0, |(seq, _)| seq);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut sources: Vec<(String, String)> = audit
+        .checkpoints()
+        .await?
+        .into_iter()
+        .map(|c| ("the store".to_owned(), c.jws))
+        .collect();
+    for file in checkpoint_files {
+        let text = std::fs::read_to_string(file).map_err(|source| StartError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        sources.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| (file.display().to_string(), l.trim().to_owned())),
+        );
+    }
+    for (source, jws) in sources {
+        if !seen.insert(jws.clone()) {
+            continue;
+        }
+        let claims: CheckpointClaims = match crate::auth::verify_signed(&jws, &cert) {
+            Ok(c) => c,
+            Err(e) => {
+                report.problems.push(format!(
+                    "a checkpoint in {source} is not signed by this region: {e}"
+                ));
+                continue;
+            }
+        };
+        if claims.iss != identity {
+            report.problems.push(format!(
+                "a checkpoint in {source} was issued by {}, not {identity}",
+                claims.iss
+            ));
+            continue;
+        }
+        let hash = hash_at(audit.as_ref(), claims.seq).await?;
+        if let Err(p) = crate::audit::check_checkpoint(&claims, trail_len, |_| hash.clone()) {
+            report
+                .problems
+                .push(format!("{p} (checkpoint in {source})"));
+            continue;
+        }
+        report.checkpoints += 1;
+        report.latest_checkpoint = report.latest_checkpoint.max(Some(claims.seq));
+    }
+    Ok(report)
 }

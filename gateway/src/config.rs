@@ -402,7 +402,7 @@ impl Config {
                         "a PostgreSQL server on another host must be reached over TLS: set store.postgres_ca",
                     ));
                 }
-                Err(e) => return Err(invalid("store.postgres", &e.to_string())),
+                Err(e) => return Err(invalid("store.postgres", e.to_string())),
             }
         }
         if !crate::store::postgres::valid_schema(&self.store.postgres_schema) {

@@ -32,13 +32,38 @@ use crate::store::StoreError;
 
 /// The audit event of the request being handled; handlers add to it.
 #[derive(Clone)]
-pub struct AuditSlot(Arc<Mutex<AuditEvent>>);
+pub struct AuditSlot {
+    event: Arc<Mutex<AuditEvent>>,
+    /// Written ahead by the handler (a change is recorded before it is made).
+    written: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl AuditSlot {
+    fn new(event: AuditEvent) -> Self {
+        AuditSlot {
+            event: Arc::new(Mutex::new(event)),
+            written: Arc::default(),
+        }
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut AuditEvent)) {
-        if let Ok(mut e) = self.0.lock() {
+        if let Ok(mut e) = self.event.lock() {
             f(&mut e);
         }
+    }
+
+    /// Writes the event now, as a success with `status`, before the handler makes the change
+    /// it records. If the change then fails, the middleware records the failure as well.
+    pub async fn write_ahead(&self, gateway: &Gateway, status: StatusCode) -> Result<(), ApiError> {
+        let mut event = self.take();
+        event.status = status.as_u16();
+        gateway
+            .record(event)
+            .await
+            .map_err(|e| audit_unavailable(&e))?;
+        self.written
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// The slot of a request, if it is audited.
@@ -47,7 +72,7 @@ impl AuditSlot {
     }
 
     fn take(&self) -> AuditEvent {
-        match self.0.lock() {
+        match self.event.lock() {
             Ok(e) => e.clone(),
             Err(p) => p.into_inner().clone(),
         }
@@ -102,6 +127,9 @@ pub fn audit_unavailable(e: &StoreError) -> ApiError {
 
 /// Completes the event from the response and writes it; the response leaves only after.
 async fn finish(gateway: &Gateway, slot: AuditSlot, response: Response) -> Response {
+    if slot.written.load(std::sync::atomic::Ordering::SeqCst) && response.status().is_success() {
+        return response;
+    }
     let mut event = slot.take();
     event.status = response.status().as_u16();
     if !response.status().is_success() {
@@ -131,7 +159,7 @@ pub async fn audit_clinician(
         fill_user(&mut event, user);
     }
     event.detail = describe(&request);
-    let slot = AuditSlot(Arc::new(Mutex::new(event)));
+    let slot = AuditSlot::new(event);
     request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
     finish(&gateway, slot, response).await
@@ -152,7 +180,7 @@ pub async fn audit_federation(
     if let Some(peer) = request.extensions().get::<super::federation::PeerRegion>() {
         event.detail["calling_region"] = json!(peer.0);
     }
-    let slot = AuditSlot(Arc::new(Mutex::new(event)));
+    let slot = AuditSlot::new(event);
     request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
     finish(&gateway, slot, response).await

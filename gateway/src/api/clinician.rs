@@ -121,6 +121,19 @@ pub(super) struct Ask {
 }
 
 impl Ask {
+    /// Records the request's audit event now, before a change is made (see
+    /// [`super::audit::AuditSlot::write_ahead`]).
+    pub(super) async fn write_audit_ahead(
+        &self,
+        gateway: &Gateway,
+        status: StatusCode,
+    ) -> Result<(), ApiError> {
+        match &self.audit {
+            Some(slot) => slot.write_ahead(gateway, status).await,
+            None => Ok(()),
+        }
+    }
+
     /// Adds to the request's audit event.
     pub(super) fn note(&self, f: impl FnOnce(&mut crate::audit::AuditEvent)) {
         if let Some(slot) = &self.audit {

@@ -97,6 +97,19 @@ async fn save(
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     resource["id"] = Value::String(id.clone());
     resource["meta"] = serde_json::json!({"versionId": version.to_string(), "lastUpdated": now});
+    ask.note(|e| {
+        e.patient = Some(nhs.as_str().to_owned());
+        e.detail["consent_id"] = Value::String(id.clone());
+        e.detail["consent_version"] = Value::from(version);
+        e.detail["consent_status"] = resource["status"].clone();
+    });
+    // The change is recorded before it is made: no directive changes without its record.
+    let status = if version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    ask.write_audit_ahead(gateway, status).await?;
     let stored = StoredConsent {
         id,
         nhs: nhs.to_string(),
@@ -175,13 +188,14 @@ pub async fn read(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
-    consent_ask(&gateway, &parts, None)?;
+    let ask = consent_ask(&gateway, &parts, None)?;
     let found = gateway
         .consents
         .get(&id)
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found("no consent directive with this id"))?;
+    ask.note(|e| e.patient = Some(found.nhs.clone()));
     Ok(fhir_response(StatusCode::OK, &found.resource))
 }
 
@@ -236,6 +250,7 @@ pub async fn search(
             "name the patient: patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number}",
         )
     })?;
+    ask.note(|e| e.patient = Some(nhs.as_str().to_owned()));
     let stored = gateway
         .consents
         .for_patient(nhs.as_str())

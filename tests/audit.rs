@@ -1,0 +1,341 @@
+//! The audit trail across real gateways: what is recorded for each access, in the asking and
+//! the answering region; who may read it; paging; and fail-closed when it cannot be written.
+
+use base64::Engine;
+use gateway::config::Config;
+use http::StatusCode;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_query_is_recorded_by_the_asking_and_every_answering_region_under_one_request_id() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let r = fed.search_as_clinician("AllergyIntolerance").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    let total = r.body["total"].as_u64().unwrap();
+    assert!(total > 0);
+
+    let events = fed
+        .audit_events(0, &format!("request-id={request_id}"), 1)
+        .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["resourceType"], "AuditEvent");
+    assert_eq!(e["type"]["code"], "rest");
+    assert_eq!(e["subtype"][0]["code"], "search");
+    assert_eq!(e["action"], "E");
+    assert_eq!(e["outcome"], "0");
+    assert_eq!(e["agent"][0]["who"]["identifier"]["value"], "test-user");
+    assert_eq!(e["agent"][0]["role"][0]["coding"][0]["code"], "R8000");
+    assert_eq!(e["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    assert_eq!(
+        e["entity"][0]["what"]["identifier"]["value"],
+        fed.everywhere()
+    );
+    let query = base64::engine::general_purpose::STANDARD
+        .decode(e["entity"][1]["query"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8(query)
+            .unwrap()
+            .starts_with("/fhir/AllergyIntolerance?")
+    );
+    let regions: Vec<(&str, &str)> = e["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["role"]["code"] == "3")
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap(),
+                x["description"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        regions,
+        vec![
+            ("dorset", "answered"),
+            ("hampshire", "answered"),
+            ("wiltshire", "answered")
+        ]
+    );
+    assert_eq!(
+        audit_detail(e, "released").unwrap(),
+        total.to_string(),
+        "released counts what the clinician received"
+    );
+
+    // Each neighbour recorded what it released, under the same request id.
+    for region in [1, 2] {
+        let answered = fed
+            .audit_events(region, &format!("request-id={request_id}"), 1)
+            .await;
+        assert_eq!(answered.len(), 1, "region {region}: {answered:#?}");
+        assert_eq!(
+            audit_detail(&answered[0], "calling_region").as_deref(),
+            Some("dorset")
+        );
+        assert_eq!(
+            answered[0]["agent"][0]["who"]["identifier"]["value"], "test-user",
+            "the forwarded user is recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_governance_roles_read_the_trail_and_every_reading_is_recorded() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let nosy = fed.token_with(|c| c.sub = "nosy-clinician".into());
+    let r = fed.audit(0, "", &nosy).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    for role in ["R8001", "R8004", "R8008"] {
+        assert_eq!(
+            fed.audit(0, "", &fed.token(role)).await.status,
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
+    }
+    let guardian = fed.token_with(|c| {
+        c.role = "R5105".into();
+        c.purpose_of_use = "HOPERAT".into();
+    });
+    let r = fed.audit(0, "_count=5", &guardian).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["type"], "searchset");
+
+    // A misspelt filter is refused, not ignored (it would widen the answer).
+    let r = fed.audit(0, "pateint=9000000009", &guardian).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .starts_with("pateint")
+    );
+
+    let refused = fed
+        .audit_events(0, "kind=audit-read&user=nosy-clinician", 1)
+        .await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["outcome"], "4");
+}
+
+#[tokio::test]
+async fn break_glass_and_refused_tokens_are_flagged_for_review() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let path = format!("{}/Patient/{}/$everything", fed.base(0), fed.everywhere());
+    let reason = "Unconscious in ED, allergies unknown";
+    let r = fed
+        .client()
+        .get(&path)
+        .bearer_auth(fed.token("R8000"))
+        .header("x-break-glass-reason", reason)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let expired = fed.token_with(|c| {
+        c.iat -= 7200;
+        c.nbf -= 7200;
+        c.exp -= 7200;
+    });
+    for token in ["not-a-jwt", expired.as_str()] {
+        let r = get_json(&fed.client(), &path, Some(token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+
+    let glass = fed.audit_events(0, "break-glass=true", 1).await;
+    assert_eq!(glass.len(), 1, "{glass:#?}");
+    assert_eq!(
+        audit_detail(&glass[0], "break-glass-reason").as_deref(),
+        Some(reason)
+    );
+    let purposes: Vec<&str> = glass[0]["purposeOfEvent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert!(purposes.contains(&"BTG"), "{purposes:?}");
+    assert_eq!(glass[0]["subtype"][0]["code"], "operation");
+    // The answering region flags it too.
+    assert_eq!(fed.audit_events(1, "break-glass=true", 1).await.len(), 1);
+
+    let refused = fed.audit_events(0, "kind=refused-token", 2).await;
+    assert_eq!(refused.len(), 2);
+    let said: Vec<&str> = refused
+        .iter()
+        .map(|e| e["outcomeDesc"].as_str().unwrap())
+        .collect();
+    assert!(said.iter().any(|s| s.contains("expired")), "{said:?}");
+    assert!(said.iter().any(|s| s.contains("well-formed")), "{said:?}");
+    // The refusals are outcome 4; the break-glass access is a success.
+    assert_eq!(fed.audit_events(0, "outcome=4", 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn paging_and_filters_walk_a_long_trail_once() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .patients(6)
+        .start()
+        .await;
+    let token = fed.token("R8000");
+    let others: Vec<String> = fed
+        .data
+        .patients
+        .iter()
+        .map(|p| p.nhs.to_string())
+        .filter(|n| *n != fed.everywhere())
+        .take(2)
+        .collect();
+    for i in 0..23 {
+        let nhs = if i % 4 == 3 {
+            others[1].clone()
+        } else {
+            fed.everywhere()
+        };
+        let r = fed
+            .get(0, &format!("/Patient/{nhs}/$everything"), Some(&token))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let officer = fed.token("R0001");
+    let mut url = format!(
+        "https://localhost:{}/admin/audit?patient={}&_count=4",
+        fed.regions[0].clinician.port(),
+        fed.everywhere()
+    );
+    let mut seen = Vec::new();
+    let mut total = None;
+    loop {
+        let page = get_json(&fed.client(), &url, Some(&officer)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        total.get_or_insert(page.body["total"].as_u64().unwrap());
+        let ids: Vec<u64> = entries(&page.body, "match")
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(ids.len() <= 4);
+        seen.extend(ids);
+        let next = page.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+        match next {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first, across pages");
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no record twice");
+    assert_eq!(seen.len() as u64, total.unwrap());
+    assert_eq!(
+        seen.len(),
+        18,
+        "18 of the 23 queries were about this patient"
+    );
+
+    // Time filters: everything is from today; nothing from 2020.
+    let today = time::OffsetDateTime::now_utc().date();
+    assert!(
+        fed.audit_events(0, &format!("date=ge{today}"), 23)
+            .await
+            .len()
+            >= 23
+    );
+    assert!(fed.audit_events(0, "date=lt2020-01-01", 0).await.is_empty());
+    assert_eq!(
+        fed.audit_events(0, &format!("patient={}", others[1]), 5)
+            .await
+            .len(),
+        5,
+        "the other five were about one other patient"
+    );
+}
+
+/// Runs a query at dorset and checks it was refused for want of an audit record.
+async fn assert_refused_without_audit(fed: &TestFederation) {
+    let r = fed.search_as_clinician("AllergyIntolerance").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    assert!(
+        r.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("audit trail"),
+        "{}",
+        r.body
+    );
+    let text = r.body.to_string();
+    assert!(!text.contains("AllergyIntolerance\""), "no data: {text}");
+    assert!(!text.contains(&fed.everywhere()), "no NHS number: {text}");
+}
+
+#[tokio::test]
+async fn nothing_is_released_when_the_sqlite_trail_cannot_be_written() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    assert_eq!(
+        fed.search_as_clinician("AllergyIntolerance").await.status,
+        StatusCode::OK
+    );
+    // Another process holds the database's write lock (a stuck backup, an operator's shell).
+    let intruder = rusqlite::Connection::open(fed.dir.path().join("dorset.sqlite")).unwrap();
+    intruder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_refused_without_audit(&fed).await;
+    intruder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        fed.search_as_clinician("AllergyIntolerance").await.status,
+        StatusCode::OK
+    );
+    // Nothing half-written: the trail still verifies.
+    let config = Config::load(&fed.config_path("dorset")).unwrap();
+    let report = gateway::app::verify_trail(&config, &[]).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.records >= 2);
+}
+
+#[tokio::test]
+async fn nothing_is_released_when_the_postgres_trail_cannot_be_written() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .postgres()
+        .start()
+        .await;
+    let conninfo = std::env::var("GATEWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let schema = &fed.pg_schemas[0];
+    assert_eq!(
+        fed.search_as_clinician("AllergyIntolerance").await.status,
+        StatusCode::OK
+    );
+    client
+        .batch_execute(&format!("ALTER TABLE {schema}.audit RENAME TO audit_gone"))
+        .await
+        .unwrap();
+    assert_refused_without_audit(&fed).await;
+    client
+        .batch_execute(&format!("ALTER TABLE {schema}.audit_gone RENAME TO audit"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fed.search_as_clinician("AllergyIntolerance").await.status,
+        StatusCode::OK
+    );
+    let config = Config::load(&fed.config_path("dorset")).unwrap();
+    let report = gateway::app::verify_trail(&config, &[]).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    fed.drop_pg_schemas().await;
+}
