@@ -598,6 +598,19 @@ timeout_ms = 3000
     }
 
     #[test]
+    fn a_remote_database_must_be_reached_over_tls() {
+        let remote = format!("{GOOD}\n[store]\npostgres = \"host=db.example.nhs.uk user=gw\"\n");
+        assert_eq!(
+            key_of(Config::parse(&remote).unwrap().validate()),
+            "store.postgres"
+        );
+        let with_ca = format!("{remote}postgres_ca = \"db-ca.pem\"\n");
+        Config::parse(&with_ca).unwrap().validate().unwrap();
+        let local = format!("{GOOD}\n[store]\npostgres = \"host=127.0.0.1 user=gw\"\n");
+        Config::parse(&local).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_file() {
         let mut c = Config::parse(GOOD).unwrap();
         c.resolve_paths(Path::new("/etc/gw"));

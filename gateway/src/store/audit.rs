@@ -92,12 +92,12 @@ pub(crate) fn region_codes_text(event: &AuditEvent) -> String {
 }
 
 impl Row {
-    pub fn from_record(r: &AuditRecord) -> Row {
-        let e = &r.event;
+    /// The columns of an event not yet chained (sequence number and hashes empty).
+    pub fn from_event(e: &AuditEvent) -> Row {
         Row {
-            seq: r.seq as i64,
-            prev_hash: r.prev_hash.clone(),
-            hash: r.hash.clone(),
+            seq: 0,
+            prev_hash: String::new(),
+            hash: String::new(),
             time: e.time.clone(),
             kind: e.kind.as_str().to_owned(),
             request_id: e.request_id.clone(),
@@ -164,30 +164,37 @@ impl Row {
     }
 }
 
-/// Chains `events` after `head` (the last record's sequence number and hash).
-pub(crate) fn chain_batch(
-    head: Option<(u64, String)>,
-    events: impl IntoIterator<Item = AuditEvent>,
-) -> Vec<AuditRecord> {
-    let (mut seq, mut prev) = head.unwrap_or((0, crate::audit::GENESIS.to_owned()));
-    events
-        .into_iter()
-        .map(|event| {
-            seq += 1;
-            let hash = crate::audit::hash(seq, &prev, &event);
-            AuditRecord {
-                seq,
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-                event,
-            }
-        })
-        .collect()
-}
-
+/// An event made ready to chain by the request that wrote it: its canonical JSON and its
+/// columns, so the writer only numbers, hashes and inserts.
 pub(crate) struct Pending {
     pub event: AuditEvent,
+    pub canonical: String,
+    pub row: Row,
     pub reply: oneshot::Sender<Result<AuditRecord, StoreError>>,
+}
+
+impl Pending {
+    fn new(event: AuditEvent, reply: oneshot::Sender<Result<AuditRecord, StoreError>>) -> Self {
+        Pending {
+            canonical: crate::audit::canonical_event(&event),
+            row: Row::from_event(&event),
+            event,
+            reply,
+        }
+    }
+}
+
+/// Chains a batch after `head` (the last record's sequence number and hash): fills in each
+/// row's sequence number and hashes.
+pub(crate) fn chain_batch(head: Option<(u64, String)>, batch: &mut [Pending]) {
+    let (mut seq, mut prev) = head.unwrap_or((0, crate::audit::GENESIS.to_owned()));
+    for p in batch {
+        seq += 1;
+        let hash = crate::audit::hash_with(seq, &prev, &p.canonical);
+        p.row.seq = seq as i64;
+        p.row.prev_hash = std::mem::replace(&mut prev, hash.clone());
+        p.row.hash = hash;
+    }
 }
 
 /// Takes what is waiting after `first`, up to [`MAX_BATCH`].
@@ -203,11 +210,17 @@ pub(crate) fn drain(first: Pending, rx: &mut mpsc::Receiver<Pending>) -> Vec<Pen
 }
 
 /// Answers every request of a batch.
-pub(crate) fn reply(batch: Vec<Pending>, result: Result<Vec<AuditRecord>, String>) {
+pub(crate) fn reply(batch: Vec<Pending>, result: Result<(), String>) {
     match result {
-        Ok(records) => {
-            for (p, r) in batch.into_iter().zip(records) {
-                let _ = p.reply.send(Ok(r));
+        Ok(()) => {
+            for p in batch {
+                let record = AuditRecord {
+                    seq: p.row.seq as u64,
+                    prev_hash: p.row.prev_hash,
+                    hash: p.row.hash,
+                    event: p.event,
+                };
+                let _ = p.reply.send(Ok(record));
             }
         }
         Err(e) => {
@@ -306,19 +319,16 @@ fn sqlite_head(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
     .optional()
 }
 
-fn write_batch(
-    conn: &mut Connection,
-    events: Vec<AuditEvent>,
-) -> rusqlite::Result<Vec<AuditRecord>> {
+fn write_batch(conn: &mut Connection, batch: &mut [Pending]) -> rusqlite::Result<()> {
     // IMMEDIATE: take the write lock before reading the head, so nothing slips in between.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let records = chain_batch(sqlite_head(&tx)?, events);
+    chain_batch(sqlite_head(&tx)?, batch);
     {
         let mut insert = tx.prepare_cached(&format!(
             "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
         ))?;
-        for r in &records {
-            let w = Row::from_record(r);
+        for p in batch.iter() {
+            let w = &p.row;
             insert.execute(params![
                 w.seq,
                 w.prev_hash,
@@ -346,16 +356,15 @@ fn write_batch(
         }
     }
     tx.commit()?;
-    Ok(records)
+    Ok(())
 }
 
 fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.blocking_recv() {
-        let batch = drain(first, &mut rx);
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let mut batch = drain(first, &mut rx);
         let result = match conn.lock() {
             Ok(mut guard) => {
-                write_batch(&mut guard, events).map_err(|e| format!("audit write failed: {e}"))
+                write_batch(&mut guard, &mut batch).map_err(|e| format!("audit write failed: {e}"))
             }
             Err(_) => Err("audit write failed: the connection is poisoned".to_owned()),
         };
@@ -428,7 +437,7 @@ pub(crate) async fn submit(
 ) -> Result<AuditRecord, StoreError> {
     let (reply, answer) = oneshot::channel();
     writer
-        .send(Pending { event, reply })
+        .send(Pending::new(event, reply))
         .await
         .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
     answer

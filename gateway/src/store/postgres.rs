@@ -362,8 +362,8 @@ fn pg_row(r: &tokio_postgres::Row) -> Row {
 async fn write_pg_batch(
     client: &mut Client,
     s: &str,
-    events: Vec<AuditEvent>,
-) -> Result<Vec<AuditRecord>, StoreError> {
+    batch: &mut [Pending],
+) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(pg)?;
     tx.batch_execute(&format!("LOCK TABLE {s}.audit IN SHARE ROW EXCLUSIVE MODE"))
         .await
@@ -376,14 +376,14 @@ async fn write_pg_batch(
         .await
         .map_err(pg)?
         .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)));
-    let records = super::audit::chain_batch(head, events);
+    super::audit::chain_batch(head, batch);
     let insert = tx
         .prepare(&format!(
             "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         ))
         .await
         .map_err(pg)?;
-    let rows: Vec<Row> = records.iter().map(Row::from_record).collect();
+    let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
     type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
     let params: Vec<[P<'_>; 22]> = rows
         .iter()
@@ -419,7 +419,7 @@ async fn write_pg_batch(
         .await
         .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
-    Ok(records)
+    Ok(())
 }
 
 async fn pg_writer(
@@ -428,14 +428,13 @@ async fn pg_writer(
     mut rx: mpsc::Receiver<Pending>,
 ) {
     while let Some(first) = rx.recv().await {
-        let batch = super::audit::drain(first, &mut rx);
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let mut batch = super::audit::drain(first, &mut rx);
         let result = async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 client = Some(connector.open().await?);
             }
             let c = client.as_mut().expect("connected");
-            write_pg_batch(c, connector.schema(), events).await
+            write_pg_batch(c, connector.schema(), &mut batch).await
         }
         .await
         .map_err(|e| format!("audit write failed: {e}"));
@@ -687,6 +686,90 @@ mod tests {
         let verified = crate::store::audit::verify_store(&a).await.unwrap();
         assert_eq!(verified.map(|(n, _)| n), Ok(300));
         drop_schema(&schema).await;
+    }
+
+    /// The test server's certificate file and a host name it is valid for, read from the
+    /// server itself (`ssl_cert_file`; Debian's default is a self-signed "snakeoil"
+    /// certificate for the machine's name). A server without TLS fails the test.
+    async fn server_certificate() -> (std::path::PathBuf, String) {
+        let (client, conn) = tokio_postgres::connect(&test_conninfo(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let ssl: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+        assert_eq!(
+            ssl, "on",
+            "the PostgreSQL test server must offer TLS (ssl = on)"
+        );
+        let file: String = client
+            .query_one("SHOW ssl_cert_file", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let path = std::path::PathBuf::from(&file);
+        let certs = crate::tls::load_certs(&path)
+            .unwrap_or_else(|e| panic!("the server's certificate {file} must be readable: {e}"));
+        let (_, x509) = x509_parser::parse_x509_certificate(certs[0].as_ref()).unwrap();
+        let san_dns = x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+            });
+        let host = san_dns.unwrap_or_else(|| {
+            x509.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap()
+                .to_owned()
+        });
+        (path, host)
+    }
+
+    /// The test connection string, pointed at `host`.
+    fn conninfo_for(host: &str) -> String {
+        let mut parts: Vec<String> = test_conninfo()
+            .split_whitespace()
+            .filter(|p| !p.starts_with("host=") && !p.starts_with("sslmode="))
+            .map(str::to_owned)
+            .collect();
+        parts.push(format!("host={host}"));
+        parts.join(" ")
+    }
+
+    #[tokio::test]
+    async fn the_connection_uses_tls_and_checks_the_server_certificate_when_a_ca_is_given() {
+        let (ca, host) = server_certificate().await;
+        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let connector = Connector::new(&conninfo_for(&host), &schema, Some(&ca)).unwrap();
+        let client = connector.open().await.unwrap();
+        let encrypted: bool = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "the session is encrypted");
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+
+        // A CA that did not sign the server's certificate: no connection.
+        let dir = tempfile::tempdir().unwrap();
+        let other = crate::tls::devca::DevCa::new("Not the database's CA").unwrap();
+        let other_pem = dir.path().join("other-ca.pem");
+        std::fs::write(&other_pem, &other.cert_pem).unwrap();
+        let connector = Connector::new(&conninfo_for(&host), &schema, Some(&other_pem)).unwrap();
+        let err = connector.open().await.map(drop).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
     }
 
     #[test]
