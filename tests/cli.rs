@@ -194,13 +194,24 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     // Every other command the demo printed, a break-glass access and a forged token.
     for c in &curls[1..] {
         let url = c.rsplit('\'').nth(1).unwrap();
-        let token = c.contains("Bearer").then_some(token.as_str());
-        assert_eq!(
-            get_json(&client, url, token).await.status,
-            http::StatusCode::OK,
-            "{url}"
-        );
+        let token = c
+            .split("Bearer ")
+            .nth(1)
+            .map(|rest| rest.split('\'').next().unwrap());
+        let r = get_json(&client, url, token).await;
+        assert_eq!(r.status, http::StatusCode::OK, "{url}");
+        if url.contains("/admin/audit") {
+            // The privacy officer sees the accesses to the first patient made just before.
+            let events = entries(&r.body, "match");
+            assert!(events.len() >= 3, "{}", r.body);
+            assert!(
+                events
+                    .iter()
+                    .all(|e| e["resource"]["resourceType"] == "AuditEvent")
+            );
+        }
     }
+    assert!(curls.last().unwrap().contains("/admin/audit"));
     let reason = "Collapsed at home, history unavailable";
     let r = client
         .get(&url)
@@ -237,6 +248,12 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     assert!(secrets.contains(&nhs));
     assert!(secrets.len() > 100, "{} values", secrets.len());
     secrets.insert(token.trim().to_owned());
+    secrets.insert(
+        std::fs::read_to_string(dir.path().join("governance-token.jwt"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    );
     secrets.insert(forged);
     secrets.insert(reason.to_owned());
     let leaked: Vec<&String> = secrets

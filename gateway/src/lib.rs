@@ -16,7 +16,8 @@
 //! - [`record`]: the region's own record (directory in memory, or a FHIR server)
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
-//! - [`store`]: the gateway's own store (consent directives): one trait, SQLite
+//! - [`store`]: the gateway's own store (consent directives, the audit trail): one trait each,
+//!   SQLite and PostgreSQL, one shared test suite each
 //! - [`api`]: the clinician and federation faces (axum routers)
 //! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
 //! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown

@@ -59,6 +59,8 @@ pub struct DemoLayout {
     pub regions: Vec<(String, PathBuf, u16)>,
     pub ca: PathBuf,
     pub token: String,
+    /// A privacy officer's token (R0001), for the audit trail.
+    pub governance_token: String,
     pub idp_key: PathBuf,
     pub seen_everywhere: NhsNumber,
     pub seen_in_two: NhsNumber,
@@ -201,6 +203,8 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
     devca::write(&dir.join("idp/idp.pem"), &idp.public_key_pem(), false)?;
     let token = dev_token(&idp.serialize_pem(), "R8000", "RBD", "TREAT", 12 * 3600)?;
     devca::write(&dir.join("token.jwt"), &token, true)?;
+    let governance_token = dev_token(&idp.serialize_pem(), "R0001", "RBD", "HOPERAT", 12 * 3600)?;
+    devca::write(&dir.join("governance-token.jwt"), &governance_token, true)?;
 
     let mut regions = Vec::new();
     for (i, code) in opts.regions.iter().enumerate() {
@@ -214,6 +218,7 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
         regions,
         ca: certs.join("ca.pem"),
         token,
+        governance_token,
         idp_key,
         seen_everywhere: generated.seen_everywhere,
         seen_in_two: generated.seen_in_two,
@@ -257,7 +262,32 @@ pub fn curl_commands(layout: &DemoLayout) -> Vec<String> {
     out.push(format!(
         "curl -sS --cacert {ca} 'https://localhost:{port}/fhir/metadata'"
     ));
+    // A privacy officer reads who accessed the first patient's record.
+    out.push(format!(
+        "curl -sS --cacert {ca} -H 'Authorization: Bearer {}' 'https://localhost:{port}/admin/audit?patient={everywhere}&_count=10'",
+        layout.governance_token
+    ));
     out
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Runs the demo until Ctrl-C.
@@ -289,8 +319,15 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         println!("{c}");
     }
     println!();
+    if let Some((_, config, _)) = layout.regions.first() {
+        println!(
+            "The last command reads the audit trail as a privacy officer. After stopping, check it with:\n  gateway audit verify --config {}",
+            config.display()
+        );
+        println!();
+    }
     println!("Press Ctrl-C to stop.");
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
     println!("Stopping...");
     for r in running {
         r.shutdown().await;
