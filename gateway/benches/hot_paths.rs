@@ -51,6 +51,7 @@ fn filtering(c: &mut Criterion) {
                     patients: vec![],
                     items: items.clone(),
                     withheld: 0,
+                    stale_seconds: None,
                 },
                 |answer| {
                     let mut gk = Gatekeeper::new(&set, &u, "dorset", DecisionPoint::View, "dorset");

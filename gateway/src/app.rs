@@ -61,6 +61,8 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// Regions' answers (None when `cache.enabled` is false).
+    pub cache: Option<crate::cache::ResponseCache>,
     /// The tamper-evident audit trail; a record is written before any response leaves.
     pub audit: Arc<dyn AuditStore>,
     /// The sequence number of the last signed checkpoint.
@@ -95,6 +97,10 @@ impl Gateway {
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
         let verifier = load_verifier(&config)?;
         let (consents, audit) = open_stores(&config).await?;
+        let cache = config
+            .cache
+            .enabled
+            .then(|| crate::cache::ResponseCache::new(config.cache.settings()));
         let policies = ArcSwap::from_pointee(match &config.policy.directory {
             Some(dir) => policy::PolicySet::load_checked(dir)?,
             None => crate::access::embedded_policy_set()?,
@@ -140,6 +146,7 @@ impl Gateway {
             policies,
             consents,
             audit,
+            cache,
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             signer,
             server_keys,

@@ -49,6 +49,17 @@ pub async fn get_fhir_json(
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<Value, FetchError> {
+    get_fhir_json_with_meta(request, max_bytes, timeout)
+        .await
+        .map(|(v, _, _)| v)
+}
+
+/// [`get_fhir_json`], also giving the body's size and its `Cache-Control`.
+pub async fn get_fhir_json_with_meta(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(Value, usize, crate::cache::CacheDirective), FetchError> {
     let ms = timeout.as_millis() as u64;
     tokio::time::timeout(timeout, async move {
         let mut response = request
@@ -66,6 +77,13 @@ pub async fn get_fhir_json(
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
+        let directive = crate::cache::parse_cache_control(
+            response
+                .headers()
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let media = crate::fhir::media_type(response.headers());
         if media != "application/fhir+json" && media != "application/json" {
             return Err(FetchError::NotFhir(media.chars().take(64).collect()));
@@ -91,7 +109,9 @@ pub async fn get_fhir_json(
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice::<Value>(&body).map_err(|e| FetchError::Json(e.to_string()))
+        let value =
+            serde_json::from_slice::<Value>(&body).map_err(|e| FetchError::Json(e.to_string()))?;
+        Ok((value, body.len(), directive))
     })
     .await
     .unwrap_or(Err(FetchError::Timeout(ms)))

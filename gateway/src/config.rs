@@ -66,7 +66,73 @@ pub struct Config {
     #[serde(default)]
     pub audit: ConfigAudit,
     #[serde(default)]
+    pub cache: ConfigCache,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// The response cache (regions' answers; see `cache`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigCache {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The most the cache holds, in bytes of answers.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    /// How long an answer is fresh (a peer's `max-age` may shorten it).
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_s: u64,
+    /// An answer nobody asked for in this long is dropped.
+    #[serde(default = "default_cache_tti")]
+    pub time_to_idle_s: u64,
+    /// When a region fails, its stale answer is served (with a warning) if no older than
+    /// its freshness plus this.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error_s: u64,
+    /// `Cache-Control: max-age` this region's federation face puts on its answers.
+    #[serde(default = "default_cache_ttl")]
+    pub federation_max_age_s: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cache_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_cache_ttl() -> u64 {
+    60
+}
+fn default_cache_tti() -> u64 {
+    600
+}
+fn default_stale_if_error() -> u64 {
+    300
+}
+
+impl Default for ConfigCache {
+    fn default() -> Self {
+        ConfigCache {
+            enabled: true,
+            max_bytes: default_cache_bytes(),
+            ttl_s: default_cache_ttl(),
+            time_to_idle_s: default_cache_tti(),
+            stale_if_error_s: default_stale_if_error(),
+            federation_max_age_s: default_cache_ttl(),
+        }
+    }
+}
+
+impl ConfigCache {
+    pub fn settings(&self) -> crate::cache::CacheSettings {
+        crate::cache::CacheSettings {
+            max_bytes: self.max_bytes,
+            ttl: std::time::Duration::from_secs(self.ttl_s),
+            time_to_idle: std::time::Duration::from_secs(self.time_to_idle_s.max(1)),
+            stale_if_error: std::time::Duration::from_secs(self.stale_if_error_s),
+        }
+    }
 }
 
 /// The audit trail (kept in the store) and its signed checkpoints.
@@ -409,6 +475,12 @@ impl Config {
             return Err(invalid(
                 "store.postgres_schema",
                 "use lower-case letters, digits and '_'",
+            ));
+        }
+        if self.cache.ttl_s > 86_400 || self.cache.stale_if_error_s > 86_400 {
+            return Err(invalid(
+                "cache",
+                "ttl_s and stale_if_error_s must be at most 86400 (one day)",
             ));
         }
         if self.limits.max_response_bytes < 1024 {

@@ -9,6 +9,7 @@
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
 //! - [`audit`]: audit records, their canonical form and the tamper-evident hash chain — pure
+//! - [`cache`]: regions' answers in a moka cache bounded by bytes, keyed so nothing leaks
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
 //! - [`consent`]: patients' FHIR Consent directives read into per-item flags — pure
@@ -29,6 +30,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod consent;

@@ -317,6 +317,7 @@ impl<'a> Gatekeeper<'a> {
             patients,
             items,
             withheld: answer.withheld + report.withheld - before,
+            stale_seconds: answer.stale_seconds,
         }
     }
 }

@@ -86,6 +86,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
             ),
         ],
         withheld: 0,
+        stale_seconds: None,
     };
     let mut report = Filtered::default();
     let mut clinician = Gatekeeper::new(

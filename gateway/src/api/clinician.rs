@@ -232,6 +232,7 @@ async fn fan_out_and_merge(
         request_id: &ask.request_id,
         deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),
         max_bytes: gateway.config.limits.max_response_bytes,
+        cache: gateway.cache.as_ref(),
     };
     let (results, consent) = futures::join!(
         fan.run(&parsed.query),

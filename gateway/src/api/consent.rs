@@ -119,6 +119,7 @@ async fn save(
         recorded_at: now,
     };
     gateway.consents.put(stored).await.map_err(store_error)?;
+    super::federation::announce_consent_change(gateway, nhs).await;
     tracing::info!(request_id = %ask.request_id, version, "consent directive recorded");
     Ok(resource)
 }

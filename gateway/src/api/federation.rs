@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::StatusCode;
 use serde_json::Value;
 
@@ -43,10 +43,81 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             gateway.clone(),
             authenticate_peer,
         ))
+        // Certificate only: a peer says a patient's consent changed there.
+        .route("/fhir/$consent-changed", post(consent_changed))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(middleware::from_fn(super::request_context))
         .with_state(gateway)
+}
+
+/// `POST /fhir/$consent-changed` from a peer (mTLS): drop the cached answers of that peer for
+/// the patient named in the Parameters body.
+async fn consent_changed(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<PeerCertificate>()
+        .and_then(|cert| {
+            gateway
+                .peers
+                .iter()
+                .find(|p| cert.identity.has_identity(&p.identity))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "security",
+                "the client certificate does not identify a region this gateway federates with",
+            )
+        })?;
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "send a Parameters resource with a 'patient' NHS number identifier",
+        )
+    };
+    let body = axum::body::to_bytes(body, 4096).await.map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+    let nhs = value["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "patient")
+        .filter(|p| p["valueIdentifier"]["system"] == crate::fhir::nhs::NHS_NUMBER_SYSTEM)
+        .and_then(|p| p["valueIdentifier"]["value"].as_str())
+        .and_then(|v| crate::fhir::nhs::NhsNumber::parse(v).ok())
+        .ok_or_else(bad)?;
+    if let Some(cache) = &gateway.cache {
+        cache.invalidate_patient(nhs.as_str(), Some(&peer.info.code));
+    }
+    tracing::info!(peer = %peer.info.code, "a peer's consent change: its cached answers for the patient dropped");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// After a consent change here: drops the patient's cached answers here, and asks every peer
+/// to drop this region's answers for the patient (each within two seconds; a peer that cannot
+/// be told keeps them at most `cache.federation_max_age_s`, the age this region allows).
+pub async fn announce_consent_change(gateway: &Gateway, nhs: &crate::fhir::nhs::NhsNumber) {
+    if let Some(cache) = &gateway.cache {
+        cache.invalidate_patient(nhs.as_str(), None);
+    }
+    let notices = gateway.peers.iter().map(|p| async move {
+        (
+            p,
+            p.notify_consent_change(nhs, std::time::Duration::from_secs(2))
+                .await,
+        )
+    });
+    for (peer, result) in futures::future::join_all(notices).await {
+        if let Err(e) = result {
+            tracing::warn!(peer = %peer.info.code, error = %e, "could not tell a peer about a consent change");
+        }
+    }
 }
 
 async fn authenticate_peer(
@@ -182,23 +253,48 @@ async fn answer(
         .map_or("", |r| r.0.as_str());
     let note = |f: &dyn Fn(&mut crate::audit::AuditEvent)| super::audit::note(request, f);
     note(&|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
-    let timeout = gateway.local_timeout();
-    let local = match tokio::time::timeout(timeout, gateway.local.search(&parsed.query)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
+    // The local record through the cache (before policy), except under break-glass.
+    let cache = gateway
+        .cache
+        .as_ref()
+        .filter(|_| context.user.break_glass.is_none())
+        .map(|c| {
+            (
+                c,
+                crate::cache::CacheKey::local(&gateway.region.code, &parsed.query),
+            )
+        });
+    let local = match crate::peers::search_local(
+        &gateway.local,
+        &parsed.query,
+        gateway.local_timeout(),
+        cache,
+    )
+    .await
+    {
+        // A stale answer would lose its warning on the way: a peer gets the failure instead.
+        Ok(a) if a.stale_seconds.is_none() => a,
+        Ok(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "exception",
                 "this region's record could not answer",
-            )
-            .internal(e.to_string()));
+            ));
         }
-        Err(_) => {
+        Err(f) if f.kind == crate::merge::FailureKind::Timeout => {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "this region's record did not answer in time",
             ));
+        }
+        Err(f) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "exception",
+                "this region's record could not answer",
+            )
+            .internal(f.reason));
         }
     };
     let peer = request
@@ -265,5 +361,19 @@ async fn answer(
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
     let bundle = fhir::searchset(&id, &now, base, total, entries);
-    Ok(fhir_response(StatusCode::OK, &bundle))
+    let mut response = fhir_response(StatusCode::OK, &bundle);
+    // How long the asking gateway may keep this answer for this user: never under break-glass.
+    let cache_control = match (
+        &context.user.break_glass,
+        gateway.config.cache.federation_max_age_s,
+    ) {
+        (None, secs) if secs > 0 => format!("private, max-age={secs}"),
+        _ => "no-store".to_owned(),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&cache_control) {
+        response
+            .headers_mut()
+            .insert(http::header::CACHE_CONTROL, v);
+    }
+    Ok(response)
 }

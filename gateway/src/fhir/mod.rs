@@ -128,6 +128,16 @@ pub fn searchset(
     bundle
 }
 
+/// An age for people: "45 seconds", "3 minutes", "2 hours".
+pub fn describe_age(seconds: u64) -> String {
+    let (n, unit) = match seconds {
+        0..120 => (seconds, "second"),
+        120..7200 => (seconds / 60, "minute"),
+        _ => (seconds / 3600, "hour"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// An RFC 3339 timestamp in UTC with seconds, as FHIR `instant` requires.
 pub fn instant(t: time::OffsetDateTime) -> String {
     let t = t

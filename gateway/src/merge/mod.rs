@@ -142,6 +142,7 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
             patients,
             items,
             withheld,
+            stale_seconds: answer.stale_seconds,
         },
         before - after,
     )
@@ -199,6 +200,21 @@ pub fn merge(
             Ok(answer) => {
                 answered += 1;
                 let (answer, dropped) = screen(answer.clone(), query);
+                if let Some(age) = answer.stale_seconds {
+                    issues.push(
+                        Issue::new(
+                            Severity::Warning,
+                            "transient",
+                            format!(
+                                "Region {} ({}) could not answer just now; its records shown are from its answer of {} ago and may be out of date.",
+                                region.code,
+                                region.name,
+                                crate::fhir::describe_age(age)
+                            ),
+                        )
+                        .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+                    );
+                }
                 if answer.withheld > 0 {
                     issues.push(
                         Issue::new(Severity::Warning, "suppressed", format!("Region {} ({}) withheld some items under its consent and release policy.", region.code, region.name))

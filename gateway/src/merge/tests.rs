@@ -30,6 +30,7 @@ fn answered(code: &str, patients: Vec<Value>, items: Vec<Value>) -> RegionResult
             patients,
             items,
             withheld: 0,
+            stale_seconds: None,
         }),
         elapsed_ms: 5,
     }

@@ -9,7 +9,8 @@ use futures::future::join_all;
 use rustls::pki_types::CertificateDer;
 
 use crate::auth::{ForwardSigner, UserContext};
-use crate::client::{FetchError, bundle_to_answer, get_fhir_json};
+use crate::cache::{CacheKey, ResponseCache, Source};
+use crate::client::{FetchError, bundle_to_answer, get_fhir_json_with_meta};
 use crate::config::ConfigPeer;
 use crate::merge::{FailureKind, RegionFailure, RegionInfo, RegionResult};
 use crate::query::PatientQuery;
@@ -79,7 +80,7 @@ impl Peer {
         request_id: &str,
         max_bytes: usize,
         budget: Duration,
-    ) -> Result<crate::record::RecordAnswer, RegionFailure> {
+    ) -> Result<crate::cache::Fetched, RegionFailure> {
         let (path, params) = query.to_request();
         let request = self
             .client
@@ -87,10 +88,43 @@ impl Peer {
             .query(&params)
             .bearer_auth(token)
             .header("x-request-id", request_id);
-        let bundle = get_fhir_json(request, max_bytes, budget)
+        let (bundle, bytes, directive) = get_fhir_json_with_meta(request, max_bytes, budget)
             .await
             .map_err(failure_from_fetch)?;
-        bundle_to_answer(&bundle).map_err(failure_from_fetch)
+        let answer = bundle_to_answer(&bundle).map_err(failure_from_fetch)?;
+        Ok(crate::cache::Fetched {
+            answer,
+            bytes,
+            directive,
+        })
+    }
+}
+
+impl Peer {
+    /// Tells the peer that a patient's consent directives changed here, so that it drops the
+    /// answers of this region it holds for the patient (`POST {base}/$consent-changed`).
+    pub async fn notify_consent_change(
+        &self,
+        nhs: &crate::fhir::nhs::NhsNumber,
+        budget: Duration,
+    ) -> Result<(), String> {
+        let body = serde_json::json!({
+            "resourceType": "Parameters",
+            "parameter": [{"name": "patient", "valueIdentifier": {
+                "system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs.as_str()}}]
+        });
+        let request = self
+            .client
+            .post(format!("{}/$consent-changed", self.info.base_url))
+            .header(http::header::CONTENT_TYPE, crate::fhir::FHIR_JSON)
+            .body(body.to_string())
+            .timeout(budget)
+            .send();
+        match request.await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("answered HTTP {}", r.status().as_u16())),
+            Err(e) => Err(crate::client::describe(e)),
+        }
     }
 }
 
@@ -125,6 +159,52 @@ fn failure_from_record(e: RecordError) -> RegionFailure {
     }
 }
 
+/// An answer from the cache, marked with its age when it was served stale.
+fn with_age(
+    (mut answer, source): (crate::record::RecordAnswer, Source),
+) -> crate::record::RecordAnswer {
+    if let Source::Stale(age) = source {
+        answer.stale_seconds = Some(age);
+    }
+    answer
+}
+
+/// Asks the local record within `budget`, through the cache when one is given (the local
+/// record is cached before any policy: the key carries no user).
+pub async fn search_local(
+    local: &Arc<dyn RecordSource>,
+    query: &PatientQuery,
+    budget: Duration,
+    cache: Option<(&ResponseCache, CacheKey)>,
+) -> Result<crate::record::RecordAnswer, RegionFailure> {
+    let fetch = || async {
+        match tokio::time::timeout(budget, local.search(query)).await {
+            Ok(Ok(answer)) => {
+                let bytes = answer
+                    .patients
+                    .iter()
+                    .chain(&answer.items)
+                    .map(|v| v.to_string().len())
+                    .sum();
+                Ok(crate::cache::Fetched {
+                    answer,
+                    bytes,
+                    directive: crate::cache::CacheDirective::default(),
+                })
+            }
+            Ok(Err(e)) => Err(failure_from_record(e)),
+            Err(_) => Err(RegionFailure {
+                kind: FailureKind::Timeout,
+                reason: format!("no answer within {} ms", budget.as_millis()),
+            }),
+        }
+    };
+    match cache {
+        Some((c, key)) if local.cacheable() => c.get_or_fetch(key, fetch).await.map(with_age),
+        _ => fetch().await.map(|f| f.answer),
+    }
+}
+
 /// Everything a fan-out needs.
 pub struct FanOut<'a> {
     pub local: (&'a RegionInfo, &'a Arc<dyn RecordSource>, Duration),
@@ -134,6 +214,8 @@ pub struct FanOut<'a> {
     pub request_id: &'a str,
     pub deadline: Duration,
     pub max_bytes: usize,
+    /// The response cache; never used for break-glass requests.
+    pub cache: Option<&'a ResponseCache>,
 }
 
 impl FanOut<'_> {
@@ -144,16 +226,16 @@ impl FanOut<'_> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (local_info, local, local_timeout) = self.local;
         let local_budget = local_timeout.min(self.deadline);
+        let cache = self.cache.filter(|_| self.user.break_glass.is_none());
         let local_fut = async move {
             let t = Instant::now();
-            let outcome = match tokio::time::timeout(local_budget, local.search(query)).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e)) => Err(failure_from_record(e)),
-                Err(_) => Err(RegionFailure {
-                    kind: FailureKind::Timeout,
-                    reason: format!("no answer within {} ms", local_budget.as_millis()),
-                }),
-            };
+            let outcome = search_local(
+                local,
+                query,
+                local_budget,
+                cache.map(|c| (c, CacheKey::local(&local_info.code, query))),
+            )
+            .await;
             RegionResult {
                 region: local_info.clone(),
                 outcome,
@@ -165,18 +247,27 @@ impl FanOut<'_> {
             let budget = peer
                 .timeout
                 .min(self.deadline.saturating_sub(started.elapsed()));
-            let outcome = match self
-                .signer
-                .sign(self.user, &peer.identity, self.request_id, now)
-            {
-                Ok(token) => {
-                    peer.query(query, &token, self.request_id, self.max_bytes, budget)
-                        .await
+            let fetch = || async {
+                match self
+                    .signer
+                    .sign(self.user, &peer.identity, self.request_id, now)
+                {
+                    Ok(token) => {
+                        peer.query(query, &token, self.request_id, self.max_bytes, budget)
+                            .await
+                    }
+                    Err(e) => Err(RegionFailure {
+                        kind: FailureKind::Invalid,
+                        reason: format!("could not sign the user context: {e}"),
+                    }),
                 }
-                Err(e) => Err(RegionFailure {
-                    kind: FailureKind::Invalid,
-                    reason: format!("could not sign the user context: {e}"),
-                }),
+            };
+            let outcome = match cache {
+                Some(c) => c
+                    .get_or_fetch(CacheKey::peer(&peer.info.code, query, self.user), fetch)
+                    .await
+                    .map(with_age),
+                None => fetch().await.map(|f| f.answer),
             };
             RegionResult {
                 region: peer.info.clone(),

@@ -237,11 +237,16 @@ impl DirectoryRecord {
             patients: patients.into_iter().cloned().collect(),
             items,
             withheld: 0,
+            stale_seconds: None,
         }
     }
 }
 
 impl RecordSource for DirectoryRecord {
+    fn cacheable(&self) -> bool {
+        false
+    }
+
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,

@@ -20,6 +20,8 @@ pub struct RecordAnswer {
     pub items: Vec<Value>,
     /// How many items the region's release policy withheld (never which ones).
     pub withheld: usize,
+    /// Set when the region failed and this is its cached answer, this many seconds old.
+    pub stale_seconds: Option<u64>,
 }
 
 /// Why a record could not answer. Messages carry no patient data.
@@ -37,6 +39,10 @@ pub enum RecordError {
 
 /// A region's own record.
 pub trait RecordSource: Send + Sync {
+    /// Whether answers are worth caching (not for a record already held in memory).
+    fn cacheable(&self) -> bool {
+        true
+    }
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,

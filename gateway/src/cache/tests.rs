@@ -1,0 +1,267 @@
+use super::*;
+use crate::merge::FailureKind;
+use serde_json::json;
+use std::sync::atomic::AtomicUsize;
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        max_bytes: 1 << 20,
+        ttl: Duration::from_secs(60),
+        time_to_idle: Duration::from_secs(600),
+        stale_if_error: Duration::from_secs(300),
+    }
+}
+
+fn key(source: &str, nhs: &str, role: &str) -> CacheKey {
+    CacheKey {
+        source: source.into(),
+        nhs: nhs.into(),
+        request: "Patient/x/$everything?".into(),
+        role: role.into(),
+        organisation: "RBD".into(),
+        purpose: "TREAT".into(),
+    }
+}
+
+fn answer(n: usize) -> RecordAnswer {
+    RecordAnswer {
+        items: (0..n)
+            .map(|i| json!({"resourceType": "Condition", "id": format!("c{i}")}))
+            .collect(),
+        ..RecordAnswer::default()
+    }
+}
+
+fn failure() -> RegionFailure {
+    RegionFailure {
+        kind: FailureKind::Failed(500),
+        reason: "answered HTTP 500".into(),
+    }
+}
+
+/// A fetch that counts its calls and gives `n` items with `directive`.
+fn ok(
+    calls: &AtomicUsize,
+    n: usize,
+    directive: CacheDirective,
+) -> impl std::future::Future<Output = Result<Fetched, RegionFailure>> + '_ {
+    calls.fetch_add(1, Ordering::SeqCst);
+    async move {
+        Ok(Fetched {
+            answer: answer(n),
+            bytes: 100 * n.max(1),
+            directive,
+        })
+    }
+}
+
+#[test]
+fn cache_control_is_read() {
+    assert_eq!(parse_cache_control([]), CacheDirective::default());
+    let d = parse_cache_control(["private, max-age=30"]);
+    assert_eq!(d.max_age, Some(Duration::from_secs(30)));
+    assert!(!d.no_store);
+    assert!(parse_cache_control(["no-store"]).no_store);
+    assert!(parse_cache_control(["No-Cache"]).no_store);
+    assert_eq!(
+        parse_cache_control(["max-age=30", "max-age=5"]).max_age,
+        Some(Duration::from_secs(5)),
+        "the stricter of two"
+    );
+    assert_eq!(
+        parse_cache_control(["max-age=soon"]).max_age,
+        Some(Duration::ZERO)
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_is_served_from_the_cache_and_keys_keep_users_apart() {
+    let cache = ResponseCache::new(settings());
+    let calls = AtomicUsize::new(0);
+    let d = CacheDirective::default();
+    let (a, s) = cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || ok(&calls, 3, d))
+        .await
+        .unwrap();
+    assert_eq!((a.items.len(), s), (3, Source::Fetched));
+    let (a, s) = cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || ok(&calls, 9, d))
+        .await
+        .unwrap();
+    assert_eq!((a.items.len(), s), (3, Source::Hit));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Another role, organisation or purpose is another key: the peer may answer it otherwise.
+    for k in [
+        key("wessex", "1", "R8004"),
+        CacheKey {
+            organisation: "RDZ".into(),
+            ..key("wessex", "1", "R8000")
+        },
+        CacheKey {
+            purpose: "ETREAT".into(),
+            ..key("wessex", "1", "R8000")
+        },
+    ] {
+        let (a, s) = cache.get_or_fetch(k, || ok(&calls, 1, d)).await.unwrap();
+        assert_eq!((a.items.len(), s), (1, Source::Fetched));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_request() {
+    let cache = Arc::new(ResponseCache::new(settings()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key("wessex", "1", "R8000"), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Fetched {
+                            answer: answer(2),
+                            bytes: 200,
+                            directive: CacheDirective::default(),
+                        })
+                    })
+                    .await
+                    .unwrap()
+                    .0
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().items.len(), 2);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn errors_and_no_store_answers_are_never_cached() {
+    let cache = ResponseCache::new(settings());
+    let calls = AtomicUsize::new(0);
+    let failing = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err(failure()) }
+    };
+    assert!(
+        cache
+            .get_or_fetch(key("wessex", "1", "R8000"), failing)
+            .await
+            .is_err()
+    );
+    let (_, s) = cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || {
+            ok(&calls, 1, CacheDirective::default())
+        })
+        .await
+        .unwrap();
+    assert_eq!(s, Source::Fetched, "the error was not cached");
+
+    let no_store = CacheDirective {
+        no_store: true,
+        max_age: None,
+    };
+    for _ in 0..3 {
+        let (_, s) = cache
+            .get_or_fetch(key("kent", "1", "R8000"), || ok(&calls, 1, no_store))
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Fetched);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn max_age_limits_freshness_and_a_stale_answer_covers_a_failure() {
+    let cache = ResponseCache::new(settings());
+    let calls = AtomicUsize::new(0);
+    let at_once = CacheDirective {
+        no_store: false,
+        max_age: Some(Duration::ZERO),
+    };
+    cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || ok(&calls, 4, at_once))
+        .await
+        .unwrap();
+    // max-age=0: never fresh, so the next request asks again...
+    let (_, s) = cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || ok(&calls, 4, at_once))
+        .await
+        .unwrap();
+    assert_eq!(s, Source::Fetched);
+    // ...and when the region then fails, the kept answer is served, with its age.
+    let (a, s) = cache
+        .get_or_fetch(key("wessex", "1", "R8000"), || async { Err(failure()) })
+        .await
+        .unwrap();
+    assert_eq!(a.items.len(), 4);
+    assert!(matches!(s, Source::Stale(_)), "{s:?}");
+    assert_eq!(cache.counters.stale_served.load(Ordering::SeqCst), 1);
+
+    // Past the stale-if-error window, the failure is the answer.
+    let strict = ResponseCache::new(CacheSettings {
+        stale_if_error: Duration::ZERO,
+        ..settings()
+    });
+    strict
+        .get_or_fetch(key("wessex", "1", "R8000"), || ok(&calls, 4, at_once))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        strict
+            .get_or_fetch(key("wessex", "1", "R8000"), || async { Err(failure()) })
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_consent_change_removes_the_patients_entries_only() {
+    let cache = ResponseCache::new(settings());
+    let calls = AtomicUsize::new(0);
+    let d = CacheDirective::default();
+    for k in [
+        key("wessex", "1", "R8000"),
+        key("kent", "1", "R8000"),
+        key("wessex", "2", "R8000"),
+    ] {
+        cache.get_or_fetch(k, || ok(&calls, 1, d)).await.unwrap();
+    }
+    cache.invalidate_patient("1", Some("wessex"));
+    let source = |k| {
+        let cache = &cache;
+        let calls = &calls;
+        async move { cache.get_or_fetch(k, || ok(calls, 1, d)).await.unwrap().1 }
+    };
+    assert_eq!(source(key("wessex", "1", "R8000")).await, Source::Fetched);
+    assert_eq!(source(key("kent", "1", "R8000")).await, Source::Hit);
+    assert_eq!(source(key("wessex", "2", "R8000")).await, Source::Hit);
+    cache.invalidate_patient("1", None);
+    assert_eq!(source(key("kent", "1", "R8000")).await, Source::Fetched);
+    cache.invalidate_region("wessex");
+    assert_eq!(source(key("wessex", "2", "R8000")).await, Source::Fetched);
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_by_bytes() {
+    let cache = ResponseCache::new(CacheSettings {
+        max_bytes: 2_000,
+        ..settings()
+    });
+    let calls = AtomicUsize::new(0);
+    for i in 0..50 {
+        cache
+            .get_or_fetch(key("wessex", &i.to_string(), "R8000"), || {
+                ok(&calls, 3, CacheDirective::default())
+            })
+            .await
+            .unwrap();
+    }
+    let held = cache.weighted_size().await;
+    assert!(held <= 2_000, "{held} bytes held");
+    assert!(held > 0);
+}
