@@ -517,12 +517,19 @@ pub enum Behaviour {
     Hang,
     /// Answers this status, content type and body.
     Answer(u16, &'static str, String),
+    /// Answers 200 FHIR JSON with this body and these extra headers.
+    AnswerWith(String, Vec<(&'static str, String)>),
+    /// Waits this many milliseconds, then answers 200 FHIR JSON with this body.
+    Slow(u64, String),
 }
 
 /// A fake peer region: a real mTLS server (certificate from `ca` naming `region`) that behaves
 /// as told.
 pub struct FakePeer {
     pub addr: SocketAddr,
+    /// How many requests it has received.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    behaviour: Arc<std::sync::Mutex<Behaviour>>,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -535,10 +542,31 @@ impl FakePeer {
         let keys = key_material(&server);
         let ca_der = rustls::pki_types::CertificateDer::from(rcgen_ca_der(ca));
         let tls = gateway::tls::federation_server_config(&keys, &[ca_der]).unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let behaviour = Arc::new(std::sync::Mutex::new(behaviour));
+        let (counter, current) = (hits.clone(), behaviour.clone());
         let app = axum::Router::new().fallback(move || {
-            let b = behaviour.clone();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let b = current.lock().unwrap().clone();
             async move {
                 match b {
+                    Behaviour::AnswerWith(body, headers) => {
+                        let mut r = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/fhir+json");
+                        for (k, v) in headers {
+                            r = r.header(k, v);
+                        }
+                        r.body(axum::body::Body::from(body)).unwrap()
+                    }
+                    Behaviour::Slow(ms, body) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/fhir+json")
+                            .body(axum::body::Body::from(body))
+                            .unwrap()
+                    }
                     Behaviour::Hang => {
                         futures::future::pending::<()>().await;
                         unreachable!()
@@ -562,7 +590,21 @@ impl FakePeer {
             rx,
             None,
         ));
-        FakePeer { addr, _stop: stop }
+        FakePeer {
+            addr,
+            hits,
+            behaviour,
+            _stop: stop,
+        }
+    }
+
+    /// Changes how it answers from the next request on.
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn hit_count(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn as_peer(&self, region: &str, timeout_ms: u64) -> ExtraPeer {

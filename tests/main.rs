@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod cache;
 mod cli;
 mod faces;
 mod fanout;
