@@ -152,3 +152,55 @@ async fn concurrent_identical_queries_make_one_upstream_request() {
     );
     assert_eq!(kent.hit_count(), 1);
 }
+
+#[tokio::test]
+async fn governance_staff_purge_a_patients_cached_answers_and_it_is_audited() {
+    let (fed, kent, _) = with_kent().await;
+    fed.search_as_clinician("Condition").await;
+    fed.search_as_clinician("Condition").await;
+    assert_eq!(kent.hit_count(), 1);
+    let purge = |token: String, query: String| {
+        let client = fed.client();
+        let url = format!(
+            "https://localhost:{}/admin/cache?{query}",
+            fed.regions[0].clinician.port()
+        );
+        async move {
+            client
+                .delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let patient = format!("patient={}", fed.everywhere());
+    assert_eq!(
+        purge(fed.token("R8000"), patient.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        purge(fed.token("R0001"), "region=Not-A-Code".into()).await,
+        StatusCode::BAD_REQUEST
+    );
+    fed.search_as_clinician("Condition").await;
+    assert_eq!(kent.hit_count(), 1, "a refused purge purged nothing");
+    assert_eq!(purge(fed.token("R0001"), patient).await, StatusCode::OK);
+    fed.search_as_clinician("Condition").await;
+    assert_eq!(kent.hit_count(), 2, "asked again after the purge");
+    assert_eq!(
+        purge(fed.token("R5105"), "region=kent".into()).await,
+        StatusCode::OK
+    );
+    fed.search_as_clinician("Condition").await;
+    assert_eq!(kent.hit_count(), 3);
+
+    let purges = fed.audit_events(0, "kind=cache-purge", 4).await;
+    assert_eq!(purges.len(), 4, "{purges:#?}");
+    assert_eq!(
+        purges.iter().filter(|e| e["outcome"] == "0").count(),
+        2,
+        "two purges done, two refused"
+    );
+}

@@ -39,6 +39,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/fhir/{type}", get(search))
         .route("/admin/audit", get(super::audit::search_trail))
+        .route("/admin/cache", axum::routing::delete(purge_cache))
         // Layers run outside in: authenticate, then audit, then the handler.
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -371,6 +372,81 @@ async fn everything(
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_everything(&id, &ask.pairs, ask.lenient)?;
     respond_bundle(&gateway, ask, parsed).await
+}
+
+/// `DELETE /admin/cache?patient={nhs}&region={code}`: empties the response cache of a patient,
+/// a region, or one region's answers for a patient. Governance roles only (`purge-cache`).
+async fn purge_cache(
+    State(gateway): State<Arc<Gateway>>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    super::audit::note(&parts, |e| e.kind = crate::audit::EventKind::CachePurge);
+    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    let policies = gateway.policies.load_full();
+    let region = &gateway.region.code;
+    let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
+        .request_decision("purge-cache", "Cache", region);
+    ask.note(|e| e.policies = d.policies.clone());
+    if !d.allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your role may not purge the cache",
+        ));
+    }
+    let (mut patient, mut source) = (None, None);
+    for (k, v) in &ask.pairs {
+        match k.as_str() {
+            "patient" => {
+                patient = Some(crate::fhir::nhs::NhsNumber::parse(v).map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("patient: {e}"))
+                })?)
+            }
+            "region" if crate::tls::devca::valid_region_code(v) => source = Some(v.clone()),
+            "region" => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "region: not a region code",
+                ));
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!(
+                        "unknown parameter '{}' (patient, region)",
+                        crate::fhir::echo(other, 40)
+                    ),
+                ));
+            }
+        }
+    }
+    let cache = gateway.cache.as_ref();
+    match (&patient, &source, cache) {
+        (None, None, _) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "required",
+                "name a patient, a region, or both",
+            ));
+        }
+        (Some(p), s, Some(c)) => c.invalidate_patient(p.as_str(), s.as_deref()),
+        (None, Some(s), Some(c)) => c.invalidate_region(s),
+        (_, _, None) => {}
+    }
+    ask.note(|e| {
+        e.patient = patient.as_ref().map(|p| p.as_str().to_owned());
+        e.detail["purged_region"] = serde_json::json!(source);
+    });
+    let outcome = crate::fhir::outcome::operation_outcome(&[Issue::new(
+        Severity::Information,
+        "informational",
+        "The cached answers were removed; the next query asks the regions again.",
+    )]);
+    Ok(fhir_response(StatusCode::OK, &outcome))
 }
 
 /// `GET Patient/{nhs}`: the merged Patient. Which regions failed is not visible in a read, so

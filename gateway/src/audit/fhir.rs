@@ -153,6 +153,7 @@ fn interaction(record: &AuditRecord) -> (&'static str, &'static str) {
         EventKind::ConsentChange if method == "POST" => ("create", "C"),
         EventKind::ConsentChange => ("update", "U"),
         EventKind::PolicyChange | EventKind::PolicyActivation => ("update", "U"),
+        EventKind::CachePurge => ("delete", "D"),
         _ if query.contains("$everything") => ("operation", "E"),
         _ if method == "GET" && !query.contains('?') && query.matches('/').count() >= 2 => {
             ("read", "R")

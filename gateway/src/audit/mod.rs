@@ -26,10 +26,12 @@ pub enum EventKind {
     RefusedCertificate,
     /// Governance staff reading the trail itself.
     AuditRead,
+    /// Governance staff emptying the response cache.
+    CachePurge,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::ClinicianQuery,
         EventKind::FederationQuery,
         EventKind::ConsentChange,
@@ -38,6 +40,7 @@ impl EventKind {
         EventKind::RefusedToken,
         EventKind::RefusedCertificate,
         EventKind::AuditRead,
+        EventKind::CachePurge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl EventKind {
             EventKind::RefusedToken => "refused-token",
             EventKind::RefusedCertificate => "refused-certificate",
             EventKind::AuditRead => "audit-read",
+            EventKind::CachePurge => "cache-purge",
         }
     }
 
