@@ -137,6 +137,8 @@ pub struct Builder {
     extra_policy: Option<(usize, String, String)>,
     /// Every region keeps its consent directives in PostgreSQL (a schema per region and run).
     postgres: bool,
+    /// TOML appended to the first region's configuration.
+    first_region_toml: String,
 }
 
 impl Builder {
@@ -151,7 +153,14 @@ impl Builder {
             local_record: None,
             extra_policy: None,
             postgres: false,
+            first_region_toml: String::new(),
         }
+    }
+
+    /// Appends TOML (whole tables) to the first region's configuration.
+    pub fn first_region_toml(mut self, text: &str) -> Self {
+        self.first_region_toml.push_str(text);
+        self
     }
 
     /// Uses this CA (so fake peers made from it are trusted).
@@ -286,6 +295,9 @@ impl Builder {
                     "[store]\npostgres = \"{conninfo}\"\npostgres_schema = \"{schema}\"\n"
                 ));
                 pg_schemas.push(schema);
+            }
+            if i == 0 {
+                text.push_str(&self.first_region_toml);
             }
             std::fs::write(&path, text).unwrap();
             let config = Config::load(&path).unwrap();
@@ -511,7 +523,7 @@ pub fn outcome_issues(bundle: &Value) -> Vec<(String, String, String)> {
 }
 
 /// How a fake peer behaves.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Behaviour {
     /// Accepts the request and never answers.
     Hang,
@@ -521,6 +533,12 @@ pub enum Behaviour {
     AnswerWith(String, Vec<(&'static str, String)>),
     /// Waits this many milliseconds, then answers 200 FHIR JSON with this body.
     Slow(u64, String),
+    /// Starts a 200 answer, then breaks the connection.
+    Reset,
+    /// Starts a 200 answer, then sends one byte a second.
+    Drip,
+    /// Streams a 200 answer of this many bytes (whitespace), without a Content-Length.
+    Huge(usize),
 }
 
 /// A fake peer region: a real mTLS server (certificate from `ca` naming `region`) that behaves
@@ -533,12 +551,40 @@ pub struct FakePeer {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
+fn fhir_stream(body: axum::body::Body) -> http::Response<axum::body::Body> {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .unwrap()
+}
+
 impl FakePeer {
     pub async fn start(ca: &DevCa, region: &str, behaviour: Behaviour) -> FakePeer {
         install();
         let server = ca
             .issue(region, LeafKind::Server, &["localhost".into()], 30)
             .unwrap();
+        Self::start_with(ca, server, behaviour).await
+    }
+
+    /// A fake peer whose server certificate expired yesterday.
+    pub async fn start_expired(ca: &DevCa, region: &str, behaviour: Behaviour) -> FakePeer {
+        install();
+        let now = time::OffsetDateTime::now_utc();
+        let server = ca
+            .issue_between(
+                region,
+                LeafKind::Server,
+                &["localhost".into()],
+                now - time::Duration::days(30),
+                now - time::Duration::days(1),
+            )
+            .unwrap();
+        Self::start_with(ca, server, behaviour).await
+    }
+
+    async fn start_with(ca: &DevCa, server: Leaf, behaviour: Behaviour) -> FakePeer {
         let keys = key_material(&server);
         let ca_der = rustls::pki_types::CertificateDer::from(rcgen_ca_der(ca));
         let tls = gateway::tls::federation_server_config(&keys, &[ca_der]).unwrap();
@@ -558,6 +604,33 @@ impl FakePeer {
                             r = r.header(k, v);
                         }
                         r.body(axum::body::Body::from(body)).unwrap()
+                    }
+                    Behaviour::Reset => {
+                        let broken = futures::stream::once(async {
+                            Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
+                                "connection reset by the fake peer",
+                            ))
+                        });
+                        fhir_stream(axum::body::Body::from_stream(broken))
+                    }
+                    Behaviour::Drip => {
+                        let drip = futures::stream::unfold((), |()| async {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            Some((
+                                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+                                (),
+                            ))
+                        });
+                        fhir_stream(axum::body::Body::from_stream(drip))
+                    }
+                    Behaviour::Huge(total) => {
+                        const CHUNK: usize = 64 * 1024;
+                        let chunk = axum::body::Bytes::from(vec![b' '; CHUNK]);
+                        let flood = futures::stream::iter(
+                            (0..total.div_ceil(CHUNK))
+                                .map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                        );
+                        fhir_stream(axum::body::Body::from_stream(flood))
                     }
                     Behaviour::Slow(ms, body) => {
                         tokio::time::sleep(Duration::from_millis(ms)).await;

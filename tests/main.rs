@@ -12,3 +12,4 @@ mod fanout;
 mod fhir_artifacts;
 mod policy;
 mod record_server;
+mod resilience;

@@ -129,7 +129,7 @@ impl Gateway {
         let peers = config
             .peers
             .iter()
-            .map(|p| Peer::new(p, &federation_ca, &client_keys))
+            .map(|p| Peer::new(p, &federation_ca, &client_keys, &config.resilience))
             .collect::<Result<Vec<_>, _>>()?;
         let region = RegionInfo {
             code: config.region.code.clone(),

@@ -68,7 +68,49 @@ pub struct Config {
     #[serde(default)]
     pub cache: ConfigCache,
     #[serde(default)]
+    pub resilience: ConfigResilience,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// How the gateway protects itself and its neighbours when a peer misbehaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigResilience {
+    /// Consecutive failures after which a peer's circuit opens.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit fails requests at once before one probe is let through.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// The most requests in flight to one peer at a time.
+    #[serde(default = "default_peer_concurrency")]
+    pub peer_concurrency: usize,
+    /// Retry once, after a short jittered pause, when the connection to a peer fails and
+    /// time remains within the deadline.
+    #[serde(default = "yes")]
+    pub retry_connect: bool,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_ms() -> u64 {
+    30_000
+}
+fn default_peer_concurrency() -> usize {
+    64
+}
+
+impl Default for ConfigResilience {
+    fn default() -> Self {
+        ConfigResilience {
+            breaker_failures: default_breaker_failures(),
+            breaker_open_ms: default_breaker_open_ms(),
+            peer_concurrency: default_peer_concurrency(),
+            retry_connect: true,
+        }
+    }
 }
 
 /// The response cache (regions' answers; see `cache`).

@@ -2,8 +2,12 @@
 //! and every peer at once, each within its own timeout inside the query's deadline, and keeps
 //! whatever came back in time.
 
+pub mod breaker;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use breaker::{Admit, Breaker};
 
 use futures::future::join_all;
 use rustls::pki_types::CertificateDer;
@@ -24,6 +28,10 @@ pub struct Peer {
     pub identity: String,
     pub timeout: Duration,
     client: reqwest::Client,
+    pub breaker: Breaker,
+    /// Requests in flight to this peer.
+    limit: tokio::sync::Semaphore,
+    retry_connect: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,7 @@ impl Peer {
         config: &ConfigPeer,
         federation_ca: &[CertificateDer<'static>],
         client_identity: &KeyMaterial,
+        resilience: &crate::config::ConfigResilience,
     ) -> Result<Self, PeerError> {
         let tls = peer_client_config(federation_ca, client_identity, &config.identity).map_err(
             |source| PeerError::Tls {
@@ -69,7 +78,75 @@ impl Peer {
             identity: config.identity.clone(),
             timeout,
             client,
+            breaker: Breaker::new(
+                resilience.breaker_failures,
+                Duration::from_millis(resilience.breaker_open_ms),
+            ),
+            limit: tokio::sync::Semaphore::new(resilience.peer_concurrency.max(1)),
+            retry_connect: resilience.retry_connect,
         })
+    }
+
+    /// Asks the peer, guarded: its circuit breaker, its concurrency limit, and one retry of a
+    /// failed connection when time remains. `budget` bounds all of it.
+    pub async fn ask(
+        &self,
+        query: &PatientQuery,
+        token: &str,
+        request_id: &str,
+        max_bytes: usize,
+        budget: Duration,
+    ) -> Result<crate::cache::Fetched, RegionFailure> {
+        let started = Instant::now();
+        let probe = match self.breaker.admit(started) {
+            Admit::No { retry_in } => {
+                return Err(RegionFailure {
+                    kind: FailureKind::Unreachable,
+                    reason: format!(
+                        "not asked: it failed repeatedly and is paused for {} more second(s)",
+                        retry_in.as_secs().max(1)
+                    ),
+                });
+            }
+            Admit::Probe => true,
+            Admit::Yes => false,
+        };
+        let permit = match tokio::time::timeout(budget, self.limit.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(RegionFailure {
+                    kind: FailureKind::Timeout,
+                    reason: "too many requests already in flight to this region".into(),
+                });
+            }
+        };
+        let left = |s: Instant| budget.saturating_sub(s.elapsed());
+        let mut result = self
+            .query(query, token, request_id, max_bytes, left(started))
+            .await;
+        if self.retry_connect
+            && !probe
+            && matches!(&result, Err(f) if f.kind == FailureKind::Unreachable)
+        {
+            let pause = Duration::from_millis(fastrand::u64(50..=150));
+            if left(started) > pause + Duration::from_millis(200) {
+                tokio::time::sleep(pause).await;
+                tracing::info!(peer = %self.info.code, "retrying a failed connection");
+                result = self
+                    .query(query, token, request_id, max_bytes, left(started))
+                    .await;
+            }
+        }
+        drop(permit);
+        let healthy = match &result {
+            Ok(_) => true,
+            // A refusal is the peer working as intended.
+            Err(f) => matches!(f.kind, FailureKind::Refused(_)),
+        };
+        if let Some(state) = self.breaker.record(healthy, Instant::now()) {
+            tracing::warn!(peer = %self.info.code, circuit = state.as_str(), "peer circuit changed state");
+        }
+        result
     }
 
     /// Asks the peer's federation face the same question, as `user`.
@@ -253,7 +330,7 @@ impl FanOut<'_> {
                     .sign(self.user, &peer.identity, self.request_id, now)
                 {
                     Ok(token) => {
-                        peer.query(query, &token, self.request_id, self.max_bytes, budget)
+                        peer.ask(query, &token, self.request_id, self.max_bytes, budget)
                             .await
                     }
                     Err(e) => Err(RegionFailure {
