@@ -326,6 +326,12 @@ async fn nothing_is_released_when_the_postgres_trail_cannot_be_written() {
         .await
         .unwrap();
     assert_refused_without_audit(&fed).await;
+    // Not ready while the store cannot answer.
+    let ready = reqwest::get(format!("http://{}/readyz", fed.regions[0].operations))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("store: not answering"));
     client
         .batch_execute(&format!("ALTER TABLE {schema}.audit_gone RENAME TO audit"))
         .await

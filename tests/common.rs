@@ -43,6 +43,8 @@ impl ExtraPeer {
 pub struct Region {
     pub clinician: SocketAddr,
     pub federation: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz` (plain HTTP).
+    pub operations: SocketAddr,
     /// Held so the gateway keeps serving: dropping it stops the listeners.
     _running: Running,
 }
@@ -302,10 +304,12 @@ impl Builder {
             std::fs::write(&path, text).unwrap();
             let config = Config::load(&path).unwrap();
             let gateway = Arc::new(Gateway::from_config(config).await.unwrap());
-            let running = start_on(gateway, c, f).unwrap();
+            let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let running = start_on(gateway, c, f, Some(ops)).unwrap();
             regions.push(Region {
                 clinician: running.clinician,
                 federation: running.federation,
+                operations: running.operations.unwrap(),
                 _running: running,
             });
         }
@@ -662,6 +666,7 @@ impl FakePeer {
             app,
             rx,
             None,
+            Arc::default(),
         ));
         FakePeer {
             addr,

@@ -61,6 +61,12 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// Operational metrics (served on the operations listener).
+    pub metrics: crate::metrics::Metrics,
+    /// The expiry (`notAfter`) of each certificate this gateway holds, by name.
+    pub certificate_expiry: Vec<(String, time::OffsetDateTime)>,
+    /// Requests being handled, both faces.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Regions' answers (None when `cache.enabled` is false).
     pub cache: Option<crate::cache::ResponseCache>,
     /// The tamper-evident audit trail; a record is written before any response leaves.
@@ -95,6 +101,13 @@ impl Gateway {
             });
         }
         let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
+        let certificate_expiry = certificate_expiry(&federation_ca, &server_keys, &client_id);
+        for (name, not_after) in &certificate_expiry {
+            let left = *not_after - time::OffsetDateTime::now_utc();
+            if left < time::Duration::days(30) {
+                tracing::warn!(certificate = %name, days_left = left.whole_days(), "a certificate expires within 30 days");
+            }
+        }
         let verifier = load_verifier(&config)?;
         let (consents, audit) = open_stores(&config).await?;
         let cache = config
@@ -147,6 +160,9 @@ impl Gateway {
             consents,
             audit,
             cache,
+            metrics: crate::metrics::Metrics::new(),
+            certificate_expiry,
+            in_flight: Arc::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             signer,
             server_keys,
@@ -170,7 +186,16 @@ impl Gateway {
     /// Writes an audit record and returns it once it is durable; signs a checkpoint when the
     /// trail reaches the next multiple of `audit.checkpoint_every`.
     pub async fn record(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
-        let r = self.audit.append(event).await?;
+        let started = std::time::Instant::now();
+        let written = self.audit.append(event).await;
+        let outcome = if written.is_ok() { "written" } else { "failed" };
+        self.metrics
+            .histogram(
+                "gateway_audit_write_duration_seconds",
+                &[("outcome", outcome)],
+            )
+            .record(started.elapsed().as_secs_f64());
+        let r = written?;
         let every = self.config.audit.checkpoint_every;
         if every > 0 && r.seq % every == 0 {
             if let Err(e) = self.checkpoint().await {
@@ -219,6 +244,36 @@ impl Gateway {
     pub fn local_timeout(&self) -> Duration {
         Duration::from_millis(self.config.record.timeout_ms)
     }
+}
+
+/// The `notAfter` of the federation CA, the server certificate and the client certificate.
+fn certificate_expiry(
+    ca: &[CertificateDer<'static>],
+    server: &KeyMaterial,
+    client: &CertIdentity,
+) -> Vec<(String, time::OffsetDateTime)> {
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).ok();
+    let mut out = Vec::new();
+    for (i, c) in ca.iter().enumerate() {
+        if let Some(t) = parse_certificate(c.as_ref())
+            .ok()
+            .and_then(|c| at(c.not_after))
+        {
+            out.push((format!("federation-ca-{i}"), t));
+        }
+    }
+    if let Some(t) = server
+        .chain
+        .first()
+        .and_then(|c| parse_certificate(c.as_ref()).ok())
+        .and_then(|c| at(c.not_after))
+    {
+        out.push(("server".into(), t));
+    }
+    if let Some(t) = at(client.not_after) {
+        out.push(("client".into(), t));
+    }
+    out
 }
 
 /// Appends one line to a file and waits until it is on disk.

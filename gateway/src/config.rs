@@ -229,6 +229,9 @@ pub struct ConfigListen {
     pub clinician: SocketAddr,
     /// The federation face (mutual TLS).
     pub federation: SocketAddr,
+    /// The operations listener: `/metrics` (Prometheus), `/healthz`, `/readyz`. Plain HTTP,
+    /// so bind it to a loopback or cluster-internal address.
+    pub operations: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@
 //!   SQLite and PostgreSQL, one shared test suite each
 //! - [`api`]: the clinician and federation faces (axum routers)
 //! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz` on the operations listener
 //! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown
 //! - [`app`]: the gateway built from its configuration
 //! - [`demo`]: synthetic regional records and the local three-region federation
@@ -38,6 +39,7 @@ pub mod demo;
 pub mod error;
 pub mod fhir;
 pub mod merge;
+pub mod metrics;
 pub mod peers;
 pub mod query;
 pub mod record;

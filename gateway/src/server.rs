@@ -57,6 +57,7 @@ pub async fn serve_tls(
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     on_refused: Option<CertificateRefused>,
+    in_flight: Arc<AtomicUsize>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
@@ -74,7 +75,6 @@ pub async fn serve_tls(
     let builder = Arc::new(builder);
     // Shutdown waits for requests, not connections: a neighbour's pooled connection can stay
     // open indefinitely, so once no request is in flight the remaining connections are closed.
-    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -205,6 +205,8 @@ fn peer_certificate(
 pub struct Running {
     pub clinician: SocketAddr,
     pub federation: SocketAddr,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`), when configured.
+    pub operations: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -251,7 +253,15 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, ServeError> {
     let federation = TcpListener::bind(f)
         .await
         .map_err(|source| ServeError::Bind { addr: f, source })?;
-    start_on(gateway, clinician, federation)
+    let operations = match gateway.config.listen.operations {
+        Some(o) => Some(
+            TcpListener::bind(o)
+                .await
+                .map_err(|source| ServeError::Bind { addr: o, source })?,
+        ),
+        None => None,
+    };
+    start_on(gateway, clinician, federation, operations)
 }
 
 /// Starts both faces on listeners already bound (tests bind port 0 first).
@@ -259,6 +269,7 @@ pub fn start_on(
     gateway: Arc<Gateway>,
     clinician: TcpListener,
     federation: TcpListener,
+    operations: Option<TcpListener>,
 ) -> Result<Running, ServeError> {
     let clinician_tls = Arc::new(crate::tls::clinician_server_config(&gateway.server_keys)?);
     let federation_tls = Arc::new(crate::tls::federation_server_config(
@@ -274,7 +285,8 @@ pub fn start_on(
         addr: gateway.config.listen.federation,
         source,
     })?;
-    let tasks = vec![
+    let operations_addr = operations.as_ref().and_then(|l| l.local_addr().ok());
+    let mut tasks = vec![
         tokio::spawn(serve_tls(
             "clinician",
             clinician,
@@ -282,6 +294,7 @@ pub fn start_on(
             crate::api::clinician::router(gateway.clone()),
             rx.clone(),
             None,
+            gateway.in_flight.clone(),
         )),
         tokio::spawn(serve_tls(
             "federation",
@@ -290,14 +303,35 @@ pub fn start_on(
             crate::api::federation::router(gateway.clone()),
             rx.clone(),
             Some(record_refused_certificates(gateway.clone())),
+            gateway.in_flight.clone(),
         )),
         tokio::spawn(crate::app::watch_policies(gateway.clone(), rx.clone())),
-        tokio::spawn(crate::app::checkpoint_periodically(gateway.clone(), rx)),
+        tokio::spawn(crate::app::checkpoint_periodically(
+            gateway.clone(),
+            rx.clone(),
+        )),
     ];
+    if let Some(listener) = operations {
+        // Plain HTTP: bind it to a loopback or cluster-internal address only.
+        let mut stop = rx;
+        let app = crate::metrics::router(gateway.clone());
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::warn!(error = %e, "the operations listener stopped");
+            }
+        }));
+    }
     tracing::info!(region = %gateway.region.code, clinician = %clinician_addr, federation = %federation_addr, peers = gateway.peers.len(), "gateway listening");
     Ok(Running {
         clinician: clinician_addr,
         federation: federation_addr,
+        operations: operations_addr,
         stop,
         tasks,
     })

@@ -234,6 +234,7 @@ async fn fan_out_and_merge(
         deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),
         max_bytes: gateway.config.limits.max_response_bytes,
         cache: gateway.cache.as_ref(),
+        metrics: Some(&gateway.metrics),
     };
     let (results, consent) = futures::join!(
         fan.run(&parsed.query),
@@ -276,6 +277,17 @@ async fn fan_out_and_merge(
             "Emergency (break-glass) access: this access is recorded and will be reviewed.",
         ));
     }
+    let m = &gateway.metrics;
+    m.counter(
+        "gateway_policy_items_total",
+        &[("decision_point", "view"), ("decision", "released")],
+    )
+    .increment(report.released as u64);
+    m.counter(
+        "gateway_policy_items_total",
+        &[("decision_point", "view"), ("decision", "withheld")],
+    )
+    .increment(report.withheld as u64);
     ask.note(|e| {
         e.regions = results
             .iter()

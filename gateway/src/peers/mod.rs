@@ -293,6 +293,7 @@ pub struct FanOut<'a> {
     pub max_bytes: usize,
     /// The response cache; never used for break-glass requests.
     pub cache: Option<&'a ResponseCache>,
+    pub metrics: Option<&'a crate::metrics::Metrics>,
 }
 
 impl FanOut<'_> {
@@ -356,6 +357,12 @@ impl FanOut<'_> {
         let mut results = Vec::with_capacity(1 + peer_results.len());
         results.push(local_result);
         results.append(&mut peer_results);
+        if let Some(m) = self.metrics {
+            for r in &results {
+                let failure = r.outcome.as_ref().err().map(|f| f.kind.label());
+                m.peer_answer(&r.region.code, Duration::from_millis(r.elapsed_ms), failure);
+            }
+        }
         results
     }
 }
