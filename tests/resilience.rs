@@ -144,3 +144,84 @@ async fn peers_that_reset_drip_or_flood_are_named_and_the_next_query_works() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_clinician_over_the_rate_limit_gets_429_and_others_are_unaffected() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .first_region_toml("[limits]\nper_user_per_minute = 3\n")
+        .start()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            fed.search_as_clinician("Condition").await.status,
+            StatusCode::OK
+        );
+    }
+    let r = fed.search_as_clinician("Condition").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["resourceType"], "OperationOutcome");
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let other = fed.token_with(|c| c.sub = "another-clinician".into());
+    let path = format!(
+        "/Condition?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.everywhere()
+    );
+    assert_eq!(fed.get(0, &path, Some(&other)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_cap_requests_are_shed_with_503_and_retry_after() {
+    let ca = gateway::tls::devca::DevCa::new("Test federation CA").unwrap();
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "searchset"}).to_string();
+    let kent = FakePeer::start(&ca, "kent", Behaviour::Slow(800, bundle)).await;
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .with_ca(ca)
+        .extra_peer(kent.as_peer("kent", 2000))
+        .timeouts(2500, 2000)
+        .first_region_toml("[limits]\nmax_concurrent_requests = 1\n")
+        .start()
+        .await;
+    let slow = fed.search_as_clinician("Condition");
+    let shed = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        fed.get(0, "/metadata", None).await
+    };
+    let (slow, shed) = futures::join!(slow, shed);
+    assert_eq!(
+        slow.status,
+        StatusCode::OK,
+        "the request in flight finishes"
+    );
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.body["issue"][0]["code"], "throttled");
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(
+        fed.get(0, "/metadata", None).await.status,
+        StatusCode::OK,
+        "capacity is back once the slow request is done"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413_without_reading_it() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let r = fed
+        .client()
+        .post(format!("{}/Consent", fed.base(0)))
+        .bearer_auth(fed.token("R0001"))
+        .header("content-type", "application/fhir+json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/fhir+json")
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["issue"][0]["code"], "too-long");
+}

@@ -61,6 +61,8 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// Load shedding and rate limits.
+    pub guard: crate::api::guard::Guard,
     /// Operational metrics (served on the operations listener).
     pub metrics: crate::metrics::Metrics,
     /// The expiry (`notAfter`) of each certificate this gateway holds, by name.
@@ -110,6 +112,7 @@ impl Gateway {
         }
         let verifier = load_verifier(&config)?;
         let (consents, audit) = open_stores(&config).await?;
+        let guard = crate::api::guard::Guard::new(&config.limits);
         let cache = config
             .cache
             .enabled
@@ -161,6 +164,7 @@ impl Gateway {
             audit,
             cache,
             metrics: crate::metrics::Metrics::new(),
+            guard,
             certificate_expiry,
             in_flight: Arc::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),

@@ -340,6 +340,31 @@ pub struct ConfigLimits {
     /// The largest answer accepted from a peer or the record server, in bytes.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// The largest request body accepted (either face), in bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+    /// Requests handled at once, both faces; beyond it the answer is 503 with Retry-After.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Requests a minute from one clinician (by user id); beyond it, 429 with Retry-After.
+    #[serde(default = "default_per_user")]
+    pub per_user_per_minute: u32,
+    /// Requests a second from one neighbouring region; beyond it, 429 with Retry-After.
+    #[serde(default = "default_per_peer")]
+    pub per_peer_per_second: u32,
+}
+
+fn default_max_request() -> usize {
+    1024 * 1024
+}
+fn default_max_concurrent() -> usize {
+    512
+}
+fn default_per_user() -> u32 {
+    600
+}
+fn default_per_peer() -> u32 {
+    200
 }
 
 fn default_max_response() -> usize {
@@ -350,6 +375,10 @@ impl Default for ConfigLimits {
     fn default() -> Self {
         ConfigLimits {
             max_response_bytes: default_max_response(),
+            max_request_bytes: default_max_request(),
+            max_concurrent_requests: default_max_concurrent(),
+            per_user_per_minute: default_per_user(),
+            per_peer_per_second: default_per_peer(),
         }
     }
 }
@@ -526,6 +555,15 @@ impl Config {
             return Err(invalid(
                 "cache",
                 "ttl_s and stale_if_error_s must be at most 86400 (one day)",
+            ));
+        }
+        if self.limits.max_concurrent_requests == 0
+            || self.limits.per_user_per_minute == 0
+            || self.limits.per_peer_per_second == 0
+        {
+            return Err(invalid(
+                "limits",
+                "max_concurrent_requests, per_user_per_minute and per_peer_per_second must be at least 1",
             ));
         }
         if self.limits.max_response_bytes < 1024 {

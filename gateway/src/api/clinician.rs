@@ -40,10 +40,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/fhir/{type}", get(search))
         .route("/admin/audit", get(super::audit::search_trail))
         .route("/admin/cache", axum::routing::delete(purge_cache))
-        // Layers run outside in: authenticate, then audit, then the handler.
+        // Layers run outside in: authenticate, rate-limit the user, audit, then the handler.
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             super::audit::audit_clinician,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::guard::limit_user,
         ))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -54,6 +58,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(authenticated)
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
+        // Outermost last: request id and access log, then load shedding, then the body limit.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            gateway.config.limits.max_request_bytes,
+        ))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::guard::shed_load,
+        ))
         .layer(middleware::from_fn(super::request_context))
         .with_state(gateway)
 }

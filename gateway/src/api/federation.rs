@@ -34,10 +34,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/{type}", get(search))
-        // Layers run outside in: authenticate the peer, then audit, then the handler.
+        // Layers run outside in: authenticate the peer, rate-limit it, audit, then the handler.
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             super::audit::audit_federation,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::guard::limit_peer,
         ))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -47,6 +51,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/fhir/$consent-changed", post(consent_changed))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            gateway.config.limits.max_request_bytes,
+        ))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            super::guard::shed_load,
+        ))
         .layer(middleware::from_fn(super::request_context))
         .with_state(gateway)
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod clinician;
 pub mod consent;
 pub mod federation;
+pub mod guard;
 
 use std::time::Instant;
 
@@ -48,6 +49,29 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
     let mut response = next.run(request).await;
+    // An error answered below the handlers (a body over the limit, a rejected extractor) is
+    // given as a FHIR OperationOutcome too.
+    if response.status().is_client_error() || response.status().is_server_error() {
+        let fhir = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(crate::fhir::FHIR_JSON));
+        if !fhir {
+            let status = response.status();
+            let (code, text) = match status {
+                StatusCode::PAYLOAD_TOO_LARGE => ("too-long", "the request body is too large"),
+                _ => ("exception", "the request could not be handled"),
+            };
+            let headers = response.headers().clone();
+            response = ApiError::new(status, code, text).into_response();
+            if let Some(v) = headers.get(http::header::RETRY_AFTER) {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, v.clone());
+            }
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
