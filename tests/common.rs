@@ -141,6 +141,9 @@ pub struct Builder {
     postgres: bool,
     /// TOML appended to the first region's configuration.
     first_region_toml: String,
+    /// This region checks peers' certificates against `certs/{code}-crl.pem` (an empty CRL at
+    /// the start).
+    crl_at: Option<usize>,
 }
 
 impl Builder {
@@ -156,7 +159,14 @@ impl Builder {
             extra_policy: None,
             postgres: false,
             first_region_toml: String::new(),
+            crl_at: None,
         }
+    }
+
+    /// The region at `index` checks peers' certificates against a CRL file.
+    pub fn crl_at(mut self, index: usize) -> Self {
+        self.crl_at = Some(index);
+        self
     }
 
     /// Appends TOML (whole tables) to the first region's configuration.
@@ -300,6 +310,13 @@ impl Builder {
             }
             if i == 0 {
                 text.push_str(&self.first_region_toml);
+            }
+            if self.crl_at == Some(i) {
+                let crl = dir.path().join(format!("certs/{code}-crl.pem"));
+                std::fs::write(&crl, ca.crl(&[], 1).unwrap()).unwrap();
+                let line = format!("client_key = \"certs/{code}/client.key\"");
+                assert!(text.contains(&line));
+                text = text.replace(&line, &format!("{line}\ncrls = [\"certs/{code}-crl.pem\"]"));
             }
             std::fs::write(&path, text).unwrap();
             let config = Config::load(&path).unwrap();
@@ -591,7 +608,7 @@ impl FakePeer {
     async fn start_with(ca: &DevCa, server: Leaf, behaviour: Behaviour) -> FakePeer {
         let keys = key_material(&server);
         let ca_der = rustls::pki_types::CertificateDer::from(rcgen_ca_der(ca));
-        let tls = gateway::tls::federation_server_config(&keys, &[ca_der]).unwrap();
+        let tls = gateway::tls::federation_server_config(&keys, &[ca_der], &[]).unwrap();
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let behaviour = Arc::new(std::sync::Mutex::new(behaviour));
         let (counter, current) = (hits.clone(), behaviour.clone());
@@ -662,7 +679,7 @@ impl FakePeer {
         tokio::spawn(serve_tls(
             "fake-peer",
             listener,
-            Arc::new(tls),
+            gateway::server::fixed_tls(Arc::new(tls)),
             app,
             rx,
             None,

@@ -225,3 +225,86 @@ async fn an_oversized_body_is_refused_with_413_without_reading_it() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["issue"][0]["code"], "too-long");
 }
+
+#[tokio::test]
+async fn a_revoked_peer_is_refused_and_certificates_reload_without_restart() {
+    // Dorset asks hampshire with nothing cached, so every query reaches hampshire.
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .first_region_toml("[cache]\nenabled = false\n")
+        .crl_at(1)
+        .start()
+        .await;
+    let crl_file = fed.dir.path().join("certs/hampshire-crl.pem");
+    let dorset_client =
+        std::fs::read_to_string(fed.dir.path().join("certs/dorset/client.pem")).unwrap();
+    let hampshire_answers = || async {
+        let r = fed.search_as_clinician("Condition").await;
+        assert_eq!(r.status, StatusCode::OK);
+        !outcome_issues(&r.body)
+            .iter()
+            .any(|(_, region, _)| region == "hampshire")
+    };
+    /// Waits (up to five seconds) for a reload to show.
+    async fn until(mut check: impl AsyncFnMut() -> bool) -> bool {
+        for _ in 0..50 {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+    assert!(hampshire_answers().await);
+
+    // Hampshire's CRL now revokes dorset's client certificate: picked up without a restart.
+    std::fs::write(&crl_file, fed.ca.crl(&[&dorset_client], 2).unwrap()).unwrap();
+    assert!(
+        until(async || !hampshire_answers().await).await,
+        "the revocation took effect"
+    );
+    // A new connection with the revoked certificate fails in the handshake itself.
+    let dorset_key =
+        std::fs::read_to_string(fed.dir.path().join("certs/dorset/client.key")).unwrap();
+    let fresh = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(fed.ca.cert_pem.as_bytes()).unwrap()])
+        .identity(
+            reqwest::Identity::from_pem(format!("{dorset_client}{dorset_key}").as_bytes()).unwrap(),
+        )
+        .no_proxy()
+        .build()
+        .unwrap();
+    let err = fresh
+        .get(format!("{}/metadata", fed.fed_base(1)))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    let refused = fed.audit_events(1, "kind=refused-certificate", 2).await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["outcomeDesc"].as_str().unwrap_or("").contains("revoked")),
+        "{refused:#?}"
+    );
+
+    // A broken file is refused and the current CRL stays in force.
+    std::fs::write(&crl_file, "not a CRL").unwrap();
+    let ops = format!("http://{}/metrics", fed.regions[1].operations);
+    assert!(
+        until(async || {
+            reqwest::get(&ops)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("gateway_tls_reloads_total{outcome=\"refused\"}")
+        })
+        .await
+    );
+    assert!(!hampshire_answers().await, "still revoked");
+
+    // A CRL without dorset: answered again.
+    std::fs::write(&crl_file, fed.ca.crl(&[], 3).unwrap()).unwrap();
+    assert!(until(hampshire_answers).await, "the new CRL took effect");
+}

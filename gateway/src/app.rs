@@ -65,8 +65,7 @@ pub struct Gateway {
     pub guard: crate::api::guard::Guard,
     /// Operational metrics (served on the operations listener).
     pub metrics: crate::metrics::Metrics,
-    /// The expiry (`notAfter`) of each certificate this gateway holds, by name.
-    pub certificate_expiry: Vec<(String, time::OffsetDateTime)>,
+
     /// Requests being handled, both faces.
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Regions' answers (None when `cache.enabled` is false).
@@ -75,16 +74,26 @@ pub struct Gateway {
     pub audit: Arc<dyn AuditStore>,
     /// The sequence number of the last signed checkpoint.
     last_checkpoint: std::sync::atomic::AtomicU64,
-    pub signer: ForwardSigner,
-    pub server_keys: KeyMaterial,
-    pub federation_ca: Vec<CertificateDer<'static>>,
+    /// Certificates, keys and what is built from them; swapped whole on reload.
+    pub tls: ArcSwap<TlsState>,
 }
 
-impl Gateway {
-    /// Loads every file the configuration names and builds the gateway.
-    pub async fn from_config(config: Config) -> Result<Self, StartError> {
+/// The TLS files, read and checked.
+pub struct TlsMaterial {
+    pub federation_ca: Vec<CertificateDer<'static>>,
+    pub crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    pub server_keys: KeyMaterial,
+    pub client_keys: KeyMaterial,
+    pub client_id: CertIdentity,
+}
+
+impl TlsMaterial {
+    /// Reads every TLS file the configuration names; the client certificate must carry this
+    /// region's identity.
+    pub fn load(config: &Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         let federation_ca = load_certs(&config.tls.ca)?;
+        let crls = crate::tls::load_crls(&config.tls.crls)?;
         let server_keys = load_key_material(&config.tls.server_cert, &config.tls.server_key)?;
         let client_keys = load_key_material(&config.tls.client_cert, &config.tls.client_key)?;
         let identity = config.identity();
@@ -102,14 +111,93 @@ impl Gateway {
                 identity,
             });
         }
-        let signer = ForwardSigner::new(&identity, &client_keys.key_pem, &client_id.public_key)?;
-        let certificate_expiry = certificate_expiry(&federation_ca, &server_keys, &client_id);
-        for (name, not_after) in &certificate_expiry {
+        Ok(TlsMaterial {
+            federation_ca,
+            crls,
+            server_keys,
+            client_keys,
+            client_id,
+        })
+    }
+}
+
+/// What the listeners and the fan-out use, built from [`TlsMaterial`].
+pub struct TlsState {
+    pub clinician: Arc<rustls::ServerConfig>,
+    pub federation: Arc<rustls::ServerConfig>,
+    /// Signs forwarded user context and audit checkpoints with the client certificate's key.
+    pub signer: ForwardSigner,
+    /// The expiry (`notAfter`) of each certificate, by name.
+    pub expiry: Vec<(String, time::OffsetDateTime)>,
+    /// (issuer, serial) of every certificate the CRLs revoke: checked on each federation
+    /// request too, so a connection opened before a revocation is refused from then on.
+    pub revoked: std::collections::HashSet<(String, Vec<u8>)>,
+}
+
+impl TlsState {
+    /// Why a peer's certificate is no longer acceptable (revoked, or expired since the
+    /// connection was made), if it is not.
+    pub fn refuse(&self, cert: &CertIdentity, now: i64) -> Option<&'static str> {
+        if self
+            .revoked
+            .contains(&(cert.issuer.clone(), cert.serial.clone()))
+        {
+            Some("the certificate has been revoked")
+        } else if now > cert.not_after {
+            Some("the certificate has expired")
+        } else {
+            None
+        }
+    }
+    pub fn build(material: &TlsMaterial, identity: &str) -> Result<Self, StartError> {
+        let signer = ForwardSigner::new(
+            identity,
+            &material.client_keys.key_pem,
+            &material.client_id.public_key,
+        )?;
+        let expiry = certificate_expiry(
+            &material.federation_ca,
+            &material.server_keys,
+            &material.client_id,
+        );
+        for (name, not_after) in &expiry {
             let left = *not_after - time::OffsetDateTime::now_utc();
             if left < time::Duration::days(30) {
                 tracing::warn!(certificate = %name, days_left = left.whole_days(), "a certificate expires within 30 days");
             }
         }
+        let mut revoked = std::collections::HashSet::new();
+        for der in &material.crls {
+            let (_, crl) =
+                x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| StartError::Certificate {
+                    path: "tls.crls".into(),
+                    message: e.to_string(),
+                })?;
+            let issuer = crl.issuer().to_string();
+            for r in crl.iter_revoked_certificates() {
+                revoked.insert((issuer.clone(), r.raw_serial().to_vec()));
+            }
+        }
+        Ok(TlsState {
+            revoked,
+            clinician: Arc::new(crate::tls::clinician_server_config(&material.server_keys)?),
+            federation: Arc::new(crate::tls::federation_server_config(
+                &material.server_keys,
+                &material.federation_ca,
+                &material.crls,
+            )?),
+            signer,
+            expiry,
+        })
+    }
+}
+
+impl Gateway {
+    /// Loads every file the configuration names and builds the gateway.
+    pub async fn from_config(config: Config) -> Result<Self, StartError> {
+        let material = TlsMaterial::load(&config)?;
+        let identity = config.identity();
+        let tls = ArcSwap::from_pointee(TlsState::build(&material, &identity)?);
         let verifier = load_verifier(&config)?;
         let (consents, audit) = open_stores(&config).await?;
         let guard = crate::api::guard::Guard::new(&config.limits);
@@ -145,7 +233,7 @@ impl Gateway {
         let peers = config
             .peers
             .iter()
-            .map(|p| Peer::new(p, &federation_ca, &client_keys, &config.resilience))
+            .map(|p| Peer::new(p, &material, &config.resilience))
             .collect::<Result<Vec<_>, _>>()?;
         let region = RegionInfo {
             code: config.region.code.clone(),
@@ -165,12 +253,9 @@ impl Gateway {
             cache,
             metrics: crate::metrics::Metrics::new(),
             guard,
-            certificate_expiry,
             in_flight: Arc::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
-            signer,
-            server_keys,
-            federation_ca,
+            tls,
         })
     }
 
@@ -226,6 +311,8 @@ impl Gateway {
             iat: time::OffsetDateTime::now_utc().unix_timestamp(),
         };
         let jws = self
+            .tls
+            .load()
             .signer
             .sign_claims(&claims)
             .map_err(|e| StoreError::Unavailable(format!("signing a checkpoint: {e}")))?;
@@ -242,6 +329,24 @@ impl Gateway {
         self.last_checkpoint.fetch_max(seq, Ordering::SeqCst);
         tracing::info!(seq, "audit checkpoint signed");
         Ok(Some(claims))
+    }
+
+    /// Reloads certificates, keys, the CA and CRLs from their files. Everything is read and
+    /// built first; a bad file is refused and the current material stays. New connections use
+    /// the new material; open ones finish with the old.
+    pub fn reload_tls(&self) -> Result<(), StartError> {
+        let material = TlsMaterial::load(&self.config)?;
+        let state = TlsState::build(&material, &self.identity)?;
+        let clients = self
+            .peers
+            .iter()
+            .map(|p| p.client_for(&material))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.tls.store(Arc::new(state));
+        for (peer, client) in self.peers.iter().zip(clients) {
+            peer.set_client(client);
+        }
+        Ok(())
     }
 
     /// The local record's timeout within a fan-out.
@@ -515,6 +620,87 @@ async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Option<()>) {
     std::future::pending().await
+}
+
+/// Reloads certificates, keys, the CA and CRLs when one of their files changes, or on SIGHUP,
+/// until `stop` turns true. A bad file is refused (logged) and the current material stays.
+pub async fn watch_tls(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use notify::Watcher;
+    let t = &gateway.config.tls;
+    let mut files: Vec<std::path::PathBuf> = vec![
+        t.ca.clone(),
+        t.server_cert.clone(),
+        t.server_key.clone(),
+        t.client_cert.clone(),
+        t.client_key.clone(),
+    ];
+    files.extend(t.crls.iter().cloned());
+    let files: Vec<std::path::PathBuf> = files
+        .iter()
+        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = files.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && !e.kind.is_access()
+            && e.paths.iter().any(|p| {
+                let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                watched.contains(&p)
+            })
+        {
+            let _ = tx.send(());
+        }
+    });
+    // Editors and `mv` replace files, so the directories are watched, not the files.
+    let mut dirs: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for d in &dirs {
+                if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(error = %e, directory = %d.display(), "cannot watch a certificate directory; reload with SIGHUP");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the certificate files; reload with SIGHUP");
+            None
+        }
+    };
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            Some(()) = rx.recv() => {
+                // Certificate and key are often written one after the other: let both land.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = next_hangup(&mut hangup) => {}
+        }
+        match gateway.reload_tls() {
+            Ok(()) => {
+                gateway
+                    .metrics
+                    .counter("gateway_tls_reloads_total", &[("outcome", "applied")])
+                    .increment(1);
+                tracing::info!("certificates reloaded")
+            }
+            Err(e) => {
+                gateway
+                    .metrics
+                    .counter("gateway_tls_reloads_total", &[("outcome", "refused")])
+                    .increment(1);
+                tracing::error!(error = %e, "certificate reload refused; the current certificates stay")
+            }
+        }
+    }
 }
 
 /// What `gateway audit verify` found.

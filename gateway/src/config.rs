@@ -244,6 +244,10 @@ pub struct ConfigTls {
     /// The certificate this region presents to peers; its key signs forwarded user context.
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// Certificate revocation lists (PEM): a peer certificate listed is refused. Reloaded with
+    /// the certificates.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// Exactly one of `directory` (embedded default) or `fhir_base` (the region's FHIR R4 server).
@@ -457,6 +461,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.record.directory.as_mut() {
+            fix(p);
+        }
+        for p in self.tls.crls.iter_mut() {
             fix(p);
         }
         if let Some(p) = self.auth.public_keys_pem.as_mut() {

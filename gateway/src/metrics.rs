@@ -108,7 +108,7 @@ impl Metrics {
                 .absolute(c.stale_served.load(Relaxed));
         }
         let now = time::OffsetDateTime::now_utc();
-        for (name, not_after) in &gateway.certificate_expiry {
+        for (name, not_after) in &gateway.tls.load().expiry {
             self.gauge(
                 "gateway_certificate_expiry_seconds",
                 &[("certificate", name)],

@@ -49,17 +49,25 @@ fn certificate_refusal(e: &std::io::Error) -> Option<String> {
     }
 }
 
+/// Where a listener gets its TLS configuration, read at each handshake so that a reload
+/// applies to the next connection.
+pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// A fixed TLS configuration.
+pub fn fixed_tls(config: Arc<rustls::ServerConfig>) -> TlsSource {
+    Arc::new(move || config.clone())
+}
+
 /// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains.
 pub async fn serve_tls(
     name: &'static str,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: TlsSource,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     on_refused: Option<CertificateRefused>,
     in_flight: Arc<AtomicUsize>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -89,7 +97,7 @@ pub async fn serve_tls(
             },
             _ = shutdown.changed() => break,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls());
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -271,11 +279,10 @@ pub fn start_on(
     federation: TcpListener,
     operations: Option<TcpListener>,
 ) -> Result<Running, ServeError> {
-    let clinician_tls = Arc::new(crate::tls::clinician_server_config(&gateway.server_keys)?);
-    let federation_tls = Arc::new(crate::tls::federation_server_config(
-        &gateway.server_keys,
-        &gateway.federation_ca,
-    )?);
+    let g = gateway.clone();
+    let clinician_tls: TlsSource = Arc::new(move || g.tls.load().clinician.clone());
+    let g = gateway.clone();
+    let federation_tls: TlsSource = Arc::new(move || g.tls.load().federation.clone());
     let (stop, rx) = watch::channel(false);
     let clinician_addr = clinician.local_addr().map_err(|source| ServeError::Bind {
         addr: gateway.config.listen.clinician,
@@ -310,6 +317,7 @@ pub fn start_on(
             gateway.clone(),
             rx.clone(),
         )),
+        tokio::spawn(crate::app::watch_tls(gateway.clone(), rx.clone())),
     ];
     if let Some(listener) = operations {
         // Plain HTTP: bind it to a loopback or cluster-internal address only.

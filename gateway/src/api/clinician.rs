@@ -237,10 +237,11 @@ async fn fan_out_and_merge(
     gatekeeper
         .admit(&gateway.region.code)
         .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
+    let tls = gateway.tls.load();
     let fan = FanOut {
         local: (&gateway.region, &gateway.local, gateway.local_timeout()),
         peers: &gateway.peers,
-        signer: &gateway.signer,
+        signer: &tls.signer,
         user: &ask.user,
         request_id: &ask.request_id,
         deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),

@@ -181,6 +181,22 @@ async fn authenticate_peer(
         )
         .await;
     };
+    // Checked on every request: the connection may predate a revocation or an expiry.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(reason) = gateway.tls.load().refuse(&cert.identity, now) {
+        drop(request);
+        let response = ApiError::new(StatusCode::FORBIDDEN, "security", reason)
+            .internal(format!("peer {}: {reason}", peer.info.code))
+            .into_response();
+        return super::audit::record_refused_request(
+            &gateway,
+            EventKind::RefusedCertificate,
+            what,
+            response,
+            json!({"calling_region": peer.info.code, "certificate_subject": cert.identity.subject}),
+        )
+        .await;
+    }
     let token = request
         .headers()
         .get(http::header::AUTHORIZATION)

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use breaker::{Admit, Breaker};
 
 use futures::future::join_all;
-use rustls::pki_types::CertificateDer;
 
 use crate::auth::{ForwardSigner, UserContext};
 use crate::cache::{CacheKey, ResponseCache, Source};
@@ -19,7 +18,7 @@ use crate::config::ConfigPeer;
 use crate::merge::{FailureKind, RegionFailure, RegionInfo, RegionResult};
 use crate::query::PatientQuery;
 use crate::record::{RecordError, RecordSource};
-use crate::tls::{KeyMaterial, TlsError, peer_client_config};
+use crate::tls::{TlsError, peer_client_config};
 
 /// A neighbouring region's gateway.
 pub struct Peer {
@@ -27,7 +26,8 @@ pub struct Peer {
     /// The identity its certificates carry.
     pub identity: String,
     pub timeout: Duration,
-    client: reqwest::Client,
+    /// Swapped whole when certificates are reloaded.
+    client: arc_swap::ArcSwap<reqwest::Client>,
     pub breaker: Breaker,
     /// Requests in flight to this peer.
     limit: tokio::sync::Semaphore,
@@ -45,18 +45,58 @@ pub enum PeerError {
 impl Peer {
     pub fn new(
         config: &ConfigPeer,
-        federation_ca: &[CertificateDer<'static>],
-        client_identity: &KeyMaterial,
+        material: &crate::app::TlsMaterial,
         resilience: &crate::config::ConfigResilience,
     ) -> Result<Self, PeerError> {
-        let tls = peer_client_config(federation_ca, client_identity, &config.identity).map_err(
-            |source| PeerError::Tls {
-                region: config.region.clone(),
-                source,
-            },
-        )?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let client = reqwest::Client::builder()
+        let client = Self::build_client(&config.region, &config.identity, timeout, material)?;
+        Ok(Peer {
+            info: RegionInfo {
+                code: config.region.clone(),
+                name: config.name.clone(),
+                base_url: config.url.clone(),
+            },
+            identity: config.identity.clone(),
+            timeout,
+            client: arc_swap::ArcSwap::from_pointee(client),
+            breaker: Breaker::new(
+                resilience.breaker_failures,
+                Duration::from_millis(resilience.breaker_open_ms),
+            ),
+            limit: tokio::sync::Semaphore::new(resilience.peer_concurrency.max(1)),
+            retry_connect: resilience.retry_connect,
+        })
+    }
+
+    /// A client for this peer with `material` (to swap in with [`Peer::set_client`]).
+    pub fn client_for(
+        &self,
+        material: &crate::app::TlsMaterial,
+    ) -> Result<reqwest::Client, PeerError> {
+        Self::build_client(&self.info.code, &self.identity, self.timeout, material)
+    }
+
+    pub fn set_client(&self, client: reqwest::Client) {
+        self.client.store(Arc::new(client));
+    }
+
+    fn build_client(
+        region: &str,
+        identity: &str,
+        timeout: Duration,
+        material: &crate::app::TlsMaterial,
+    ) -> Result<reqwest::Client, PeerError> {
+        let tls = peer_client_config(
+            &material.federation_ca,
+            &material.crls,
+            &material.client_keys,
+            identity,
+        )
+        .map_err(|source| PeerError::Tls {
+            region: region.to_owned(),
+            source,
+        })?;
+        reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(true)
             .no_proxy()
@@ -66,25 +106,9 @@ impl Peer {
             .user_agent(concat!("federation-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| PeerError::Client {
-                region: config.region.clone(),
+                region: region.to_owned(),
                 message: crate::client::describe(e),
-            })?;
-        Ok(Peer {
-            info: RegionInfo {
-                code: config.region.clone(),
-                name: config.name.clone(),
-                base_url: config.url.clone(),
-            },
-            identity: config.identity.clone(),
-            timeout,
-            client,
-            breaker: Breaker::new(
-                resilience.breaker_failures,
-                Duration::from_millis(resilience.breaker_open_ms),
-            ),
-            limit: tokio::sync::Semaphore::new(resilience.peer_concurrency.max(1)),
-            retry_connect: resilience.retry_connect,
-        })
+            })
     }
 
     /// Asks the peer, guarded: its circuit breaker, its concurrency limit, and one retry of a
@@ -161,6 +185,7 @@ impl Peer {
         let (path, params) = query.to_request();
         let request = self
             .client
+            .load()
             .get(format!("{}/{}", self.info.base_url, path))
             .query(&params)
             .bearer_auth(token)
@@ -192,6 +217,7 @@ impl Peer {
         });
         let request = self
             .client
+            .load()
             .post(format!("{}/$consent-changed", self.info.base_url))
             .header(http::header::CONTENT_TYPE, crate::fhir::FHIR_JSON)
             .body(body.to_string())

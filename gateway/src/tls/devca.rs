@@ -10,6 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 use super::identity::region_uri;
@@ -25,6 +26,8 @@ pub enum DevCaError {
     },
     #[error("'{0}' is not a valid region code (lower-case letters, digits and '-')")]
     BadRegion(String),
+    #[error("revocation list: {0}")]
+    Crl(String),
 }
 
 /// Server certificates are for the gateway's listeners; client certificates for calling peers.
@@ -85,6 +88,34 @@ impl DevCa {
             key_pem,
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// A certificate revocation list (PEM) listing the given certificates (PEM), valid for a
+    /// week. An empty list is a CRL that revokes nothing.
+    pub fn crl(&self, revoked_pems: &[&str], number: u64) -> Result<String, DevCaError> {
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for pem in revoked_pems {
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| DevCaError::Crl(e.to_string()))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| DevCaError::Crl(e.to_string()))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: now - Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Issues a certificate for a region, valid for `days` from an hour ago.

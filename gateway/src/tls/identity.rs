@@ -38,6 +38,9 @@ pub struct CertIdentity {
     pub not_before: i64,
     pub not_after: i64,
     pub public_key: PublicKey,
+    /// The issuer's name and the serial number, which together name the certificate in a CRL.
+    pub issuer: String,
+    pub serial: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +109,8 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertIdentity, IdentityError> {
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         public_key,
+        issuer: cert.issuer().to_string(),
+        serial: cert.raw_serial().to_vec(),
     })
 }
 
@@ -143,6 +148,8 @@ mod tests {
             not_before: 0,
             not_after: 0,
             public_key: PublicKey::Other,
+            issuer: String::new(),
+            serial: vec![],
         };
         assert_eq!(id.region(), None);
     }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
@@ -77,6 +79,34 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Reads certificate revocation lists (PEM `X509 CRL` blocks) from each file.
+pub fn load_crls(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let shown = path.display().to_string();
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| TlsError::Read {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Read {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        if crls.is_empty() {
+            return Err(TlsError::Read {
+                path: shown,
+                message: "no X509 CRL in it".into(),
+            });
+        }
+        out.extend(crls);
+    }
+    Ok(out)
+}
+
 pub fn load_key_material(cert: &Path, key: &Path) -> Result<KeyMaterial, TlsError> {
     let chain = load_certs(cert)?;
     let shown = key.display().to_string();
@@ -117,8 +147,17 @@ pub fn clinician_server_config(server: &KeyMaterial) -> Result<ServerConfig, Tls
 pub fn federation_server_config(
     server: &KeyMaterial,
     federation_ca: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
 ) -> Result<ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder(Arc::new(root_store(federation_ca)?))
+    let mut builder = WebPkiClientVerifier::builder(Arc::new(root_store(federation_ca)?));
+    if !crls.is_empty() {
+        // A peer certificate a CRL lists is refused; one whose issuer has no CRL here passes.
+        builder = builder
+            .with_crls(crls.to_vec())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder()
@@ -133,10 +172,19 @@ pub fn federation_server_config(
 /// identity configured for that peer.
 pub fn peer_client_config(
     federation_ca: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
     client: &KeyMaterial,
     expected_identity: &str,
 ) -> Result<ClientConfig, TlsError> {
-    let inner = rustls::client::WebPkiServerVerifier::builder(Arc::new(root_store(federation_ca)?))
+    let mut builder =
+        rustls::client::WebPkiServerVerifier::builder(Arc::new(root_store(federation_ca)?));
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.to_vec())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let inner = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let verifier = ExpectIdentity {
