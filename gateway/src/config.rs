@@ -368,7 +368,7 @@ fn default_per_user() -> u32 {
     600
 }
 fn default_per_peer() -> u32 {
-    200
+    1000
 }
 
 fn default_max_response() -> usize {
