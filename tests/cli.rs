@@ -116,12 +116,22 @@ fn check_names_the_configuration_key_at_fault() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("client.key"));
 }
 
-/// A port base whose six demo ports are free now.
+/// A port base whose nine demo ports are free now.
 fn free_port_base() -> u16 {
     let seed = std::process::id() as u16;
     for attempt in 0..200u16 {
         let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 211)) % 30_000;
-        let ports = [base, base + 1, base + 2, base + 100, base + 101, base + 102];
+        let ports = [
+            base,
+            base + 1,
+            base + 2,
+            base + 100,
+            base + 101,
+            base + 102,
+            base + 200,
+            base + 201,
+            base + 202,
+        ];
         if ports
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -190,6 +200,12 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
         vec!["dorset", "hampshire", "wiltshire"]
     );
     let nhs = patient["id"].as_str().unwrap().to_owned();
+
+    // The operations listener answers for each region.
+    let ops = reqwest::get(format!("http://127.0.0.1:{}/readyz", base + 200))
+        .await
+        .unwrap();
+    assert_eq!(ops.status(), http::StatusCode::OK);
 
     // Every other command the demo printed, a break-glass access and a forged token.
     for c in &curls[1..] {

@@ -22,6 +22,7 @@ fn free_port_base() -> u16 {
         let free = (0..3).all(|i| {
             std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", base + 100 + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + 200 + i)).is_ok()
         });
         if free {
             return base;

@@ -93,6 +93,7 @@ fn ports(base: u16, i: usize) -> Result<(u16, u16), DemoError> {
 pub fn region_config(regions: &[String], i: usize, port_base: u16) -> Result<String, DemoError> {
     let code = &regions[i];
     let (c, f) = ports(port_base, i)?;
+    let o = f.checked_add(100).ok_or(DemoError::Ports(port_base))?;
     let mut text = format!(
         r#"# Demo configuration of region {code}, written by `gateway demo`.
 [region]
@@ -103,6 +104,7 @@ base_url = "https://localhost:{c}/fhir"
 [listen]
 clinician = "127.0.0.1:{c}"
 federation = "127.0.0.1:{f}"
+operations = "127.0.0.1:{o}"
 
 [tls]
 ca = "certs/ca.pem"
@@ -125,7 +127,7 @@ directory = "policies"
 [fanout]
 deadline_ms = 5000
 "#,
-        name = display_name(code)
+        name = display_name(code),
     );
     for (j, peer) in regions.iter().enumerate().filter(|(j, _)| *j != i) {
         let (_, pf) = ports(port_base, j)?;
@@ -309,7 +311,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     );
     for (code, path, port) in &layout.regions {
         println!(
-            "  {code}: clinician face https://localhost:{port}/fhir (config {})",
+            "  {code}: clinician face https://localhost:{port}/fhir, metrics http://127.0.0.1:{}/metrics (config {})",
+            port + 200,
             path.display()
         );
     }
