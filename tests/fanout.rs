@@ -436,3 +436,37 @@ async fn a_patient_no_region_holds_is_an_empty_bundle_or_404() {
     assert_eq!(r.body["resourceType"], "Patient");
     assert_eq!(r.body["id"], fed.everywhere().as_str());
 }
+
+#[tokio::test]
+async fn the_deliberately_mismatched_patient_carries_a_wrong_patient_warning() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let r = fed
+        .get(
+            0,
+            &format!("/Patient/{}/$everything", fed.data.mismatched),
+            Some(&fed.token("R8000")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let warnings: Vec<_> = outcome_issues(&r.body)
+        .into_iter()
+        .filter(|(code, _, text)| code == "business-rule" && text.contains("wrong-patient"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", outcome_issues(&r.body));
+    assert!(warnings[0].2.contains("date of birth"), "{warnings:?}");
+    // The patient seen everywhere agrees everywhere: no such warning.
+    let r = fed
+        .get(
+            0,
+            &format!("/Patient/{}/$everything", fed.everywhere()),
+            Some(&fed.token("R8000")),
+        )
+        .await;
+    assert!(
+        outcome_issues(&r.body)
+            .iter()
+            .all(|(code, _, _)| code != "business-rule")
+    );
+}

@@ -101,6 +101,7 @@ fn merging(c: &mut Criterion) {
                 now: "2026-01-01T00:00:00Z",
                 self_link: "https://gw/fhir/x",
                 issues: vec![],
+                on_mismatch: gateway::merge::MismatchPolicy::Warn,
             };
             black_box(merge(&query, results.clone(), ctx))
         })

@@ -70,7 +70,20 @@ pub struct Config {
     #[serde(default)]
     pub resilience: ConfigResilience,
     #[serde(default)]
+    pub merge: ConfigMerge,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// How the regions' answers are merged.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigMerge {
+    /// When a region's date of birth, sex or family name for the NHS number disagrees with
+    /// the most recently updated region's: `warn` (show its records with a warning) or
+    /// `withhold` (leave its records out, with an error naming it).
+    #[serde(default)]
+    pub on_demographic_mismatch: crate::merge::MismatchPolicy,
 }
 
 /// How the gateway protects itself and its neighbours when a peer misbehaves.

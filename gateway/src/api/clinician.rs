@@ -338,6 +338,7 @@ async fn fan_out_and_merge(
             now: &now,
             self_link: &ask.self_link,
             issues,
+            on_mismatch: gateway.config.merge.on_demographic_mismatch,
         },
     );
     // What the user receives: the merged items (and the Patient, when one region knew it).

@@ -85,6 +85,18 @@ pub struct MergeContext<'a> {
     pub self_link: &'a str,
     /// Issues raised before the merge (e.g. parameters ignored under lenient handling).
     pub issues: Vec<Issue>,
+    pub on_mismatch: MismatchPolicy,
+}
+
+/// What to do when a region's demographics for the NHS number disagree with the others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MismatchPolicy {
+    /// Show its records, with a warning naming the region.
+    #[default]
+    Warn,
+    /// Withhold its records, with an error naming the region.
+    Withhold,
 }
 
 /// The merge's result, with the counts the API and audit need.
@@ -153,6 +165,10 @@ struct Slot {
     rtype: ResourceType,
     resource: Value,
     regions: BTreeSet<usize>,
+    /// The region whose version is shown.
+    origin: usize,
+    /// Regions holding another version of the item (and when they last updated it).
+    other_versions: Vec<(usize, Option<String>)>,
 }
 
 /// Merges the regions' results into one Bundle.
@@ -171,6 +187,7 @@ pub fn merge(
     let mut patients: Vec<(usize, Value)> = Vec::new();
     let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
     let mut all_timeouts = true;
+    let mut screened: Vec<(usize, Vec<Value>)> = Vec::new();
 
     for (ri, result) in results.iter().enumerate() {
         let region = &result.region;
@@ -235,27 +252,92 @@ pub fn merge(
                         .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
                     );
                 }
-                patients.extend(answer.patients.into_iter().map(|p| (ri, p)));
-                for mut item in answer.items {
-                    let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else {
-                        continue;
-                    };
-                    point_at_patient(&mut item, rtype, &patient_url, nhs);
-                    let key = content_key(&item);
-                    match by_content.get(&key) {
-                        Some(&slot) => {
-                            deduplicated += 1;
-                            slots[slot].regions.insert(ri);
-                        }
-                        None => {
-                            by_content.insert(key, slots.len());
-                            slots.push(Slot {
-                                rtype,
-                                resource: item,
-                                regions: BTreeSet::from([ri]),
-                            });
+                patients.extend(answer.patients.iter().cloned().map(|p| (ri, p)));
+                screened.push((ri, answer.items));
+            }
+        }
+    }
+
+    // A possible wrong-patient match: regions whose demographics disagree with the most
+    // recently updated region's.
+    let conflicts = demographic_conflicts(&patients);
+    let mut withheld_regions = BTreeSet::new();
+    for (ri, fields) in &conflicts {
+        let region = &results[*ri].region;
+        let withhold = ctx.on_mismatch == MismatchPolicy::Withhold;
+        if withhold {
+            withheld_regions.insert(*ri);
+        }
+        issues.push(
+            Issue::new(
+                if withhold { Severity::Error } else { Severity::Warning },
+                "business-rule",
+                format!(
+                    "Possible wrong-patient match: region {} ({}) holds this NHS number with a different {}. {}",
+                    region.code,
+                    region.name,
+                    fields.join(", "),
+                    if withhold {
+                        "Its records are withheld; check the patient's identity with that region."
+                    } else {
+                        "Check the patient's identity before acting on that region's records."
+                    }
+                ),
+            )
+            .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
+        );
+    }
+    if !withheld_regions.is_empty() {
+        patients.retain(|(ri, _)| !withheld_regions.contains(ri));
+    }
+
+    for (ri, items) in screened {
+        if withheld_regions.contains(&ri) {
+            discarded += items.len();
+            continue;
+        }
+        for mut item in items {
+            let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else {
+                continue;
+            };
+            point_at_patient(&mut item, rtype, &patient_url, nhs);
+            // The same item: the same business identifier, or else the same content.
+            let keys: Vec<String> = business_keys(rtype, &item)
+                .into_iter()
+                .chain(std::iter::once(content_key(&item)))
+                .collect();
+            match keys.iter().find_map(|k| by_content.get(k).copied()) {
+                Some(slot) => {
+                    deduplicated += 1;
+                    let s = &mut slots[slot];
+                    s.regions.insert(ri);
+                    if content_key(&s.resource) != content_key(&item) {
+                        // Two versions of one item: keep the more recently updated and say
+                        // that the other region holds another version.
+                        if last_updated(&item) > last_updated(&s.resource) {
+                            s.other_versions
+                                .push((s.origin, last_updated_text(&s.resource)));
+                            s.resource = item;
+                            s.origin = ri;
+                        } else {
+                            s.other_versions.push((ri, last_updated_text(&item)));
                         }
                     }
+                    for k in keys {
+                        by_content.entry(k).or_insert(slot);
+                    }
+                }
+                None => {
+                    for k in keys {
+                        by_content.insert(k, slots.len());
+                    }
+                    slots.push(Slot {
+                        rtype,
+                        resource: item,
+                        regions: BTreeSet::from([ri]),
+                        origin: ri,
+                        other_versions: Vec::new(),
+                    });
                 }
             }
         }
@@ -281,8 +363,7 @@ pub fn merge(
         matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
     }
     for slot in slots {
-        let first = *slot.regions.iter().next().expect("a slot has a region");
-        let origin = &results[first].region;
+        let origin = &results[slot.origin].region;
         let full_url = format!(
             "{}/{}/{}",
             origin.base_url,
@@ -295,6 +376,9 @@ pub fn merge(
             &origin.base_url,
             slot.regions.iter().map(|&i| &results[i].region),
         );
+        for (ri, updated) in &slot.other_versions {
+            note_other_version(&mut resource, &results[*ri].region, updated.as_deref());
+        }
         matches.push(fhir::entry(&full_url, resource, SearchMode::Match));
     }
     let total = matches.len();
@@ -401,6 +485,110 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
             tags.push(json!({"system": REGION_TAG_SYSTEM, "code": r.code, "display": r.name}));
         }
     }
+}
+
+fn last_updated_text(v: &Value) -> Option<String> {
+    v.pointer("/meta/lastUpdated")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The extension that records another region's version of an item shown once.
+pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
+
+/// Records in `meta.extension` that `region` holds another version of this item (last
+/// updated at `updated`), so nothing is dropped silently.
+fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option<&str>) {
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ext = meta.entry("extension").or_insert_with(|| json!([]));
+    if let Some(list) = ext.as_array_mut() {
+        let mut parts = vec![json!({"url": "region", "valueCode": region.code})];
+        if let Some(u) = updated {
+            parts.push(json!({"url": "lastUpdated", "valueInstant": u}));
+        }
+        list.push(json!({"url": OTHER_VERSION_EXTENSION, "extension": parts}));
+    }
+}
+
+/// Business identifiers of an item (`system|value`), which name it across regions.
+fn business_keys(rtype: ResourceType, item: &Value) -> Vec<String> {
+    item.get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let system = i.get("system")?.as_str()?;
+            let value = i.get("value")?.as_str()?;
+            Some(format!("id:{}:{system}|{value}", rtype.as_str()))
+        })
+        .collect()
+}
+
+/// The demographics compared across regions: date of birth, sex, family name.
+fn demographics(p: &Value) -> [(&'static str, Option<String>); 3] {
+    let family = p
+        .get("name")
+        .and_then(Value::as_array)
+        .and_then(|names| {
+            names
+                .iter()
+                .find(|n| n.get("use").and_then(Value::as_str) == Some("official"))
+                .or_else(|| names.first())
+        })
+        .and_then(|n| n.get("family"))
+        .and_then(Value::as_str)
+        .map(|f| f.trim().to_lowercase());
+    [
+        (
+            "date of birth",
+            p.get("birthDate")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        (
+            "sex",
+            p.get("gender").and_then(Value::as_str).map(str::to_owned),
+        ),
+        ("family name", family),
+    ]
+}
+
+/// Regions whose Patient disagrees with the most recently updated one on a field both state,
+/// with the fields.
+pub fn demographic_conflicts(patients: &[(usize, Value)]) -> Vec<(usize, Vec<&'static str>)> {
+    let Some(reference) = patients.iter().max_by(|a, b| {
+        last_updated(&a.1)
+            .cmp(&last_updated(&b.1))
+            .then(b.0.cmp(&a.0))
+    }) else {
+        return Vec::new();
+    };
+    let base = demographics(&reference.1);
+    let mut out: Vec<(usize, Vec<&'static str>)> = Vec::new();
+    for (ri, p) in patients {
+        if *ri == reference.0 {
+            continue;
+        }
+        let fields: Vec<&'static str> = demographics(p)
+            .iter()
+            .zip(base.iter())
+            .filter(|((_, a), (_, b))| matches!((a, b), (Some(a), Some(b)) if a != b))
+            .map(|((name, _), _)| *name)
+            .collect();
+        if !fields.is_empty() {
+            match out.iter_mut().find(|(r, _)| r == ri) {
+                Some((_, f)) => {
+                    f.extend(fields);
+                    f.sort_unstable();
+                    f.dedup();
+                }
+                None => out.push((*ri, fields)),
+            }
+        }
+    }
+    out
 }
 
 fn last_updated(p: &Value) -> i64 {

@@ -54,6 +54,7 @@ fn ctx() -> MergeContext<'static> {
         now: "2024-01-01T00:00:00Z",
         self_link: "https://gw.example/fhir/x",
         issues: vec![],
+        on_mismatch: MismatchPolicy::Warn,
     }
 }
 
@@ -325,4 +326,140 @@ fn identical_items_are_merged_whatever_order_their_keys_came_in() {
     );
     assert_eq!(matches(&merged.bundle).len(), 1);
     assert_eq!(merged.deduplicated, 1);
+}
+
+fn issues_of(b: &Value) -> Vec<(String, String, String)> {
+    entries(b)
+        .into_iter()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .flat_map(|e| {
+            e["resource"]["issue"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|i| {
+            (
+                i["severity"].as_str().unwrap_or("").to_owned(),
+                i["details"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                i["diagnostics"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn two_regions_disagreeing_on_birth() -> Vec<RegionResult> {
+    let mut wrong = patient("h7", "2022-01-01T00:00:00Z", "smith ");
+    wrong["birthDate"] = json!("1990-05-05");
+    vec![
+        answered(
+            "dorset",
+            vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+            vec![allergy("a", "d1", "2020-01-01")],
+        ),
+        answered(
+            "hampshire",
+            vec![wrong],
+            vec![allergy("b", "h7", "2021-01-01")],
+        ),
+    ]
+}
+
+#[test]
+fn regions_disagreeing_on_demographics_are_named_as_a_possible_wrong_patient() {
+    let merged = merge(&allergy_query(), two_regions_disagreeing_on_birth(), ctx());
+    let issues = issues_of(&merged.bundle);
+    let warning = issues
+        .iter()
+        .find(|(_, region, _)| region == "hampshire")
+        .expect("hampshire is named");
+    assert_eq!(warning.0, "warning");
+    assert!(warning.2.contains("wrong-patient"), "{}", warning.2);
+    assert!(warning.2.contains("date of birth"));
+    assert!(
+        !warning.2.contains("family name"),
+        "family names compare without case or spaces"
+    );
+    assert_eq!(
+        matches(&merged.bundle).len(),
+        2,
+        "warn: both regions' items shown"
+    );
+
+    // The same with `withhold`: hampshire's items are left out, and said so.
+    let merged = merge(
+        &allergy_query(),
+        two_regions_disagreeing_on_birth(),
+        MergeContext {
+            on_mismatch: MismatchPolicy::Withhold,
+            ..ctx()
+        },
+    );
+    let m = matches(&merged.bundle);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["resource"]["id"], "a");
+    assert_eq!(merged.discarded, 1);
+    assert!(
+        issues_of(&merged.bundle)
+            .iter()
+            .any(|(sev, region, text)| sev == "error"
+                && region == "hampshire"
+                && text.contains("withheld"))
+    );
+}
+
+#[test]
+fn one_item_in_two_versions_keeps_the_newer_and_names_the_other() {
+    let with_id = |id: &str, status: &str, updated: &str| {
+        let mut a = allergy(id, "x", "2020-01-01");
+        a["identifier"] = json!([{"system": "urn:gp:allergy", "value": "A-17"}]);
+        a["clinicalStatus"] = json!({"coding": [{"code": status}]});
+        a["meta"] = json!({"lastUpdated": updated});
+        a
+    };
+    let mut d = with_id("a", "active", "2021-01-01T00:00:00Z");
+    d["patient"] = json!({"reference": "Patient/d1"});
+    let mut h = with_id("b", "resolved", "2024-01-01T00:00:00Z");
+    h["patient"] = json!({"reference": "Patient/h7"});
+    let merged = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![d],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")],
+                vec![h],
+            ),
+        ],
+        ctx(),
+    );
+    let m = matches(&merged.bundle);
+    assert_eq!(m.len(), 1, "one item, shown once");
+    let r = &m[0]["resource"];
+    assert_eq!(
+        r["clinicalStatus"]["coding"][0]["code"], "resolved",
+        "the newer"
+    );
+    assert_eq!(r["meta"]["source"], "https://hampshire.example/fhir");
+    let other = &r["meta"]["extension"][0];
+    assert_eq!(other["url"], OTHER_VERSION_EXTENSION);
+    assert_eq!(other["extension"][0]["valueCode"], "dorset");
+    assert_eq!(
+        other["extension"][1]["valueInstant"],
+        "2021-01-01T00:00:00Z"
+    );
+    let tags: Vec<&str> = r["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, vec!["dorset", "hampshire"]);
 }
