@@ -362,6 +362,8 @@ pub fn merge(
     if wants_patient && let Some(p) = &patient {
         matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
     }
+    // Per region: the entries it contributed to (for its Provenance).
+    let mut contributed: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for slot in slots {
         let origin = &results[slot.origin].region;
         let full_url = format!(
@@ -379,12 +381,65 @@ pub fn merge(
         for (ri, updated) in &slot.other_versions {
             note_other_version(&mut resource, &results[*ri].region, updated.as_deref());
         }
+        for &ri in &slot.regions {
+            contributed.entry(ri).or_default().push(full_url.clone());
+        }
         matches.push(fhir::entry(&full_url, resource, SearchMode::Match));
     }
     let total = matches.len();
     if let Some(count) = query.count {
         matches.truncate(count as usize);
     }
+    // One Provenance per region that answered: what it contributed, and when.
+    let shown: BTreeSet<&str> = matches
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str())
+        .collect();
+    let mut provenance = Vec::new();
+    for (ri, result) in results.iter().enumerate() {
+        let Ok(answer) = &result.outcome else {
+            continue;
+        };
+        if withheld_regions.contains(&ri) {
+            continue;
+        }
+        let mut targets: Vec<Value> = contributed
+            .get(&ri)
+            .into_iter()
+            .flatten()
+            .filter(|u| shown.contains(u.as_str()))
+            .map(|u| json!({"reference": u}))
+            .collect();
+        if targets.is_empty() {
+            // A region that contributed nothing shown still answered about the patient.
+            targets.push(json!({"reference": patient_url}));
+        }
+        let region = &result.region;
+        let mut p = json!({
+            "resourceType": "Provenance",
+            "id": format!("{}-{}", region.code, ctx.bundle_id),
+            "target": targets,
+            "recorded": ctx.now,
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
+                         "text": format!("answered the federated query in {} ms", result.elapsed_ms)},
+            "agent": [{
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
+                "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
+            }],
+        });
+        if let Some(age) = answer.stale_seconds {
+            p["activity"]["text"] = json!(format!(
+                "could not answer; its answer of {} ago is shown",
+                crate::fhir::describe_age(age)
+            ));
+        }
+        provenance.push(fhir::entry(
+            &format!("urn:uuid:{}", provenance_uuid(&region.code, ctx.bundle_id)),
+            p,
+            SearchMode::Include,
+        ));
+    }
+    matches.extend(provenance);
     if !issues.is_empty() {
         let oo_url = format!("urn:uuid:{}", ctx.bundle_id);
         matches.push(fhir::entry(
@@ -485,6 +540,21 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
             tags.push(json!({"system": REGION_TAG_SYSTEM, "code": r.code, "display": r.name}));
         }
     }
+}
+
+/// A stable UUID-shaped id for a region's Provenance in one Bundle (SHA-256 of both).
+fn provenance_uuid(region: &str, bundle_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{region}\n{bundle_id}").as_bytes());
+    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn last_updated_text(v: &Value) -> Option<String> {

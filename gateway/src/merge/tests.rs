@@ -463,3 +463,56 @@ fn one_item_in_two_versions_keeps_the_newer_and_names_the_other() {
         .collect();
     assert_eq!(tags, vec!["dorset", "hampshire"]);
 }
+
+#[test]
+fn each_answering_region_has_a_provenance_naming_what_it_contributed() {
+    let merged = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![
+                    allergy("a", "d1", "2020-01-01"),
+                    allergy("only-d", "d1", "2019-01-01"),
+                ],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")],
+                vec![allergy("zz", "h7", "2020-01-01")],
+            ),
+            failed("kent", FailureKind::Timeout),
+        ],
+        ctx(),
+    );
+    let provenance: Vec<Value> = entries(&merged.bundle)
+        .into_iter()
+        .filter(|e| e["resource"]["resourceType"] == "Provenance")
+        .collect();
+    assert_eq!(provenance.len(), 2, "one per region that answered");
+    assert!(provenance.iter().all(|e| e["search"]["mode"] == "include"));
+    let targets = |code: &str| -> Vec<String> {
+        let p = provenance
+            .iter()
+            .find(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"] == code)
+            .unwrap();
+        p["resource"]["target"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["reference"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(targets("dorset").len(), 2);
+    assert_eq!(targets("hampshire").len(), 1, "the shared allergy");
+    // Every target resolves to an entry of the Bundle.
+    let urls: Vec<String> = matches(&merged.bundle)
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+        .collect();
+    for t in targets("dorset").iter().chain(&targets("hampshire")) {
+        assert!(urls.contains(t), "{t}");
+    }
+    assert_eq!(merged.total, 2, "Provenance entries are not counted");
+}
