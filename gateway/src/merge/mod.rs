@@ -167,8 +167,9 @@ struct Slot {
     regions: BTreeSet<usize>,
     /// The region whose version is shown.
     origin: usize,
-    /// Regions holding another version of the item (and when they last updated it).
-    other_versions: Vec<(usize, Option<String>)>,
+    /// Regions holding another version of the item: the region, when it last updated it,
+    /// and the version's content key (each version is noted once).
+    other_versions: Vec<(usize, Option<String>, String)>,
 }
 
 /// Merges the regions' results into one Bundle.
@@ -311,16 +312,23 @@ pub fn merge(
                     deduplicated += 1;
                     let s = &mut slots[slot];
                     s.regions.insert(ri);
-                    if content_key(&s.resource) != content_key(&item) {
+                    let (shown_key, item_key) = (content_key(&s.resource), content_key(&item));
+                    if shown_key != item_key {
                         // Two versions of one item: keep the more recently updated and say
-                        // that the other region holds another version.
-                        if last_updated(&item) > last_updated(&s.resource) {
-                            s.other_versions
-                                .push((s.origin, last_updated_text(&s.resource)));
-                            s.resource = item;
+                        // which region holds the other (each version once).
+                        let (other, other_key) = if last_updated(&item) > last_updated(&s.resource)
+                        {
+                            let old = std::mem::replace(&mut s.resource, item);
+                            let other = (s.origin, last_updated_text(&old));
                             s.origin = ri;
+                            (other, shown_key)
                         } else {
-                            s.other_versions.push((ri, last_updated_text(&item)));
+                            ((ri, last_updated_text(&item)), item_key)
+                        };
+                        let current = content_key(&s.resource);
+                        s.other_versions.retain(|(_, _, k)| *k != current);
+                        if !s.other_versions.iter().any(|(_, _, k)| *k == other_key) {
+                            s.other_versions.push((other.0, other.1, other_key));
                         }
                     }
                     for k in keys {
@@ -378,7 +386,7 @@ pub fn merge(
             &origin.base_url,
             slot.regions.iter().map(|&i| &results[i].region),
         );
-        for (ri, updated) in &slot.other_versions {
+        for (ri, updated, _) in &slot.other_versions {
             note_other_version(&mut resource, &results[*ri].region, updated.as_deref());
         }
         for &ri in &slot.regions {
@@ -709,5 +717,7 @@ fn merge_patients(
     merged
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;
