@@ -26,8 +26,13 @@ fn ctx(on_mismatch: MismatchPolicy) -> MergeContext<'static> {
     }
 }
 
+/// (type, code, date, business identifier, lastUpdated, about the patient)
+type Item = (u8, u8, u8, Option<u8>, u8, bool);
+/// (date-of-birth variant, patient lastUpdated, items)
+type Answer = (u8, u8, Vec<Item>);
+
 /// One item drawn from a small space, so that duplicates and conflicts are common.
-fn item() -> impl Strategy<Value = (u8, u8, u8, Option<u8>, u8, bool)> {
+fn item() -> impl Strategy<Value = Item> {
     // (type, code, date, business identifier, lastUpdated, about the patient)
     (
         0..2u8,
@@ -39,15 +44,12 @@ fn item() -> impl Strategy<Value = (u8, u8, u8, Option<u8>, u8, bool)> {
     )
 }
 
-fn region_answer() -> impl Strategy<Value = (u8, u8, Vec<(u8, u8, u8, Option<u8>, u8, bool)>)> {
+fn region_answer() -> impl Strategy<Value = Answer> {
     // (birth year variant, patient lastUpdated, items)
     (0..4u8, 0..3u8, prop::collection::vec(item(), 0..7))
 }
 
-fn build(
-    code: &str,
-    (birth, updated, items): &(u8, u8, Vec<(u8, u8, u8, Option<u8>, u8, bool)>),
-) -> RegionResult {
+fn build(code: &str, (birth, updated, items): &Answer) -> RegionResult {
     let local = format!("{code}-p");
     // Mostly the same date of birth; sometimes another (a wrong-patient candidate).
     let dob = if *birth == 0 {
