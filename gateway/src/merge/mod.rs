@@ -170,6 +170,8 @@ struct Slot {
     /// Regions holding another version of the item: the region, when it last updated it,
     /// and the version's content key (each version is noted once).
     other_versions: Vec<(usize, Option<String>, String)>,
+    /// Its index when made (slots are sorted later).
+    key: usize,
 }
 
 /// Merges the regions' results into one Bundle.
@@ -292,6 +294,13 @@ pub fn merge(
         patients.retain(|(ri, _)| !withheld_regions.contains(ri));
     }
 
+    // (region, its local `Type/id`) -> the slot the item went to, for references.
+    let mut local_refs: std::collections::HashMap<(usize, String), usize> =
+        std::collections::HashMap::new();
+    let local_patients: BTreeSet<(usize, String)> = patients
+        .iter()
+        .map(|(ri, p)| (*ri, format!("Patient/{}", id_of(p))))
+        .collect();
     for (ri, items) in screened {
         if withheld_regions.contains(&ri) {
             discarded += items.len();
@@ -302,6 +311,7 @@ pub fn merge(
                 continue;
             };
             point_at_patient(&mut item, rtype, &patient_url, nhs);
+            let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
             // The same item: the same business identifier, or else the same content.
             let keys: Vec<String> = business_keys(rtype, &item)
                 .into_iter()
@@ -310,6 +320,7 @@ pub fn merge(
             match keys.iter().find_map(|k| by_content.get(k).copied()) {
                 Some(slot) => {
                     deduplicated += 1;
+                    local_refs.insert((ri, local_ref), slots[slot].key);
                     let s = &mut slots[slot];
                     s.regions.insert(ri);
                     let (shown_key, item_key) = (content_key(&s.resource), content_key(&item));
@@ -339,12 +350,14 @@ pub fn merge(
                     for k in keys {
                         by_content.insert(k, slots.len());
                     }
+                    local_refs.insert((ri, local_ref), slots.len());
                     slots.push(Slot {
                         rtype,
                         resource: item,
                         regions: BTreeSet::from([ri]),
                         origin: ri,
                         other_versions: Vec::new(),
+                        key: slots.len(),
                     });
                 }
             }
@@ -372,15 +385,33 @@ pub fn merge(
     }
     // Per region: the entries it contributed to (for its Provenance).
     let mut contributed: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for slot in slots {
-        let origin = &results[slot.origin].region;
-        let full_url = format!(
+    let url_of = |slot: &Slot| {
+        format!(
             "{}/{}/{}",
-            origin.base_url,
+            results[slot.origin].region.base_url,
             slot.rtype.as_str(),
             id_of(&slot.resource)
-        );
+        )
+    };
+    let url_by_key: std::collections::HashMap<usize, String> =
+        slots.iter().map(|s| (s.key, url_of(s))).collect();
+    for slot in slots {
+        let origin = &results[slot.origin].region;
+        let full_url = url_by_key[&slot.key].clone();
         let mut resource = slot.resource;
+        // References resolve inside the Bundle where the target is in it; otherwise they are
+        // qualified by the region that holds the target.
+        let resolve = |local: &str| -> String {
+            if local_patients.contains(&(slot.origin, local.to_owned())) {
+                return patient_url.clone();
+            }
+            local_refs
+                .get(&(slot.origin, local.to_owned()))
+                .and_then(|k| url_by_key.get(k))
+                .cloned()
+                .unwrap_or_else(|| format!("{}/{local}", origin.base_url))
+        };
+        qualify_references(&mut resource, &resolve);
         tag(
             &mut resource,
             &origin.base_url,
@@ -563,6 +594,46 @@ fn provenance_uuid(region: &str, bundle_id: &str) -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+/// Is `r` a relative RESTful reference (`Type/id`, optionally `/_history/v`)?
+fn is_relative_reference(r: &str) -> bool {
+    let mut parts = r.split('/');
+    let (Some(t), Some(id)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let rest: Vec<&str> = parts.collect();
+    t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_alphabetic())
+        && !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && (rest.is_empty() || (rest.len() == 2 && rest[0] == "_history"))
+}
+
+/// Rewrites every relative `reference` in a resource with `resolve`; absolute, contained
+/// (`#`) and `urn:` references are left as they are.
+fn qualify_references(value: &mut Value, resolve: &dyn Fn(&str) -> String) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if k == "reference" && is_relative_reference(s) => {
+                        *s = resolve(s);
+                    }
+                    other => qualify_references(other, resolve),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                qualify_references(v, resolve);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn last_updated_text(v: &Value) -> Option<String> {

@@ -516,3 +516,72 @@ fn each_answering_region_has_a_provenance_naming_what_it_contributed() {
     }
     assert_eq!(merged.total, 2, "Provenance entries are not counted");
 }
+
+#[test]
+fn references_resolve_inside_the_bundle_or_are_qualified_by_region() {
+    let query = parse_everything(NHS, &[], false).unwrap().query;
+    let obs = |id: &str, p: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final", "subject": {"reference": format!("Patient/{p}")},
+               "code": {"text": "Haemoglobin"}, "effectiveDateTime": "2024-03-01"})
+    };
+    let report = |id: &str, p: &str, result: &str| {
+        json!({"resourceType": "DiagnosticReport", "id": id, "status": "final", "subject": {"reference": format!("Patient/{p}")},
+               "code": {"text": "FBC"}, "effectiveDateTime": format!("2024-03-0{}", if id.starts_with('d') { 1 } else { 2 }),
+               "result": [{"reference": result}], "encounter": {"reference": "Encounter/e9"},
+               "performer": [{"reference": format!("Patient/{p}")}, {"reference": "#contained"}, {"reference": "urn:uuid:x"}]})
+    };
+    let merged = merge(
+        &query,
+        vec![
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![obs("o1", "d1"), report("dr1", "d1", "Observation/o1")],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")],
+                // The same observation under hampshire's own id, and a report pointing at it.
+                vec![obs("o7", "h7"), report("hr2", "h7", "Observation/o7")],
+            ),
+        ],
+        ctx(),
+    );
+    let m = matches(&merged.bundle);
+    let urls: Vec<&str> = m.iter().map(|e| e["fullUrl"].as_str().unwrap()).collect();
+    let observation_url = m
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Observation")
+        .unwrap()["fullUrl"]
+        .as_str()
+        .unwrap();
+    let reports: Vec<&Value> = m
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "DiagnosticReport")
+        .collect();
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        // Both regions' reports point at the one Observation entry, whichever id it kept.
+        assert_eq!(r["result"][0]["reference"], observation_url);
+        assert!(urls.contains(&r["result"][0]["reference"].as_str().unwrap()));
+        assert_eq!(
+            r["performer"][0]["reference"],
+            "https://gw.example/fhir/Patient/9000000009"
+        );
+        assert_eq!(r["performer"][1]["reference"], "#contained");
+        assert_eq!(r["performer"][2]["reference"], "urn:uuid:x");
+    }
+    // Not in the Bundle: qualified by the region that holds it.
+    let encounters: BTreeSet<&str> = reports
+        .iter()
+        .map(|r| r["encounter"]["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        encounters,
+        BTreeSet::from([
+            "https://dorset.example/fhir/Encounter/e9",
+            "https://hampshire.example/fhir/Encounter/e9"
+        ])
+    );
+}
