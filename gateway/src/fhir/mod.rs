@@ -19,38 +19,95 @@ pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
 /// order the keys arrived in. (serde_json keeps insertion order here, because a dependency
 /// enables its `preserve_order` feature, so `to_string` is not canonical.)
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
+    canonical_json_without(value, &[])
+}
+
+/// [`canonical_json`] leaving out some top-level keys (the merge's content identity leaves
+/// out `id` and `meta`) without copying the value.
+pub fn canonical_json_without(value: &Value, skip: &[&str]) -> String {
+    let mut out = String::with_capacity(256);
+    write_top(value, skip, &mut out);
     out
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// SHA-256 of [`canonical_json_without`], computed without building the text: the merge's
+/// identity of content (short to keep and quick to compare).
+pub fn canonical_digest_without(value: &Value, skip: &[&str]) -> [u8; 32] {
+    let mut out = DigestOut(sha2::Sha256::default());
+    write_top(value, skip, &mut out);
+    sha2::Digest::finalize(out.0).into()
+}
+
+/// Where canonical JSON is written: text, or a running digest.
+trait Out {
+    fn put(&mut self, s: &str);
+}
+
+impl Out for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+struct DigestOut(sha2::Sha256);
+
+impl Out for DigestOut {
+    fn put(&mut self, s: &str) {
+        sha2::Digest::update(&mut self.0, s.as_bytes());
+    }
+}
+
+fn write_top(value: &Value, skip: &[&str], out: &mut impl Out) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
+        Value::Object(map) => write_object(map, skip, out),
+        other => write_canonical(other, out),
+    }
+}
+
+fn write_object(map: &serde_json::Map<String, Value>, skip: &[&str], out: &mut impl Out) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
+    keys.sort_unstable();
+    out.put("{");
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.put(",");
         }
+        write_string(k, out);
+        out.put(":");
+        write_canonical(&map[k], out);
+    }
+    out.put("}");
+}
+
+/// A JSON string literal, escaped as serde_json escapes it.
+fn write_string(s: &str, out: &mut impl Out) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.put("\"");
+        out.put(s);
+        out.put("\"");
+    } else {
+        out.put(&Value::String(s.to_owned()).to_string());
+    }
+}
+
+fn write_canonical(value: &Value, out: &mut impl Out) {
+    match value {
+        Value::Object(map) => write_object(map, &[], out),
+        Value::String(s) => write_string(s, out),
         Value::Array(items) => {
-            out.push('[');
+            out.put("[");
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.put(",");
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.put("]");
         }
-        other => out.push_str(&other.to_string()),
+        Value::Bool(true) => out.put("true"),
+        Value::Bool(false) => out.put("false"),
+        Value::Null => out.put("null"),
+        other => out.put(&other.to_string()),
     }
 }
 
@@ -101,7 +158,13 @@ impl SearchMode {
 
 /// One `Bundle.entry` of a searchset.
 pub fn entry(full_url: &str, resource: Value, mode: SearchMode) -> Value {
-    json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode.as_str()}})
+    // Built by hand: `json!` serialises an expression by reference, which would copy the
+    // whole resource.
+    let mut entry = serde_json::Map::with_capacity(3);
+    entry.insert("fullUrl".into(), Value::String(full_url.to_owned()));
+    entry.insert("resource".into(), resource);
+    entry.insert("search".into(), json!({"mode": mode.as_str()}));
+    Value::Object(entry)
 }
 
 /// A `searchset` Bundle. `total` counts the matches only (FHIR R4: includes and outcomes are not

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::types::{ResourceType, element, resource_type};
@@ -169,7 +169,7 @@ struct Slot {
     origin: usize,
     /// Regions holding another version of the item: the region, when it last updated it,
     /// and the version's content key (each version is noted once).
-    other_versions: Vec<(usize, Option<String>, String)>,
+    other_versions: Vec<(usize, Option<String>, ContentKey)>,
     /// Its index when made (slots are sorted later).
     key: usize,
 }
@@ -186,15 +186,17 @@ pub fn merge(
     let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
     let mut issues = ctx.issues;
     let mut slots: Vec<Slot> = Vec::new();
-    let mut by_content: BTreeMap<String, usize> = BTreeMap::new();
+    // Items by identity (content digest or business identifier), hashed.
+    let mut by_content: std::collections::HashMap<ContentKey, usize> =
+        std::collections::HashMap::new();
     let mut patients: Vec<(usize, Value)> = Vec::new();
     let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
     let mut all_timeouts = true;
     let mut screened: Vec<(usize, Vec<Value>)> = Vec::new();
 
-    for (ri, result) in results.iter().enumerate() {
+    for (ri, result) in results.iter_mut().enumerate() {
         let region = &result.region;
-        match &result.outcome {
+        match &mut result.outcome {
             Err(failure) => {
                 failed += 1;
                 all_timeouts &= failure.kind == FailureKind::Timeout;
@@ -219,7 +221,14 @@ pub fn merge(
             }
             Ok(answer) => {
                 answered += 1;
-                let (answer, dropped) = screen(answer.clone(), query);
+                // The items move into the merge; what the Provenance needs stays behind.
+                let taken = RecordAnswer {
+                    patients: std::mem::take(&mut answer.patients),
+                    items: std::mem::take(&mut answer.items),
+                    withheld: answer.withheld,
+                    stale_seconds: answer.stale_seconds,
+                };
+                let (answer, dropped) = screen(taken, query);
                 if let Some(age) = answer.stale_seconds {
                     issues.push(
                         Issue::new(
@@ -313,7 +322,7 @@ pub fn merge(
             point_at_patient(&mut item, rtype, &patient_url, nhs);
             let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
             // The same item: the same business identifier, or else the same content.
-            let keys: Vec<String> = business_keys(rtype, &item)
+            let keys: Vec<ContentKey> = business_keys(rtype, &item)
                 .into_iter()
                 .chain(std::iter::once(content_key(&item)))
                 .collect();
@@ -371,12 +380,14 @@ pub fn merge(
     let patient =
         (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
 
-    slots.sort_by(|a, b| {
-        sort_key(b.rtype, &b.resource)
-            .cmp(&sort_key(a.rtype, &a.resource))
-            .then_with(|| a.rtype.cmp(&b.rtype))
-            .then_with(|| a.regions.cmp(&b.regions))
-            .then_with(|| id_of(&a.resource).cmp(id_of(&b.resource)))
+    // Each slot's date is read once.
+    slots.sort_by_cached_key(|s| {
+        (
+            std::cmp::Reverse(sort_key(s.rtype, &s.resource)),
+            s.rtype,
+            s.regions.clone(),
+            id_of(&s.resource).to_owned(),
+        )
     });
 
     let mut matches: Vec<Value> = Vec::new();
@@ -430,7 +441,7 @@ pub fn merge(
         matches.truncate(count as usize);
     }
     // One Provenance per region that answered: what it contributed, and when.
-    let shown: BTreeSet<&str> = matches
+    let shown: std::collections::HashSet<&str> = matches
         .iter()
         .filter_map(|e| e["fullUrl"].as_str())
         .collect();
@@ -457,7 +468,7 @@ pub fn merge(
         let mut p = json!({
             "resourceType": "Provenance",
             "id": format!("{}-{}", region.code, ctx.bundle_id),
-            "target": targets,
+            "target": [],
             "recorded": ctx.now,
             "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
                          "text": format!("answered the federated query in {} ms", result.elapsed_ms)},
@@ -466,6 +477,7 @@ pub fn merge(
                 "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
             }],
         });
+        p["target"] = Value::Array(targets);
         if let Some(age) = answer.stale_seconds {
             p["activity"]["text"] = json!(format!(
                 "could not answer; its answer of {} ago is shown",
@@ -507,19 +519,13 @@ fn id_of(resource: &Value) -> &str {
 
 /// Identity of content for deduplication: the resource without its region-local `id` and
 /// `meta`, in canonical JSON (keys sorted at every depth).
-fn content_key(resource: &Value) -> String {
-    match resource {
-        Value::Object(map) => {
-            let stripped: Map<String, Value> = map
-                .iter()
-                .filter(|(k, _)| *k != "id" && *k != "meta")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            crate::fhir::canonical_json(&Value::Object(stripped))
-        }
-        other => crate::fhir::canonical_json(other),
-    }
+fn content_key(resource: &Value) -> ContentKey {
+    crate::fhir::canonical_digest_without(resource, &["id", "meta"])
 }
+
+/// An item's identity in the merge: SHA-256 of its canonical content, or of a business
+/// identifier.
+type ContentKey = [u8; 32];
 
 /// The region-local patient reference becomes the merged Patient's, so the reference resolves
 /// inside the Bundle (or at this gateway) and identical items from two regions compare equal.
@@ -662,7 +668,7 @@ fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option
 }
 
 /// Business identifiers of an item (`system|value`), which name it across regions.
-fn business_keys(rtype: ResourceType, item: &Value) -> Vec<String> {
+fn business_keys(rtype: ResourceType, item: &Value) -> Vec<ContentKey> {
     item.get("identifier")
         .and_then(Value::as_array)
         .into_iter()
@@ -670,7 +676,13 @@ fn business_keys(rtype: ResourceType, item: &Value) -> Vec<String> {
         .filter_map(|i| {
             let system = i.get("system")?.as_str()?;
             let value = i.get("value")?.as_str()?;
-            Some(format!("id:{}:{system}|{value}", rtype.as_str()))
+            let text = format!("id:{}:{system}|{value}", rtype.as_str());
+            Some(
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+                    text.as_bytes(),
+                ))
+                .into(),
+            )
         })
         .collect()
 }
