@@ -470,3 +470,63 @@ async fn the_deliberately_mismatched_patient_carries_a_wrong_patient_warning() {
             .all(|(code, _, _)| code != "business-rule")
     );
 }
+
+#[tokio::test]
+async fn count_pages_the_merged_result_with_stable_next_links_for_the_same_user_only() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let token = fed.token("R8000");
+    let first = fed
+        .get(
+            0,
+            &format!("/Patient/{}/$everything?_count=5", fed.everywhere()),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let total = first.body["total"].as_u64().unwrap() as usize;
+    assert!(total > 10, "{total}");
+    let next_of = |b: &serde_json::Value| {
+        b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned())
+    };
+    let mut seen: Vec<String> = entries(&first.body, "match")
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.len(), 5);
+    let mut next = next_of(&first.body);
+    let first_next = next.clone().unwrap();
+    while let Some(url) = next {
+        let page = get_json(&fed.client(), &url, Some(&token)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(page.body["total"].as_u64().unwrap() as usize, total);
+        seen.extend(
+            entries(&page.body, "match")
+                .iter()
+                .map(|e| e["fullUrl"].as_str().unwrap().to_owned()),
+        );
+        next = next_of(&page.body);
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(seen.len(), total, "every entry once");
+    assert_eq!(unique.len(), total);
+    // The same link again gives the same page (stable), but not to another user.
+    let again = get_json(&fed.client(), &first_next, Some(&token)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let other = fed.token_with(|c| c.sub = "someone-else".into());
+    let r = get_json(&fed.client(), &first_next, Some(&other)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let bogus = first_next.replace("cursor=", "cursor=0");
+    assert_eq!(
+        get_json(&fed.client(), &bogus, Some(&token)).await.status,
+        StatusCode::NOT_FOUND
+    );
+}

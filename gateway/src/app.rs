@@ -61,6 +61,8 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// Merged results kept for paging (`next` links).
+    pub pages: crate::api::paging::PageCache,
     /// Load shedding and rate limits.
     pub guard: crate::api::guard::Guard,
     /// Operational metrics (served on the operations listener).
@@ -253,6 +255,7 @@ impl Gateway {
             cache,
             metrics: crate::metrics::Metrics::new(),
             guard,
+            pages: crate::api::paging::new_cache(),
             in_flight: Arc::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             tls,

@@ -37,6 +37,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/fhir/Consent/{id}",
             get(super::consent::read).put(super::consent::update),
         )
+        .route("/fhir/_page", get(super::paging::page))
         .route("/fhir/{type}", get(search))
         .route("/admin/audit", get(super::audit::search_trail))
         .route("/admin/cache", axum::routing::delete(purge_cache))
@@ -366,14 +367,34 @@ fn none_answered(merged: &Merged) -> Option<ApiError> {
     })
 }
 
-async fn respond_bundle(gateway: &Gateway, ask: Ask, parsed: Parsed) -> Result<Response, ApiError> {
+async fn respond_bundle(
+    gateway: &Gateway,
+    ask: Ask,
+    mut parsed: Parsed,
+) -> Result<Response, ApiError> {
+    // The merge keeps everything; `_count` pages it (the rest is kept under a cursor).
+    let count = parsed.query.count.take();
+    let nhs = parsed.query.nhs_number.as_str().to_owned();
     let merged = fan_out_and_merge(gateway, &ask, parsed).await?;
     if let Some(e) = none_answered(&merged) {
         return Err(e);
     }
     tracing::info!(request_id = %ask.request_id, total = merged.total, regions_answered = merged.regions_answered, regions_failed = merged.regions_failed,
         deduplicated = merged.deduplicated, discarded = merged.discarded, "merged");
-    Ok(fhir_response(StatusCode::OK, &merged.bundle))
+    let bundle = match count {
+        Some(n) => {
+            let page =
+                super::paging::first_page(gateway, &ask.user, &nhs, merged.bundle, n as usize)
+                    .await;
+            let shown = page["entry"].as_array().map_or(0, |e| {
+                e.iter().filter(|x| x["search"]["mode"] == "match").count()
+            });
+            ask.note(|e| e.released = shown);
+            page
+        }
+        None => merged.bundle,
+    };
+    Ok(fhir_response(StatusCode::OK, &bundle))
 }
 
 async fn search(

@@ -8,6 +8,7 @@ pub mod clinician;
 pub mod consent;
 pub mod federation;
 pub mod guard;
+pub mod paging;
 
 use std::time::Instant;
 
