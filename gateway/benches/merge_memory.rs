@@ -9,6 +9,17 @@ mod hot_paths;
 
 use gateway::merge::{MergeContext, MismatchPolicy, merge};
 
+fn ctx() -> MergeContext<'static> {
+    MergeContext {
+        gateway_base: "https://gw/fhir",
+        bundle_id: "b",
+        now: "2026-01-01T00:00:00Z",
+        self_link: "https://gw/fhir/x",
+        issues: vec![],
+        on_mismatch: MismatchPolicy::Warn,
+    }
+}
+
 #[global_allocator]
 static PEAK: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
 
@@ -28,18 +39,7 @@ fn main() {
     // in hot_paths includes both).
     let timed_input = results.clone();
     let started = std::time::Instant::now();
-    let merged = merge(
-        &query,
-        timed_input,
-        MergeContext {
-            gateway_base: "https://gw/fhir",
-            bundle_id: "b",
-            now: "2026-01-01T00:00:00Z",
-            self_link: "https://gw/fhir/x",
-            issues: vec![],
-            on_mismatch: MismatchPolicy::Warn,
-        },
-    );
+    let merged = merge(&query, timed_input, ctx());
     let merging = started.elapsed();
     let started = std::time::Instant::now();
     drop(merged);
@@ -51,18 +51,7 @@ fn main() {
     );
     PEAK.reset_peak_usage();
     let before = PEAK.current_usage();
-    let merged = merge(
-        &query,
-        results,
-        MergeContext {
-            gateway_base: "https://gw/fhir",
-            bundle_id: "b",
-            now: "2026-01-01T00:00:00Z",
-            self_link: "https://gw/fhir/x",
-            issues: vec![],
-            on_mismatch: MismatchPolicy::Warn,
-        },
-    );
+    let merged = merge(&query, results, ctx());
     let peak = PEAK.peak_usage().saturating_sub(before);
     println!(
         "merge of three answers ({:.1} MB of JSON, {} entries): peak {:.1} MiB above the inputs",

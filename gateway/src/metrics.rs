@@ -86,6 +86,17 @@ impl Metrics {
         }
     }
 
+    /// Items a decision point released and withheld (`view` or `release`).
+    pub fn policy_items(&self, decision_point: &str, released: usize, withheld: usize) {
+        for (decision, n) in [("released", released), ("withheld", withheld)] {
+            self.counter(
+                "gateway_policy_items_total",
+                &[("decision_point", decision_point), ("decision", decision)],
+            )
+            .increment(n as u64);
+        }
+    }
+
     /// The text exposition, with the gauges read at this moment set first.
     pub async fn render(&self, gateway: &Gateway) -> String {
         for p in &gateway.peers {

@@ -291,17 +291,9 @@ async fn fan_out_and_merge(
             "Emergency (break-glass) access: this access is recorded and will be reviewed.",
         ));
     }
-    let m = &gateway.metrics;
-    m.counter(
-        "gateway_policy_items_total",
-        &[("decision_point", "view"), ("decision", "released")],
-    )
-    .increment(report.released as u64);
-    m.counter(
-        "gateway_policy_items_total",
-        &[("decision_point", "view"), ("decision", "withheld")],
-    )
-    .increment(report.withheld as u64);
+    gateway
+        .metrics
+        .policy_items("view", report.released, report.withheld);
     ask.note(|e| {
         e.regions = results
             .iter()

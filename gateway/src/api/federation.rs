@@ -340,17 +340,9 @@ async fn answer(
     let mut report = Filtered::default();
     let answered = local.items.len();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
-    let m = &gateway.metrics;
-    m.counter(
-        "gateway_policy_items_total",
-        &[("decision_point", "release"), ("decision", "released")],
-    )
-    .increment(report.released as u64);
-    m.counter(
-        "gateway_policy_items_total",
-        &[("decision_point", "release"), ("decision", "withheld")],
-    )
-    .increment(report.withheld as u64);
+    gateway
+        .metrics
+        .policy_items("release", report.released, report.withheld);
     note(&|e| {
         e.regions = vec![crate::audit::RegionOutcome {
             region: gateway.region.code.clone(),

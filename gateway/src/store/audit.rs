@@ -471,42 +471,32 @@ impl AuditStore for SqliteAudit {
         Box::pin(self.read(move |conn| {
             let kind = f.kind.map(EventKind::as_str);
             let outcome = f.outcome.map(i64::from);
+            let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
+            let limit = (f.count + 1) as i64;
+            // ?1-?9 filter (SQLITE_WHERE), ?10-?11 page.
+            let values: [&dyn rusqlite::ToSql; 11] = [
+                &f.patient,
+                &f.user,
+                &f.region,
+                &kind,
+                &f.from,
+                &f.until,
+                &f.break_glass_only,
+                &outcome,
+                &f.request_id,
+                &before,
+                &limit,
+            ];
             let total: i64 = conn.query_row(
                 &format!("SELECT COUNT(*) FROM audit WHERE {SQLITE_WHERE}"),
-                params![
-                    f.patient,
-                    f.user,
-                    f.region,
-                    kind,
-                    f.from,
-                    f.until,
-                    f.break_glass_only,
-                    outcome,
-                    f.request_id
-                ],
+                &values[..9],
                 |r| r.get(0),
             )?;
-            let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM audit WHERE {SQLITE_WHERE} AND seq < ?10 ORDER BY seq DESC LIMIT ?11"
             ))?;
             let rows = stmt
-                .query_map(
-                    params![
-                        f.patient,
-                        f.user,
-                        f.region,
-                        kind,
-                        f.from,
-                        f.until,
-                        f.break_glass_only,
-                        outcome,
-                        f.request_id,
-                        before,
-                        (f.count + 1) as i64
-                    ],
-                    sqlite_row,
-                )?
+                .query_map(&values[..], sqlite_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(page(rows, f.count, total))
         }))

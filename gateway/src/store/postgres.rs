@@ -499,48 +499,37 @@ impl AuditStore for PostgresAudit {
             let client = guard.as_ref().expect("connected");
             let kind = f.kind.map(EventKind::as_str);
             let outcome = f.outcome.map(i64::from);
+            let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
+            let limit = (f.count + 1) as i64;
+            // $1-$9 filter (PG_WHERE), $10-$11 page.
+            let values: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+                &f.patient,
+                &f.user,
+                &f.region,
+                &kind,
+                &f.from,
+                &f.until,
+                &f.break_glass_only,
+                &outcome,
+                &f.request_id,
+                &before,
+                &limit,
+            ];
+            let s = &self.schema;
             let total: i64 = client
                 .query_one(
-                    &format!(
-                        "SELECT COUNT(*) FROM {}.audit WHERE {PG_WHERE}",
-                        self.schema
-                    ),
-                    &[
-                        &f.patient,
-                        &f.user,
-                        &f.region,
-                        &kind,
-                        &f.from,
-                        &f.until,
-                        &f.break_glass_only,
-                        &outcome,
-                        &f.request_id,
-                    ],
+                    &format!("SELECT COUNT(*) FROM {s}.audit WHERE {PG_WHERE}"),
+                    &values[..9],
                 )
                 .await
                 .map_err(pg)?
                 .get(0);
-            let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
-            let limit = (f.count + 1) as i64;
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {COLUMNS} FROM {}.audit WHERE {PG_WHERE} AND seq < $10 ORDER BY seq DESC LIMIT $11",
-                        self.schema
+                        "SELECT {COLUMNS} FROM {s}.audit WHERE {PG_WHERE} AND seq < $10 ORDER BY seq DESC LIMIT $11"
                     ),
-                    &[
-                        &f.patient,
-                        &f.user,
-                        &f.region,
-                        &kind,
-                        &f.from,
-                        &f.until,
-                        &f.break_glass_only,
-                        &outcome,
-                        &f.request_id,
-                        &before,
-                        &limit,
-                    ],
+                    &values,
                 )
                 .await
                 .map_err(pg)?;

@@ -61,20 +61,24 @@ impl Clone for KeyMaterial {
     }
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let shown = path.display().to_string();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Read {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?
+/// Every PEM block of one kind in a file.
+fn read_pem_all<T: PemObject>(path: &Path) -> Result<Vec<T>, TlsError> {
+    let read_error = |e: rustls::pki_types::pem::Error| TlsError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    T::pem_file_iter(path)
+        .map_err(read_error)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Read {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(read_error)
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = read_pem_all::<CertificateDer<'static>>(path)?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: shown });
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
     }
     Ok(certs)
 }
@@ -85,20 +89,10 @@ pub fn load_crls(
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut out = Vec::new();
     for path in paths {
-        let shown = path.display().to_string();
-        let crls = CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|e| TlsError::Read {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Read {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
+        let crls = read_pem_all::<CertificateRevocationListDer<'static>>(path)?;
         if crls.is_empty() {
             return Err(TlsError::Read {
-                path: shown,
+                path: path.display().to_string(),
                 message: "no X509 CRL in it".into(),
             });
         }
