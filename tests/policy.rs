@@ -447,6 +447,25 @@ async fn policies_reload_on_change_and_a_broken_set_is_refused_while_the_old_one
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+
+    // Every activation and every refused reload is in the audit trail, with the files' digest.
+    let activations = fed.audit_events(0, "kind=policy-activation", 3).await;
+    assert!(
+        activations.iter().any(|e| e["outcome"] == "0"),
+        "{activations:#?}"
+    );
+    let refused: Vec<_> = activations.iter().filter(|e| e["outcome"] == "4").collect();
+    assert!(refused.len() >= 2, "the two broken sets: {activations:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["outcomeDesc"].as_str().unwrap().starts_with("refused:"))
+    );
+    assert!(
+        activations
+            .iter()
+            .all(|e| audit_detail(e, "digest").is_some_and(|d| d.len() == 64))
+    );
 }
 
 fn objection(nhs: &str) -> serde_json::Value {

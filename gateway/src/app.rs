@@ -593,11 +593,7 @@ pub fn policy_digest(dir: &std::path::Path) -> String {
         hasher.update(std::fs::read(&f).unwrap_or_default());
         hasher.update([0]);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::audit::hex(&hasher.finalize())
 }
 
 #[cfg(unix)]

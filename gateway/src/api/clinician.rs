@@ -54,21 +54,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             gateway.clone(),
             authenticate,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/fhir/metadata", get(metadata))
-        .merge(authenticated)
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        // Outermost last: request id and access log, then load shedding, then the body limit.
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            gateway.config.limits.max_request_bytes,
-        ))
-        .layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            super::guard::shed_load,
-        ))
-        .layer(middleware::from_fn(super::request_context))
-        .with_state(gateway)
+        .merge(authenticated);
+    super::outer_layers(routes, &gateway).with_state(gateway)
 }
 
 /// Verifies the bearer token and puts the user into the request.

@@ -31,7 +31,7 @@ use policy::DecisionPoint;
 pub struct PeerRegion(pub String);
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/{type}", get(search))
         // Layers run outside in: authenticate the peer, rate-limit it, audit, then the handler.
@@ -48,18 +48,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             authenticate_peer,
         ))
         // Certificate only: a peer says a patient's consent changed there.
-        .route("/fhir/$consent-changed", post(consent_changed))
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            gateway.config.limits.max_request_bytes,
-        ))
-        .layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            super::guard::shed_load,
-        ))
-        .layer(middleware::from_fn(super::request_context))
-        .with_state(gateway)
+        .route("/fhir/$consent-changed", post(consent_changed));
+    super::outer_layers(routes, &gateway).with_state(gateway)
 }
 
 /// `POST /fhir/$consent-changed` from a peer (mTLS): drop the cached answers of that peer for
@@ -392,14 +382,10 @@ async fn answer(
     let id = uuid::Uuid::new_v4().to_string();
     let bundle = fhir::searchset(&id, &now, base, total, entries);
     let mut response = fhir_response(StatusCode::OK, &bundle);
-    // How long the asking gateway may keep this answer for this user: never under break-glass.
-    let cache_control = match (
-        &context.user.break_glass,
+    let cache_control = crate::cache::federation_cache_control(
+        context.user.break_glass.is_some(),
         gateway.config.cache.federation_max_age_s,
-    ) {
-        (None, secs) if secs > 0 => format!("private, max-age={secs}"),
-        _ => "no-store".to_owned(),
-    };
+    );
     if let Ok(v) = http::HeaderValue::from_str(&cache_control) {
         response
             .headers_mut()

@@ -19,6 +19,25 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::ApiError;
 
+/// What both faces put around their routes, outermost last: FHIR fallbacks, the body limit,
+/// load shedding, then the request id and access log.
+pub fn outer_layers(
+    router: axum::Router<std::sync::Arc<crate::app::Gateway>>,
+    gateway: &std::sync::Arc<crate::app::Gateway>,
+) -> axum::Router<std::sync::Arc<crate::app::Gateway>> {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            gateway.config.limits.max_request_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            guard::shed_load,
+        ))
+        .layer(axum::middleware::from_fn(request_context))
+}
+
 /// The request id, as a request extension.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -184,7 +184,8 @@ pub fn hash_with(seq: u64, prev_hash: &str, canonical_event: &str) -> String {
     ))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of bytes (hashes in the trail, digests elsewhere).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -58,6 +58,16 @@ pub fn parse_cache_control<'a>(values: impl IntoIterator<Item = &'a str>) -> Cac
     d
 }
 
+/// The `Cache-Control` this region's federation face puts on an answer: how long the asking
+/// gateway may keep it for this user, and never under break-glass or when the age is 0.
+pub fn federation_cache_control(break_glass: bool, max_age_s: u64) -> String {
+    if break_glass || max_age_s == 0 {
+        "no-store".to_owned()
+    } else {
+        format!("private, max-age={max_age_s}")
+    }
+}
+
 /// Whose answer to what: the region, the patient, the request as sent, and the user
 /// attributes a release policy may use (empty for the local record, cached before policy).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -74,6 +74,15 @@ fn cache_control_is_read() {
     );
 }
 
+#[test]
+fn the_federation_face_never_lets_a_break_glass_answer_be_kept() {
+    assert_eq!(federation_cache_control(false, 60), "private, max-age=60");
+    assert_eq!(federation_cache_control(true, 60), "no-store");
+    assert_eq!(federation_cache_control(false, 0), "no-store");
+    // What the face says, the asking gateway reads back.
+    assert!(parse_cache_control([federation_cache_control(true, 60).as_str()]).no_store);
+}
+
 #[tokio::test]
 async fn a_repeat_is_served_from_the_cache_and_keys_keep_users_apart() {
     let cache = ResponseCache::new(settings());

@@ -591,7 +591,7 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
 fn provenance_uuid(region: &str, bundle_id: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("{region}\n{bundle_id}").as_bytes());
-    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::audit::hex(&h[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

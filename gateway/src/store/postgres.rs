@@ -698,22 +698,12 @@ mod tests {
         let path = std::path::PathBuf::from(&file);
         let certs = crate::tls::load_certs(&path)
             .unwrap_or_else(|e| panic!("the server's certificate {file} must be readable: {e}"));
-        let (_, x509) = x509_parser::parse_x509_certificate(certs[0].as_ref()).unwrap();
-        let san_dns = x509
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-            });
-        let host = san_dns.unwrap_or_else(|| {
-            x509.subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
+        let cert = crate::tls::identity::parse_certificate(certs[0].as_ref()).unwrap();
+        let host = cert.dns_names.first().cloned().unwrap_or_else(|| {
+            // No DNS name: the common name ("CN=host").
+            cert.subject
+                .split(',')
+                .find_map(|p| p.trim().strip_prefix("CN="))
                 .unwrap()
                 .to_owned()
         });

@@ -98,10 +98,10 @@ impl DevCa {
         for pem in revoked_pems {
             let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
                 .map_err(|e| DevCaError::Crl(e.to_string()))?;
-            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            let cert = super::identity::parse_certificate(der.as_ref())
                 .map_err(|e| DevCaError::Crl(e.to_string()))?;
             revoked_certs.push(rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                serial_number: rcgen::SerialNumber::from_slice(&cert.serial),
                 revocation_time: now - Duration::minutes(1),
                 reason_code: Some(rcgen::RevocationReason::KeyCompromise),
                 invalidity_date: None,
