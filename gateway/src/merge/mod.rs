@@ -189,6 +189,9 @@ pub fn merge(
     // Items by identity (content digest or business identifier), hashed.
     let mut by_content: std::collections::HashMap<ContentKey, usize> =
         std::collections::HashMap::new();
+    // Items by type, code, subject and clinical date.
+    let mut by_clinical: std::collections::HashMap<ContentKey, usize> =
+        std::collections::HashMap::new();
     let mut patients: Vec<(usize, Value)> = Vec::new();
     let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
     let mut all_timeouts = true;
@@ -326,7 +329,19 @@ pub fn merge(
                 .into_iter()
                 .chain(std::iter::once(content_key(&item)))
                 .collect();
-            match keys.iter().find_map(|k| by_content.get(k).copied()) {
+            // Without a shared identifier, another region's item of the same type, code,
+            // subject and clinical date is the same item (perhaps another version of it).
+            // Two such items of one region stay apart: the region knows them as two.
+            let clinical = clinical_key(rtype, &item);
+            let found = keys
+                .iter()
+                .find_map(|k| by_content.get(k).copied())
+                .or_else(|| {
+                    clinical
+                        .and_then(|k| by_clinical.get(&k).copied())
+                        .filter(|&slot| !slots[slot].regions.contains(&ri))
+                });
+            match found {
                 Some(slot) => {
                     deduplicated += 1;
                     local_refs.insert((ri, local_ref), slots[slot].key);
@@ -354,10 +369,16 @@ pub fn merge(
                     for k in keys {
                         by_content.entry(k).or_insert(slot);
                     }
+                    if let Some(k) = clinical {
+                        by_clinical.entry(k).or_insert(slot);
+                    }
                 }
                 None => {
                     for k in keys {
                         by_content.insert(k, slots.len());
+                    }
+                    if let Some(k) = clinical {
+                        by_clinical.entry(k).or_insert(slots.len());
                     }
                     local_refs.insert((ri, local_ref), slots.len());
                     slots.push(Slot {
@@ -648,6 +669,26 @@ fn last_updated_text(v: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The extension on a merged Patient's identifier, name, telecom or address naming a region
+/// that holds it (one per region).
+pub const SOURCE_REGION_EXTENSION: &str = "urn:gateway:extension:source-region";
+
+/// Names, in the element's own `extension`, the regions whose record holds it.
+fn note_sources(element: &mut Value, regions: &BTreeSet<&str>) {
+    let Some(obj) = element.as_object_mut() else {
+        return;
+    };
+    let ext = obj.entry("extension").or_insert_with(|| json!([]));
+    if let Some(list) = ext.as_array_mut() {
+        for code in regions {
+            list.push(json!({
+                "url": SOURCE_REGION_EXTENSION,
+                "valueCoding": {"system": REGION_TAG_SYSTEM, "code": code},
+            }));
+        }
+    }
+}
+
 /// The extension that records another region's version of an item shown once.
 pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
 
@@ -676,15 +717,46 @@ fn business_keys(rtype: ResourceType, item: &Value) -> Vec<ContentKey> {
         .filter_map(|i| {
             let system = i.get("system")?.as_str()?;
             let value = i.get("value")?.as_str()?;
-            let text = format!("id:{}:{system}|{value}", rtype.as_str());
-            Some(
-                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-                    text.as_bytes(),
-                ))
-                .into(),
-            )
+            Some(key_of(&format!("id:{}:{system}|{value}", rtype.as_str())))
         })
         .collect()
+}
+
+/// An item's clinical identity: its type, first coded concept (`system|code`), subject and
+/// clinical date, hashed; `None` when it has no coded concept or no date to go by. The
+/// subject is the merged Patient's by now, so it is the same for every item of the query.
+fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
+    let concept = ["code", "medicationCodeableConcept", "vaccineCode", "type"]
+        .iter()
+        .filter_map(|e| item.get(*e))
+        .map(|c| match c {
+            // Encounter.type is a list.
+            Value::Array(list) => list.first().unwrap_or(&Value::Null),
+            one => one,
+        })
+        .find_map(|c| {
+            c.get("coding")?.as_array()?.iter().find_map(|coding| {
+                Some(format!(
+                    "{}|{}",
+                    coding.get("system")?.as_str()?,
+                    coding.get("code")?.as_str()?
+                ))
+            })
+        })?;
+    let date = rtype
+        .sort_elements()
+        .iter()
+        .find_map(|p| element(item, p))?;
+    let text = format!(
+        "clinical:{}:{concept}:{}",
+        rtype.as_str(),
+        crate::fhir::canonical_json(date)
+    );
+    Some(key_of(&text))
+}
+
+fn key_of(text: &str) -> ContentKey {
+    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes())).into()
 }
 
 /// The demographics compared across regions: date of birth, sex, family name.
@@ -775,17 +847,26 @@ fn merge_patients(
     });
     let mut merged = ordered[0].1.clone();
     for list in ["identifier", "name", "telecom", "address"] {
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for (_, p) in &ordered {
+        // Each value once, in the order first met, with every region that holds it.
+        let mut out: Vec<(Value, BTreeSet<&str>)> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = Default::default();
+        for (ri, p) in &ordered {
             for v in p.get(list).and_then(Value::as_array).into_iter().flatten() {
-                if seen.insert(v.to_string()) {
-                    out.push(v.clone());
-                }
+                let at = *index.entry(fhir::canonical_json(v)).or_insert_with(|| {
+                    out.push((v.clone(), BTreeSet::new()));
+                    out.len() - 1
+                });
+                out[at].1.insert(results[*ri].region.code.as_str());
             }
         }
         if !out.is_empty() {
-            merged[list] = Value::Array(out);
+            merged[list] = out
+                .into_iter()
+                .map(|(mut v, regions)| {
+                    note_sources(&mut v, &regions);
+                    v
+                })
+                .collect();
         }
     }
     merged["id"] = Value::String(nhs.to_owned());

@@ -285,6 +285,72 @@ fn everything_has_one_merged_patient_first() {
     // NHS number once, two local identifiers.
     assert_eq!(m[0]["resource"]["identifier"].as_array().unwrap().len(), 3);
     assert_eq!(merged.total, 2);
+    // Each identifier and name names the regions that hold it.
+    let sources = |v: &Value| -> Vec<String> {
+        v["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["url"] == SOURCE_REGION_EXTENSION)
+            .map(|e| e["valueCoding"]["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let p = &m[0]["resource"];
+    assert_eq!(sources(&p["identifier"][0]), ["dorset", "hampshire"]);
+    assert_eq!(sources(&p["name"][0]), ["hampshire"], "New");
+    assert_eq!(sources(&p["name"][1]), ["dorset"], "Old");
+}
+
+#[test]
+fn one_item_told_by_two_regions_without_an_identifier_is_folded_by_code_and_date() {
+    let coded = |id: &str, local: &str, status: &str, updated: &str| {
+        let mut a = allergy(id, local, "2020-03-04");
+        a["code"] = json!({"coding": [{"system": "http://snomed.info/sct", "code": "91936005"}]});
+        a["clinicalStatus"] = json!({"coding": [{"code": status}]});
+        a["meta"] = json!({"lastUpdated": updated});
+        a
+    };
+    // Another allergy of Dorset's with the same code and date stays a separate entry.
+    let mut twin = coded("a2", "d1", "active", "2021-01-01T00:00:00Z");
+    twin["note"] = json!([{"text": "second reaction"}]);
+    let merged = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                vec![coded("a1", "d1", "active", "2021-01-01T00:00:00Z"), twin],
+            ),
+            answered(
+                "hampshire",
+                vec![patient("h7", "2023-02-01T00:00:00Z", "Smith")],
+                vec![
+                    coded("b1", "h7", "resolved", "2024-01-01T00:00:00Z"),
+                    // Same code, another date: another item.
+                    {
+                        let mut other = coded("b2", "h7", "active", "2024-01-01T00:00:00Z");
+                        other["recordedDate"] = json!("2022-05-06");
+                        other
+                    },
+                ],
+            ),
+        ],
+        ctx(),
+    );
+    let m = matches(&merged.bundle);
+    assert_eq!(m.len(), 3, "{m:#?}");
+    assert_eq!(merged.deduplicated, 1);
+    let folded: Vec<&Value> = m
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["meta"]["tag"].as_array().unwrap().len() == 2)
+        .collect();
+    assert_eq!(folded.len(), 1, "one entry carries both regions");
+    let r = folded[0];
+    assert_eq!(r["clinicalStatus"]["coding"][0]["code"], "resolved", "the newer");
+    assert_eq!(r["recordedDate"], "2020-03-04");
+    assert_eq!(r["meta"]["extension"][0]["url"], OTHER_VERSION_EXTENSION);
+    assert_eq!(r["meta"]["extension"][0]["extension"][0]["valueCode"], "dorset");
 }
 
 #[test]
