@@ -10,6 +10,7 @@
 //! - [`cases`]: policy test cases as data (`policies/tests/*.json`) and their runner
 
 pub mod cases;
+pub mod version;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
