@@ -3,6 +3,7 @@
 //! default) and PostgreSQL (for several replicas of one region sharing their directives).
 
 pub mod audit;
+pub mod governance;
 pub mod postgres;
 
 use std::path::Path;
@@ -80,6 +81,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(governance::SQLITE_SCHEMA)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -88,12 +90,13 @@ impl SqliteStore {
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(governance::SQLITE_SCHEMA)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

@@ -13,7 +13,7 @@ use super::audit::{AuditStore, COLUMNS, Pending, Row, Stored, StoredCheckpoint};
 use super::{ConsentStore, StoreError, StoredConsent};
 use crate::audit::{AuditEvent, AuditRecord, EventKind, Filter, Page};
 
-fn pg(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     // The server's own message (without parameters, which may hold patient data).
     StoreError::Postgres(e.as_db_error().map_or_else(
         || {
@@ -179,6 +179,10 @@ impl Connector {
             ))
             .await
             .map_err(pg)?;
+        client
+            .batch_execute(&super::governance::postgres_schema(s))
+            .await
+            .map_err(pg)?;
         Ok(client)
     }
 }
@@ -229,8 +233,14 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+    pub(crate) async fn client(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         self.conn.client().await
+    }
+
+    pub(crate) fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// Drops the schema and everything in it (tests clean up with it).
@@ -623,6 +633,20 @@ mod tests {
                 )
             });
         super::super::shared_suite(&store).await;
+        store.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_governance_suite() {
+        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let store = PostgresStore::connect(&test_conninfo(), &schema)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL must be reachable for this test (set GATEWAY_TEST_POSTGRES): {e}"
+                )
+            });
+        crate::store::governance::governance_suite(&store).await;
         store.drop_schema().await.unwrap();
     }
 
