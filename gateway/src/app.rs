@@ -61,6 +61,12 @@ pub struct Gateway {
     pub policies: ArcSwap<policy::PolicySet>,
     /// Consent directives recorded through this gateway.
     pub consents: Arc<dyn crate::store::ConsentStore>,
+    /// Policy versions, activations and break-glass reviews.
+    pub governance: Arc<dyn crate::store::governance::GovernanceStore>,
+    /// The Cedar schema every version is checked against.
+    pub policy_schema: String,
+    /// The version applied in this process.
+    pub(crate) applied: std::sync::Mutex<crate::governance::Applied>,
     /// Merged results kept for paging (`next` links).
     pub pages: crate::api::paging::PageCache,
     /// Load shedding and rate limits.
@@ -201,17 +207,27 @@ impl Gateway {
         let identity = config.identity();
         let tls = ArcSwap::from_pointee(TlsState::build(&material, &identity)?);
         let verifier = load_verifier(&config)?;
-        let (consents, audit) = open_stores(&config).await?;
+        let Stores {
+            consents,
+            audit,
+            governance,
+        } = open_stores(&config).await?;
         let guard = crate::api::guard::Guard::new(&config.limits);
         let cache = config
             .cache
             .enabled
             .then(|| crate::cache::ResponseCache::new(config.cache.settings()));
-        let policies = ArcSwap::from_pointee(match &config.policy.directory {
-            Some(dir) => policy::PolicySet::load_checked(dir)?,
-            None => crate::access::embedded_policy_set()?,
-        });
-        tracing::info!(policies = policies.load().policy_ids().len(), source = %config.policy.directory.as_ref().map_or("embedded".into(), |d| d.display().to_string()), "policy set loaded");
+        let (policy_schema, files) =
+            crate::governance::configured_files(config.policy.directory.as_deref())?;
+        let source = config
+            .policy
+            .directory
+            .as_ref()
+            .map_or("the embedded policies".into(), |d| d.display().to_string());
+        crate::governance::sync_files(&*governance, &policy_schema, &files, &source).await?;
+        let (set, applied) = crate::governance::load_active(&*governance, &policy_schema).await?;
+        tracing::info!(policies = set.policy_ids().len(), version = applied.version, %source, "policy set loaded");
+        let policies = ArcSwap::from_pointee(set);
         let local: Arc<dyn RecordSource> =
             match (&config.record.directory, &config.record.fhir_base) {
                 (Some(dir), _) => {
@@ -251,6 +267,9 @@ impl Gateway {
             verifier,
             policies,
             consents,
+            governance,
+            policy_schema,
+            applied: std::sync::Mutex::new(applied),
             audit,
             cache,
             metrics: crate::metrics::Metrics::new(),
@@ -260,19 +279,6 @@ impl Gateway {
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             tls,
         })
-    }
-
-    /// Reloads the policy set from its directory. An invalid set (parse, schema or a failing
-    /// test case) is refused and the active set stays; on success the new set applies to
-    /// requests that start from now on. Returns the number of policies.
-    pub fn reload_policies(&self) -> Result<usize, policy::PolicyError> {
-        let Some(dir) = &self.config.policy.directory else {
-            return Ok(self.policies.load().policy_ids().len());
-        };
-        let set = policy::PolicySet::load_checked(dir)?;
-        let n = set.policy_ids().len();
-        self.policies.store(Arc::new(set));
-        Ok(n)
     }
 
     /// Writes an audit record and returns it once it is durable; signs a checkpoint when the
@@ -400,32 +406,46 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
 }
 
 /// Opens the consent and audit stores the configuration names (SQLite by default).
-pub async fn open_stores(
-    config: &Config,
-) -> Result<(Arc<dyn crate::store::ConsentStore>, Arc<dyn AuditStore>), StoreError> {
+/// The gateway's stores, opened from the configuration.
+pub struct Stores {
+    pub consents: Arc<dyn crate::store::ConsentStore>,
+    pub audit: Arc<dyn AuditStore>,
+    pub governance: Arc<dyn crate::store::governance::GovernanceStore>,
+}
+
+pub async fn open_stores(config: &Config) -> Result<Stores, StoreError> {
     use crate::store::audit::SqliteAudit;
     use crate::store::postgres::{Connector, PostgresAudit, PostgresStore};
     let store = &config.store;
-    Ok(match (&store.sqlite, &store.postgres) {
+    let (consents, audit) = match (&store.sqlite, &store.postgres) {
         (_, Some(conninfo)) => {
             let connector = Connector::new(
                 conninfo,
                 &store.postgres_schema,
                 store.postgres_ca.as_deref(),
             )?;
-            (
-                Arc::new(PostgresStore::with(connector.clone()).await?),
-                Arc::new(PostgresAudit::connect(connector).await?),
-            )
+            let consents = Arc::new(PostgresStore::with(connector.clone()).await?);
+            let audit: Arc<dyn AuditStore> = Arc::new(PostgresAudit::connect(connector).await?);
+            return Ok(Stores {
+                consents: consents.clone(),
+                audit,
+                governance: consents,
+            });
         }
         (Some(path), None) => (
-            Arc::new(crate::store::SqliteStore::open(path)?),
-            Arc::new(SqliteAudit::open(path)?),
+            crate::store::SqliteStore::open(path)?,
+            SqliteAudit::open(path)?,
         ),
         (None, None) => (
-            Arc::new(crate::store::SqliteStore::open_in_memory()?),
-            Arc::new(SqliteAudit::open_in_memory()?),
+            crate::store::SqliteStore::open_in_memory()?,
+            SqliteAudit::open_in_memory()?,
         ),
+    };
+    let consents = Arc::new(consents);
+    Ok(Stores {
+        consents: consents.clone(),
+        audit: Arc::new(audit),
+        governance: consents,
     })
 }
 
@@ -538,7 +558,7 @@ async fn watch_signal_only(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::
 
 /// Reloads the policy set and records the activation, or its refusal, in the audit trail.
 async fn reload_and_log(gateway: &Gateway, dir: &std::path::Path, trigger: &str) {
-    let result = gateway.reload_policies();
+    let result = gateway.reload_policy_files().await;
     let mut event = AuditEvent::new(
         crate::audit::EventKind::PolicyActivation,
         crate::fhir::instant(time::OffsetDateTime::now_utc()),
@@ -733,7 +753,7 @@ pub async fn verify_trail(
         }
     }
     crate::tls::install_crypto_provider();
-    let (_, audit) = open_stores(config).await?;
+    let audit = open_stores(config).await?.audit;
     let mut report = TrailReport::default();
     match verify_store(audit.as_ref()).await? {
         Ok((n, head)) => {

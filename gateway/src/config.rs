@@ -343,12 +343,29 @@ impl Default for ConfigStore {
 }
 
 /// The consent and role policy set.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigPolicy {
     /// A directory holding `schema.cedarschema` and `default/*.cedar`. Without it the policy set
     /// embedded in the binary (the repository's `policies/`) is used.
     pub directory: Option<PathBuf>,
+    /// How often the store is read for an activation made elsewhere (another replica's
+    /// console), in milliseconds. Default 2000.
+    #[serde(default = "default_policy_poll")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ConfigPolicy {
+    fn default() -> Self {
+        ConfigPolicy {
+            directory: None,
+            poll_interval_ms: default_policy_poll(),
+        }
+    }
+}
+
+fn default_policy_poll() -> u64 {
+    2000
 }
 
 #[derive(Debug, Clone, Deserialize)]

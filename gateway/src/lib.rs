@@ -17,9 +17,12 @@
 //! - [`record`]: the region's own record (directory in memory, or a FHIR server)
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
-//! - [`store`]: the gateway's own store (consent directives, the audit trail): one trait each,
-//!   SQLite and PostgreSQL, one shared test suite each
-//! - [`api`]: the clinician and federation faces (axum routers)
+//! - [`store`]: the gateway's own store (consent directives, the audit trail, policy versions
+//!   and break-glass reviews): one trait each, SQLite and PostgreSQL, one shared test suite each
+//! - [`governance`]: policy versions read from files, activated, rolled back and followed
+//!   across replicas
+//! - [`api`]: the clinician and federation faces (axum routers), and the governance API
+//! - [`console`]: the governance console's page, embedded
 //! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz` on the operations listener
 //! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown
@@ -35,9 +38,11 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod consent;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod fhir;
+pub mod governance;
 pub mod merge;
 pub mod metrics;
 pub mod peers;

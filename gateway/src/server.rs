@@ -313,6 +313,10 @@ pub fn start_on(
             gateway.in_flight.clone(),
         )),
         tokio::spawn(crate::app::watch_policies(gateway.clone(), rx.clone())),
+        tokio::spawn(crate::governance::follow_policy_store(
+            gateway.clone(),
+            rx.clone(),
+        )),
         tokio::spawn(crate::app::checkpoint_periodically(
             gateway.clone(),
             rx.clone(),
