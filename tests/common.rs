@@ -407,6 +407,25 @@ impl TestFederation {
         .await
     }
 
+    /// Starts another replica of region `code` from the same configuration (so, with
+    /// `postgres()`, the same store) on new ports. Returns its index in `regions`.
+    pub async fn start_replica(&mut self, code: &str) -> usize {
+        let path = self.config_path(code);
+        let config = Config::load(&path).unwrap();
+        let gateway = Arc::new(Gateway::from_config(config).await.unwrap());
+        let c = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = start_on(gateway, c, f, Some(ops)).unwrap();
+        self.regions.push(Region {
+            clinician: running.clinician,
+            federation: running.federation,
+            operations: running.operations.unwrap(),
+            _running: running,
+        });
+        self.regions.len() - 1
+    }
+
     /// Drops the PostgreSQL schemas this federation made.
     pub async fn drop_pg_schemas(&self) {
         let conninfo = std::env::var("GATEWAY_TEST_POSTGRES")

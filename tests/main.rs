@@ -10,6 +10,7 @@ mod cli;
 mod faces;
 mod fanout;
 mod fhir_artifacts;
+mod governance;
 mod operations;
 mod policy;
 mod record_server;

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::StatusCode;
 
 use super::{RequestId, check_accept, lenient, query_pairs, read_consent};
@@ -41,6 +41,37 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/fhir/{type}", get(search))
         .route("/admin/audit", get(super::audit::search_trail))
         .route("/admin/cache", axum::routing::delete(purge_cache))
+        .route("/admin/api/whoami", get(super::governance::whoami))
+        .route(
+            "/admin/api/policies",
+            get(super::governance::list).post(super::governance::create),
+        )
+        .route("/admin/api/policies/check", post(super::governance::check))
+        .route(
+            "/admin/api/policies/simulate",
+            post(super::governance::simulate),
+        )
+        .route(
+            "/admin/api/policies/{id}",
+            get(super::governance::get_version),
+        )
+        .route(
+            "/admin/api/policies/{id}/diff",
+            get(super::governance::diff),
+        )
+        .route(
+            "/admin/api/policies/{id}/activate",
+            post(super::governance::activate),
+        )
+        .route(
+            "/admin/api/break-glass",
+            get(super::governance::break_glass),
+        )
+        .route(
+            "/admin/api/break-glass/{seq}/review",
+            post(super::governance::review),
+        )
+        .route("/admin/api/consent", get(super::governance::consent))
         // Layers run outside in: authenticate, rate-limit the user, audit, then the handler.
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -56,6 +87,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         ));
     let routes = Router::new()
         .route("/fhir/metadata", get(metadata))
+        .merge(crate::console::router())
         .merge(authenticated);
     super::outer_layers(routes, &gateway).with_state(gateway)
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod clinician;
 pub mod consent;
 pub mod federation;
+pub mod governance;
 pub mod guard;
 pub mod paging;
 

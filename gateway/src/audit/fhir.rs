@@ -152,7 +152,8 @@ fn interaction(record: &AuditRecord) -> (&'static str, &'static str) {
     match record.event.kind {
         EventKind::ConsentChange if method == "POST" => ("create", "C"),
         EventKind::ConsentChange => ("update", "U"),
-        EventKind::PolicyChange | EventKind::PolicyActivation => ("update", "U"),
+        EventKind::PolicyChange => ("create", "C"),
+        EventKind::PolicyActivation | EventKind::BreakGlassReview => ("update", "U"),
         EventKind::CachePurge => ("delete", "D"),
         _ if query.contains("$everything") => ("operation", "E"),
         _ if method == "GET" && !query.contains('?') && query.matches('/').count() >= 2 => {

@@ -28,10 +28,14 @@ pub enum EventKind {
     AuditRead,
     /// Governance staff emptying the response cache.
     CachePurge,
+    /// Governance staff reading policy versions, simulating, or looking up consent.
+    GovernanceRead,
+    /// Governance staff marking a break-glass access reviewed.
+    BreakGlassReview,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::ClinicianQuery,
         EventKind::FederationQuery,
         EventKind::ConsentChange,
@@ -41,6 +45,8 @@ impl EventKind {
         EventKind::RefusedCertificate,
         EventKind::AuditRead,
         EventKind::CachePurge,
+        EventKind::GovernanceRead,
+        EventKind::BreakGlassReview,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +60,8 @@ impl EventKind {
             EventKind::RefusedCertificate => "refused-certificate",
             EventKind::AuditRead => "audit-read",
             EventKind::CachePurge => "cache-purge",
+            EventKind::GovernanceRead => "governance-read",
+            EventKind::BreakGlassReview => "break-glass-review",
         }
     }
 

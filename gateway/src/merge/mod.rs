@@ -756,7 +756,10 @@ fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
 }
 
 fn key_of(text: &str) -> ContentKey {
-    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(text.as_bytes())).into()
+    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        text.as_bytes(),
+    ))
+    .into()
 }
 
 /// The demographics compared across regions: date of birth, sex, family name.

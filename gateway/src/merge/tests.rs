@@ -347,10 +347,16 @@ fn one_item_told_by_two_regions_without_an_identifier_is_folded_by_code_and_date
         .collect();
     assert_eq!(folded.len(), 1, "one entry carries both regions");
     let r = folded[0];
-    assert_eq!(r["clinicalStatus"]["coding"][0]["code"], "resolved", "the newer");
+    assert_eq!(
+        r["clinicalStatus"]["coding"][0]["code"], "resolved",
+        "the newer"
+    );
     assert_eq!(r["recordedDate"], "2020-03-04");
     assert_eq!(r["meta"]["extension"][0]["url"], OTHER_VERSION_EXTENSION);
-    assert_eq!(r["meta"]["extension"][0]["extension"][0]["valueCode"], "dorset");
+    assert_eq!(
+        r["meta"]["extension"][0]["extension"][0]["valueCode"],
+        "dorset"
+    );
 }
 
 #[test]
