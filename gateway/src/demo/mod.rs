@@ -322,10 +322,16 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         println!("{c}");
     }
     println!();
-    if let Some((_, config, _)) = layout.regions.first() {
+    if let Some((_, config, port)) = layout.regions.first() {
         println!(
             "The last command reads the audit trail as a privacy officer. After stopping, check it with:\n  gateway audit verify --config {}",
             config.display()
+        );
+        println!();
+        println!(
+            "Governance console: https://localhost:{port}/admin/ (the browser must trust {}; sign in with the contents of {})",
+            layout.dir.join("certs/ca.pem").display(),
+            layout.dir.join("governance-token.jwt").display()
         );
         println!();
     }
