@@ -131,9 +131,13 @@ impl Connector {
             }
         };
         let s = &self.schema;
+        // Replicas starting together would race on CREATE ... IF NOT EXISTS (PostgreSQL can
+        // then fail with a unique violation): one at a time, under an advisory lock.
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {s};
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext('gateway schema {s}'));
+                 CREATE SCHEMA IF NOT EXISTS {s};
                  CREATE TABLE IF NOT EXISTS {s}.consent (
                      seq         BIGSERIAL,
                      id          TEXT PRIMARY KEY,
@@ -180,7 +184,10 @@ impl Connector {
             .await
             .map_err(pg)?;
         client
-            .batch_execute(&super::governance::postgres_schema(s))
+            .batch_execute(&format!(
+                "{}\nCOMMIT;",
+                super::governance::postgres_schema(s)
+            ))
             .await
             .map_err(pg)?;
         Ok(client)
