@@ -7,6 +7,7 @@ mod common;
 mod audit;
 mod cache;
 mod cli;
+mod deployment;
 mod faces;
 mod fanout;
 mod fhir_artifacts;

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Checks docker/compose.yaml without a Docker engine: it parses; every service it depends on
+exists; every local path it names (build context, Dockerfile, bind mounts, the configuration
+files its commands name) exists; the Dockerfile's COPY sources exist; and the gateway image
+runs as a non-root user with no keys copied in. Exits 1 naming each problem."""
+import pathlib
+import re
+import sys
+
+import yaml
+
+root = pathlib.Path(__file__).resolve().parent.parent
+compose_path = root / "docker" / "compose.yaml"
+problems = []
+
+try:
+    compose = yaml.safe_load(compose_path.read_text())
+except yaml.YAMLError as e:
+    print(f"{compose_path}: does not parse: {e}")
+    sys.exit(1)
+
+base = compose_path.parent
+services = compose.get("services") or {}
+volumes = set((compose.get("volumes") or {}).keys())
+if not services:
+    problems.append("no services")
+
+for name, svc in services.items():
+    build = svc.get("build")
+    if build:
+        context = base / build.get("context", ".")
+        if not context.is_dir():
+            problems.append(f"{name}: build context {context} is missing")
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        if not dockerfile.is_file():
+            problems.append(f"{name}: Dockerfile {dockerfile} is missing")
+    deps = svc.get("depends_on") or []
+    for dep in deps if isinstance(deps, list) else deps.keys():
+        if dep not in services:
+            problems.append(f"{name}: depends on unknown service {dep}")
+    for mount in svc.get("volumes") or []:
+        source = mount.split(":")[0]
+        if source.startswith(("./", "../", "/")):
+            if not (base / source).exists():
+                problems.append(f"{name}: mounted path {source} is missing")
+        elif source not in volumes:
+            problems.append(f"{name}: named volume {source} is not declared")
+    command = svc.get("command") or []
+    words = command if isinstance(command, list) else [command]
+    for word in words:
+        for cfg in re.findall(r"/etc/gateway/config/([\w.-]+\.toml)", str(word)):
+            if not (base / "config" / cfg).is_file():
+                problems.append(f"{name}: configuration {cfg} is not in docker/config")
+    if svc.get("image", "").startswith("regional-federation-gateway") and not any(
+        s.get("build") for s in services.values()
+    ):
+        problems.append(f"{name}: the gateway image is never built")
+
+dockerfile = (base / "Dockerfile").read_text()
+for src in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+    for part in src.split():
+        if not (root / part).exists():
+            problems.append(f"Dockerfile: COPY source {part} is missing")
+if not re.search(r"^USER (?!0\b|root\b)\S+", dockerfile, re.M):
+    problems.append("Dockerfile: the runtime stage must run as a non-root USER")
+if re.search(r"COPY .*\.(key|pem|jwt)\b", dockerfile):
+    problems.append("Dockerfile: keys, certificates or tokens must not be baked into the image")
+
+for p in problems:
+    print(f"compose check: {p}")
+if problems:
+    sys.exit(1)
+print(f"compose check: {len(services)} services, every path present")
