@@ -97,6 +97,11 @@ pub async fn serve_tls(
             },
             _ = shutdown.changed() => break,
         };
+        // Without it, Nagle's algorithm holds a response's last TLS record until the client's
+        // delayed ACK (tens of milliseconds on every answer).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(face = name, error = %e, "could not set TCP_NODELAY");
+        }
         let acceptor = TlsAcceptor::from(tls());
         let app = app.clone();
         let builder = builder.clone();
