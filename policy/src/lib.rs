@@ -136,6 +136,28 @@ pub struct PolicySet {
     actions: Entities,
     /// The files it was built from, in order: (name, text).
     pub files: Vec<(String, String)>,
+    /// Decisions of the current second (see [`Memo`]).
+    memo: std::sync::Arc<std::sync::Mutex<Memo>>,
+}
+
+/// Decisions already made, shared by the requests of one second. A decision is a function of
+/// the set, the question (user, circumstances, action, item class) and nothing else, and the
+/// circumstances include the time in seconds, so a decision remembered within its second is
+/// exactly the one Cedar would make again. Emptied when the second changes, and when full.
+#[derive(Debug, Default)]
+struct Memo {
+    second: i64,
+    decisions: HashMap<MemoKey, Decision>,
+}
+
+const MEMO_MAX: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MemoKey {
+    principal: Principal,
+    circumstances: Circumstances,
+    action: String,
+    item: ItemClass,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -320,6 +342,7 @@ impl PolicySet {
             set,
             actions,
             files,
+            memo: Default::default(),
         })
     }
 
@@ -351,43 +374,134 @@ impl PolicySet {
 
     /// Decides another action of the schema (e.g. `manage-consent`) on the item.
     pub fn decide_action(&self, action: &str, q: &Question<'_>) -> Decision {
-        match self.try_decide(action, q) {
+        self.prepare(q.principal, q.circumstances)
+            .decide_action(action, q.item)
+    }
+
+    /// The part of every question that is fixed for one request (the user and the
+    /// circumstances), built once: a request asks about many items.
+    pub fn prepare(&self, principal: &Principal, c: &Circumstances) -> Prepared<'_> {
+        let fixed = (|| -> Result<Fixed, String> {
+            let s = RestrictedExpression::new_string;
+            let principal_uid = uid("Gateway::User", &principal.id)?;
+            let user = Entity::new(
+                principal_uid.clone(),
+                HashMap::from([
+                    ("role".to_owned(), s(principal.role.clone())),
+                    ("organisation".to_owned(), s(principal.organisation.clone())),
+                    ("home_region".to_owned(), s(principal.home_region.clone())),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            // Typed against the schema when each request is made (Request::new below).
+            let context = Context::from_pairs([
+                ("purpose_of_use".to_owned(), s(c.purpose_of_use.clone())),
+                (
+                    "break_glass".to_owned(),
+                    RestrictedExpression::new_bool(c.break_glass),
+                ),
+                (
+                    "decision_point".to_owned(),
+                    s(c.decision_point.as_str().to_owned()),
+                ),
+                (
+                    "requesting_region".to_owned(),
+                    s(c.requesting_region.clone()),
+                ),
+                (
+                    "break_glass_reason".to_owned(),
+                    s(c.break_glass_reason.clone()),
+                ),
+                ("time".to_owned(), RestrictedExpression::new_long(c.time)),
+            ])
+            .map_err(|e| e.to_string())?;
+            Ok(Fixed {
+                principal: principal_uid,
+                user,
+                context,
+                resource: uid("Gateway::Item", "item")?,
+            })
+        })();
+        Prepared {
+            set: self,
+            fixed,
+            principal: principal.clone(),
+            circumstances: c.clone(),
+        }
+    }
+}
+
+fn uid(t: &str, id: &str) -> Result<EntityUid, String> {
+    Ok(EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
+        EntityId::new(id),
+    ))
+}
+
+struct Fixed {
+    principal: EntityUid,
+    user: Entity,
+    context: Context,
+    resource: EntityUid,
+}
+
+/// A policy set with one request's user and circumstances: decides items.
+pub struct Prepared<'a> {
+    set: &'a PolicySet,
+    /// Or why the request's part could not be built (then every decision is a refusal).
+    fixed: Result<Fixed, String>,
+    principal: Principal,
+    circumstances: Circumstances,
+}
+
+impl Prepared<'_> {
+    /// `read:{type}` of the item.
+    pub fn decide(&self, item: &ItemClass) -> Decision {
+        self.decide_action(&format!("read:{}", item.resource_type), item)
+    }
+
+    /// Decides `action` on the item. Fails closed: anything unexpected is a refusal with the
+    /// reason.
+    pub fn decide_action(&self, action: &str, item: &ItemClass) -> Decision {
+        let key = MemoKey {
+            principal: self.principal.clone(),
+            circumstances: self.circumstances.clone(),
+            action: action.to_owned(),
+            item: item.clone(),
+        };
+        let second = self.circumstances.time;
+        if let Ok(memo) = self.set.memo.lock()
+            && memo.second == second
+            && let Some(d) = memo.decisions.get(&key)
+        {
+            return d.clone();
+        }
+        let decision = match self.try_decide(action, item) {
             Ok(d) => d,
             Err(e) => Decision {
                 allowed: false,
                 policies: vec![],
                 errors: vec![e],
             },
+        };
+        if let Ok(mut memo) = self.set.memo.lock() {
+            if memo.second != second || memo.decisions.len() >= MEMO_MAX {
+                memo.second = second;
+                memo.decisions.clear();
+            }
+            memo.decisions.insert(key, decision.clone());
         }
+        decision
     }
 
-    fn try_decide(&self, action_id: &str, q: &Question<'_>) -> Result<Decision, String> {
-        let uid = |t: &str, id: &str| -> Result<EntityUid, String> {
-            Ok(EntityUid::from_type_name_and_id(
-                EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
-                EntityId::new(id),
-            ))
-        };
-        let principal = uid("Gateway::User", &q.principal.id)?;
-        let resource = uid("Gateway::Item", "item")?;
+    fn try_decide(&self, action_id: &str, i: &ItemClass) -> Result<Decision, String> {
+        let fixed = self.fixed.as_ref().map_err(Clone::clone)?;
+        let set = self.set;
         let action = uid("Gateway::Action", action_id)?;
         let s = RestrictedExpression::new_string;
-        let user = Entity::new(
-            principal.clone(),
-            HashMap::from([
-                ("role".to_owned(), s(q.principal.role.clone())),
-                (
-                    "organisation".to_owned(),
-                    s(q.principal.organisation.clone()),
-                ),
-                ("home_region".to_owned(), s(q.principal.home_region.clone())),
-            ]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
-        let i = q.item;
         let item = Entity::new(
-            resource.clone(),
+            fixed.resource.clone(),
             HashMap::from([
                 ("resource_type".to_owned(), s(i.resource_type.clone())),
                 ("region".to_owned(), s(i.region.clone())),
@@ -416,28 +530,22 @@ impl PolicySet {
             HashSet::new(),
         )
         .map_err(|e| e.to_string())?;
-        let entities = self
+        let entities = set
             .actions
             .clone()
-            .add_entities([user, item], Some(&self.schema))
+            .add_entities([fixed.user.clone(), item], Some(&set.schema))
             .map_err(|e| e.to_string())?;
-        let c = q.circumstances;
-        let context = Context::from_json_value(
-            serde_json::json!({
-                "purpose_of_use": c.purpose_of_use,
-                "break_glass": c.break_glass,
-                "decision_point": c.decision_point.as_str(),
-                "requesting_region": c.requesting_region,
-                "break_glass_reason": c.break_glass_reason,
-                "time": c.time,
-            }),
-            Some((&self.schema, &action)),
+        // The request is checked against the schema: an unknown resource type has no action,
+        // and a context of the wrong shape is refused, with the reason.
+        let request = Request::new(
+            fixed.principal.clone(),
+            action,
+            fixed.resource.clone(),
+            fixed.context.clone(),
+            Some(&set.schema),
         )
         .map_err(|e| e.to_string())?;
-        // An unknown resource type has no action in the schema: refused, with the reason.
-        let request = Request::new(principal, action, resource, context, Some(&self.schema))
-            .map_err(|e| e.to_string())?;
-        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        let response = Authorizer::new().is_authorized(&request, &set.set, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()

@@ -164,3 +164,29 @@ fn load_checked_refuses_a_set_whose_own_cases_fail() {
     assert!(PolicySet::load_checked(&dir).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn remembered_decisions_are_the_decisions() {
+    // The cases share one time, so the second run is answered from the memo.
+    let set = PolicySet::load(&repo_policies()).unwrap();
+    let files = cases::load_dir(&repo_policies().join("tests")).unwrap();
+    let first = cases::run(&set, &files);
+    assert!(!set.memo.lock().unwrap().decisions.is_empty());
+    let second = cases::run(&set, &files);
+    let summary = |o: &[cases::Outcome]| -> Vec<(String, bool, String)> {
+        o.iter()
+            .map(|o| (o.name.clone(), o.passed, o.detail.clone()))
+            .collect()
+    };
+    assert_eq!(summary(&first), summary(&second));
+    // Another set (no policy permits anything) shares nothing with it.
+    let strict = PolicySet::from_sources(
+        &schema(),
+        vec![(
+            "a.cedar".into(),
+            "@id(\"nothing\")\nforbid (principal, action, resource);\n".into(),
+        )],
+    )
+    .unwrap();
+    assert!(cases::run(&strict, &files).iter().any(|o| !o.passed));
+}

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Principal, Question};
+use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Principal};
 use serde_json::Value;
 
 use crate::auth::UserContext;
@@ -158,7 +158,8 @@ pub enum Refusal {
 
 /// One request's decisions: the user and circumstances are fixed, the items vary.
 pub struct Gatekeeper<'a> {
-    set: &'a PolicySet,
+    /// The set with this request's user and circumstances, built once.
+    prepared: policy::Prepared<'a>,
     principal: Principal,
     circumstances: Circumstances,
     memo: HashMap<ItemClass, Decision>,
@@ -187,26 +188,28 @@ impl<'a> Gatekeeper<'a> {
         requesting_region: &str,
     ) -> Self {
         let break_glass = user.break_glass.is_some();
+        let principal = Principal {
+            id: user.user_id.clone(),
+            role: user.role.clone(),
+            organisation: user.organisation.clone(),
+            home_region: home_region.to_owned(),
+        };
+        let circumstances = Circumstances {
+            purpose_of_use: if break_glass {
+                EMERGENCY_PURPOSE.to_owned()
+            } else {
+                user.purpose_of_use.clone().unwrap_or_default()
+            },
+            break_glass,
+            decision_point: point,
+            requesting_region: requesting_region.to_owned(),
+            break_glass_reason: user.break_glass.clone().unwrap_or_default(),
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
         Gatekeeper {
-            set,
-            principal: Principal {
-                id: user.user_id.clone(),
-                role: user.role.clone(),
-                organisation: user.organisation.clone(),
-                home_region: home_region.to_owned(),
-            },
-            circumstances: Circumstances {
-                purpose_of_use: if break_glass {
-                    EMERGENCY_PURPOSE.to_owned()
-                } else {
-                    user.purpose_of_use.clone().unwrap_or_default()
-                },
-                break_glass,
-                decision_point: point,
-                requesting_region: requesting_region.to_owned(),
-                break_glass_reason: user.break_glass.clone().unwrap_or_default(),
-                time: time::OffsetDateTime::now_utc().unix_timestamp(),
-            },
+            prepared: set.prepare(&principal, &circumstances),
+            principal,
+            circumstances,
             memo: HashMap::new(),
             consent: ConsentView::default(),
             consent_region: String::new(),
@@ -245,14 +248,7 @@ impl<'a> Gatekeeper<'a> {
             consent_denies: false,
             consent_permits: false,
         };
-        self.set.decide_action(
-            action,
-            &Question {
-                principal: &self.principal,
-                item: &record,
-                circumstances: &self.circumstances,
-            },
-        )
+        self.prepared.decide_action(action, &record)
     }
 
     /// Refuses the request outright when the user may not search, or may not break the glass.
@@ -272,14 +268,10 @@ impl<'a> Gatekeeper<'a> {
 
     /// The decision for one item class (memoised).
     pub fn decide(&mut self, class: ItemClass) -> &Decision {
-        let (set, principal, circumstances) = (self.set, &self.principal, &self.circumstances);
-        self.memo.entry(class).or_insert_with_key(|class| {
-            set.decide(&Question {
-                principal,
-                item: class,
-                circumstances,
-            })
-        })
+        let prepared = &self.prepared;
+        self.memo
+            .entry(class)
+            .or_insert_with_key(|class| prepared.decide(class))
     }
 
     /// Distinct classes decided so far.
