@@ -93,6 +93,7 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
 #[derive(Debug, Deserialize)]
 struct ClinicianClaims {
     sub: String,
+    exp: i64,
     role: Option<String>,
     org: Option<String>,
     purpose_of_use: Option<String>,
@@ -131,6 +132,21 @@ pub struct ClinicianVerifier {
     issuer: String,
     audience: String,
     keys: Vec<VerifyKey>,
+    /// Tokens already verified (by SHA-256), with their `exp`: a clinician's application
+    /// sends the same token with every request, and checking its signature again each time
+    /// cost a tenth of the gateway's time. A hit is served only before `exp`.
+    verified: moka::sync::Cache<[u8; 32], (UserContext, i64)>,
+}
+
+/// How many verified tokens are remembered, and for how long at most.
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn verified_cache() -> moka::sync::Cache<[u8; 32], (UserContext, i64)> {
+    moka::sync::Cache::builder()
+        .max_capacity(VERIFIED_TOKENS)
+        .time_to_live(VERIFIED_FOR)
+        .build()
 }
 
 impl ClinicianVerifier {
@@ -159,6 +175,7 @@ impl ClinicianVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             keys,
+            verified: verified_cache(),
         })
     }
 
@@ -198,11 +215,27 @@ impl ClinicianVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             keys,
+            verified: verified_cache(),
         })
     }
 
     /// Checks a token and returns the user it vouches for.
     pub fn verify(&self, token: &str) -> Result<UserContext, AuthError> {
+        let digest: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token)).into();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Some((user, exp)) = self.verified.get(&digest) {
+            if now <= exp + LEEWAY_SECONDS as i64 {
+                return Ok(user);
+            }
+            self.verified.invalidate(&digest);
+        }
+        let (user, exp) = self.verify_signature(token)?;
+        self.verified.insert(digest, (user.clone(), exp));
+        Ok(user)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(UserContext, i64), AuthError> {
         let header = decode_header(token).map_err(|_| header_error(token))?;
         if !ASYMMETRIC.contains(&header.alg) {
             return Err(AuthError::Algorithm);
@@ -226,13 +259,16 @@ impl ClinicianVerifier {
             match decode::<ClinicianClaims>(token, &k.key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    return Ok(UserContext {
-                        user_id: c.sub,
-                        role: c.role.ok_or(AuthError::MissingClaim("role"))?,
-                        organisation: c.org.ok_or(AuthError::MissingClaim("org"))?,
-                        purpose_of_use: c.purpose_of_use,
-                        break_glass: None,
-                    });
+                    return Ok((
+                        UserContext {
+                            user_id: c.sub,
+                            role: c.role.ok_or(AuthError::MissingClaim("role"))?,
+                            organisation: c.org.ok_or(AuthError::MissingClaim("org"))?,
+                            purpose_of_use: c.purpose_of_use,
+                            break_glass: None,
+                        },
+                        c.exp,
+                    ));
                 }
                 Err(e) => {
                     last = map_jwt_error(&e);

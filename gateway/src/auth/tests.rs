@@ -262,3 +262,21 @@ fn forwarded_context_binds_to_the_certificate() {
         Err(AuthError::Expired)
     );
 }
+
+#[test]
+fn a_remembered_token_is_served_only_until_it_expires() {
+    let i = idp();
+    let v = verifier(&i);
+    let t = mint_dev_token(&claims(300), &i.key_pem, None).unwrap();
+    let first = v.verify(&t).unwrap();
+    assert_eq!(v.verify(&t).unwrap(), first, "the same user from the memo");
+    // The memo says it expired long ago: it is checked again, and refused.
+    let expired = mint_dev_token(&claims(-120), &i.key_pem, None).unwrap();
+    let digest: [u8; 32] =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&expired)).into();
+    v.verified.insert(digest, (first.clone(), now() - 120));
+    assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+    // A token one character off is never taken for the remembered one.
+    let forged = format!("{}x", &t[..t.len() - 1]);
+    assert!(v.verify(&forged).is_err());
+}
