@@ -94,7 +94,9 @@ impl From<AuthError> for ApiError {
 
 /// A FHIR JSON response.
 pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    // to_vec writes straight into the buffer (to_string goes through fmt::Write, slower).
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = (status, bytes).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));

@@ -30,15 +30,18 @@ pub fn canonical_json_without(value: &Value, skip: &[&str]) -> String {
     out
 }
 
-/// SHA-256 of [`canonical_json_without`], computed without building the text: the merge's
-/// identity of content (short to keep and quick to compare).
+/// SHA-256 of [`canonical_json_without`]: the merge's identity of content (short to keep and
+/// quick to compare). The text is built in one buffer and hashed once (many small updates of
+/// the hash cost more).
 pub fn canonical_digest_without(value: &Value, skip: &[&str]) -> [u8; 32] {
-    let mut out = DigestOut(sha2::Sha256::default());
-    write_top(value, skip, &mut out);
-    sha2::Digest::finalize(out.0).into()
+    let text = canonical_json_without(value, skip);
+    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        text.as_bytes(),
+    ))
+    .into()
 }
 
-/// Where canonical JSON is written: text, or a running digest.
+/// Where canonical JSON is written.
 trait Out {
     fn put(&mut self, s: &str);
 }
@@ -46,14 +49,6 @@ trait Out {
 impl Out for String {
     fn put(&mut self, s: &str) {
         self.push_str(s);
-    }
-}
-
-struct DigestOut(sha2::Sha256);
-
-impl Out for DigestOut {
-    fn put(&mut self, s: &str) {
-        sha2::Digest::update(&mut self.0, s.as_bytes());
     }
 }
 
@@ -65,16 +60,19 @@ fn write_top(value: &Value, skip: &[&str], out: &mut impl Out) {
 }
 
 fn write_object(map: &serde_json::Map<String, Value>, skip: &[&str], out: &mut impl Out) {
-    let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
-    keys.sort_unstable();
+    let mut pairs: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.put("{");
-    for (i, k) in keys.into_iter().enumerate() {
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
         if i > 0 {
             out.put(",");
         }
         write_string(k, out);
         out.put(":");
-        write_canonical(&map[k], out);
+        write_canonical(v, out);
     }
     out.put("}");
 }
