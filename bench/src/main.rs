@@ -1,0 +1,750 @@
+//! The load benchmark: the gateway (release build, its own process) against simulated peer
+//! regions (real mutual TLS, a set latency and answer size), driven by `oha` at a fixed
+//! concurrency; and, in the same run, nginx as a mutual-TLS reverse proxy to the same peer,
+//! so that scenario (a) is a ratio, not an absolute time.
+//!
+//! Scenarios: (a) one peer, a 20 kB answer passed through; (b) eight peers at 20 ms each;
+//! (c) the repeat query served from the cache; (d) `$everything` merging three 2 MB answers;
+//! then a soak of (a) sampling the gateway's memory. Prints a table and writes it to `--out`.
+//!
+//! Run with `bench/run` (builds in release mode first). Not part of the test suite.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Load benchmark of the gateway against nginx (see bench/README.md)")]
+struct Args {
+    /// The gateway binary (a release build).
+    #[arg(long, default_value = "target/release/gateway")]
+    gateway: PathBuf,
+    #[arg(long, default_value = "oha")]
+    oha: String,
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
+    /// Seconds each scenario is driven for.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Concurrent connections of the load generator (scenario d uses at most 8).
+    #[arg(long, default_value_t = 32)]
+    concurrency: u32,
+    /// Seconds of the memory soak (scenario a's load); 0 skips it.
+    #[arg(long, default_value_t = 300)]
+    soak: u64,
+    /// Only these scenarios (a, b, c, d); the nginx reference runs with a.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    only: Vec<String>,
+    /// Where the table is written (Markdown).
+    #[arg(long, default_value = "bench/results.md")]
+    out: PathBuf,
+}
+
+/// What `oha` measured.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+}
+
+struct Row {
+    scenario: String,
+    load: Load,
+    peak_rss_mib: f64,
+    note: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// (VmRSS, VmHWM) of a process, in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A process and the processes it started (nginx's workers), summed.
+fn tree_memory_mib(pid: u32) -> (f64, f64) {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                pids.push(p);
+            }
+        }
+    }
+    pids.iter()
+        .map(|p| memory_mib(*p))
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// A peer's answer for the patient: a searchset Bundle of the patient's record in `region`,
+/// grown (items repeated under new ids and identifiers) or cut to about `bytes`.
+fn answer_body(data: &gateway::demo::data::DemoData, region: &str, bytes: usize) -> String {
+    let nhs = data.seen_everywhere.clone();
+    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
+        .expect("a valid query")
+        .query;
+    let record =
+        gateway::record::directory::DirectoryRecord::from_resources(data.records[region].clone())
+            .expect("the demo record loads");
+    let answer = record.answer(&query);
+    let base = answer.items.clone();
+    let mut items = Vec::new();
+    let mut size: usize = answer.patients.iter().map(|p| p.to_string().len()).sum();
+    let mut k = 0;
+    'grow: loop {
+        for item in &base {
+            let mut copy = item.clone();
+            if k > 0 {
+                copy["id"] = json!(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
+                copy["identifier"] = json!([{"system": "urn:bench", "value": format!("{region}-{k}-{}", copy["id"])}]);
+            }
+            size += copy.to_string().len() + 60;
+            items.push(copy);
+            if size >= bytes {
+                break 'grow;
+            }
+        }
+        k += 1;
+    }
+    let entries: Vec<Value> = answer
+        .patients
+        .iter()
+        .chain(&items)
+        .map(|r| {
+            json!({
+                "fullUrl": format!("https://{region}.example/fhir/{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")),
+                "resource": r,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
+        .to_string()
+}
+
+/// A simulated peer region: a real mTLS server answering every request with `body` after
+/// `latency`.
+async fn start_peer(
+    dir: &Path,
+    region: &str,
+    latency: Duration,
+    body: Arc<String>,
+) -> anyhow::Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
+    let certs = dir.join("certs");
+    let keys = gateway::tls::load_key_material(
+        &certs.join(region).join("server.pem"),
+        &certs.join(region).join("server.key"),
+    )?;
+    let ca = gateway::tls::load_certs(&certs.join("ca.pem"))?;
+    let tls = gateway::tls::federation_server_config(&keys, &ca, &[])?;
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            http::Response::builder()
+                .status(200)
+                .header("content-type", "application/fhir+json")
+                .body(axum::body::Body::from(body.as_str().to_owned()))
+                .expect("a response")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(gateway::server::serve_tls(
+        "bench-peer",
+        listener,
+        gateway::server::fixed_tls(Arc::new(tls)),
+        app,
+        rx,
+        None,
+        Arc::default(),
+    ));
+    Ok((addr, stop))
+}
+
+struct Setup {
+    dir: PathBuf,
+    token: String,
+    nhs: String,
+}
+
+struct Running {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM: a graceful stop.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Starts the gateway with these peers (region code, address) and waits until it is ready.
+async fn start_gateway(
+    args: &Args,
+    setup: &Setup,
+    name: &str,
+    peers: &[(String, SocketAddr)],
+    cache: bool,
+) -> anyhow::Result<Running> {
+    let (c, f, o) = (free_port()?, free_port()?, free_port()?);
+    let mut text = format!(
+        r#"[region]
+code = "bench"
+name = "Bench"
+base_url = "https://localhost:{c}/fhir"
+
+[listen]
+clinician = "127.0.0.1:{c}"
+federation = "127.0.0.1:{f}"
+operations = "127.0.0.1:{o}"
+
+[tls]
+ca = "certs/ca.pem"
+server_cert = "certs/bench/server.pem"
+server_key = "certs/bench/server.key"
+client_cert = "certs/bench/client.pem"
+client_key = "certs/bench/client.key"
+
+[record]
+directory = "record"
+
+[auth]
+issuer = "https://idp.bench.local"
+audience = "federation-gateway"
+public_keys_pem = "idp.pem"
+
+[store]
+sqlite = "{name}.sqlite"
+
+[cache]
+enabled = {cache}
+
+[limits]
+per_user_per_minute = 100000000
+max_concurrent_requests = 4096
+
+[fanout]
+deadline_ms = 10000
+"#
+    );
+    for (code, addr) in peers {
+        text.push_str(&format!(
+            "\n[[peers]]\nregion = \"{code}\"\nname = \"{code}\"\nurl = \"https://localhost:{}/fhir\"\nidentity = \"urn:gateway:region:{code}\"\ntimeout_ms = 9000\n",
+            addr.port()
+        ));
+    }
+    let config = setup.dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text)?;
+    let log = std::fs::File::create(setup.dir.join(format!("{name}.log")))?;
+    let child = tokio::process::Command::new(&args.gateway)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.gateway.display()))?;
+    let ready = format!("http://127.0.0.1:{o}/readyz");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway did not become ready; see {name}.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Running {
+        child,
+        url: format!(
+            "https://localhost:{c}/fhir/Patient/{}/$everything",
+            setup.nhs
+        ),
+    })
+}
+
+/// nginx as a mutual-TLS reverse proxy to one peer, with the gateway's certificates.
+async fn start_nginx(args: &Args, setup: &Setup, peer: SocketAddr) -> anyhow::Result<Running> {
+    let d = setup.dir.display();
+    let port = free_port()?;
+    let tmp = setup.dir.join("nginx-tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let user = if is_root() { "user root;" } else { "" };
+    let conf = format!(
+        r#"{user}
+worker_processes auto;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {d}/nginx-access.log;
+  client_body_temp_path {d}/nginx-tmp/body;
+  proxy_temp_path {d}/nginx-tmp/proxy;
+  fastcgi_temp_path {d}/nginx-tmp/fastcgi;
+  uwsgi_temp_path {d}/nginx-tmp/uwsgi;
+  scgi_temp_path {d}/nginx-tmp/scgi;
+  upstream peer {{ server 127.0.0.1:{peer_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {d}/certs/bench/server.pem;
+    ssl_certificate_key {d}/certs/bench/server.key;
+    location / {{
+      proxy_pass https://peer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_certificate {d}/certs/bench/client.pem;
+      proxy_ssl_certificate_key {d}/certs/bench/client.key;
+      proxy_ssl_trusted_certificate {d}/certs/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name peer1.gateway.local;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+      proxy_buffers 32 16k;
+    }}
+  }}
+}}
+"#,
+        peer_port = peer.port()
+    );
+    let path = setup.dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = tokio::process::Command::new(&args.nginx)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.nginx))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("nginx did not start; see nginx-error.log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Running {
+        child,
+        url: format!(
+            "https://localhost:{port}/fhir/Patient/{}/$everything",
+            setup.nhs
+        ),
+    })
+}
+
+/// Running as root (nginx then needs `user root;` to read the key files in a private dir).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Drives `url` with oha for `seconds` at `concurrency`; samples `pid`'s memory meanwhile.
+async fn drive(
+    args: &Args,
+    setup: &Setup,
+    url: &str,
+    seconds: u64,
+    concurrency: u32,
+    sample: Option<(u32, &mut Vec<(f64, f64)>)>,
+) -> anyhow::Result<Load> {
+    let mut cmd = tokio::process::Command::new(&args.oha);
+    cmd.args(["--no-tui", "--output-format", "json", "-z"])
+        .arg(format!("{seconds}s"))
+        .arg("-c")
+        .arg(concurrency.to_string())
+        .arg("--cacert")
+        .arg(setup.dir.join("certs/ca.pem"))
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", setup.token))
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} (cargo install oha)", args.oha))?;
+    let started = Instant::now();
+    let output = match sample {
+        Some((pid, samples)) => {
+            let wait = child.wait_with_output();
+            tokio::pin!(wait);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    out = &mut wait => break out?,
+                    _ = tick.tick() => samples.push((started.elapsed().as_secs_f64(), memory_mib(pid).0)),
+                }
+            }
+        }
+        None => child.wait_with_output().await?,
+    };
+    if !output.status.success() {
+        bail!(
+            "oha failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&output.stdout).context("oha's JSON output")?;
+    let statuses = v["statusCodeDistribution"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let ok = statuses.get("200").and_then(Value::as_u64).unwrap_or(0);
+    let all: u64 = statuses.values().filter_map(Value::as_u64).sum();
+    // Requests still in flight when the time is up are cut off by oha, not failed.
+    let transport_errors: u64 = v["errorDistribution"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.contains("deadline"))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    let ms = |p: &str| v["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    Ok(Load {
+        rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0) * ok as f64
+            / (all.max(1)) as f64,
+        p50_ms: ms("p50"),
+        p99_ms: ms("p99"),
+        requests: all,
+        errors: all - ok + transport_errors,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "unknown CPU".into(), |s| s.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem:.0} GiB")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    gateway::tls::install_crypto_provider();
+    let dir = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("record"))?;
+    std::fs::write(dir.join("record/record.ndjson"), "")?;
+    let peers: Vec<String> = (1..=8).map(|i| format!("peer{i}")).collect();
+    let mut regions = vec!["bench".to_owned()];
+    regions.extend(peers.iter().cloned());
+    gateway::tls::devca::init_dir(&dir.join("certs"), &regions, &["localhost".into()], 2)?;
+    let idp = rcgen::KeyPair::generate()?;
+    std::fs::write(dir.join("idp.pem"), idp.public_key_pem())?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = gateway::auth::mint_dev_token(
+        &gateway::auth::DevTokenClaims {
+            iss: "https://idp.bench.local".into(),
+            aud: "federation-gateway".into(),
+            sub: "bench-clinician".into(),
+            role: "R8000".into(),
+            org: "RBD".into(),
+            purpose_of_use: "TREAT".into(),
+            iat: now,
+            nbf: now - 10,
+            exp: now + 24 * 3600,
+        },
+        &idp.serialize_pem(),
+        None,
+    )?;
+    let data = gateway::demo::data::generate(&peers, 20, 11);
+    let setup = Setup {
+        dir: dir.clone(),
+        token,
+        nhs: data.seen_everywhere.as_str().to_owned(),
+    };
+    eprintln!("bench: working in {}", dir.display());
+
+    let small: Vec<Arc<String>> = peers
+        .iter()
+        .map(|p| Arc::new(answer_body(&data, p, 20 * 1024)))
+        .collect();
+    eprintln!("bench: a peer's small answer is {} bytes", small[0].len());
+    let mut stops = Vec::new();
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let (addr, stop) = start_peer(&dir, p, Duration::ZERO, small[i].clone()).await?;
+        fast.push((p.clone(), addr));
+        stops.push(stop);
+        let (addr, stop) = start_peer(&dir, p, Duration::from_millis(20), small[i].clone()).await?;
+        slow.push((p.clone(), addr));
+        stops.push(stop);
+    }
+    let mut large = Vec::new();
+    for p in peers.iter().take(3) {
+        let body = Arc::new(answer_body(&data, p, 2 * 1024 * 1024));
+        eprintln!("bench: {p}'s large answer is {} bytes", body.len());
+        let (addr, stop) = start_peer(&dir, p, Duration::ZERO, body).await?;
+        large.push((p.clone(), addr));
+        stops.push(stop);
+    }
+
+    let (secs, conc) = (args.duration, args.concurrency);
+    let mut rows = Vec::new();
+
+    let wanted = |s: &str| args.only.iter().any(|o| o == s);
+    // The reference: nginx in front of the same peer.
+    let mut reference = Load::default();
+    if wanted("a") {
+        eprintln!("bench: (a) nginx");
+        let nginx = start_nginx(&args, &setup, fast[0].1).await?;
+        let _ = drive(&args, &setup, &nginx.url, 2, conc, None).await?;
+        reference = drive(&args, &setup, &nginx.url, secs, conc, None).await?;
+        let nginx_mem = tree_memory_mib(nginx.pid()).1;
+        nginx.stop().await;
+        rows.push(Row {
+            scenario: "(a) reference: nginx, mTLS reverse proxy to one peer, 20 kB".into(),
+            load: reference.clone(),
+            peak_rss_mib: nginx_mem,
+            note: "1.00".into(),
+        });
+    }
+
+    let run = |name: &'static str,
+               label: String,
+               peers: Vec<(String, SocketAddr)>,
+               cache: bool,
+               conc: u32| {
+        let (args, setup) = (&args, &setup);
+        async move {
+            eprintln!("bench: {label}");
+            let gw = start_gateway(args, setup, name, &peers, cache).await?;
+            eprintln!("bench: gateway pid {}", gw.pid());
+            let _ = drive(args, setup, &gw.url, 2, conc, None).await?;
+            let load = drive(args, setup, &gw.url, secs, conc, None).await?;
+            let peak = memory_mib(gw.pid()).1;
+            gw.stop().await;
+            anyhow::Ok((label, load, peak))
+        }
+    };
+    let mut a = Load::default();
+    if wanted("a") {
+        let (label, load, peak) = run(
+            "a",
+            "(a) gateway: one peer, 20 kB".into(),
+            fast[..1].to_vec(),
+            false,
+            conc,
+        )
+        .await?;
+        a = load.clone();
+        rows.push(Row {
+            scenario: label,
+            note: format!("{:.2} of nginx's throughput", load.rps / reference.rps),
+            load,
+            peak_rss_mib: peak,
+        });
+    }
+    if wanted("b") {
+        let (label, load, peak) = run(
+            "b",
+            "(b) gateway: eight peers at 20 ms, 20 kB each".into(),
+            slow.clone(),
+            false,
+            conc,
+        )
+        .await?;
+        rows.push(Row {
+            scenario: label,
+            note: format!(
+                "p50 is {:.1} ms above the slowest peer (20 ms)",
+                load.p50_ms - 20.0
+            ),
+            load,
+            peak_rss_mib: peak,
+        });
+    }
+    if wanted("b") {
+        // The same at one connection: what the fan-out adds when the gateway is not saturated.
+        let (label, load, peak) = run(
+            "b1",
+            "(b) gateway: eight peers at 20 ms, one connection".into(),
+            slow.clone(),
+            false,
+            1,
+        )
+        .await?;
+        rows.push(Row {
+            scenario: label,
+            note: format!(
+                "p50 is {:.1} ms above the slowest peer (20 ms)",
+                load.p50_ms - 20.0
+            ),
+            load,
+            peak_rss_mib: peak,
+        });
+    }
+    if wanted("c") {
+        let (label, load, peak) = run(
+            "c",
+            "(c) gateway: (a) repeated, served from the cache".into(),
+            fast[..1].to_vec(),
+            true,
+            conc,
+        )
+        .await?;
+        rows.push(Row {
+            scenario: label,
+            note: if a.rps > 0.0 {
+                format!("{:.2} times (a)'s throughput", load.rps / a.rps)
+            } else {
+                String::new()
+            },
+            load,
+            peak_rss_mib: peak,
+        });
+    }
+    if wanted("d") {
+        let (label, load, peak) = run(
+            "d",
+            "(d) gateway: $everything merging three 2 MB answers".into(),
+            large.clone(),
+            false,
+            conc.min(8),
+        )
+        .await?;
+        rows.push(Row {
+            scenario: label,
+            note: format!("{} concurrent", conc.min(8)),
+            load,
+            peak_rss_mib: peak,
+        });
+    }
+
+    // Soak: (a)'s load for a while, the gateway's resident memory sampled every 5 s.
+    let mut soak_line = String::from("not run (--soak 0)");
+    if args.soak > 0 {
+        eprintln!("bench: soak, {} s of (a)", args.soak);
+        let gw = start_gateway(&args, &setup, "soak", &fast[..1], false).await?;
+        let mut samples = Vec::new();
+        let load = drive(
+            &args,
+            &setup,
+            &gw.url,
+            args.soak,
+            conc,
+            Some((gw.pid(), &mut samples)),
+        )
+        .await?;
+        gw.stop().await;
+        // After the first minute (warm-up: pools, caches and the allocator settle).
+        let settled: Vec<f64> = samples
+            .iter()
+            .filter(|(t, _)| *t >= 60.0_f64.min(args.soak as f64 / 2.0))
+            .map(|(_, m)| *m)
+            .collect();
+        if let (Some(first), Some(last)) = (settled.first(), settled.last()) {
+            let max = settled.iter().cloned().fold(0.0, f64::max);
+            soak_line = format!(
+                "{} s at {conc} connections, {:.0} requests/s, {} requests: resident memory {first:.1} MiB after the first minute, {last:.1} MiB at the end ({:+.1}%), at most {max:.1} MiB",
+                args.soak,
+                load.rps,
+                load.requests,
+                (last - first) / first * 100.0
+            );
+        }
+    }
+    drop(stops);
+
+    let mut table = String::new();
+    table.push_str(&format!(
+        "Machine: {}. Each scenario: {secs} s at {conc} connections (oha, HTTP/1.1 over TLS), after a 2 s warm-up; the gateway is a release build with its audit trail (SQLite, synchronous) and access log on.\n\n",
+        machine()
+    ));
+    table.push_str("| scenario | requests/s | p50 ms | p99 ms | errors | peak memory MiB | against the reference |\n|---|---:|---:|---:|---:|---:|---|\n");
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {} of {} | {:.1} | {} |\n",
+            r.scenario,
+            r.load.rps,
+            r.load.p50_ms,
+            r.load.p99_ms,
+            r.load.errors,
+            r.load.requests,
+            r.peak_rss_mib,
+            r.note
+        ));
+    }
+    table.push_str(&format!("\nMemory soak: {soak_line}.\n"));
+    println!("{table}");
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, &table)?;
+    eprintln!("bench: written to {}", args.out.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
