@@ -119,17 +119,17 @@ pub async fn get_fhir_json_with_meta(
 
 /// Splits a searchset Bundle into the Patient resources and the other resources; outcome
 /// entries are left out.
-pub fn bundle_to_answer(bundle: &Value) -> Result<RecordAnswer, FetchError> {
-    if resource_type(bundle) != Some("Bundle") {
+pub fn bundle_to_answer(mut bundle: Value) -> Result<RecordAnswer, FetchError> {
+    if resource_type(&bundle) != Some("Bundle") {
         return Err(FetchError::NotABundle);
     }
     let mut answer = RecordAnswer::default();
-    for entry in bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    // The resources move out of the Bundle (it is dropped): no copy of a large answer.
+    let entries = match bundle.get_mut("entry") {
+        Some(Value::Array(entries)) => std::mem::take(entries),
+        _ => Vec::new(),
+    };
+    for mut entry in entries {
         if entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome") {
             // A region says it withheld items (never which): count it for the clinician's warning.
             let issues = entry.pointer("/resource/issue").and_then(Value::as_array);
@@ -140,13 +140,13 @@ pub fn bundle_to_answer(bundle: &Value) -> Result<RecordAnswer, FetchError> {
                 .count();
             continue;
         }
-        let Some(resource) = entry.get("resource") else {
+        let Some(resource) = entry.get_mut("resource").map(Value::take) else {
             continue;
         };
-        match resource_type(resource) {
-            Some("Patient") => answer.patients.push(resource.clone()),
+        match resource_type(&resource) {
+            Some("Patient") => answer.patients.push(resource),
             Some("OperationOutcome") | None => {}
-            Some(_) => answer.items.push(resource.clone()),
+            Some(_) => answer.items.push(resource),
         }
     }
     Ok(answer)
@@ -174,11 +174,11 @@ mod tests {
             {"resource": {"resourceType": "Condition", "id": "c"}, "search": {"mode": "match"}},
             {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
         ], "link": [{"relation": "next", "url": "https://x/next"}]});
-        let a = bundle_to_answer(&b).unwrap();
+        let a = bundle_to_answer(b.clone()).unwrap();
         assert_eq!((a.patients.len(), a.items.len()), (1, 1));
         assert_eq!(next_link(&b), Some("https://x/next"));
         assert_eq!(
-            bundle_to_answer(&json!({"resourceType": "Patient"})),
+            bundle_to_answer(json!({"resourceType": "Patient"})),
             Err(FetchError::NotABundle)
         );
     }

@@ -193,7 +193,7 @@ impl Peer {
         let (bundle, bytes, directive) = get_fhir_json_with_meta(request, max_bytes, budget)
             .await
             .map_err(failure_from_fetch)?;
-        let answer = bundle_to_answer(&bundle).map_err(failure_from_fetch)?;
+        let answer = bundle_to_answer(bundle).map_err(failure_from_fetch)?;
         Ok(crate::cache::Fetched {
             answer,
             bytes,

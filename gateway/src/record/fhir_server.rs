@@ -73,7 +73,7 @@ impl FhirServerRecord {
             )
             .await?;
         let mut answer = RecordAnswer::default();
-        for page in &patient_pages {
+        for page in patient_pages {
             let a = bundle_to_answer(page).map_err(record_error)?;
             answer
                 .patients
@@ -113,7 +113,7 @@ impl FhirServerRecord {
             for page in pages {
                 answer
                     .items
-                    .extend(bundle_to_answer(&page).map_err(record_error)?.items);
+                    .extend(bundle_to_answer(page).map_err(record_error)?.items);
             }
         }
         Ok(answer)
