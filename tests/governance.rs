@@ -52,6 +52,24 @@ async fn allergies_seen_at(fed: &TestFederation, region: usize, token: &str) -> 
     entries(&reply.body, "match").len()
 }
 
+/// A clinician's break-glass query at the first region, for the review queue.
+async fn break_the_glass(fed: &TestFederation, reason: &str) {
+    let path = format!(
+        "{}/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.base(0),
+        fed.everywhere()
+    );
+    let resp = fed
+        .client()
+        .get(&path)
+        .bearer_auth(fed.token("R8000"))
+        .header("X-Break-Glass-Reason", reason)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 /// The active version's files with the pilot rule added to `10-direct-care.cedar`.
 async fn draft_files(fed: &TestFederation, governance: &str) -> (i64, Vec<Value>) {
     draft_files_at(fed, 0, governance).await
@@ -296,23 +314,7 @@ async fn break_glass_accesses_wait_for_review_and_are_reviewed_once() {
         c.role = "R0001".into();
         c.purpose_of_use = "HOPERAT".into();
     });
-    let path = format!(
-        "{}/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
-        fed.base(0),
-        fed.everywhere()
-    );
-    let resp = fed
-        .client()
-        .get(&path)
-        .bearer_auth(fed.token("R8000"))
-        .header(
-            "X-Break-Glass-Reason",
-            "unconscious patient in the emergency department",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    break_the_glass(&fed, "unconscious patient in the emergency department").await;
 
     let (s, q) = call(
         &fed,
@@ -420,23 +422,7 @@ async fn the_console_in_a_browser() {
         c.sub = "privacy-officer-1".into();
     });
     // A break-glass access for the review queue.
-    let path = format!(
-        "{}/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
-        fed.base(0),
-        fed.everywhere()
-    );
-    let resp = fed
-        .client()
-        .get(&path)
-        .bearer_auth(fed.token("R8000"))
-        .header(
-            "X-Break-Glass-Reason",
-            "collapsed in clinic, no history available",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    break_the_glass(&fed, "collapsed in clinic, no history available").await;
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("tests/console/console.mjs");

@@ -257,14 +257,11 @@ pub async fn search(
         .for_patient(nhs.as_str())
         .await
         .map_err(store_error)?;
-    let in_record = gateway.local.consents(&nhs).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "exception",
-            "the regional record could not be read",
-        )
-        .internal(e.to_string())
-    })?;
+    let in_record = gateway
+        .local
+        .consents(&nhs)
+        .await
+        .map_err(super::record_unreadable)?;
     let base = &gateway.region.base_url;
     let mut entries: Vec<Value> = stored
         .into_iter()

@@ -54,6 +54,17 @@ fn store_unavailable(e: StoreError) -> ApiError {
     .internal(e.to_string())
 }
 
+/// A reason, comment or note: trimmed, and long enough to say something.
+fn stated(text: &str, ask: &str) -> Result<String, ApiError> {
+    let text = text.trim();
+    if text.chars().count() < MIN_REASON_CHARS {
+        return Err(invalid(format!(
+            "{ask} (at least {MIN_REASON_CHARS} characters)"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
 }
@@ -289,11 +300,7 @@ pub async fn create(
     if draft.files.is_empty() {
         return Err(invalid("a version needs at least one policy file"));
     }
-    if draft.comment.trim().chars().count() < MIN_REASON_CHARS {
-        return Err(invalid(format!(
-            "say what the draft changes and why (at least {MIN_REASON_CHARS} characters)"
-        )));
-    }
+    let comment = stated(&draft.comment, "say what the draft changes and why")?;
     let id = gateway
         .governance
         .add_version(NewVersion {
@@ -301,7 +308,7 @@ pub async fn create(
             files: draft.files.clone(),
             author: ask.user.user_id.clone(),
             created_at: crate::fhir::instant(time::OffsetDateTime::now_utc()),
-            comment: draft.comment.trim().to_owned(),
+            comment,
             origin: ORIGIN_CONSOLE.into(),
         })
         .await
@@ -362,12 +369,7 @@ pub async fn activate(
     )?;
     let id = parse_id(&id)?;
     let req: ActivateBody = body(b).await?;
-    let reason = req.reason.trim().to_owned();
-    if reason.chars().count() < MIN_REASON_CHARS {
-        return Err(invalid(format!(
-            "an activation needs a reason of at least {MIN_REASON_CHARS} characters"
-        )));
-    }
+    let reason = stated(&req.reason, "an activation needs a reason")?;
     let v = stored_version(&gateway, id).await?;
     let (checked, _) = version::check(&gateway.policy_schema, &v.files);
     if !checked.activatable() {
@@ -380,20 +382,7 @@ pub async fn activate(
                 checked.cases_failed
             ),
         );
-        for p in checked.problems.iter().take(20) {
-            e.issues.push(crate::fhir::outcome::Issue::new(
-                crate::fhir::outcome::Severity::Error,
-                "invalid",
-                p.to_string(),
-            ));
-        }
-        for c in checked.cases.iter().filter(|c| !c.passed).take(20) {
-            e.issues.push(crate::fhir::outcome::Issue::new(
-                crate::fhir::outcome::Severity::Error,
-                "business-rule",
-                format!("test case {}: {}: {}", c.file, c.name, c.detail),
-            ));
-        }
+        with_findings(&mut e, &checked);
         return Err(e);
     }
     let previous = gateway.applied_policy().version;
@@ -566,19 +555,29 @@ pub async fn simulate(
     Ok(json_response(StatusCode::OK, &out))
 }
 
+/// Adds a check's problems and failing cases (the first twenty of each) to an error.
+fn with_findings(e: &mut ApiError, r: &version::Report) {
+    use crate::fhir::outcome::{Issue, Severity};
+    for p in r.problems.iter().take(20) {
+        e.issues
+            .push(Issue::new(Severity::Error, "invalid", p.to_string()));
+    }
+    for c in r.cases.iter().filter(|c| !c.passed).take(20) {
+        e.issues.push(Issue::new(
+            Severity::Error,
+            "business-rule",
+            format!("test case {}: {}: {}", c.file, c.name, c.detail),
+        ));
+    }
+}
+
 fn problems_error(r: &version::Report) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid",
         "the draft does not parse or validate; fix it before simulating",
     );
-    for p in r.problems.iter().take(20) {
-        e.issues.push(crate::fhir::outcome::Issue::new(
-            crate::fhir::outcome::Severity::Error,
-            "invalid",
-            p.to_string(),
-        ));
-    }
+    with_findings(&mut e, r);
     e
 }
 
@@ -601,14 +600,7 @@ async fn simulate_record(
                 "the regional record did not answer",
             )
         })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "the regional record could not be read",
-            )
-            .internal(e.to_string())
-        })?;
+        .map_err(super::record_unreadable)?;
     let consent = super::read_consent(gateway, nhs).await?;
     let region = &gateway.region.code;
     let mut a = Gatekeeper::new(active, user, region, DecisionPoint::View, region)
@@ -777,12 +769,7 @@ pub async fn review(
         .parse()
         .map_err(|_| invalid("an access is named by its audit sequence number"))?;
     let req: ReviewBody = body(b).await?;
-    let note = req.note.trim().to_owned();
-    if note.chars().count() < MIN_REASON_CHARS {
-        return Err(invalid(format!(
-            "a review needs a note of at least {MIN_REASON_CHARS} characters"
-        )));
-    }
+    let note = stated(&req.note, "a review needs a note")?;
     // Only a break-glass access can be reviewed.
     let filter = crate::audit::Filter {
         break_glass_only: true,
@@ -853,14 +840,11 @@ pub async fn consent(
         .for_patient(nhs.as_str())
         .await
         .map_err(store_unavailable)?;
-    let in_record = gateway.local.consents(&nhs).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "exception",
-            "the regional record could not be read",
-        )
-        .internal(e.to_string())
-    })?;
+    let in_record = gateway
+        .local
+        .consents(&nhs)
+        .await
+        .map_err(super::record_unreadable)?;
     let view = super::read_consent(&gateway, &nhs).await?;
     let directives: Vec<Value> = stored
         .into_iter()

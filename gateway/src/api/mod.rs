@@ -206,6 +206,16 @@ pub async fn read_consent(
     }
 }
 
+/// The region's own record failed to answer (its reason goes to the log only).
+pub fn record_unreadable(e: impl std::fmt::Display) -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        http::StatusCode::BAD_GATEWAY,
+        "exception",
+        "the regional record could not be read",
+    )
+    .internal(e.to_string())
+}
+
 fn consent_unavailable(internal: String) -> crate::error::ApiError {
     crate::error::ApiError::new(
         http::StatusCode::SERVICE_UNAVAILABLE,
