@@ -322,6 +322,10 @@ pub fn start_on(
             gateway.clone(),
             rx.clone(),
         )),
+        tokio::spawn(crate::metrics::upkeep_periodically(
+            gateway.clone(),
+            rx.clone(),
+        )),
         tokio::spawn(crate::app::checkpoint_periodically(
             gateway.clone(),
             rx.clone(),
