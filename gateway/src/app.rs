@@ -568,7 +568,10 @@ async fn reload_and_log(gateway: &Gateway, dir: &std::path::Path, trigger: &str)
     event.detail = serde_json::json!({
         "trigger": trigger,
         "directory": dir.display().to_string(),
-        "digest": policy_digest(dir),
+        // The same digest as the version's in the store and the console.
+        "digest": crate::governance::configured_files(Some(dir))
+            .map(|(_, files)| crate::store::governance::files_digest(&files))
+            .unwrap_or_else(|e| format!("unreadable: {e}")),
     });
     match &result {
         Ok(n) => {
@@ -583,37 +586,6 @@ async fn reload_and_log(gateway: &Gateway, dir: &std::path::Path, trigger: &str)
     if let Err(e) = gateway.record(event).await {
         tracing::error!(error = %e, "could not record the policy activation in the audit trail");
     }
-}
-
-/// SHA-256 over the policy directory's files (names and contents, in name order), so the
-/// audit trail says exactly which text was activated.
-pub fn policy_digest(dir: &std::path::Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    let mut hasher = Sha256::new();
-    for f in files {
-        let name = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(std::fs::read(&f).unwrap_or_default());
-        hasher.update([0]);
-    }
-    crate::audit::hex(&hasher.finalize())
 }
 
 #[cfg(unix)]

@@ -247,3 +247,70 @@ pub async fn follow_policy_store(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::governance::ORIGIN_CONSOLE;
+
+    fn with_extra(rule: &str) -> Vec<SourceFile> {
+        let (_, mut files) = configured_files(None).unwrap();
+        files.push(SourceFile {
+            name: "90-extra.cedar".into(),
+            text: rule.into(),
+        });
+        files
+    }
+
+    #[tokio::test]
+    async fn files_become_versions_and_a_console_activation_survives_a_restart() {
+        let store = crate::store::SqliteStore::open_in_memory().unwrap();
+        let (schema, files) = configured_files(None).unwrap();
+        // First start: the files are version 1, active.
+        let first = sync_files(&store, &schema, &files, "embedded")
+            .await
+            .unwrap();
+        let v1 = first.expect("activated").version;
+        assert_eq!(load_active(&store, &schema).await.unwrap().1.version, v1);
+        // Governance staff activate a console version.
+        let v2 = store
+            .add_version(NewVersion {
+                based_on: Some(v1),
+                files: with_extra("@id(\"extra\")\nforbid (principal, action, resource) when { context.purpose_of_use == \"NEVER\" };\n"),
+                author: "po1".into(),
+                created_at: now(),
+                comment: "console".into(),
+                origin: ORIGIN_CONSOLE.into(),
+            })
+            .await
+            .unwrap();
+        store.activate(v2, "po1", &now(), "tighten").await.unwrap();
+        // A restart with the same files keeps it.
+        assert!(
+            sync_files(&store, &schema, &files, "embedded")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(load_active(&store, &schema).await.unwrap().1.version, v2);
+        // Changed files are a new version, and win.
+        let changed = with_extra(
+            "@id(\"other\")\nforbid (principal, action, resource) when { context.purpose_of_use == \"NONE\" };\n",
+        );
+        let v3 = sync_files(&store, &schema, &changed, "embedded")
+            .await
+            .unwrap()
+            .expect("activated")
+            .version;
+        assert!(v3 > v2);
+        assert_eq!(load_active(&store, &schema).await.unwrap().1.version, v3);
+        // Files that do not pass their checks are refused; the active version stays.
+        let broken = with_extra("@id(\"broken\")\nforbid (principal, action resource);\n");
+        assert!(
+            sync_files(&store, &schema, &broken, "embedded")
+                .await
+                .is_err()
+        );
+        assert_eq!(load_active(&store, &schema).await.unwrap().1.version, v3);
+    }
+}

@@ -314,5 +314,88 @@ impl<'a> Gatekeeper<'a> {
     }
 }
 
+/// How a draft policy set would decide a record differently from the active one (the
+/// governance simulator). Pure: both gatekeepers carry the same user, circumstances and
+/// consent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub items: usize,
+    pub released_active: usize,
+    /// `None` without a draft.
+    pub released_draft: Option<usize>,
+    pub types: BTreeSet<String>,
+    /// (resource type, released now, released by the draft) -> items, for the changes only.
+    pub changes: std::collections::BTreeMap<(String, bool, bool), usize>,
+}
+
+/// Decides every resource of `region`'s record under `active` and, when given, `draft`.
+pub fn compare(
+    active: &mut Gatekeeper<'_>,
+    mut draft: Option<&mut Gatekeeper<'_>>,
+    resources: &[&Value],
+    region: &str,
+) -> Comparison {
+    let mut c = Comparison {
+        items: resources.len(),
+        released_draft: draft.as_ref().map(|_| 0),
+        ..Comparison::default()
+    };
+    for r in resources {
+        let class = active.class_of(r, region);
+        c.types.insert(class.resource_type.clone());
+        let now = active.decide(class.clone()).allowed;
+        c.released_active += usize::from(now);
+        if let Some(d) = draft.as_deref_mut() {
+            let then = d.decide(class.clone()).allowed;
+            if let Some(n) = c.released_draft.as_mut() {
+                *n += usize::from(then);
+            }
+            if now != then {
+                *c.changes
+                    .entry((class.resource_type, now, then))
+                    .or_default() += 1;
+            }
+        }
+    }
+    c
+}
+
+impl Comparison {
+    /// In words, for the users of `role`: "14 items would now be withheld from R8004 users".
+    pub fn summary(&self, role: &str) -> String {
+        let who = format!("{role} users");
+        let moved = |from: bool| -> usize {
+            self.changes
+                .iter()
+                .filter(|((_, f, t), _)| *f == from && *t != from)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        if self.released_draft.is_none() {
+            return format!(
+                "{} of {} items would be released to {who}",
+                self.released_active, self.items
+            );
+        }
+        if self.changes.is_empty() {
+            return format!("no change for {who}");
+        }
+        let mut parts = Vec::new();
+        if moved(true) > 0 {
+            parts.push(format!(
+                "{} items would now be withheld from {who}",
+                moved(true)
+            ));
+        }
+        if moved(false) > 0 {
+            parts.push(format!(
+                "{} items would now be released to {who}",
+                moved(false)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -148,3 +148,55 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
     assert_eq!(kept.patients.len() + kept.items.len(), 0);
     assert!(report.policies.contains("purpose-direct-care-only"));
 }
+
+#[test]
+fn a_draft_is_compared_with_the_active_set_item_by_item() {
+    let active = embedded_policy_set().unwrap();
+    let mut files = embedded_policy_files();
+    files.push((
+        "90-pilot.cedar".into(),
+        "@id(\"pilot-no-allergies\")\nforbid (principal, action == Gateway::Action::\"read:AllergyIntolerance\", resource)\nwhen { principal.organisation == \"RXX01\" };\n".into(),
+    ));
+    let draft = PolicySet::from_sources(EMBEDDED_SCHEMA, files).unwrap();
+    let mut pilot = user("R8000", "TREAT", None);
+    pilot.organisation = "RXX01".into();
+    let record = [
+        json!({"resourceType": "Patient", "id": "p"}),
+        item("AllergyIntolerance", json!([])),
+        item("AllergyIntolerance", json!([])),
+        item("Condition", json!([])),
+    ];
+    let resources: Vec<&Value> = record.iter().collect();
+    let gk = |set| Gatekeeper::new(set, &pilot, "dorset", DecisionPoint::View, "dorset");
+    let c = compare(
+        &mut gk(&active),
+        Some(&mut gk(&draft)),
+        &resources,
+        "dorset",
+    );
+    assert_eq!(
+        (c.items, c.released_active, c.released_draft),
+        (4, 4, Some(2))
+    );
+    assert_eq!(
+        c.changes,
+        std::collections::BTreeMap::from([(("AllergyIntolerance".to_owned(), true, false), 2)])
+    );
+    assert_eq!(
+        c.summary("R8000"),
+        "2 items would now be withheld from R8000 users"
+    );
+    // Without a draft: what the active set releases. The active set as its own draft: no change.
+    let alone = compare(&mut gk(&active), None, &resources, "dorset");
+    assert_eq!(
+        alone.summary("R8000"),
+        "4 of 4 items would be released to R8000 users"
+    );
+    let same = compare(
+        &mut gk(&active),
+        Some(&mut gk(&active)),
+        &resources,
+        "dorset",
+    );
+    assert_eq!(same.summary("R8000"), "no change for R8000 users");
+}

@@ -16,7 +16,7 @@
 //! | `POST /admin/api/break-glass/{seq}/review` | `review-break-glass` |
 //! | `GET /admin/api/consent?patient=` | `read-consent` |
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, Request, State};
@@ -103,7 +103,14 @@ async fn body<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> Result<
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .map_err(|e| invalid(format!("the request body could not be read: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| invalid(format!("the request body: {e}")))
+    // serde's message can quote the value it refused (an NHS number, say): it is echoed
+    // only when it holds no run of digits, since the message also goes to the log.
+    serde_json::from_slice(&bytes).map_err(|e| {
+        invalid(format!(
+            "the request body: {}",
+            crate::fhir::echo(&e.to_string(), 300)
+        ))
+    })
 }
 
 /// `GET /admin/api/whoami`: the caller and what their role may do here.
@@ -609,69 +616,20 @@ async fn simulate_record(
         Gatekeeper::new(set, user, region, DecisionPoint::View, region)
             .with_consent(consent.clone(), region)
     });
-    let (mut released_active, mut released_draft) = (0, 0);
-    // (type, from, to) -> count
-    let mut changes: BTreeMap<(String, bool, bool), usize> = BTreeMap::new();
-    let mut types = BTreeSet::new();
-    let items: Vec<&Value> = answer.patients.iter().chain(&answer.items).collect();
-    for item in &items {
-        let class = a.class_of(item, region);
-        let rtype = class.resource_type.clone();
-        types.insert(rtype.clone());
-        let in_active = a.decide(class.clone()).allowed;
-        released_active += usize::from(in_active);
-        if let Some(d) = d.as_mut() {
-            let in_draft = d.decide(class).allowed;
-            released_draft += usize::from(in_draft);
-            if in_active != in_draft {
-                *changes.entry((rtype, in_active, in_draft)).or_default() += 1;
-            }
-        }
-    }
-    let who = format!("{} users", user.role);
-    let withheld_now: usize = changes
-        .iter()
-        .filter(|((_, from, to), _)| *from && !*to)
-        .map(|(_, n)| n)
-        .sum();
-    let released_now: usize = changes
-        .iter()
-        .filter(|((_, from, to), _)| !*from && *to)
-        .map(|(_, n)| n)
-        .sum();
-    let summary = match draft {
-        None => format!(
-            "{released_active} of {} items would be released to {who}",
-            items.len()
-        ),
-        Some(_) if changes.is_empty() => format!("no change for {who}"),
-        Some(_) => {
-            let mut parts = Vec::new();
-            if withheld_now > 0 {
-                parts.push(format!(
-                    "{withheld_now} items would now be withheld from {who}"
-                ));
-            }
-            if released_now > 0 {
-                parts.push(format!(
-                    "{released_now} items would now be released to {who}"
-                ));
-            }
-            parts.join("; ")
-        }
-    };
+    let resources: Vec<&Value> = answer.patients.iter().chain(&answer.items).collect();
+    let c = crate::access::compare(&mut a, d.as_mut(), &resources, region);
     Ok(json!({
-        "items": items.len(),
-        "released_active": released_active,
-        "released_draft": draft.map(|_| released_draft),
-        "types": types,
-        "changes": changes.into_iter().map(|((t, from, to), n)| json!({
+        "items": c.items,
+        "released_active": c.released_active,
+        "released_draft": c.released_draft,
+        "types": c.types,
+        "summary": c.summary(&user.role),
+        "changes": c.changes.into_iter().map(|((t, from, to), n)| json!({
             "resource_type": t,
             "from": if from { "released" } else { "withheld" },
             "to": if to { "released" } else { "withheld" },
             "count": n,
         })).collect::<Vec<_>>(),
-        "summary": summary,
     }))
 }
 
@@ -845,7 +803,13 @@ pub async fn consent(
         .consents(&nhs)
         .await
         .map_err(super::record_unreadable)?;
-    let view = super::read_consent(&gateway, &nhs).await?;
+    // What they mean for sharing, from the directives just read (not read again).
+    let all: Vec<Value> = stored
+        .iter()
+        .map(|c| c.resource.clone())
+        .chain(in_record.iter().cloned())
+        .collect();
+    let view = crate::consent::read(&all, time::OffsetDateTime::now_utc().unix_timestamp());
     let directives: Vec<Value> = stored
         .into_iter()
         .map(|c| {
