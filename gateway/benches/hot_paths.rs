@@ -1,4 +1,5 @@
-//! Hot paths: per-item policy filtering of a large Bundle, and the merge of three regions.
+//! Hot paths: per-item policy filtering of a large Bundle, the merge of three regions, and
+//! the floor under any gateway that reads its peers' answers: parsing one and writing it back.
 //! `cargo bench -p gateway --bench hot_paths`
 
 use std::hint::black_box;
@@ -11,6 +12,14 @@ use gateway::merge::{MergeContext, RegionInfo, RegionResult, merge};
 use gateway::record::RecordAnswer;
 use policy::DecisionPoint;
 use serde_json::Value;
+
+#[path = "common/answers.rs"]
+mod answers;
+use answers::large_answers;
+
+// The allocator the gateway binary runs with, so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// About 5,000 items of every type, some labelled sensitive, from the demo generator.
 fn items(n: usize) -> Vec<Value> {
@@ -108,54 +117,6 @@ fn merging(c: &mut Criterion) {
     });
 }
 
-/// Each region's answer for one patient, grown to about `bytes` of JSON by repeating its
-/// items under new business identifiers (shared GP items stay shared across regions).
-pub fn large_answers(bytes: usize) -> (gateway::query::PatientQuery, Vec<RegionResult>) {
-    let regions = vec![
-        "dorset".to_string(),
-        "hampshire".to_string(),
-        "wiltshire".to_string(),
-    ];
-    let data = generate(&regions, 50, 5);
-    let nhs = data.seen_everywhere.clone();
-    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
-        .unwrap()
-        .query;
-    let results = regions
-        .iter()
-        .map(|code| {
-            let record = gateway::record::directory::DirectoryRecord::from_resources(
-                data.records[code].clone(),
-            )
-            .unwrap();
-            let mut answer = record.answer(&query);
-            let base = answer.items.clone();
-            let mut size: usize = base.iter().map(|v| v.to_string().len()).sum();
-            let mut k = 0;
-            while size < bytes {
-                k += 1;
-                for item in &base {
-                    let mut copy = item.clone();
-                    copy["id"] = Value::String(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
-                    copy["identifier"] = serde_json::json!([{"system": "urn:bench", "value": format!("{code}-{k}-{}", copy["id"])}]);
-                    size += copy.to_string().len();
-                    answer.items.push(copy);
-                }
-            }
-            RegionResult {
-                region: RegionInfo {
-                    code: code.clone(),
-                    name: code.clone(),
-                    base_url: format!("https://{code}/fhir"),
-                },
-                outcome: Ok(answer),
-                elapsed_ms: 1,
-            }
-        })
-        .collect();
-    (query, results)
-}
-
 fn merging_large(c: &mut Criterion) {
     let (query, results) = large_answers(2 * 1024 * 1024);
     let items: usize = results
@@ -180,5 +141,35 @@ fn merging_large(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filtering, merging, merging_large);
+/// One peer's ~20 kB answer (scenario (a) of the load benchmark) as JSON text: parsing it and
+/// writing it back is the least a gateway that reads answers does per request, against
+/// which a byte-forwarding proxy's whole cost per request can be set (see bench/results.md).
+fn parsing(c: &mut Criterion) {
+    let (_, results) = large_answers(20 * 1024);
+    let answer = results[0].outcome.as_ref().expect("an answer");
+    let mut size = 0;
+    let entries: Vec<Value> = answer
+        .patients
+        .iter()
+        .chain(&answer.items)
+        .map(|r| serde_json::json!({"fullUrl": format!("https://dorset/fhir/{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")), "resource": r, "search": {"mode": "match"}}))
+        .take_while(|e| {
+            size += e.to_string().len();
+            size <= 22 * 1024
+        })
+        .collect();
+    let text = serde_json::to_vec(
+        &serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries}),
+    )
+    .unwrap();
+    eprintln!("one peer's answer: {} bytes", text.len());
+    c.bench_function("parse and write back one peer's ~20 kB answer", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_slice(black_box(&text)).unwrap();
+            black_box(serde_json::to_vec(&v).unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, filtering, merging, merging_large, parsing);
 criterion_main!(benches);

@@ -3,9 +3,8 @@
 //! the counting allocator does not slow the timed benchmarks in `hot_paths`.
 //! `cargo bench -p gateway --bench merge_memory`
 
-#[path = "hot_paths.rs"]
-#[allow(dead_code)]
-mod hot_paths;
+#[path = "common/answers.rs"]
+mod answers;
 
 use gateway::merge::{MergeContext, MismatchPolicy, merge};
 
@@ -24,7 +23,7 @@ fn ctx() -> MergeContext<'static> {
 static PEAK: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
 
 fn main() {
-    let (query, results) = hot_paths::large_answers(2 * 1024 * 1024);
+    let (query, results) = answers::large_answers(2 * 1024 * 1024);
     let bytes: usize = results
         .iter()
         .flat_map(|r| {

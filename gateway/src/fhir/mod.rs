@@ -34,11 +34,20 @@ pub fn canonical_json_without(value: &Value, skip: &[&str]) -> String {
 /// quick to compare). The text is built in one buffer and hashed once (many small updates of
 /// the hash cost more).
 pub fn canonical_digest_without(value: &Value, skip: &[&str]) -> [u8; 32] {
-    let text = canonical_json_without(value, skip);
-    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-        text.as_bytes(),
-    ))
-    .into()
+    thread_local! {
+        // The text's buffer, kept between calls: the merge digests every item.
+        static TEXT: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(4096));
+    }
+    TEXT.with_borrow_mut(|text| {
+        text.clear();
+        write_top(value, skip, text);
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+        if text.capacity() > 1 << 20 {
+            // One huge item does not pin a megabyte to the thread.
+            *text = String::with_capacity(4096);
+        }
+        digest
+    })
 }
 
 /// Where canonical JSON is written.
@@ -60,7 +69,8 @@ fn write_top(value: &Value, skip: &[&str], out: &mut impl Out) {
 }
 
 fn write_object(map: &serde_json::Map<String, Value>, skip: &[&str], out: &mut impl Out) {
-    let mut pairs: Vec<(&String, &Value)> = map
+    // Most FHIR objects have a few keys: sorted on the stack, not in a new Vec.
+    let mut pairs: smallvec::SmallVec<[(&String, &Value); 16]> = map
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .collect();

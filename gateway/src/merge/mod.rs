@@ -164,6 +164,8 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
 struct Slot {
     rtype: ResourceType,
     resource: Value,
+    /// The content key of the version shown.
+    content: ContentKey,
     regions: BTreeSet<usize>,
     /// The region whose version is shown.
     origin: usize,
@@ -325,9 +327,10 @@ pub fn merge(
             point_at_patient(&mut item, rtype, &patient_url, nhs);
             let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
             // The same item: the same business identifier, or else the same content.
+            let item_key = content_key(&item);
             let keys: Vec<ContentKey> = business_keys(rtype, &item)
                 .into_iter()
-                .chain(std::iter::once(content_key(&item)))
+                .chain(std::iter::once(item_key))
                 .collect();
             // Without a shared identifier, another region's item of the same type, code,
             // subject and clinical date is the same item (perhaps another version of it).
@@ -347,7 +350,7 @@ pub fn merge(
                     local_refs.insert((ri, local_ref), slots[slot].key);
                     let s = &mut slots[slot];
                     s.regions.insert(ri);
-                    let (shown_key, item_key) = (content_key(&s.resource), content_key(&item));
+                    let shown_key = s.content;
                     if shown_key != item_key {
                         // Two versions of one item: keep the more recently updated and say
                         // which region holds the other (each version once).
@@ -356,11 +359,12 @@ pub fn merge(
                             let old = std::mem::replace(&mut s.resource, item);
                             let other = (s.origin, last_updated_text(&old));
                             s.origin = ri;
+                            s.content = item_key;
                             (other, shown_key)
                         } else {
                             ((ri, last_updated_text(&item)), item_key)
                         };
-                        let current = content_key(&s.resource);
+                        let current = s.content;
                         s.other_versions.retain(|(_, _, k)| *k != current);
                         if !s.other_versions.iter().any(|(_, _, k)| *k == other_key) {
                             s.other_versions.push((other.0, other.1, other_key));
@@ -384,6 +388,7 @@ pub fn merge(
                     slots.push(Slot {
                         rtype,
                         resource: item,
+                        content: item_key,
                         regions: BTreeSet::from([ri]),
                         origin: ri,
                         other_versions: Vec::new(),
