@@ -20,7 +20,9 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(about = "Load benchmark of the gateway against nginx (see bench/README.md)")]
+#[command(
+    about = "Load benchmark of the gateway against nginx (see the README's Performance section)"
+)]
 struct Args {
     /// The gateway binary (a release build).
     #[arg(long, default_value = "target/release/gateway")]
@@ -56,6 +58,9 @@ struct Load {
     errors: u64,
     /// CPU time the measured process (tree) spent per answered request, in microseconds.
     cpu_us: Option<f64>,
+    /// The whole machine meanwhile: the share of its CPU time busy, and the busy CPU time per
+    /// answered request (load generator, peers and the process measured together).
+    machine: Option<(f64, f64)>,
 }
 
 struct Row {
@@ -148,6 +153,33 @@ fn tree_cpu_us(pid: u32) -> f64 {
     }
     // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
     pids.into_iter().map(ticks).sum::<f64>() * 10_000.0
+}
+
+/// The machine's (busy, total) CPU time so far, in clock ticks, from `/proc/stat`.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// How busy the machine was while `load` ran, and its CPU time per request in all.
+fn machine_note(load: &Load) -> String {
+    load.machine.map_or_else(String::new, |(busy, us)| {
+        format!(
+            "; machine {:.0}% busy, {us:.0} µs of CPU per request in all",
+            busy * 100.0
+        )
+    })
 }
 
 /// A peer's answer for the patient: a searchset Bundle of the patient's record in `region`,
@@ -304,6 +336,7 @@ async fn slowest_peer(
         requests: times.len() as u64 + errors,
         errors,
         cpu_us: None,
+        machine: None,
     })
 }
 
@@ -520,10 +553,18 @@ async fn measure(
     pid: u32,
 ) -> anyhow::Result<Load> {
     let before = tree_cpu_us(pid);
+    let machine_before = machine_ticks();
     let mut load = drive(args, setup, url, seconds, concurrency, None).await?;
     let spent = tree_cpu_us(pid) - before;
+    let machine_after = machine_ticks();
     let answered = load.requests.saturating_sub(load.errors);
     load.cpu_us = (answered > 0).then(|| spent / answered as f64);
+    let (busy, total) = (
+        machine_after.0 - machine_before.0,
+        machine_after.1 - machine_before.1,
+    );
+    load.machine =
+        (answered > 0 && total > 0.0).then(|| (busy / total, busy * 10_000.0 / answered as f64));
     Ok(load)
 }
 
@@ -598,6 +639,7 @@ async fn drive(
         requests: all,
         errors: all - ok + transport_errors,
         cpu_us: None,
+        machine: None,
     })
 }
 
@@ -698,7 +740,7 @@ async fn main() -> anyhow::Result<()> {
             scenario: "(a) reference: nginx, mTLS reverse proxy to one peer, 20 kB".into(),
             load: reference.clone(),
             peak_rss_mib: nginx_mem,
-            note: "1.00".into(),
+            note: format!("1.00{}", machine_note(&reference)),
         });
     }
 
@@ -732,7 +774,11 @@ async fn main() -> anyhow::Result<()> {
         a = load.clone();
         rows.push(Row {
             scenario: label,
-            note: format!("{:.2} of nginx's throughput", load.rps / reference.rps),
+            note: format!(
+                "{:.2} of nginx's throughput{}",
+                load.rps / reference.rps,
+                machine_note(&load)
+            ),
             load,
             peak_rss_mib: peak,
         });
@@ -841,19 +887,43 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         gw.stop().await;
         // After the first minute (warm-up: pools, caches and the allocator settle).
-        let settled: Vec<f64> = samples
+        let start = 60.0_f64.min(args.soak as f64 / 2.0);
+        let settled: Vec<(f64, f64)> = samples
             .iter()
-            .filter(|(t, _)| *t >= 60.0_f64.min(args.soak as f64 / 2.0))
-            .map(|(_, m)| *m)
+            .copied()
+            .filter(|(t, _)| *t >= start)
             .collect();
         if let (Some(first), Some(last)) = (settled.first(), settled.last()) {
-            let max = settled.iter().cloned().fold(0.0, f64::max);
+            let max = settled.iter().map(|s| s.1).fold(0.0, f64::max);
+            // Resident memory at each minute, and the least-squares trend over the settled part:
+            // flat memory has a trend near zero, a leak one that grows with the requests served.
+            let by_minute: Vec<String> = (1..)
+                .map(|m| m as f64 * 60.0)
+                .take_while(|t| *t <= args.soak as f64)
+                .filter_map(|t| {
+                    samples
+                        .iter()
+                        .find(|(at, _)| *at >= t)
+                        .map(|(_, m)| format!("{m:.1}"))
+                })
+                .collect();
+            let n = settled.len() as f64;
+            let (mt, mm) = (
+                settled.iter().map(|s| s.0).sum::<f64>() / n,
+                settled.iter().map(|s| s.1).sum::<f64>() / n,
+            );
+            let var: f64 = settled.iter().map(|s| (s.0 - mt).powi(2)).sum();
+            let cov: f64 = settled.iter().map(|s| (s.0 - mt) * (s.1 - mm)).sum();
+            let per_minute = if var > 0.0 { cov / var * 60.0 } else { 0.0 };
             soak_line = format!(
-                "{} s at {conc} connections, {:.0} requests/s, {} requests: resident memory {first:.1} MiB after the first minute, {last:.1} MiB at the end ({:+.1}%), at most {max:.1} MiB",
+                "{} s at {conc} connections, {:.0} requests/s, {} requests: resident memory {:.1} MiB after the first minute, {:.1} MiB at the end ({:+.1}%), at most {max:.1} MiB; trend {per_minute:+.2} MiB a minute; at each minute: {} MiB",
                 args.soak,
                 load.rps,
                 load.requests,
-                (last - first) / first * 100.0
+                first.1,
+                last.1,
+                (last.1 - first.1) / first.1 * 100.0,
+                by_minute.join(", ")
             );
         }
     }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 #[path = "common/answers.rs"]
 mod answers;
-use answers::large_answers;
+use answers::{large_answers, regions_answers};
 
 // The allocator the gateway binary runs with, so the figures are the service's.
 #[global_allocator]
@@ -171,5 +171,42 @@ fn parsing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filtering, merging, merging_large, parsing);
+/// Scenario (b) of the load benchmark, the merge alone: eight regions' ~20 kB answers.
+fn merging_eight(c: &mut Criterion) {
+    let (query, results) = regions_answers(8, 20 * 1024);
+    let items: usize = results
+        .iter()
+        .map(|r| r.outcome.as_ref().map_or(0, |a| a.items.len()))
+        .sum();
+    eprintln!("merging eight ~20 kB answers: {items} items");
+    c.bench_function("merge eight regions' ~20 kB answers", |b| {
+        b.iter_batched(
+            || results.clone(),
+            |r| {
+                black_box(merge(
+                    &query,
+                    r,
+                    MergeContext {
+                        gateway_base: "https://gw/fhir",
+                        bundle_id: "b",
+                        now: "2026-01-01T00:00:00Z",
+                        self_link: "https://gw/fhir/x",
+                        issues: vec![],
+                        on_mismatch: gateway::merge::MismatchPolicy::Warn,
+                    },
+                ))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+criterion_group!(
+    benches,
+    filtering,
+    merging,
+    merging_large,
+    parsing,
+    merging_eight
+);
 criterion_main!(benches);
