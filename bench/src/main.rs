@@ -40,7 +40,8 @@ struct Args {
     /// Seconds of the memory soak (scenario a's load); 0 skips it.
     #[arg(long, default_value_t = 300)]
     soak: u64,
-    /// Only these scenarios (a, b, c, d); the nginx reference runs with a.
+    /// Only these scenarios (a, b, c, d; `none` runs the soak alone); the nginx reference runs
+    /// with a, the direct peers with b.
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
     only: Vec<String>,
     /// Where the table is written (Markdown).
