@@ -188,6 +188,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[tokio::test]
+    async fn a_large_answer_is_parsed_apart_and_its_errors_still_reported() {
+        let items: Vec<_> = (0..400)
+            .map(|i| json!({"resource": {"resourceType": "Condition", "id": format!("c{i}")}}))
+            .collect();
+        let body = serde_json::to_vec(&json!({"resourceType": "Bundle", "entry": items})).unwrap();
+        assert!(body.len() >= PARSE_APART_BYTES);
+        let parsed = parse_json(body.clone()).await.unwrap();
+        assert_eq!(parsed["entry"].as_array().map(Vec::len), Some(400));
+        // Cut short: not JSON, said as such, whichever task parsed it.
+        let cut = body[..body.len() - 3].to_vec();
+        assert!(matches!(parse_json(cut).await, Err(FetchError::Json(_))));
+        assert!(matches!(
+            parse_json(b"{\"a\": ".to_vec()).await,
+            Err(FetchError::Json(_))
+        ));
+    }
+
     #[test]
     fn splits_patients_from_items_and_skips_outcomes() {
         let b = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
