@@ -91,26 +91,38 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// A process and the processes it started (nginx's workers), summed.
-fn tree_memory_mib(pid: u32) -> (f64, f64) {
+/// The fields of `/proc/{pid}/stat` after the command name (the state first).
+fn stat_fields(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A process and the processes it started that still run (nginx's workers).
+fn tree_pids(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(pid) {
+            if stat_fields(p).get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
                 pids.push(p);
             }
         }
     }
-    pids.iter()
+    pids
+}
+
+/// A process and the processes it started (nginx's workers), summed.
+fn tree_memory_mib(pid: u32) -> (f64, f64) {
+    tree_pids(pid)
+        .iter()
         .map(|p| memory_mib(*p))
         .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
@@ -119,13 +131,7 @@ fn tree_memory_mib(pid: u32) -> (f64, f64) {
 /// workers), in microseconds.
 fn tree_cpu_us(pid: u32) -> f64 {
     let ticks = |p: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
+        let fields = stat_fields(p);
         // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
         let f = |i: usize| {
             fields
@@ -135,25 +141,8 @@ fn tree_cpu_us(pid: u32) -> f64 {
         };
         f(11) + f(12)
     };
-    let mut pids = vec![pid];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                pids.push(p);
-            }
-        }
-    }
     // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
-    pids.into_iter().map(ticks).sum::<f64>() * 10_000.0
+    tree_pids(pid).into_iter().map(ticks).sum::<f64>() * 10_000.0
 }
 
 /// The machine's (busy, total) CPU time so far, in clock ticks, from `/proc/stat`.

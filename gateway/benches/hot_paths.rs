@@ -8,14 +8,14 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
 use gateway::auth::UserContext;
 use gateway::demo::data::generate;
-use gateway::merge::{MergeContext, RegionInfo, RegionResult, merge};
+use gateway::merge::merge;
 use gateway::record::RecordAnswer;
 use policy::DecisionPoint;
 use serde_json::Value;
 
 #[path = "common/answers.rs"]
 mod answers;
-use answers::{large_answers, regions_answers};
+use answers::{context, large_answers, one_patient, regions_answers, results};
 
 // The allocator the gateway binary runs with, so the figures are the service's.
 #[global_allocator]
@@ -74,46 +74,10 @@ fn filtering(c: &mut Criterion) {
 }
 
 fn merging(c: &mut Criterion) {
-    let regions = vec![
-        "dorset".to_string(),
-        "hampshire".to_string(),
-        "wiltshire".to_string(),
-    ];
-    let data = generate(&regions, 300, 3);
-    let nhs = data.seen_everywhere.clone();
-    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
-        .unwrap()
-        .query;
-    let results: Vec<RegionResult> = regions
-        .iter()
-        .map(|code| {
-            let record = gateway::record::directory::DirectoryRecord::from_resources(
-                data.records[code].clone(),
-            )
-            .unwrap();
-            RegionResult {
-                region: RegionInfo {
-                    code: code.clone(),
-                    name: code.clone(),
-                    base_url: format!("https://{code}/fhir"),
-                },
-                outcome: Ok(record.answer(&query)),
-                elapsed_ms: 1,
-            }
-        })
-        .collect();
+    let (query, answers) = one_patient(&["dorset", "hampshire", "wiltshire"], 300, 3);
+    let results = results(answers);
     c.bench_function("merge three regions' $everything (one patient)", |b| {
-        b.iter(|| {
-            let ctx = MergeContext {
-                gateway_base: "https://gw/fhir",
-                bundle_id: "b",
-                now: "2026-01-01T00:00:00Z",
-                self_link: "https://gw/fhir/x",
-                issues: vec![],
-                on_mismatch: gateway::merge::MismatchPolicy::Warn,
-            };
-            black_box(merge(&query, results.clone(), ctx))
-        })
+        b.iter(|| black_box(merge(&query, results.clone(), context())))
     });
 }
 
@@ -123,19 +87,11 @@ fn merging_large(c: &mut Criterion) {
         .iter()
         .map(|r| r.outcome.as_ref().map_or(0, |a| a.items.len()))
         .sum();
-    let ctx = || MergeContext {
-        gateway_base: "https://gw/fhir",
-        bundle_id: "b",
-        now: "2026-01-01T00:00:00Z",
-        self_link: "https://gw/fhir/x",
-        issues: vec![],
-        on_mismatch: gateway::merge::MismatchPolicy::Warn,
-    };
     eprintln!("merging three ~2 MB answers: {items} items");
     c.bench_function("merge three regions' ~2 MB $everything answers", |b| {
         b.iter_batched(
             || results.clone(),
-            |r| black_box(merge(&query, r, ctx())),
+            |r| black_box(merge(&query, r, context())),
             BatchSize::LargeInput,
         )
     });
@@ -182,20 +138,7 @@ fn merging_eight(c: &mut Criterion) {
     c.bench_function("merge eight regions' ~20 kB answers", |b| {
         b.iter_batched(
             || results.clone(),
-            |r| {
-                black_box(merge(
-                    &query,
-                    r,
-                    MergeContext {
-                        gateway_base: "https://gw/fhir",
-                        bundle_id: "b",
-                        now: "2026-01-01T00:00:00Z",
-                        self_link: "https://gw/fhir/x",
-                        issues: vec![],
-                        on_mismatch: gateway::merge::MismatchPolicy::Warn,
-                    },
-                ))
-            },
+            |r| black_box(merge(&query, r, context())),
             BatchSize::LargeInput,
         )
     });

@@ -6,18 +6,8 @@
 #[path = "common/answers.rs"]
 mod answers;
 
-use gateway::merge::{MergeContext, MismatchPolicy, merge};
-
-fn ctx() -> MergeContext<'static> {
-    MergeContext {
-        gateway_base: "https://gw/fhir",
-        bundle_id: "b",
-        now: "2026-01-01T00:00:00Z",
-        self_link: "https://gw/fhir/x",
-        issues: vec![],
-        on_mismatch: MismatchPolicy::Warn,
-    }
-}
+use answers::context as ctx;
+use gateway::merge::merge;
 
 #[global_allocator]
 static PEAK: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;

@@ -1,108 +1,117 @@
-//! Large answers for the merge benchmarks (shared by `hot_paths` and `merge_memory`).
+//! Regions' answers for the merge benchmarks (shared by `hot_paths` and `merge_memory`).
+#![allow(dead_code)]
 
 use gateway::demo::data::generate;
-use gateway::merge::{RegionInfo, RegionResult};
+use gateway::merge::{MergeContext, MismatchPolicy, RegionInfo, RegionResult};
+use gateway::query::PatientQuery;
+use gateway::record::RecordAnswer;
 use serde_json::Value;
 
-/// Each region's answer for one patient, grown to about `bytes` of JSON by repeating its
-/// items under new business identifiers (shared GP items stay shared across regions).
-pub fn large_answers(bytes: usize) -> (gateway::query::PatientQuery, Vec<RegionResult>) {
-    let regions = vec![
-        "dorset".to_string(),
-        "hampshire".to_string(),
-        "wiltshire".to_string(),
-    ];
-    let data = generate(&regions, 50, 5);
-    let nhs = data.seen_everywhere.clone();
-    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
+/// The merge's context in every benchmark.
+pub fn context() -> MergeContext<'static> {
+    MergeContext {
+        gateway_base: "https://gw/fhir",
+        bundle_id: "b",
+        now: "2026-01-01T00:00:00Z",
+        self_link: "https://gw/fhir/x",
+        issues: vec![],
+        on_mismatch: MismatchPolicy::Warn,
+    }
+}
+
+/// The demo generator's patient seen in every region: the `$everything` query for them, and
+/// each region's record's answer to it.
+pub fn one_patient(
+    regions: &[&str],
+    patients: usize,
+    seed: u64,
+) -> (PatientQuery, Vec<(String, RecordAnswer)>) {
+    let regions: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+    let data = generate(&regions, patients, seed);
+    let query = gateway::query::parse_everything(data.seen_everywhere.as_str(), &[], false)
         .unwrap()
         .query;
-    let results = regions
+    let answers = regions
         .iter()
         .map(|code| {
             let record = gateway::record::directory::DirectoryRecord::from_resources(
                 data.records[code].clone(),
             )
             .unwrap();
-            let mut answer = record.answer(&query);
-            let base = answer.items.clone();
-            let mut size: usize = base.iter().map(|v| v.to_string().len()).sum();
-            let mut k = 0;
-            while size < bytes {
-                k += 1;
-                for item in &base {
-                    let mut copy = item.clone();
-                    copy["id"] = Value::String(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
-                    copy["identifier"] = serde_json::json!([{"system": "urn:bench", "value": format!("{code}-{k}-{}", copy["id"])}]);
-                    size += copy.to_string().len();
-                    answer.items.push(copy);
-                }
-            }
-            RegionResult {
-                region: RegionInfo {
-                    code: code.clone(),
-                    name: code.clone(),
-                    base_url: format!("https://{code}/fhir"),
-                },
-                outcome: Ok(answer),
-                elapsed_ms: 1,
-            }
+            (code.clone(), record.answer(&query))
         })
         .collect();
-    (query, results)
+    (query, answers)
+}
+
+/// Each answer as its region's result.
+pub fn results(answers: Vec<(String, RecordAnswer)>) -> Vec<RegionResult> {
+    answers
+        .into_iter()
+        .map(|(code, answer)| RegionResult {
+            region: RegionInfo {
+                name: code.clone(),
+                base_url: format!("https://{code}/fhir"),
+                code,
+            },
+            outcome: Ok(answer),
+            elapsed_ms: 1,
+        })
+        .collect()
+}
+
+/// The `k`th copy of an item: a new id and a new business identifier of `region`.
+fn copy(item: &Value, region: &str, k: usize) -> Value {
+    let mut copy = item.clone();
+    copy["id"] = Value::String(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
+    copy["identifier"] = serde_json::json!([{"system": "urn:bench", "value": format!("{region}-{k}-{}", copy["id"])}]);
+    copy
+}
+
+/// Each region's answer for one patient, grown to about `bytes` of JSON by repeating its
+/// items under new business identifiers (shared GP items stay shared across regions).
+pub fn large_answers(bytes: usize) -> (PatientQuery, Vec<RegionResult>) {
+    let (query, mut answers) = one_patient(&["dorset", "hampshire", "wiltshire"], 50, 5);
+    for (code, answer) in &mut answers {
+        let base = answer.items.clone();
+        let mut size: usize = base.iter().map(|v| v.to_string().len()).sum();
+        let mut k = 0;
+        while size < bytes {
+            k += 1;
+            for item in &base {
+                let c = copy(item, code, k);
+                size += c.to_string().len();
+                answer.items.push(c);
+            }
+        }
+    }
+    (query, results(answers))
 }
 
 /// `n` regions' answers for one patient of about `bytes` each (items taken, and repeated under
 /// new business identifiers, until the answer holds that much): the load benchmark's
 /// scenario (b) is eight regions of 20 kB.
-#[allow(dead_code)]
-pub fn regions_answers(
-    n: usize,
-    bytes: usize,
-) -> (gateway::query::PatientQuery, Vec<RegionResult>) {
-    let regions: Vec<String> = (1..=n).map(|i| format!("peer{i}")).collect();
-    let data = generate(&regions, 20, 11);
-    let nhs = data.seen_everywhere.clone();
-    let query = gateway::query::parse_everything(nhs.as_str(), &[], false)
-        .unwrap()
-        .query;
-    let results = regions
-        .iter()
-        .map(|code| {
-            let record = gateway::record::directory::DirectoryRecord::from_resources(
-                data.records[code].clone(),
-            )
-            .unwrap();
-            let mut answer = record.answer(&query);
-            let base = std::mem::take(&mut answer.items);
-            let mut size: usize = answer.patients.iter().map(|v| v.to_string().len()).sum();
-            let mut k = 0;
-            'grow: loop {
-                for item in &base {
-                    let mut copy = item.clone();
-                    if k > 0 {
-                        copy["id"] =
-                            Value::String(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
-                        copy["identifier"] = serde_json::json!([{"system": "urn:bench", "value": format!("{code}-{k}-{}", copy["id"])}]);
-                    }
-                    size += copy.to_string().len();
-                    if size > bytes {
-                        break 'grow;
-                    }
-                    answer.items.push(copy);
+pub fn regions_answers(n: usize, bytes: usize) -> (PatientQuery, Vec<RegionResult>) {
+    let names: Vec<String> = (1..=n).map(|i| format!("peer{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (query, mut answers) = one_patient(&names, 20, 11);
+    for (code, answer) in &mut answers {
+        let base = std::mem::take(&mut answer.items);
+        let mut size: usize = answer.patients.iter().map(|v| v.to_string().len()).sum();
+        'grow: for k in 0.. {
+            for item in &base {
+                let c = if k == 0 {
+                    item.clone()
+                } else {
+                    copy(item, code, k)
+                };
+                size += c.to_string().len();
+                if size > bytes {
+                    break 'grow;
                 }
-                k += 1;
+                answer.items.push(c);
             }
-            RegionResult {
-                region: RegionInfo {
-                    code: code.clone(),
-                    name: code.clone(),
-                    base_url: format!("https://{code}/fhir"),
-                },
-                outcome: Ok(answer),
-                elapsed_ms: 1,
-            }
-        })
-        .collect();
-    (query, results)
+        }
+    }
+    (query, results(answers))
 }
