@@ -10,17 +10,8 @@ use crate::common::{Builder, TestFederation, entries};
 /// that organisation, so the default cases still pass).
 pub const PILOT_RULE: &str = "\n// Staff of the pilot organisation RXX01 do not see allergies.\n@id(\"pilot-no-allergies\")\nforbid (principal, action == Gateway::Action::\"read:AllergyIntolerance\", resource)\nwhen { principal.organisation == \"RXX01\" };\n";
 
-async fn call(
-    fed: &TestFederation,
-    method: http::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (http::StatusCode, Value) {
-    call_at(fed, 0, method, path, token, body).await
-}
-
-async fn call_at(
+/// A governance API request at `region` (0 is the first), its status and JSON body.
+async fn send(
     fed: &TestFederation,
     region: usize,
     method: http::Method,
@@ -36,6 +27,38 @@ async fn call_at(
     let resp = req.send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(fed: &TestFederation, path: &str, token: &str) -> (http::StatusCode, Value) {
+    send(fed, 0, http::Method::GET, path, token, None).await
+}
+
+async fn get_at(
+    fed: &TestFederation,
+    region: usize,
+    path: &str,
+    token: &str,
+) -> (http::StatusCode, Value) {
+    send(fed, region, http::Method::GET, path, token, None).await
+}
+
+async fn post(
+    fed: &TestFederation,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (http::StatusCode, Value) {
+    send(fed, 0, http::Method::POST, path, token, Some(body)).await
+}
+
+async fn post_at(
+    fed: &TestFederation,
+    region: usize,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (http::StatusCode, Value) {
+    send(fed, region, http::Method::POST, path, token, Some(body)).await
 }
 
 async fn allergies_seen_by(fed: &TestFederation, token: &str) -> usize {
@@ -80,24 +103,14 @@ async fn draft_files_at(
     region: usize,
     governance: &str,
 ) -> (i64, Vec<Value>) {
-    let (s, list) = call_at(
-        fed,
-        region,
-        http::Method::GET,
-        "/admin/api/policies",
-        governance,
-        None,
-    )
-    .await;
+    let (s, list) = get_at(fed, region, "/admin/api/policies", governance).await;
     assert_eq!(s, 200, "{list:#?}");
     let active = list["active"].as_i64().unwrap();
-    let (_, v) = call_at(
+    let (_, v) = get_at(
         fed,
         region,
-        http::Method::GET,
         &format!("/admin/api/policies/{active}"),
         governance,
-        None,
     )
     .await;
     let mut files = v["files"].as_array().unwrap().clone();
@@ -121,26 +134,18 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
     assert!(before > 0, "the demo patient has allergies");
 
     // Clinicians may not touch policies.
-    let (s, _) = call(
-        &fed,
-        http::Method::GET,
-        "/admin/api/policies",
-        &fed.token("R8000"),
-        None,
-    )
-    .await;
+    let (s, _) = get(&fed, "/admin/api/policies", &fed.token("R8000")).await;
     assert_eq!(s, 403);
 
     let (v1, mut files) = draft_files(&fed, &governance).await;
     // A broken draft: the check names the file, line and column; it saves but cannot activate.
     let good = files[0]["text"].as_str().unwrap().to_owned();
     files[0]["text"] = json!(good.replace("when {", "when {{"));
-    let (s, r) = call(
+    let (s, r) = post(
         &fed,
-        http::Method::POST,
         "/admin/api/policies/check",
         &governance,
-        Some(json!({"files": files})),
+        json!({"files": files}),
     )
     .await;
     assert_eq!(s, 200);
@@ -148,22 +153,20 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
     let p = &r["problems"][0];
     assert_eq!(p["file"], "10-direct-care.cedar", "{r:#?}");
     assert!(p["line"].as_u64().unwrap() > 1 && p["column"].as_u64().unwrap() >= 1);
-    let (s, broken) = call(
+    let (s, broken) = post(
         &fed,
-        http::Method::POST,
         "/admin/api/policies",
         &governance,
-        Some(json!({"files": files, "based_on": v1, "comment": "a broken draft, saved to fix later"})),
+        json!({"files": files, "based_on": v1, "comment": "a broken draft, saved to fix later"}),
     )
     .await;
     assert_eq!(s, 201);
     let broken_id = broken["id"].as_i64().unwrap();
-    let (s, refused) = call(
+    let (s, refused) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/policies/{broken_id}/activate"),
         &governance,
-        Some(json!({"reason": "trying to activate a broken draft"})),
+        json!({"reason": "trying to activate a broken draft"}),
     )
     .await;
     assert_eq!(s, 422, "{refused:#?}");
@@ -171,12 +174,11 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
 
     // The fixed draft: valid, its cases pass, the diff shows the rule.
     files[0]["text"] = json!(good);
-    let (s, draft) = call(
+    let (s, draft) = post(
         &fed,
-        http::Method::POST,
         "/admin/api/policies",
         &governance,
-        Some(json!({"files": files, "based_on": v1, "comment": "withhold allergies from the pilot site"})),
+        json!({"files": files, "based_on": v1, "comment": "withhold allergies from the pilot site"}),
     )
     .await;
     assert_eq!(s, 201, "{draft:#?}");
@@ -193,15 +195,12 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
     );
 
     // Simulate: one item, and the patient's record in this region.
-    let (s, sim) = call(
+    let (s, sim) = post(
         &fed,
-        http::Method::POST,
         "/admin/api/policies/simulate",
         &governance,
-        Some(
-            json!({"version": v2, "user": {"role": "R8000", "organisation": "RXX01"},
+        json!({"version": v2, "user": {"role": "R8000", "organisation": "RXX01"},
                     "resource_type": "AllergyIntolerance", "item": {"region": "dorset"}}),
-        ),
     )
     .await;
     assert_eq!(s, 200, "{sim:#?}");
@@ -217,12 +216,11 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
             .unwrap()
             .contains("pilot organisation")
     );
-    let (_, sim) = call(
+    let (_, sim) = post(
         &fed,
-        http::Method::POST,
         "/admin/api/policies/simulate",
         &governance,
-        Some(json!({"version": v2, "user": {"role": "R8000", "organisation": "RXX01"}, "patient": fed.everywhere()})),
+        json!({"version": v2, "user": {"role": "R8000", "organisation": "RXX01"}, "patient": fed.everywhere()}),
     )
     .await;
     let record = &sim["record"];
@@ -234,21 +232,19 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
     );
 
     // Activate: needs a reason; then the pilot site's clinicians see no allergies.
-    let (s, _) = call(
+    let (s, _) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/policies/{v2}/activate"),
         &governance,
-        Some(json!({"reason": "short"})),
+        json!({"reason": "short"}),
     )
     .await;
     assert_eq!(s, 400);
-    let (s, a) = call(
+    let (s, a) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/policies/{v2}/activate"),
         &governance,
-        Some(json!({"reason": "pilot agreed by the Caldicott guardian"})),
+        json!({"reason": "pilot agreed by the Caldicott guardian"}),
     )
     .await;
     assert_eq!(s, 200, "{a:#?}");
@@ -261,25 +257,17 @@ async fn a_draft_is_checked_simulated_activated_and_rolled_back_and_queries_foll
     );
 
     // Roll back to the first version: allergies are back.
-    let (s, _) = call(
+    let (s, _) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/policies/{v1}/activate"),
         &governance,
-        Some(json!({"reason": "pilot ended, back to the standard set"})),
+        json!({"reason": "pilot ended, back to the standard set"}),
     )
     .await;
     assert_eq!(s, 200);
     assert_eq!(allergies_seen_by(&fed, &pilot).await, before);
 
-    let (_, list) = call(
-        &fed,
-        http::Method::GET,
-        "/admin/api/policies",
-        &governance,
-        None,
-    )
-    .await;
+    let (_, list) = get(&fed, "/admin/api/policies", &governance).await;
     assert_eq!(list["active"], v1);
     let reasons: Vec<&str> = list["activations"]
         .as_array()
@@ -316,14 +304,7 @@ async fn break_glass_accesses_wait_for_review_and_are_reviewed_once() {
     });
     break_the_glass(&fed, "unconscious patient in the emergency department").await;
 
-    let (s, q) = call(
-        &fed,
-        http::Method::GET,
-        "/admin/api/break-glass?reviewed=false",
-        &governance,
-        None,
-    )
-    .await;
+    let (s, q) = get(&fed, "/admin/api/break-glass?reviewed=false", &governance).await;
     assert_eq!(s, 200, "{q:#?}");
     let access = &q["accesses"][0];
     assert_eq!(
@@ -334,54 +315,43 @@ async fn break_glass_accesses_wait_for_review_and_are_reviewed_once() {
     let seq = access["seq"].as_u64().unwrap();
 
     // Clinicians may not review; a note is required; a review is recorded once.
-    let (s, _) = call(
+    let (s, _) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/break-glass/{seq}/review"),
         &fed.token("R8000"),
-        Some(json!({"note": "looks fine to me, honestly"})),
+        json!({"note": "looks fine to me, honestly"}),
     )
     .await;
     assert_eq!(s, 403);
-    let (s, r) = call(
+    let (s, r) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/break-glass/{seq}/review"),
         &governance,
-        Some(json!({"note": "confirmed with the ED consultant"})),
+        json!({"note": "confirmed with the ED consultant"}),
     )
     .await;
     assert_eq!(s, 200, "{r:#?}");
     assert_eq!(r["review"]["reviewer"], "test-user");
-    let (s, _) = call(
+    let (s, _) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/break-glass/{seq}/review"),
         &governance,
-        Some(json!({"note": "a second review of the same access"})),
+        json!({"note": "a second review of the same access"}),
     )
     .await;
     assert_eq!(s, 409);
     // A record that is not a break-glass access cannot be reviewed (the next record is the
     // governance user's reading of the queue).
-    let (s, _) = call(
+    let (s, _) = post(
         &fed,
-        http::Method::POST,
         &format!("/admin/api/break-glass/{}/review", seq + 1),
         &governance,
-        Some(json!({"note": "not a break-glass access at all"})),
+        json!({"note": "not a break-glass access at all"}),
     )
     .await;
     assert_eq!(s, 404);
 
-    let (_, q) = call(
-        &fed,
-        http::Method::GET,
-        "/admin/api/break-glass?reviewed=false",
-        &governance,
-        None,
-    )
-    .await;
+    let (_, q) = get(&fed, "/admin/api/break-glass?reviewed=false", &governance).await;
     assert!(
         q["accesses"]
             .as_array()
@@ -389,14 +359,7 @@ async fn break_glass_accesses_wait_for_review_and_are_reviewed_once() {
             .iter()
             .all(|a| a["seq"] != seq)
     );
-    let (_, q) = call(
-        &fed,
-        http::Method::GET,
-        "/admin/api/break-glass?reviewed=any",
-        &governance,
-        None,
-    )
-    .await;
+    let (_, q) = get(&fed, "/admin/api/break-glass?reviewed=any", &governance).await;
     let reviewed = q["accesses"]
         .as_array()
         .unwrap()
@@ -504,24 +467,22 @@ async fn replicas_sharing_postgres_apply_one_policy_one_consent_store_and_one_tr
 
     // Activate a version through A.
     let (v1, files) = draft_files_at(&fed, a, &governance).await;
-    let (s, draft) = call_at(
+    let (s, draft) = post_at(
         &fed,
         a,
-        http::Method::POST,
         "/admin/api/policies",
         &governance,
-        Some(json!({"files": files, "based_on": v1, "comment": "withhold allergies from the pilot site"})),
+        json!({"files": files, "based_on": v1, "comment": "withhold allergies from the pilot site"}),
     )
     .await;
     assert_eq!(s, 201);
     let v2 = draft["id"].as_i64().unwrap();
-    let (s, _) = call_at(
+    let (s, _) = post_at(
         &fed,
         a,
-        http::Method::POST,
         &format!("/admin/api/policies/{v2}/activate"),
         &governance,
-        Some(json!({"reason": "pilot agreed by the Caldicott guardian"})),
+        json!({"reason": "pilot agreed by the Caldicott guardian"}),
     )
     .await;
     assert_eq!(s, 200);
@@ -535,15 +496,7 @@ async fn replicas_sharing_postgres_apply_one_policy_one_consent_store_and_one_tr
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let (_, list) = call_at(
-        &fed,
-        b,
-        http::Method::GET,
-        "/admin/api/policies",
-        &governance,
-        None,
-    )
-    .await;
+    let (_, list) = get_at(&fed, b, "/admin/api/policies", &governance).await;
     assert_eq!(list["active"], v2, "B reports the version it applies");
 
     // A patient's objection recorded through B: dorset's query, answered by A, gets nothing

@@ -405,19 +405,13 @@ impl GovernanceStore for PostgresStore {
 
     fn versions(&self) -> BoxFuture<'_, Result<Vec<PolicyVersion>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
-            let sql = format!(
-                "SELECT {VERSION_COLUMNS} FROM {}.policy_version ORDER BY id DESC",
-                self.schema()
-            );
-            client
-                .query(&sql, &[])
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(pg_version)
-                .collect()
+            self.rows(
+                &format!("SELECT {VERSION_COLUMNS} FROM {{s}}.policy_version ORDER BY id DESC"),
+                pg_version,
+            )
+            .await?
+            .into_iter()
+            .collect()
         })
     }
 
@@ -455,19 +449,13 @@ impl GovernanceStore for PostgresStore {
 
     fn activations(&self) -> BoxFuture<'_, Result<Vec<Activation>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
-            let sql = format!(
-                "SELECT {ACTIVATION_COLUMNS} FROM {}.policy_activation ORDER BY seq DESC",
-                self.schema()
-            );
-            Ok(client
-                .query(&sql, &[])
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(pg_activation)
-                .collect())
+            self.rows(
+                &format!(
+                    "SELECT {ACTIVATION_COLUMNS} FROM {{s}}.policy_activation ORDER BY seq DESC"
+                ),
+                pg_activation,
+            )
+            .await
         })
     }
 
@@ -493,24 +481,18 @@ impl GovernanceStore for PostgresStore {
 
     fn reviews(&self) -> BoxFuture<'_, Result<Vec<Review>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
-            let sql = format!(
-                "SELECT {REVIEW_COLUMNS} FROM {}.break_glass_review ORDER BY audit_seq DESC",
-                self.schema()
-            );
-            Ok(client
-                .query(&sql, &[])
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(|r| Review {
+            self.rows(
+                &format!(
+                    "SELECT {REVIEW_COLUMNS} FROM {{s}}.break_glass_review ORDER BY audit_seq DESC"
+                ),
+                |r| Review {
                     audit_seq: r.get::<_, i64>(0) as u64,
                     reviewer: r.get(1),
                     reviewed_at: r.get(2),
                     note: r.get(3),
-                })
-                .collect())
+                },
+            )
+            .await
         })
     }
 }

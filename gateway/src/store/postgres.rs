@@ -250,6 +250,24 @@ impl PostgresStore {
         &self.schema
     }
 
+    /// Every row of a query without parameters, mapped; `{s}` in `sql` stands for the
+    /// store's schema (a checked name).
+    pub(crate) async fn rows<T>(
+        &self,
+        sql: &str,
+        map: impl Fn(&tokio_postgres::Row) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected");
+        Ok(client
+            .query(&sql.replace("{s}", &self.schema), &[])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(map)
+            .collect())
+    }
+
     /// Drops the schema and everything in it (tests clean up with it).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         let guard = self.client().await?;
@@ -629,30 +647,28 @@ mod tests {
             .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
     }
 
-    #[tokio::test]
-    async fn postgres_passes_the_shared_suite() {
+    /// A store in a schema of its own on the test server.
+    async fn fresh_store() -> PostgresStore {
         let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PostgresStore::connect(&test_conninfo(), &schema)
+        PostgresStore::connect(&test_conninfo(), &schema)
             .await
             .unwrap_or_else(|e| {
                 panic!(
                     "PostgreSQL must be reachable for this test (set GATEWAY_TEST_POSTGRES): {e}"
                 )
-            });
+            })
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_shared_suite() {
+        let store = fresh_store().await;
         super::super::shared_suite(&store).await;
         store.drop_schema().await.unwrap();
     }
 
     #[tokio::test]
     async fn postgres_passes_the_governance_suite() {
-        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PostgresStore::connect(&test_conninfo(), &schema)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL must be reachable for this test (set GATEWAY_TEST_POSTGRES): {e}"
-                )
-            });
+        let store = fresh_store().await;
         crate::store::governance::governance_suite(&store).await;
         store.drop_schema().await.unwrap();
     }
