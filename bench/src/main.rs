@@ -746,14 +746,19 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("bench: gateway pid {}", gw.pid());
             let _ = drive(args, setup, &gw.url, 2, conc, None).await?;
             let load = measure(args, setup, &gw.url, secs, conc, gw.pid()).await?;
-            let peak = memory_mib(gw.pid()).1;
+            let peak_rss_mib = memory_mib(gw.pid()).1;
             gw.stop().await;
-            anyhow::Ok((label, load, peak))
+            anyhow::Ok(Row {
+                scenario: label,
+                load,
+                peak_rss_mib,
+                note: String::new(),
+            })
         }
     };
     let mut a = Load::default();
     if wanted("a") {
-        let (label, load, peak) = run(
+        let mut row = run(
             "a",
             "(a) gateway: one peer, 20 kB".into(),
             fast[..1].to_vec(),
@@ -761,17 +766,13 @@ async fn main() -> anyhow::Result<()> {
             conc,
         )
         .await?;
-        a = load.clone();
-        rows.push(Row {
-            scenario: label,
-            note: format!(
-                "{:.2} of nginx's throughput{}",
-                load.rps / reference.rps,
-                machine_note(&load)
-            ),
-            load,
-            peak_rss_mib: peak,
-        });
+        a = row.load.clone();
+        row.note = format!(
+            "{:.2} of nginx's throughput{}",
+            row.load.rps / reference.rps,
+            machine_note(&row.load)
+        );
+        rows.push(row);
     }
     if wanted("b") {
         // The reference: the slowest of the eight peers, asked directly.
@@ -793,7 +794,7 @@ async fn main() -> anyhow::Result<()> {
             )
         };
         // At one connection: what the fan-out adds to a clinician's wait.
-        let (label, load, peak) = run(
+        let mut row = run(
             "b1",
             "(b) gateway: eight peers at 20 ms, one connection".into(),
             slow.clone(),
@@ -801,14 +802,10 @@ async fn main() -> anyhow::Result<()> {
             1,
         )
         .await?;
-        rows.push(Row {
-            scenario: label,
-            note: above(&load),
-            load,
-            peak_rss_mib: peak,
-        });
+        row.note = above(&row.load);
+        rows.push(row);
         // At the benchmark's concurrency: eight answers to parse and merge per request.
-        let (label, load, peak) = run(
+        let mut row = run(
             "b",
             format!("(b) gateway: eight peers at 20 ms, 20 kB each, {conc} connections"),
             slow.clone(),
@@ -816,15 +813,11 @@ async fn main() -> anyhow::Result<()> {
             conc,
         )
         .await?;
-        rows.push(Row {
-            scenario: label,
-            note: above(&load),
-            load,
-            peak_rss_mib: peak,
-        });
+        row.note = above(&row.load);
+        rows.push(row);
     }
     if wanted("c") {
-        let (label, load, peak) = run(
+        let mut row = run(
             "c",
             "(c) gateway: (a) repeated, served from the cache".into(),
             fast[..1].to_vec(),
@@ -832,19 +825,15 @@ async fn main() -> anyhow::Result<()> {
             conc,
         )
         .await?;
-        rows.push(Row {
-            scenario: label,
-            note: if a.rps > 0.0 {
-                format!("{:.2} times (a)'s throughput", load.rps / a.rps)
-            } else {
-                String::new()
-            },
-            load,
-            peak_rss_mib: peak,
-        });
+        row.note = if a.rps > 0.0 {
+            format!("{:.2} times (a)'s throughput", row.load.rps / a.rps)
+        } else {
+            String::new()
+        };
+        rows.push(row);
     }
     if wanted("d") {
-        let (label, load, peak) = run(
+        let mut row = run(
             "d",
             "(d) gateway: $everything merging three 2 MB answers".into(),
             large.clone(),
@@ -852,12 +841,8 @@ async fn main() -> anyhow::Result<()> {
             conc.min(8),
         )
         .await?;
-        rows.push(Row {
-            scenario: label,
-            note: format!("{} concurrent", conc.min(8)),
-            load,
-            peak_rss_mib: peak,
-        });
+        row.note = format!("{} concurrent", conc.min(8));
+        rows.push(row);
     }
 
     // Soak: (a)'s load for a while, the gateway's resident memory sampled every 5 s.
