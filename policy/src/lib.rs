@@ -32,6 +32,18 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem with a file as a whole (pointed at its start).
+    pub fn whole_file(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            file: file.into(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -330,12 +342,10 @@ impl PolicySet {
             return Err(PolicyError::Empty);
         }
         let actions = schema.action_entities().map_err(|e| {
-            PolicyError::Invalid(vec![Problem {
-                file: "schema.cedarschema".into(),
-                line: 1,
-                column: 1,
-                message: e.to_string(),
-            }])
+            PolicyError::Invalid(vec![Problem::whole_file(
+                "schema.cedarschema",
+                e.to_string(),
+            )])
         })?;
         Ok(PolicySet {
             schema,

@@ -100,21 +100,16 @@ pub fn check(schema: &str, files: &[SourceFile]) -> (Report, Option<PolicySet>) 
     let mut seen = std::collections::BTreeSet::new();
     for f in files {
         if !acceptable_name(&f.name) {
-            report.problems.push(Problem {
-                file: f.name.clone(),
-                line: 1,
-                column: 1,
-                message: "a file is named like 10-rule.cedar (a policy) or tests/cases.json (test cases): letters, digits, '-', '_' and '.'".into(),
-            });
+            report.problems.push(Problem::whole_file(
+                &f.name,
+                "a file is named like 10-rule.cedar (a policy) or tests/cases.json (test cases): letters, digits, '-', '_' and '.'",
+            ));
             continue;
         }
         if !seen.insert(f.name.as_str()) {
-            report.problems.push(Problem {
-                file: f.name.clone(),
-                line: 1,
-                column: 1,
-                message: "two files have this name".into(),
-            });
+            report
+                .problems
+                .push(Problem::whole_file(&f.name, "two files have this name"));
             continue;
         }
         if f.name.starts_with(TESTS_PREFIX) {
@@ -138,12 +133,7 @@ pub fn check(schema: &str, files: &[SourceFile]) -> (Report, Option<PolicySet>) 
             None
         }
         Err(e) => {
-            report.problems.push(Problem {
-                file: String::new(),
-                line: 1,
-                column: 1,
-                message: e.to_string(),
-            });
+            report.problems.push(Problem::whole_file("", e.to_string()));
             None
         }
     };
