@@ -96,14 +96,16 @@ deadline_ms = {deadline_ms}
         cp = clinician.port()
     );
     for p in peers {
-        text.push_str(&format!(
-            "[[peers]]\nregion = \"{}\"\nname = \"{} region\"\nurl = \"https://localhost:{}/fhir\"\nidentity = \"{}\"\ntimeout_ms = {}\n",
-            p.code,
-            p.code,
-            p.addr.port(),
-            p.identity,
-            p.timeout_ms
-        ));
+        text.push_str(
+            &gateway::config::ConfigPeer {
+                region: p.code.clone(),
+                name: format!("{} region", p.code),
+                url: format!("https://localhost:{}/fhir", p.addr.port()),
+                identity: p.identity.clone(),
+                timeout_ms: p.timeout_ms,
+            }
+            .to_toml(),
+        );
     }
     text
 }

@@ -408,10 +408,17 @@ deadline_ms = 10000
 "#
     );
     for (code, addr) in peers {
-        text.push_str(&format!(
-            "\n[[peers]]\nregion = \"{code}\"\nname = \"{code}\"\nurl = \"https://localhost:{}/fhir\"\nidentity = \"urn:gateway:region:{code}\"\ntimeout_ms = 9000\n",
-            addr.port()
-        ));
+        text.push('\n');
+        text.push_str(
+            &gateway::config::ConfigPeer {
+                region: code.clone(),
+                name: code.clone(),
+                url: format!("https://localhost:{}/fhir", addr.port()),
+                identity: format!("urn:gateway:region:{code}"),
+                timeout_ms: 9000,
+            }
+            .to_toml(),
+        );
     }
     let config = setup.dir.join(format!("{name}.toml"));
     std::fs::write(&config, text)?;

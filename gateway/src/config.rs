@@ -43,7 +43,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tls::devca::valid_region_code;
 
@@ -418,7 +418,7 @@ impl Default for ConfigLimits {
 }
 
 /// A neighbouring region.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigPeer {
     pub region: String,
@@ -433,6 +433,18 @@ pub struct ConfigPeer {
 
 fn default_peer_timeout() -> u64 {
     3000
+}
+
+impl ConfigPeer {
+    /// This peer as a `[[peers]]` table of a configuration file, quoted as TOML quotes (the
+    /// demo, the tests and the benchmark write their peers with it).
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct File<'a> {
+            peers: [&'a ConfigPeer; 1],
+        }
+        toml::to_string(&File { peers: [self] }).expect("a peer is strings and a number")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -776,6 +788,29 @@ timeout_ms = 3000
             .unwrap_err()
             .to_string();
         assert!(err.contains("clinician"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_written_as_toml_reads_back_the_same() {
+        let peer = ConfigPeer {
+            region: "hampshire".into(),
+            name: "Hampshire \"and\" IoW".into(),
+            url: "https://localhost:9443/fhir".into(),
+            identity: "urn:gateway:region:hampshire".into(),
+            timeout_ms: 1234,
+        };
+        let config = Config::parse(&format!("{GOOD}\n{}", peer.to_toml())).unwrap();
+        let read = config.peers.last().expect("the peer written");
+        assert_eq!(
+            (
+                &read.region,
+                &read.name,
+                &read.url,
+                &read.identity,
+                read.timeout_ms
+            ),
+            (&peer.region, &peer.name, &peer.url, &peer.identity, 1234)
+        );
     }
 
     #[test]

@@ -131,10 +131,17 @@ deadline_ms = 5000
     );
     for (j, peer) in regions.iter().enumerate().filter(|(j, _)| *j != i) {
         let (_, pf) = ports(port_base, j)?;
-        text.push_str(&format!(
-            "\n[[peers]]\nregion = \"{peer}\"\nname = \"{}\"\nurl = \"https://localhost:{pf}/fhir\"\nidentity = \"urn:gateway:region:{peer}\"\ntimeout_ms = 3000\n",
-            display_name(peer)
-        ));
+        text.push('\n');
+        text.push_str(
+            &crate::config::ConfigPeer {
+                region: peer.clone(),
+                name: display_name(peer),
+                url: format!("https://localhost:{pf}/fhir"),
+                identity: format!("urn:gateway:region:{peer}"),
+                timeout_ms: 3000,
+            }
+            .to_toml(),
+        );
     }
     Ok(text)
 }
