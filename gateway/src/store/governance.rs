@@ -255,15 +255,16 @@ impl GovernanceStore for SqliteStore {
     }
 
     fn versions(&self) -> BoxFuture<'_, Result<Vec<PolicyVersion>, StoreError>> {
-        Box::pin(self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM policy_version ORDER BY id DESC"
-            ))?;
-            let rows = st
-                .query_map([], sqlite_version)?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(version_of).collect()
-        }))
+        Box::pin(async move {
+            self.rows(
+                format!("SELECT {VERSION_COLUMNS} FROM policy_version ORDER BY id DESC"),
+                sqlite_version,
+            )
+            .await?
+            .into_iter()
+            .map(version_of)
+            .collect()
+        })
     }
 
     fn activate<'a>(
@@ -300,14 +301,10 @@ impl GovernanceStore for SqliteStore {
     }
 
     fn activations(&self) -> BoxFuture<'_, Result<Vec<Activation>, StoreError>> {
-        Box::pin(self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {ACTIVATION_COLUMNS} FROM policy_activation ORDER BY seq DESC"
-            ))?;
-            Ok(st
-                .query_map([], sqlite_activation)?
-                .collect::<Result<Vec<_>, _>>()?)
-        }))
+        Box::pin(self.rows(
+            format!("SELECT {ACTIVATION_COLUMNS} FROM policy_activation ORDER BY seq DESC"),
+            sqlite_activation,
+        ))
     }
 
     fn review(&self, r: Review) -> BoxFuture<'_, Result<bool, StoreError>> {
@@ -322,14 +319,10 @@ impl GovernanceStore for SqliteStore {
     }
 
     fn reviews(&self) -> BoxFuture<'_, Result<Vec<Review>, StoreError>> {
-        Box::pin(self.with(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {REVIEW_COLUMNS} FROM break_glass_review ORDER BY audit_seq DESC"
-            ))?;
-            Ok(st
-                .query_map([], sqlite_review)?
-                .collect::<Result<Vec<_>, _>>()?)
-        }))
+        Box::pin(self.rows(
+            format!("SELECT {REVIEW_COLUMNS} FROM break_glass_review ORDER BY audit_seq DESC"),
+            sqlite_review,
+        ))
     }
 }
 

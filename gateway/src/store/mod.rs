@@ -108,6 +108,19 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
+
+    /// Every row of a query without parameters, mapped.
+    pub(crate) async fn rows<T: Send + 'static>(
+        &self,
+        sql: String,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with(move |c| {
+            let mut st = c.prepare(&sql)?;
+            Ok(st.query_map([], map)?.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, String, String, String)> {
