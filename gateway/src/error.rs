@@ -95,7 +95,11 @@ impl From<AuthError> for ApiError {
 /// A FHIR JSON response.
 pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
     // to_vec writes straight into the buffer (to_string goes through fmt::Write, slower).
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    fhir_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// [`fhir_response`] for a body already written.
+pub fn fhir_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut response = (status, bytes).into_response();
     response
         .headers_mut()

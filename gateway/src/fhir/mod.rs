@@ -199,6 +199,74 @@ pub fn searchset(
     bundle
 }
 
+/// Entries serialised once, to be written into many Bundles: JSON values joined by commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SerializedEntries {
+    json: Vec<u8>,
+    count: usize,
+}
+
+impl SerializedEntries {
+    pub fn new(entries: &[Value]) -> Self {
+        let mut json = Vec::with_capacity(entries.len() * 512);
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            // Writing a Value to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut json, e);
+        }
+        SerializedEntries {
+            json,
+            count: entries.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.json.len()
+    }
+}
+
+/// The bytes of `serde_json::to_vec(&searchset(id, timestamp, self_link, total, entries))`
+/// where `entries` are `first` (already serialised) followed by `rest`: a Bundle written
+/// around entries serialised once for many requests.
+pub fn write_searchset(
+    id: &str,
+    timestamp: &str,
+    self_link: &str,
+    total: usize,
+    first: &SerializedEntries,
+    rest: &[Value],
+) -> Vec<u8> {
+    let envelope = searchset(id, timestamp, self_link, total, Vec::new());
+    let mut out = Vec::with_capacity(first.json.len() + 1024 * (rest.len() + 1));
+    let _ = serde_json::to_writer(&mut out, &envelope);
+    if first.is_empty() && rest.is_empty() {
+        return out;
+    }
+    // `searchset` adds "entry" last: reopen the object and write it.
+    out.pop();
+    out.extend_from_slice(b",\"entry\":[");
+    out.extend_from_slice(&first.json);
+    for (i, e) in rest.iter().enumerate() {
+        if i > 0 || !first.is_empty() {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, e);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// An age for people: "45 seconds", "3 minutes", "2 hours".
 pub fn describe_age(seconds: u64) -> String {
     let (n, unit) = match seconds {
@@ -273,6 +341,53 @@ pub fn capability_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_written_around_serialised_entries_is_the_bundle_serialised_whole() {
+        let entries: Vec<Value> = (0..4)
+            .map(|i| {
+                entry(
+                    &format!("https://r.example/fhir/Condition/c{i}"),
+                    json!({"resourceType": "Condition", "id": format!("c{i}"),
+                           "note": [{"text": "quote \" backslash \\ newline \n é \u{1}"}]}),
+                    SearchMode::Match,
+                )
+            })
+            .collect();
+        let link = "https://gw.example/fhir/Condition?patient.identifier=x|1&_x=\"y\"";
+        for split in 0..=entries.len() {
+            let whole = serde_json::to_vec(&searchset(
+                "b1",
+                "2026-01-01T00:00:00Z",
+                link,
+                9,
+                entries.clone(),
+            ))
+            .unwrap();
+            let first = SerializedEntries::new(&entries[..split]);
+            assert_eq!(first.len(), split);
+            let written = write_searchset(
+                "b1",
+                "2026-01-01T00:00:00Z",
+                link,
+                9,
+                &first,
+                &entries[split..],
+            );
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "split at {split}"
+            );
+        }
+        // No entries at all: no "entry" element, as searchset makes it.
+        let none = write_searchset("b1", "t", link, 0, &SerializedEntries::default(), &[]);
+        assert_eq!(
+            none,
+            serde_json::to_vec(&searchset("b1", "t", link, 0, Vec::new())).unwrap()
+        );
+        assert!(!String::from_utf8(none).unwrap().contains("entry"));
+    }
 
     #[test]
     fn echoed_input_never_carries_a_number_that_could_identify_a_patient() {

@@ -176,12 +176,159 @@ struct Slot {
     key: usize,
 }
 
-/// Merges the regions' results into one Bundle.
-pub fn merge(
+/// Merges the regions' results into one Bundle: [`merge_view`] and the entries that name
+/// this request ([`View::request_entries`]).
+pub fn merge(query: &PatientQuery, results: Vec<RegionResult>, ctx: MergeContext<'_>) -> Merged {
+    let view = merge_view(
+        query,
+        results,
+        ViewContext {
+            gateway_base: ctx.gateway_base,
+            issues: ctx.issues,
+            on_mismatch: ctx.on_mismatch,
+        },
+    );
+    view.into_merged(&Envelope {
+        bundle_id: ctx.bundle_id,
+        now: ctx.now,
+        self_link: ctx.self_link,
+    })
+}
+
+/// What a merge depends on besides the regions' results, none of it about one request.
+#[derive(Debug, Clone)]
+pub struct ViewContext<'a> {
+    pub gateway_base: &'a str,
+    pub issues: Vec<Issue>,
+    pub on_mismatch: MismatchPolicy,
+}
+
+/// What names one request in its Bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub bundle_id: &'a str,
+    pub now: &'a str,
+    pub self_link: &'a str,
+}
+
+/// A region's part in a view, for its Provenance: the entries it contributed that are shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub region: RegionInfo,
+    pub targets: Vec<String>,
+    pub stale_seconds: Option<u64>,
+    pub elapsed_ms: u64,
+}
+
+/// A merge's result before it names a request: a pure function of the regions' results, the
+/// query and the [`ViewContext`], so that two requests with the same inputs have the same view
+/// (which the view cache relies on). `matches` are the `match` entries, Patient first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub matches: Vec<Value>,
+    pub patient: Option<Value>,
+    /// Matches before `_count` cut them.
+    pub total: usize,
+    pub regions_answered: usize,
+    pub regions_failed: usize,
+    pub all_failures_timeouts: bool,
+    pub discarded: usize,
+    pub deduplicated: usize,
+    pub issues: Vec<Issue>,
+    /// One per region whose answer is shown, in code order.
+    pub contributions: Vec<Contribution>,
+}
+
+impl View {
+    /// The view as the Bundle answering one request.
+    pub fn into_merged(mut self, envelope: &Envelope<'_>) -> Merged {
+        let mut entries = std::mem::take(&mut self.matches);
+        entries.extend(self.request_entries(envelope, |c| c.elapsed_ms));
+        let bundle = fhir::searchset(
+            envelope.bundle_id,
+            envelope.now,
+            envelope.self_link,
+            self.total,
+            entries,
+        );
+        Merged {
+            bundle,
+            patient: self.patient,
+            total: self.total,
+            regions_answered: self.regions_answered,
+            regions_failed: self.regions_failed,
+            all_failures_timeouts: self.all_failures_timeouts,
+            discarded: self.discarded,
+            deduplicated: self.deduplicated,
+            issues: self.issues,
+        }
+    }
+
+    /// The entries after the matches that name the request: a Provenance per region that
+    /// answered (taking `elapsed` ms, normally [`Contribution::elapsed_ms`]), then the
+    /// OperationOutcome when there are issues.
+    pub fn request_entries(
+        &self,
+        envelope: &Envelope<'_>,
+        elapsed: impl Fn(&Contribution) -> u64,
+    ) -> Vec<Value> {
+        let mut entries: Vec<Value> = self
+            .contributions
+            .iter()
+            .map(|c| provenance(c, elapsed(c), envelope))
+            .collect();
+        if !self.issues.is_empty() {
+            let oo_url = format!("urn:uuid:{}", envelope.bundle_id);
+            entries.push(fhir::entry(
+                &oo_url,
+                operation_outcome(&self.issues),
+                SearchMode::Outcome,
+            ));
+        }
+        entries
+    }
+}
+
+/// A region's Provenance entry in a Bundle: what it contributed, and when.
+fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Value {
+    let region = &c.region;
+    let targets: Vec<Value> = c.targets.iter().map(|u| json!({"reference": u})).collect();
+    let mut p = json!({
+        "resourceType": "Provenance",
+        "id": format!("{}-{}", region.code, envelope.bundle_id),
+        "target": [],
+        "recorded": envelope.now,
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
+                     "text": format!("answered the federated query in {elapsed_ms} ms")},
+        "agent": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
+            "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
+        }],
+    });
+    p["target"] = Value::Array(targets);
+    if let Some(age) = c.stale_seconds {
+        p["activity"]["text"] = json!(format!(
+            "could not answer; its answer of {} ago is shown",
+            crate::fhir::describe_age(age)
+        ));
+    }
+    fhir::entry(
+        &format!(
+            "urn:uuid:{}",
+            provenance_uuid(&region.code, envelope.bundle_id)
+        ),
+        p,
+        SearchMode::Include,
+    )
+}
+
+/// The regions' results merged: tagged, deduplicated, referenced and screened entries, the
+/// issues, and what each region contributed. Pure, and independent of any one request.
+pub fn merge_view(
     query: &PatientQuery,
     mut results: Vec<RegionResult>,
-    ctx: MergeContext<'_>,
-) -> Merged {
+    ctx: ViewContext<'_>,
+) -> View {
     // Order independence: whatever order regions answered in, they are merged in code order.
     results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
     let nhs = query.nhs_number.as_str();
@@ -466,12 +613,12 @@ pub fn merge(
     if let Some(count) = query.count {
         matches.truncate(count as usize);
     }
-    // One Provenance per region that answered: what it contributed, and when.
+    // One Provenance per region that answered: what it contributed.
     let shown: std::collections::HashSet<&str> = matches
         .iter()
         .filter_map(|e| e["fullUrl"].as_str())
         .collect();
-    let mut provenance = Vec::new();
+    let mut contributions = Vec::new();
     for (ri, result) in results.iter().enumerate() {
         let Ok(answer) = &result.outcome else {
             continue;
@@ -479,55 +626,26 @@ pub fn merge(
         if withheld_regions.contains(&ri) {
             continue;
         }
-        let mut targets: Vec<Value> = contributed
+        let mut targets: Vec<String> = contributed
             .get(&ri)
             .into_iter()
             .flatten()
             .filter(|u| shown.contains(u.as_str()))
-            .map(|u| json!({"reference": u}))
+            .cloned()
             .collect();
         if targets.is_empty() {
             // A region that contributed nothing shown still answered about the patient.
-            targets.push(json!({"reference": patient_url}));
+            targets.push(patient_url.clone());
         }
-        let region = &result.region;
-        let mut p = json!({
-            "resourceType": "Provenance",
-            "id": format!("{}-{}", region.code, ctx.bundle_id),
-            "target": [],
-            "recorded": ctx.now,
-            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
-                         "text": format!("answered the federated query in {} ms", result.elapsed_ms)},
-            "agent": [{
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
-                "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
-            }],
+        contributions.push(Contribution {
+            region: result.region.clone(),
+            targets,
+            stale_seconds: answer.stale_seconds,
+            elapsed_ms: result.elapsed_ms,
         });
-        p["target"] = Value::Array(targets);
-        if let Some(age) = answer.stale_seconds {
-            p["activity"]["text"] = json!(format!(
-                "could not answer; its answer of {} ago is shown",
-                crate::fhir::describe_age(age)
-            ));
-        }
-        provenance.push(fhir::entry(
-            &format!("urn:uuid:{}", provenance_uuid(&region.code, ctx.bundle_id)),
-            p,
-            SearchMode::Include,
-        ));
     }
-    matches.extend(provenance);
-    if !issues.is_empty() {
-        let oo_url = format!("urn:uuid:{}", ctx.bundle_id);
-        matches.push(fhir::entry(
-            &oo_url,
-            operation_outcome(&issues),
-            SearchMode::Outcome,
-        ));
-    }
-    let bundle = fhir::searchset(ctx.bundle_id, ctx.now, ctx.self_link, total, matches);
-    Merged {
-        bundle,
+    View {
+        matches,
         patient,
         total,
         regions_answered: answered,
@@ -536,6 +654,7 @@ pub fn merge(
         discarded,
         deduplicated,
         issues,
+        contributions,
     }
 }
 
