@@ -150,6 +150,37 @@ pub struct PolicySet {
     pub files: Vec<(String, String)>,
     /// Decisions of the current second (see [`Memo`]).
     memo: std::sync::Arc<std::sync::Mutex<Memo>>,
+    /// Whether a decision can depend on the time of the request (see [`PolicySet::reads_time`]).
+    reads_time: bool,
+}
+
+/// Whether a policy's JSON form (Cedar's EST) can read `context.time`: it reads the attribute
+/// `time` of `context` (`.` or `has`), or uses `context` in any other way (passed whole,
+/// compared, indexed by an expression), in which case any attribute may matter. Conservative:
+/// a policy it cannot see through counts as reading the time.
+fn est_reads_time(est: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let is_context = |v: &Value| v.get("Var").and_then(Value::as_str) == Some("context");
+    match est {
+        Value::Object(map) => map.iter().any(|(key, inner)| {
+            if (key == "." || key == "has")
+                && let Some(left) = inner.get("left")
+                && is_context(left)
+            {
+                // `context.name` or `context has name`: reads the time only if the name is
+                // `time` (or the node has a shape this does not know).
+                let attr = inner.get("attr").and_then(Value::as_str);
+                let known_shape = inner.as_object().is_some_and(|o| o.len() == 2);
+                return !(known_shape && attr.is_some_and(|a| a != "time"));
+            }
+            if key == "Var" && inner.as_str() == Some("context") {
+                return true;
+            }
+            est_reads_time(inner)
+        }),
+        Value::Array(items) => items.iter().any(est_reads_time),
+        _ => false,
+    }
 }
 
 /// Decisions already made, shared by the requests of one second. A decision is a function of
@@ -347,13 +378,24 @@ impl PolicySet {
                 e.to_string(),
             )])
         })?;
+        let reads_time = set
+            .policies()
+            .any(|p| p.to_json().map_or(true, |est| est_reads_time(&est)));
         Ok(PolicySet {
             schema,
             set,
             actions,
             files,
             memo: Default::default(),
+            reads_time,
         })
+    }
+
+    /// Whether some policy can read the time of the request (`context.time`). When none can, a
+    /// decision does not change with the time, and what was decided for a user, an item class
+    /// and the other circumstances holds at any time under this set.
+    pub fn reads_time(&self) -> bool {
+        self.reads_time
     }
 
     /// The ids of every policy in the set.

@@ -190,3 +190,26 @@ fn remembered_decisions_are_the_decisions() {
     .unwrap();
     assert!(cases::run(&strict, &files).iter().any(|o| !o.passed));
 }
+
+#[test]
+fn a_set_reads_the_time_only_when_a_policy_can() {
+    let set = |body: &str| {
+        PolicySet::from_sources(
+            &schema(),
+            vec![(
+                "a.cedar".to_owned(),
+                format!("@id(\"a\")\npermit (principal, action, resource) when {{ {body} }};\n"),
+            )],
+        )
+        .unwrap()
+    };
+    // The shipped set never reads the time.
+    assert!(!PolicySet::load(&repo_policies()).unwrap().reads_time());
+    assert!(!set("context.purpose_of_use == \"TREAT\"").reads_time());
+    assert!(!set("context has break_glass_reason && context.break_glass").reads_time());
+    assert!(set("context.time > 1700000000").reads_time());
+    assert!(set("context has time").reads_time());
+    assert!(set("context.purpose_of_use == \"TREAT\" || context.time < 0").reads_time());
+    // `context` used whole: any attribute may matter, the time among them.
+    assert!(set("context == context").reads_time());
+}
