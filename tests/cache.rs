@@ -204,3 +204,94 @@ async fn governance_staff_purge_a_patients_cached_answers_and_it_is_audited() {
         "two purges done, two refused"
     );
 }
+
+#[tokio::test]
+async fn a_repeated_view_is_kept_whole_and_changes_at_once_with_the_patients_consent() {
+    let (fed, kent, _) = with_kent().await;
+    let first = fed.search_as_clinician("Condition").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(has_kent_item(&first));
+    let second = fed.search_as_clinician("Condition").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(kent.hit_count(), 1, "no region was asked again");
+
+    // The same entries, byte for byte, in a Bundle that names the second request.
+    assert_eq!(
+        entries(&first.body, "match"),
+        entries(&second.body, "match")
+    );
+    assert_eq!(first.body["total"], second.body["total"]);
+    assert_ne!(first.body["id"], second.body["id"]);
+    let bundle_id = second.body["id"].as_str().unwrap();
+    let provenance = entries(&second.body, "include");
+    assert_eq!(provenance.len(), entries(&first.body, "include").len());
+    assert!(!provenance.is_empty());
+    for p in &provenance {
+        let id = p["resource"]["id"].as_str().unwrap();
+        assert!(id.ends_with(bundle_id), "{id} names this request");
+        assert_eq!(p["resource"]["recorded"], second.body["timestamp"]);
+    }
+    assert!(
+        second.body["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("/Condition?")
+    );
+
+    // The second access is audited in full, and says it was shown a kept view.
+    let released = |e: &serde_json::Value| audit_detail(e, "released");
+    let events = fed
+        .audit_events(0, &format!("patient={}", fed.everywhere()), 2)
+        .await;
+    let by_request = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["entity"].to_string().contains(id))
+            .unwrap_or_else(|| panic!("an audit record for request {id}"))
+            .clone()
+    };
+    let (a, b) = (
+        by_request(first.body["id"].as_str().unwrap()),
+        by_request(bundle_id),
+    );
+    assert_eq!(released(&a), released(&b));
+    assert_eq!(
+        released(&b).as_deref(),
+        Some(first.body["total"].to_string().as_str())
+    );
+    assert_eq!(audit_detail(&b, "view_kept").as_deref(), Some("true"));
+    assert_eq!(audit_detail(&a, "view_kept"), None);
+
+    // The patient's directive against sharing Conditions, recorded at dorset, applies to the
+    // very next request: the kept view is not shown again.
+    let directive = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": fed.everywhere()}},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "permit", "provision": [{"type": "deny",
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]}]}
+    });
+    let created = fed
+        .client()
+        .post(format!("{}/Consent", fed.base(0)))
+        .bearer_auth(fed.token("R0001"))
+        .header("content-type", "application/fhir+json")
+        .body(directive.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let after = fed.search_as_clinician("Condition").await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert!(!has_kent_item(&after), "{}", after.body);
+    assert_eq!(entries(&after.body, "match").len(), 0);
+    assert!(
+        outcome_issues(&after.body)
+            .iter()
+            .any(|(code, region, _)| code == "suppressed" && region.is_empty()),
+        "{:?}",
+        outcome_issues(&after.body)
+    );
+}

@@ -31,6 +31,9 @@ async fn metrics_show_peers_cache_policy_audit_and_certificates_without_patient_
         "gateway_peer_circuit_state{peer=\"wiltshire\"} 0",
         "gateway_cache_hits_total 2",
         "gateway_cache_misses_total 2",
+        // The repeat was shown the view kept from the first.
+        "gateway_cache_views_served_total 1",
+        "gateway_cache_views 1",
         "gateway_cache_bytes",
         "gateway_policy_items_total{decision_point=\"view\",decision=\"released\"}",
         "gateway_audit_write_duration_seconds_count{outcome=\"written\"} 2",

@@ -117,6 +117,10 @@ impl Metrics {
                 .absolute(c.misses.load(Relaxed));
             self.counter("gateway_cache_stale_served_total", &[])
                 .absolute(c.stale_served.load(Relaxed));
+            self.counter("gateway_cache_views_served_total", &[])
+                .absolute(c.views_served.load(Relaxed));
+            self.gauge("gateway_cache_views", &[])
+                .set(cache.views.entry_count() as f64);
         }
         let now = time::OffsetDateTime::now_utc();
         for (name, not_after) in &gateway.tls.load().expiry {

@@ -274,6 +274,11 @@ impl<'a> Gatekeeper<'a> {
             .or_insert_with_key(|class| prepared.decide(class))
     }
 
+    /// The time of the request the decisions are made at (Unix seconds).
+    pub fn time(&self) -> i64 {
+        self.circumstances.time
+    }
+
     /// Distinct classes decided so far.
     pub fn decisions_made(&self) -> usize {
         self.memo.len()

@@ -20,7 +20,12 @@ use policy::DecisionPoint;
 
 /// A purpose of use given with the request, honoured only when the token carries none.
 pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
-use crate::merge::{MergeContext, Merged, merge};
+use crate::audit::RegionOutcome;
+use crate::cache::view::{KeptView, ViewKey};
+use crate::consent::ConsentView;
+use crate::error::fhir_bytes_response;
+use crate::fhir::{SerializedEntries, write_searchset};
+use crate::merge::{Envelope, Merged, View, ViewContext, merge_view};
 use crate::peers::FanOut;
 use crate::query::{self, Parsed};
 
@@ -241,26 +246,22 @@ pub(super) fn ask(
     })
 }
 
-async fn fan_out_and_merge(
-    gateway: &Gateway,
-    ask: &Ask,
-    parsed: Parsed,
-) -> Result<Merged, ApiError> {
-    ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
-    // The version in force when the request started, whatever a reload does meanwhile.
-    let policies = gateway.policies.load_full();
-    let gatekeeper = Gatekeeper::new(
-        &policies,
-        &ask.user,
-        &gateway.region.code,
-        DecisionPoint::View,
-        &gateway.region.code,
-    );
-    gatekeeper
-        .admit(&gateway.region.code)
-        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
-    let tls = gateway.tls.load();
-    let fan = FanOut {
+/// A view made for one request, with what its audit record and a view cache need.
+struct Viewed {
+    view: View,
+    /// The consent directives the view was decided under.
+    consent: ConsentView,
+    /// Each region's answer identity when every one is pinned (see [`ViewKey`]).
+    identities: Option<Vec<u64>>,
+    /// When the decisions were made (Unix seconds).
+    decided_at: i64,
+    report: Filtered,
+    regions: Vec<RegionOutcome>,
+}
+
+/// The fan-out of this request.
+fn fan_out<'a>(gateway: &'a Gateway, ask: &'a Ask, tls: &'a crate::app::TlsState) -> FanOut<'a> {
+    FanOut {
         local: (&gateway.region, &gateway.local, gateway.local_timeout()),
         peers: &gateway.peers,
         signer: &tls.signer,
@@ -270,11 +271,69 @@ async fn fan_out_and_merge(
         max_bytes: gateway.config.limits.max_response_bytes,
         cache: gateway.cache.as_ref(),
         metrics: Some(&gateway.metrics),
-    };
-    let (results, consent) = futures::join!(
-        fan.run(&parsed.query),
-        read_consent(gateway, &parsed.query.nhs_number)
+    }
+}
+
+/// This request's decisions, refusing it outright when the user may not search here.
+fn gatekeeper<'a>(
+    gateway: &Gateway,
+    ask: &Ask,
+    policies: &'a policy::PolicySet,
+) -> Result<Gatekeeper<'a>, ApiError> {
+    let gatekeeper = Gatekeeper::new(
+        policies,
+        &ask.user,
+        &gateway.region.code,
+        DecisionPoint::View,
+        &gateway.region.code,
     );
+    gatekeeper
+        .admit(&gateway.region.code)
+        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
+    Ok(gatekeeper)
+}
+
+/// What the audit record says of a view: what each region answered, what was withheld and
+/// released, the policies that decided.
+fn note_view(
+    ask: &Ask,
+    regions: &[RegionOutcome],
+    withheld: usize,
+    policies: &[String],
+    view: &View,
+) {
+    ask.note(|e| {
+        e.regions = regions.to_vec();
+        e.withheld = withheld;
+        e.policies = policies.to_vec();
+        e.released = view.total;
+        e.detail["deduplicated"] = serde_json::json!(view.deduplicated);
+        e.detail["discarded"] = serde_json::json!(view.discarded);
+    });
+}
+
+/// Asks every region (through the answer cache), filters each answer under the view policy,
+/// and merges what this user may see. `consent` when already read for this request.
+async fn make_view(
+    gateway: &Gateway,
+    ask: &Ask,
+    parsed: Parsed,
+    policies: &policy::PolicySet,
+    consent: Option<ConsentView>,
+) -> Result<Viewed, ApiError> {
+    let gatekeeper = gatekeeper(gateway, ask, policies)?;
+    let tls = gateway.tls.load();
+    let fan = fan_out(gateway, ask, &tls);
+    let (fanned, consent) = match consent {
+        Some(c) => (fan.run(&parsed.query).await, Ok(c)),
+        None => {
+            futures::join!(
+                fan.run(&parsed.query),
+                read_consent(gateway, &parsed.query.nhs_number)
+            )
+        }
+    };
+    let results = fanned.results;
     // Consent must be readable before anything is released; when no region answered there is
     // nothing to release and the 502/504 below says more than a 503 would.
     let consent = match consent {
@@ -285,7 +344,8 @@ async fn fan_out_and_merge(
         Err(e) => return Err(e),
     };
     // The view decision point: what this region's user may see of every region's answer.
-    let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
+    let decided_at = gatekeeper.time();
+    let mut gatekeeper = gatekeeper.with_consent(consent.clone(), &gateway.region.code);
     let mut report = Filtered::default();
     let results: Vec<_> = results
         .into_iter()
@@ -315,21 +375,17 @@ async fn fan_out_and_merge(
     gateway
         .metrics
         .policy_items("view", report.released, report.withheld);
-    ask.note(|e| {
-        e.regions = results
-            .iter()
-            .map(|r| crate::audit::RegionOutcome {
-                region: r.region.code.clone(),
-                outcome: match &r.outcome {
-                    Ok(_) => "answered".into(),
-                    Err(f) => f.kind.label().to_owned(),
-                },
-                items: r.outcome.as_ref().map_or(0, |a| a.items.len()),
-            })
-            .collect();
-        e.withheld = report.withheld;
-        e.policies = report.policies.iter().cloned().collect();
-    });
+    let regions: Vec<RegionOutcome> = results
+        .iter()
+        .map(|r| RegionOutcome {
+            region: r.region.code.clone(),
+            outcome: match &r.outcome {
+                Ok(_) => "answered".into(),
+                Err(f) => f.kind.label().to_owned(),
+            },
+            items: r.outcome.as_ref().map_or(0, |a| a.items.len()),
+        })
+        .collect();
     tracing::info!(request_id = %ask.request_id, released = report.released, withheld = report.withheld, decisions = gatekeeper.decisions_made(),
         break_glass = ask.user.break_glass.is_some(), policies = ?report.policies, "policy applied");
     for r in &results {
@@ -342,42 +398,209 @@ async fn fan_out_and_merge(
             }
         }
     }
-    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
-    let merged = merge(
+    let view = merge_view(
         &parsed.query,
         results,
-        MergeContext {
+        ViewContext {
             gateway_base: &gateway.region.base_url,
-            bundle_id: &ask.request_id,
-            now: &now,
-            self_link: &ask.self_link,
             issues,
             on_mismatch: gateway.config.merge.on_demographic_mismatch,
         },
     );
-    // What the user receives: the merged items (and the Patient, when one region knew it).
-    ask.note(|e| {
-        e.released = merged.total;
-        e.detail["deduplicated"] = serde_json::json!(merged.deduplicated);
-        e.detail["discarded"] = serde_json::json!(merged.discarded);
-    });
-    Ok(merged)
+    let policies: Vec<String> = report.policies.iter().cloned().collect();
+    note_view(ask, &regions, report.withheld, &policies, &view);
+    Ok(Viewed {
+        view,
+        consent,
+        identities: fanned.identities.into_iter().collect(),
+        decided_at,
+        report,
+        regions,
+    })
+}
+
+/// What names this request in its Bundle.
+fn envelope<'a>(ask: &'a Ask, now: &'a str) -> Envelope<'a> {
+    Envelope {
+        bundle_id: &ask.request_id,
+        now,
+        self_link: &ask.self_link,
+    }
+}
+
+async fn fan_out_and_merge(
+    gateway: &Gateway,
+    ask: &Ask,
+    parsed: Parsed,
+) -> Result<Merged, ApiError> {
+    ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
+    // The version in force when the request started, whatever a reload does meanwhile.
+    let policies = gateway.policies.load_full();
+    let viewed = make_view(gateway, ask, parsed, &policies, None).await?;
+    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    Ok(viewed.view.into_merged(&envelope(ask, &now)))
 }
 
 /// When no region answered there is nothing to show: 504 if all timed out, else 502.
-fn none_answered(merged: &Merged) -> Option<ApiError> {
-    (merged.regions_answered == 0).then(|| {
-        let status = if merged.all_failures_timeouts {
+fn none_answered(
+    answered: usize,
+    failed: usize,
+    all_timeouts: bool,
+    issues: &[Issue],
+) -> Option<ApiError> {
+    (answered == 0).then(|| {
+        let status = if all_timeouts {
             StatusCode::GATEWAY_TIMEOUT
         } else {
             StatusCode::BAD_GATEWAY
         };
         ApiError::from_outcome(
             status,
-            merged.issues.clone(),
-            format!("no region answered ({} failed)", merged.regions_failed),
+            issues.to_vec(),
+            format!("no region answered ({failed} failed)"),
         )
     })
+}
+
+fn view_unanswered(v: &View) -> Option<ApiError> {
+    none_answered(
+        v.regions_answered,
+        v.regions_failed,
+        v.all_failures_timeouts,
+        &v.issues,
+    )
+}
+
+fn merged_unanswered(m: &Merged) -> Option<ApiError> {
+    none_answered(
+        m.regions_answered,
+        m.regions_failed,
+        m.all_failures_timeouts,
+        &m.issues,
+    )
+}
+
+/// A search or `$everything` answered whole: from a view kept from an identical request when
+/// every input is the same (see [`crate::cache::view`]), else made now (and kept when it can
+/// be). The Bundle is written around entries serialised once.
+async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Response, ApiError> {
+    let nhs = parsed.query.nhs_number.as_str().to_owned();
+    ask.note(|e| e.patient = Some(nhs.clone()));
+    // The version in force when the request started, whatever a reload does meanwhile.
+    let policies = gateway.policies.load_full();
+    let views = gateway
+        .cache
+        .as_ref()
+        .filter(|_| ask.user.break_glass.is_none());
+    let key = |consent: &ConsentView, answers: Vec<u64>, at: i64| {
+        ViewKey::new(
+            &ask.user,
+            &nhs,
+            &ask.self_link,
+            ask.lenient,
+            &policies,
+            consent,
+            answers,
+            at,
+        )
+    };
+    let mut consent = None;
+    if let Some(cache) = views {
+        let gatekeeper = gatekeeper(gateway, ask, &policies)?;
+        let tls = gateway.tls.load();
+        let fan = fan_out(gateway, ask, &tls);
+        let (answers, read) = futures::join!(
+            fan.fresh_identities(&parsed.query),
+            read_consent(gateway, &parsed.query.nhs_number)
+        );
+        if let (Some(answers), Ok(c)) = (answers, &read) {
+            let cached = answers
+                .iter()
+                .filter(|&&a| a != crate::peers::IMMUTABLE_LOCAL)
+                .count();
+            if let Some(kept) = cache
+                .views
+                .get(&key(c, answers, gatekeeper.time()), &policies)
+            {
+                cache.count_view_served(cached);
+                return Ok(answer_kept(gateway, ask, &kept));
+            }
+        }
+        consent = read.ok();
+    }
+    let viewed = make_view(gateway, ask, parsed, &policies, consent).await?;
+    if let Some(e) = view_unanswered(&viewed.view) {
+        return Err(e);
+    }
+    let Viewed {
+        mut view,
+        consent,
+        identities,
+        decided_at,
+        report,
+        regions,
+    } = viewed;
+    tracing::info!(request_id = %ask.request_id, total = view.total, regions_answered = view.regions_answered, regions_failed = view.regions_failed,
+        deduplicated = view.deduplicated, discarded = view.discarded, "merged");
+    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    let envelope = envelope(ask, &now);
+    let entries = SerializedEntries::new(&view.matches);
+    let tail = view.request_entries(&envelope, |c| c.elapsed_ms);
+    let body = write_searchset(
+        envelope.bundle_id,
+        envelope.now,
+        envelope.self_link,
+        view.total,
+        &entries,
+        &tail,
+    );
+    if let (Some(cache), Some(answers)) = (views, identities) {
+        view.matches = Vec::new();
+        cache.views.insert(
+            key(&consent, answers, decided_at),
+            KeptView {
+                policy: policies.clone(),
+                entries,
+                view,
+                released: report.released,
+                withheld: report.withheld,
+                policies: report.policies.into_iter().collect(),
+                regions,
+            },
+        );
+    }
+    Ok(fhir_bytes_response(StatusCode::OK, body))
+}
+
+/// The answer from a kept view: the same entries, in a Bundle that names this request.
+fn answer_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Response {
+    note_view(
+        ask,
+        &kept.regions,
+        kept.withheld,
+        &kept.policies,
+        &kept.view,
+    );
+    ask.note(|e| e.detail["view_kept"] = serde_json::json!(true));
+    gateway
+        .metrics
+        .policy_items("view", kept.released, kept.withheld);
+    tracing::info!(request_id = %ask.request_id, total = kept.view.total, "served a view kept from an identical request");
+    let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    let envelope = envelope(ask, &now);
+    // Nothing was asked of any region for this request.
+    let tail = kept.view.request_entries(&envelope, |_| 0);
+    fhir_bytes_response(
+        StatusCode::OK,
+        write_searchset(
+            envelope.bundle_id,
+            envelope.now,
+            envelope.self_link,
+            kept.view.total,
+            &kept.entries,
+            &tail,
+        ),
+    )
 }
 
 async fn respond_bundle(
@@ -386,28 +609,23 @@ async fn respond_bundle(
     mut parsed: Parsed,
 ) -> Result<Response, ApiError> {
     // The merge keeps everything; `_count` pages it (the rest is kept under a cursor).
-    let count = parsed.query.count.take();
+    let Some(count) = parsed.query.count.take() else {
+        return respond_view(gateway, &ask, parsed).await;
+    };
     let nhs = parsed.query.nhs_number.as_str().to_owned();
     let merged = fan_out_and_merge(gateway, &ask, parsed).await?;
-    if let Some(e) = none_answered(&merged) {
+    if let Some(e) = merged_unanswered(&merged) {
         return Err(e);
     }
     tracing::info!(request_id = %ask.request_id, total = merged.total, regions_answered = merged.regions_answered, regions_failed = merged.regions_failed,
         deduplicated = merged.deduplicated, discarded = merged.discarded, "merged");
-    let bundle = match count {
-        Some(n) => {
-            let page =
-                super::paging::first_page(gateway, &ask.user, &nhs, merged.bundle, n as usize)
-                    .await;
-            let shown = page["entry"].as_array().map_or(0, |e| {
-                e.iter().filter(|x| x["search"]["mode"] == "match").count()
-            });
-            ask.note(|e| e.released = shown);
-            page
-        }
-        None => merged.bundle,
-    };
-    Ok(fhir_response(StatusCode::OK, &bundle))
+    let page =
+        super::paging::first_page(gateway, &ask.user, &nhs, merged.bundle, count as usize).await;
+    let shown = page["entry"].as_array().map_or(0, |e| {
+        e.iter().filter(|x| x["search"]["mode"] == "match").count()
+    });
+    ask.note(|e| e.released = shown);
+    Ok(fhir_response(StatusCode::OK, &page))
 }
 
 async fn search(
@@ -521,7 +739,7 @@ async fn read_patient(
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_read(&id, &ask.pairs, ask.lenient)?;
     let merged = fan_out_and_merge(&gateway, &ask, parsed).await?;
-    if let Some(e) = none_answered(&merged) {
+    if let Some(e) = merged_unanswered(&merged) {
         return Err(e);
     }
     let Some(patient) = merged.patient.as_ref() else {

@@ -290,7 +290,7 @@ async fn answer(
     .await
     {
         // A stale answer would lose its warning on the way: a peer gets the failure instead.
-        Ok(a) if a.stale_seconds.is_none() => a,
+        Ok((a, _)) if a.stale_seconds.is_none() => a,
         Ok(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,

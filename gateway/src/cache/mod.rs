@@ -118,6 +118,9 @@ impl CacheKey {
 #[derive(Debug)]
 pub struct Cached {
     pub answer: RecordAnswer,
+    /// Which stored answer this is: never the same for two answers in a process (see
+    /// [`next_generation`]), so a view built from it can name it.
+    pub generation: u64,
     pub fetched_at: Instant,
     pub fresh_for: Duration,
     /// What it weighs against the byte limit.
@@ -132,6 +135,23 @@ impl Cached {
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.fetched_at)
     }
+}
+
+/// A number no other stored answer in this process has; counts from 1 (0 names the local
+/// record's answers when they are a pure function of the query).
+pub fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An answer as the cache served it.
+#[derive(Debug)]
+pub struct Served {
+    pub answer: RecordAnswer,
+    pub source: Source,
+    /// The stored answer's generation, when the answer is a cache entry's (not a stale one,
+    /// nor one the region asked not to store).
+    pub generation: Option<u64>,
 }
 
 /// What a fetch from a region gives the cache: the answer, its size, its directive.
@@ -167,12 +187,18 @@ pub struct CacheCounters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub stale_served: AtomicU64,
+    /// Requests answered from a kept view (see [`view`]).
+    pub views_served: AtomicU64,
 }
+
+pub mod view;
 
 pub struct ResponseCache {
     inner: moka::future::Cache<CacheKey, Arc<Cached>>,
     settings: CacheSettings,
     pub counters: CacheCounters,
+    /// Views made from the answers kept here (see [`view`]).
+    pub views: view::ViewCache,
 }
 
 impl ResponseCache {
@@ -189,6 +215,7 @@ impl ResponseCache {
             inner,
             settings,
             counters: CacheCounters::default(),
+            views: view::ViewCache::new(&settings),
         }
     }
 
@@ -204,11 +231,44 @@ impl ResponseCache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Fetched, RegionFailure>>,
     {
+        self.serve(key, fetch).await.map(|s| (s.answer, s.source))
+    }
+
+    /// The generation of the fresh answer stored for `key`, if there is one; nothing is
+    /// copied or counted (see [`ResponseCache::count_view_served`]).
+    pub async fn fresh_generation(&self, key: &CacheKey) -> Option<u64> {
+        self.inner
+            .get(key)
+            .await
+            .filter(|c| c.is_fresh(Instant::now()))
+            .map(|c| c.generation)
+    }
+
+    /// Counts a request answered from a kept view, and the `regions` fresh answers it was
+    /// made from as hits (they were not copied through [`ResponseCache::serve`]).
+    pub fn count_view_served(&self, regions: usize) {
+        self.counters.views_served.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .hits
+            .fetch_add(regions as u64, Ordering::Relaxed);
+    }
+
+    /// [`ResponseCache::get_or_fetch`], with the stored answer's generation.
+    pub async fn serve<F, Fut>(&self, key: CacheKey, fetch: F) -> Result<Served, RegionFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Fetched, RegionFailure>>,
+    {
+        let served = |c: &Cached, source| Served {
+            answer: c.answer.clone(),
+            source,
+            generation: (!matches!(source, Source::Stale(_))).then_some(c.generation),
+        };
         if let Some(c) = self.inner.get(&key).await
             && c.is_fresh(Instant::now())
         {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((c.answer.clone(), Source::Hit));
+            return Ok(served(&c, Source::Hit));
         }
         let settings = self.settings;
         let mut not_stored: Option<RecordAnswer> = None;
@@ -240,6 +300,7 @@ impl ResponseCache {
                                 .map_or(settings.ttl, |m| m.min(settings.ttl));
                             Ok(Op::Put(Arc::new(Cached {
                                 answer: f.answer,
+                                generation: next_generation(),
                                 fetched_at: Instant::now(),
                                 fresh_for,
                                 bytes: u32::try_from(f.bytes.max(1)).unwrap_or(u32::MAX),
@@ -266,18 +327,22 @@ impl ResponseCache {
         }
         let result = result?;
         if let Some(answer) = not_stored {
-            return Ok((answer, Source::Fetched));
+            return Ok(Served {
+                answer,
+                source: Source::Fetched,
+                generation: None,
+            });
         }
         match result {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) => {
-                Ok((e.value().answer.clone(), Source::Fetched))
+                Ok(served(e.value(), Source::Fetched))
             }
             CompResult::Unchanged(e) => match stale {
                 Some(age) => {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-                    Ok((e.value().answer.clone(), Source::Stale(age)))
+                    Ok(served(e.value(), Source::Stale(age)))
                 }
-                None => Ok((e.value().answer.clone(), Source::Hit)),
+                None => Ok(served(e.value(), Source::Hit)),
             },
             CompResult::StillNone(_) | CompResult::Removed(_) => Err(RegionFailure {
                 kind: crate::merge::FailureKind::Invalid,
@@ -288,6 +353,7 @@ impl ResponseCache {
 
     /// Removes every entry about a patient (a consent change), from `source` only if given.
     pub fn invalidate_patient(&self, nhs: &str, source: Option<&str>) {
+        self.views.invalidate_patient(nhs);
         let nhs = nhs.to_owned();
         let source = source.map(str::to_owned);
         if let Err(e) = self.inner.invalidate_entries_if(move |k, _| {
@@ -301,6 +367,7 @@ impl ResponseCache {
 
     /// Removes every entry of one region.
     pub fn invalidate_region(&self, source: &str) {
+        self.views.invalidate_all();
         let source = source.to_owned();
         if self
             .inner

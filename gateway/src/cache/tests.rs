@@ -274,3 +274,195 @@ async fn the_cache_is_bounded_by_bytes() {
     assert!(held <= 2_000, "{held} bytes held");
     assert!(held > 0);
 }
+
+#[tokio::test]
+async fn a_served_answer_names_its_entry_and_only_a_fresh_entry_is_named() {
+    let cache = ResponseCache::new(settings());
+    let calls = AtomicUsize::new(0);
+    let d = CacheDirective::default();
+    let k = || key("wessex", "1", "R8000");
+    assert_eq!(cache.fresh_generation(&k()).await, None);
+    let first = cache.serve(k(), || ok(&calls, 2, d)).await.unwrap();
+    let generation = first.generation.expect("a stored answer is named");
+    // A hit is the same entry; the peek names it without counting a hit.
+    let hits = cache.counters.hits.load(Ordering::SeqCst);
+    assert_eq!(cache.fresh_generation(&k()).await, Some(generation));
+    assert_eq!(cache.counters.hits.load(Ordering::SeqCst), hits);
+    let again = cache.serve(k(), || ok(&calls, 9, d)).await.unwrap();
+    assert_eq!(
+        (again.source, again.generation),
+        (Source::Hit, Some(generation))
+    );
+
+    // An answer fetched again is another entry, even with the same content.
+    let at_once = CacheDirective {
+        no_store: false,
+        max_age: Some(Duration::ZERO),
+    };
+    let other = key("kent", "1", "R8000");
+    let a = cache
+        .serve(other.clone(), || ok(&calls, 2, at_once))
+        .await
+        .unwrap();
+    // max-age=0: stored, but never fresh, so never found by a peek.
+    assert_eq!(cache.fresh_generation(&other).await, None);
+    let b = cache
+        .serve(other.clone(), || ok(&calls, 2, at_once))
+        .await
+        .unwrap();
+    assert!(a.generation.is_some() && b.generation.is_some());
+    assert_ne!(a.generation, b.generation);
+    // A stale answer covering a failure is not named: its age changes with every request.
+    let stale = cache
+        .serve(other, || async { Err(failure()) })
+        .await
+        .unwrap();
+    assert!(matches!(stale.source, Source::Stale(_)));
+    assert_eq!(stale.generation, None);
+    // Nor is an answer the region asked not to store.
+    let no_store = CacheDirective {
+        no_store: true,
+        max_age: None,
+    };
+    let kept_out = cache
+        .serve(key("dorset", "1", "R8000"), || ok(&calls, 1, no_store))
+        .await
+        .unwrap();
+    assert_eq!(kept_out.generation, None);
+}
+
+mod views {
+    use super::*;
+    use crate::cache::view::{KeptView, ViewKey};
+
+    fn policies() -> Arc<policy::PolicySet> {
+        Arc::new(crate::access::embedded_policy_set().unwrap())
+    }
+
+    fn user(role: &str) -> UserContext {
+        UserContext {
+            user_id: "u1".into(),
+            role: role.into(),
+            organisation: "RBD".into(),
+            purpose_of_use: Some("TREAT".into()),
+            break_glass: None,
+        }
+    }
+
+    fn view_key(p: &Arc<policy::PolicySet>, role: &str, answers: Vec<u64>) -> ViewKey {
+        ViewKey::new(
+            &user(role),
+            "9000000009",
+            "https://gw/fhir/Condition?patient.identifier=x",
+            false,
+            p,
+            &crate::consent::ConsentView::default(),
+            answers,
+            1_700_000_000,
+        )
+    }
+
+    fn kept(p: &Arc<policy::PolicySet>) -> KeptView {
+        KeptView {
+            policy: p.clone(),
+            entries: crate::fhir::SerializedEntries::new(&[json!({"fullUrl": "x"})]),
+            view: crate::merge::View {
+                matches: Vec::new(),
+                patient: None,
+                total: 1,
+                regions_answered: 1,
+                regions_failed: 0,
+                all_failures_timeouts: false,
+                discarded: 0,
+                deduplicated: 0,
+                issues: Vec::new(),
+                contributions: Vec::new(),
+            },
+            released: 1,
+            withheld: 0,
+            policies: Vec::new(),
+            regions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_view_is_found_only_with_every_input_the_same() {
+        let cache = ResponseCache::new(settings());
+        let p = policies();
+        cache
+            .views
+            .insert(view_key(&p, "R8000", vec![0, 7]), kept(&p));
+        assert!(
+            cache
+                .views
+                .get(&view_key(&p, "R8000", vec![0, 7]), &p)
+                .is_some()
+        );
+        // Another answer from a region, another role: another view.
+        assert!(
+            cache
+                .views
+                .get(&view_key(&p, "R8000", vec![0, 8]), &p)
+                .is_none()
+        );
+        assert!(
+            cache
+                .views
+                .get(&view_key(&p, "R8001", vec![0, 7]), &p)
+                .is_none()
+        );
+        // Another user with the same role and organisation.
+        let mut other = view_key(&p, "R8000", vec![0, 7]);
+        other.user_id = "u2".into();
+        assert!(cache.views.get(&other, &p).is_none());
+        // The patient's directives changed (an objection): another view.
+        let objecting: crate::consent::ConsentView = crate::consent::read(
+            &[json!({"resourceType": "Consent", "status": "active",
+                "scope": {"coding": [{"system": crate::consent::CONSENT_SCOPE_SYSTEM, "code": "patient-privacy"}]},
+                "provision": {"type": "deny"}})],
+            1_700_000_000,
+        );
+        assert_ne!(objecting, crate::consent::ConsentView::default());
+        let mut changed = view_key(&p, "R8000", vec![0, 7]);
+        changed.consent = objecting;
+        assert!(cache.views.get(&changed, &p).is_none());
+        // Another policy set (an activation), even one with the same policies.
+        let q = policies();
+        assert!(
+            cache
+                .views
+                .get(&view_key(&q, "R8000", vec![0, 7]), &q)
+                .is_none()
+        );
+        // Purging the patient removes the view.
+        cache.invalidate_patient("9000000009", None);
+        assert!(
+            cache
+                .views
+                .get(&view_key(&p, "R8000", vec![0, 7]), &p)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_time_is_an_input_only_when_a_policy_reads_it() {
+        let p = policies();
+        assert!(!p.reads_time());
+        assert_eq!(view_key(&p, "R8000", vec![1]).second, None);
+        let timed = Arc::new(
+            policy::PolicySet::from_sources(
+                crate::access::EMBEDDED_SCHEMA,
+                vec![(
+                    "t.cedar".to_owned(),
+                    "@id(\"t\")\npermit (principal, action, resource) when { context.time > 0 };\n"
+                        .to_owned(),
+                )],
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            view_key(&timed, "R8000", vec![1]).second,
+            Some(1_700_000_000)
+        );
+    }
+}

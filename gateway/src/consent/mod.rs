@@ -20,7 +20,7 @@ pub const RESOURCE_TYPES_SYSTEM: &str = "http://hl7.org/fhir/resource-types";
 pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 
 /// One limited provision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Rule {
     permit: bool,
     types: Vec<String>,
@@ -30,7 +30,7 @@ struct Rule {
 }
 
 /// What a patient's directives say.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ConsentView {
     pub objects_to_sharing: bool,
     rules: Vec<Rule>,

@@ -272,14 +272,25 @@ fn with_age(
     answer
 }
 
+/// The identity of the local record's answers when the record is immutable (see
+/// [`crate::cache::next_generation`], which never gives it).
+pub const IMMUTABLE_LOCAL: u64 = 0;
+
+/// Served answers: the answer marked with its age when stale, and its identity.
+fn served(s: crate::cache::Served) -> (crate::record::RecordAnswer, Option<u64>) {
+    let generation = s.generation;
+    (with_age((s.answer, s.source)), generation)
+}
+
 /// Asks the local record within `budget`, through the cache when one is given (the local
-/// record is cached before any policy: the key carries no user).
+/// record is cached before any policy: the key carries no user). Also gives the answer's
+/// identity: its cache generation, or [`IMMUTABLE_LOCAL`], or none.
 pub async fn search_local(
     local: &Arc<dyn RecordSource>,
     query: &PatientQuery,
     budget: Duration,
     cache: Option<(&ResponseCache, CacheKey)>,
-) -> Result<crate::record::RecordAnswer, RegionFailure> {
+) -> Result<(crate::record::RecordAnswer, Option<u64>), RegionFailure> {
     let fetch = || async {
         match tokio::time::timeout(budget, local.search(query)).await {
             Ok(Ok(answer)) => {
@@ -303,9 +314,18 @@ pub async fn search_local(
         }
     };
     match cache {
-        Some((c, key)) if local.cacheable() => c.get_or_fetch(key, fetch).await.map(with_age),
-        _ => fetch().await.map(|f| f.answer),
+        Some((c, key)) if local.cacheable() => c.serve(key, fetch).await.map(served),
+        _ => fetch()
+            .await
+            .map(|f| (f.answer, local.immutable().then_some(IMMUTABLE_LOCAL))),
     }
+}
+
+/// A fan-out's results (local first, then peers as configured) and, for each, the identity
+/// of the answer when it is a fresh cache entry or the immutable local record's.
+pub struct Fanned {
+    pub results: Vec<RegionResult>,
+    pub identities: Vec<Option<u64>>,
 }
 
 /// Everything a fan-out needs.
@@ -325,7 +345,7 @@ pub struct FanOut<'a> {
 impl FanOut<'_> {
     /// Asks the local record and every peer at once; returns one result per region, in the
     /// order local first then peers as configured.
-    pub async fn run(&self, query: &PatientQuery) -> Vec<RegionResult> {
+    pub async fn run(&self, query: &PatientQuery) -> Fanned {
         let started = Instant::now();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (local_info, local, local_timeout) = self.local;
@@ -340,11 +360,13 @@ impl FanOut<'_> {
                 cache.map(|c| (c, CacheKey::local(&local_info.code, query))),
             )
             .await;
-            RegionResult {
+            let (outcome, identity) = split(outcome);
+            let result = RegionResult {
                 region: local_info.clone(),
                 outcome,
                 elapsed_ms: t.elapsed().as_millis() as u64,
-            }
+            };
+            (result, identity)
         };
         let peer_futs = self.peers.iter().map(|peer| async move {
             let t = Instant::now();
@@ -368,27 +390,70 @@ impl FanOut<'_> {
             };
             let outcome = match cache {
                 Some(c) => c
-                    .get_or_fetch(CacheKey::peer(&peer.info.code, query, self.user), fetch)
+                    .serve(CacheKey::peer(&peer.info.code, query, self.user), fetch)
                     .await
-                    .map(with_age),
-                None => fetch().await.map(|f| f.answer),
+                    .map(served),
+                None => fetch().await.map(|f| (f.answer, None)),
             };
-            RegionResult {
+            let (outcome, identity) = split(outcome);
+            let result = RegionResult {
                 region: peer.info.clone(),
                 outcome,
                 elapsed_ms: t.elapsed().as_millis() as u64,
-            }
+            };
+            (result, identity)
         });
-        let (local_result, mut peer_results) = futures::join!(local_fut, join_all(peer_futs));
-        let mut results = Vec::with_capacity(1 + peer_results.len());
-        results.push(local_result);
-        results.append(&mut peer_results);
+        let (local_result, peer_results) = futures::join!(local_fut, join_all(peer_futs));
+        let (results, identities): (Vec<_>, Vec<_>) =
+            std::iter::once(local_result).chain(peer_results).unzip();
         if let Some(m) = self.metrics {
             for r in &results {
                 let failure = r.outcome.as_ref().err().map(|f| f.kind.label());
                 m.peer_answer(&r.region.code, Duration::from_millis(r.elapsed_ms), failure);
             }
         }
-        results
+        Fanned {
+            results,
+            identities,
+        }
+    }
+
+    /// The identities a fan-out would give now if every region's answer is a fresh cache
+    /// entry (or the immutable local record's), without asking or copying anything; `None`
+    /// as soon as one is not. The cache must be in use.
+    pub async fn fresh_identities(&self, query: &PatientQuery) -> Option<Vec<u64>> {
+        let cache = self.cache.filter(|_| self.user.break_glass.is_none())?;
+        let (local_info, local, _) = self.local;
+        let mut identities = Vec::with_capacity(1 + self.peers.len());
+        identities.push(if local.cacheable() {
+            cache
+                .fresh_generation(&CacheKey::local(&local_info.code, query))
+                .await?
+        } else if local.immutable() {
+            IMMUTABLE_LOCAL
+        } else {
+            return None;
+        });
+        for peer in self.peers {
+            identities.push(
+                cache
+                    .fresh_generation(&CacheKey::peer(&peer.info.code, query, self.user))
+                    .await?,
+            );
+        }
+        Some(identities)
+    }
+}
+
+/// An outcome and its answer's identity, apart.
+fn split(
+    outcome: Result<(crate::record::RecordAnswer, Option<u64>), RegionFailure>,
+) -> (
+    Result<crate::record::RecordAnswer, RegionFailure>,
+    Option<u64>,
+) {
+    match outcome {
+        Ok((answer, identity)) => (Ok(answer), identity),
+        Err(f) => (Err(f), None),
     }
 }

@@ -247,6 +247,11 @@ impl RecordSource for DirectoryRecord {
         false
     }
 
+    /// Loaded once and never changed (no interior mutability).
+    fn immutable(&self) -> bool {
+        true
+    }
+
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,

@@ -43,6 +43,11 @@ pub trait RecordSource: Send + Sync {
     fn cacheable(&self) -> bool {
         true
     }
+    /// Whether every answer is a pure function of the query for as long as this source
+    /// lives (a record loaded once into memory), so a view built from one can be kept.
+    fn immutable(&self) -> bool {
+        false
+    }
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,
