@@ -343,7 +343,28 @@ struct ForwardedClaims {
 pub struct ForwardSigner {
     issuer: String,
     algorithm: Algorithm,
-    key: EncodingKey,
+    key: SigningKey,
+}
+
+/// The client key, ready to sign. jsonwebtoken 11 rebuilds and re-checks an ECDSA key pair
+/// from its PKCS#8 bytes for every token it encodes (deriving the public key each time), which
+/// doubled the cost of the tokens a fan-out signs, one per peer; so an EC key is held as an
+/// aws-lc key pair and its tokens written here in the JWS compact form jsonwebtoken writes
+/// (and verifies, on the peer).
+#[derive(Clone)]
+enum SigningKey {
+    Ec(std::sync::Arc<aws_lc_rs::signature::EcdsaKeyPair>),
+    Other(EncodingKey),
+}
+
+/// An EC private key in PKCS#8 PEM, held for signing with `algorithm`.
+fn ec_key_pair(
+    key_pem: &str,
+    algorithm: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+) -> Option<aws_lc_rs::signature::EcdsaKeyPair> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).ok()?;
+    aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(algorithm, der.secret_pkcs8_der()).ok()
 }
 
 impl ForwardSigner {
@@ -354,18 +375,23 @@ impl ForwardSigner {
             path: "client key".into(),
             message: m,
         };
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let ec = |algorithm, signing| match ec_key_pair(key_pem, signing) {
+            Some(pair) => (algorithm, Ok(SigningKey::Ec(std::sync::Arc::new(pair)))),
+            // Not PKCS#8: jsonwebtoken says what is wrong with it.
+            None => (
+                algorithm,
+                EncodingKey::from_ec_pem(key_pem.as_bytes()).map(SigningKey::Other),
+            ),
+        };
         let (algorithm, key) = match public_key {
-            PublicKey::EcP256(_) => (
-                Algorithm::ES256,
-                EncodingKey::from_ec_pem(key_pem.as_bytes()),
-            ),
-            PublicKey::EcP384(_) => (
-                Algorithm::ES384,
-                EncodingKey::from_ec_pem(key_pem.as_bytes()),
-            ),
+            PublicKey::EcP256(_) => ec(Algorithm::ES256, &ECDSA_P256_SHA256_FIXED_SIGNING),
+            PublicKey::EcP384(_) => ec(Algorithm::ES384, &ECDSA_P384_SHA384_FIXED_SIGNING),
             PublicKey::Rsa(_) => (
                 Algorithm::PS256,
-                EncodingKey::from_rsa_pem(key_pem.as_bytes()),
+                EncodingKey::from_rsa_pem(key_pem.as_bytes()).map(SigningKey::Other),
             ),
             PublicKey::Other => {
                 return Err(invalid(
@@ -399,14 +425,33 @@ impl ForwardSigner {
             exp: now + FORWARD_TTL_SECONDS,
             jti: request_id.to_owned(),
         };
-        encode(&Header::new(self.algorithm), &claims, &self.key).map_err(|_| AuthError::Malformed)
+        self.sign_claims(&claims)
     }
 }
 
 impl ForwardSigner {
     /// Signs any claims (a JWS) with this region's key: the audit trail's checkpoints.
     pub fn sign_claims<T: Serialize>(&self, claims: &T) -> Result<String, AuthError> {
-        encode(&Header::new(self.algorithm), claims, &self.key).map_err(|_| AuthError::Malformed)
+        let header = Header::new(self.algorithm);
+        match &self.key {
+            SigningKey::Other(key) => {
+                encode(&header, claims, key).map_err(|_| AuthError::Malformed)
+            }
+            SigningKey::Ec(pair) => {
+                use base64::Engine;
+                let b64 =
+                    |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                let header = serde_json::to_vec(&header).map_err(|_| AuthError::Malformed)?;
+                let claims = serde_json::to_vec(claims).map_err(|_| AuthError::Malformed)?;
+                let mut token = format!("{}.{}", b64(&header), b64(&claims));
+                let signature = pair
+                    .sign(&aws_lc_rs::rand::SystemRandom::new(), token.as_bytes())
+                    .map_err(|_| AuthError::Malformed)?;
+                token.push('.');
+                token.push_str(&b64(signature.as_ref()));
+                Ok(token)
+            }
+        }
     }
 }
 
