@@ -523,7 +523,7 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
                 .get(&key(c, answers, gatekeeper.time()), &policies)
             {
                 cache.count_view_served(cached);
-                return Ok(answer_kept(gateway, ask, &kept));
+                return answer_kept(gateway, ask, &kept).await;
             }
         }
         consent = read.ok();
@@ -544,16 +544,20 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
         deduplicated = view.deduplicated, discarded = view.discarded, "merged");
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = envelope(ask, &now);
-    let entries = SerializedEntries::new(&view.matches);
-    let tail = view.request_entries(&envelope, |c| c.elapsed_ms);
-    let body = write_searchset(
-        envelope.bundle_id,
-        envelope.now,
-        envelope.self_link,
-        view.total,
-        &entries,
-        &tail,
-    );
+    let (response, entries) = audited_bundle(gateway, ask, || {
+        let entries = SerializedEntries::new(&view.matches);
+        let tail = view.request_entries(&envelope, |c| c.elapsed_ms);
+        let body = write_searchset(
+            envelope.bundle_id,
+            envelope.now,
+            envelope.self_link,
+            view.total,
+            &entries,
+            &tail,
+        );
+        (body, entries)
+    })
+    .await?;
     if let (Some(cache), Some(answers)) = (views, identities) {
         view.matches = Vec::new();
         cache.views.insert(
@@ -569,11 +573,28 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
             },
         );
     }
-    Ok(fhir_bytes_response(StatusCode::OK, body))
+    Ok(response)
+}
+
+/// A Bundle answering the request: its audit record is made durable while `write` writes the
+/// body (both before anything leaves), so the record's fsync does not add to the wait. `write`
+/// gives the body and anything else it made.
+async fn audited_bundle<T>(
+    gateway: &Gateway,
+    ask: &Ask,
+    write: impl FnOnce() -> (Vec<u8>, T),
+) -> Result<(Response, T), ApiError> {
+    // The record is handed to the trail's writer at the first poll; then the body is written.
+    let (written, (body, made)) =
+        futures::join!(ask.write_audit_ahead(gateway, StatusCode::OK), async {
+            write()
+        });
+    written?;
+    Ok((fhir_bytes_response(StatusCode::OK, body), made))
 }
 
 /// The answer from a kept view: the same entries, in a Bundle that names this request.
-fn answer_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Response {
+async fn answer_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Result<Response, ApiError> {
     note_view(
         ask,
         &kept.regions,
@@ -588,19 +609,21 @@ fn answer_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Response {
     tracing::info!(request_id = %ask.request_id, total = kept.view.total, "served a view kept from an identical request");
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = envelope(ask, &now);
-    // Nothing was asked of any region for this request.
-    let tail = kept.view.request_entries(&envelope, |_| 0);
-    fhir_bytes_response(
-        StatusCode::OK,
-        write_searchset(
+    let (response, ()) = audited_bundle(gateway, ask, || {
+        // Nothing was asked of any region for this request.
+        let tail = kept.view.request_entries(&envelope, |_| 0);
+        let body = write_searchset(
             envelope.bundle_id,
             envelope.now,
             envelope.self_link,
             kept.view.total,
             &kept.entries,
             &tail,
-        ),
-    )
+        );
+        (body, ())
+    })
+    .await?;
+    Ok(response)
 }
 
 async fn respond_bundle(
