@@ -8,6 +8,7 @@
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
+//! - [`parallel`]: one request's CPU work spread over the cores (scoped threads) — pure
 //! - [`audit`]: audit records, their canonical form and the tamper-evident hash chain — pure
 //! - [`cache`]: regions' answers in a moka cache bounded by bytes, keyed so nothing leaks
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
@@ -45,6 +46,7 @@ pub mod fhir;
 pub mod governance;
 pub mod merge;
 pub mod metrics;
+pub mod parallel;
 pub mod peers;
 pub mod query;
 pub mod record;

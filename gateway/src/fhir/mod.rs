@@ -209,6 +209,22 @@ pub struct SerializedEntries {
 impl SerializedEntries {
     pub fn new(entries: &[Value]) -> Self {
         let mut json = Vec::with_capacity(entries.len() * 512);
+        if crate::parallel::worth_splitting(entries.len()) {
+            // Many entries: written on every core, then joined.
+            let parts = crate::parallel::map(entries.iter().collect(), |e: &Value| {
+                serde_json::to_vec(e).unwrap_or_default()
+            });
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.extend_from_slice(part);
+            }
+            return SerializedEntries {
+                json,
+                count: entries.len(),
+            };
+        }
         for (i, e) in entries.iter().enumerate() {
             if i > 0 {
                 json.push(b',');
@@ -344,6 +360,24 @@ mod tests {
 
     #[test]
     fn a_bundle_written_around_serialised_entries_is_the_bundle_serialised_whole() {
+        // Enough entries to be written on several threads, and few.
+        let many: Vec<Value> = (0..1100)
+            .map(|i| {
+                entry(
+                    &format!("urn:x:{i}"),
+                    json!({"resourceType": "Condition", "id": format!("c{i}"), "note": [{"text": "é \" \\"}]}),
+                    SearchMode::Match,
+                )
+            })
+            .collect();
+        let whole = serde_json::to_vec(&searchset("b", "t", "l", 300, many.clone())).unwrap();
+        let first = SerializedEntries::new(&many[..250]);
+        assert_eq!(
+            write_searchset("b", "t", "l", 300, &first, &many[250..]),
+            whole
+        );
+        let in_place = crate::parallel::serially(|| SerializedEntries::new(&many[..250]));
+        assert_eq!(first, in_place);
         let entries: Vec<Value> = (0..4)
             .map(|i| {
                 entry(

@@ -160,6 +160,15 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
     )
 }
 
+/// Another version of a merged item: the region holding it, when it was last updated (as
+/// written, and as a time to compare), and its content key.
+struct OtherVersion {
+    region: usize,
+    updated: Option<String>,
+    at: i64,
+    content: ContentKey,
+}
+
 /// One merged entry before it becomes JSON.
 struct Slot {
     rtype: ResourceType,
@@ -171,7 +180,7 @@ struct Slot {
     origin: usize,
     /// Regions holding another version of the item: the region, when it last updated it,
     /// and the version's content key (each version is noted once).
-    other_versions: Vec<(usize, Option<String>, ContentKey)>,
+    other_versions: Vec<OtherVersion>,
     /// Its index when made (slots are sorted later).
     key: usize,
 }
@@ -462,86 +471,111 @@ pub fn merge_view(
         .iter()
         .map(|(ri, p)| (*ri, format!("Patient/{}", id_of(p))))
         .collect();
-    for (ri, items) in screened {
+    // Each item's keys are its own business: worked out for all items at once, on every core
+    // when there are many, then matched one after another in region order.
+    let mut items: Vec<(usize, Value)> = Vec::new();
+    for (ri, region_items) in screened {
         if withheld_regions.contains(&ri) {
-            discarded += items.len();
-            continue;
+            discarded += region_items.len();
+        } else {
+            items.extend(region_items.into_iter().map(|item| (ri, item)));
         }
-        for mut item in items {
-            let Some(rtype) = resource_type(&item).and_then(ResourceType::parse) else {
-                continue;
-            };
-            point_at_patient(&mut item, rtype, &patient_url, nhs);
-            let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
-            // The same item: the same business identifier, or else the same content.
-            let item_key = content_key(&item);
-            let keys: Vec<ContentKey> = business_keys(rtype, &item)
-                .into_iter()
-                .chain(std::iter::once(item_key))
-                .collect();
-            // Without a shared identifier, another region's item of the same type, code,
-            // subject and clinical date is the same item (perhaps another version of it).
-            // Two such items of one region stay apart: the region knows them as two.
-            let clinical = clinical_key(rtype, &item);
-            let found = keys
-                .iter()
-                .find_map(|k| by_content.get(k).copied())
-                .or_else(|| {
-                    clinical
-                        .and_then(|k| by_clinical.get(&k).copied())
-                        .filter(|&slot| !slots[slot].regions.contains(&ri))
-                });
-            match found {
-                Some(slot) => {
-                    deduplicated += 1;
-                    local_refs.insert((ri, local_ref), slots[slot].key);
-                    let s = &mut slots[slot];
-                    s.regions.insert(ri);
-                    let shown_key = s.content;
-                    if shown_key != item_key {
-                        // Two versions of one item: keep the more recently updated and say
-                        // which region holds the other (each version once).
-                        let (other, other_key) = if last_updated(&item) > last_updated(&s.resource)
-                        {
-                            let old = std::mem::replace(&mut s.resource, item);
-                            let other = (s.origin, last_updated_text(&old));
-                            s.origin = ri;
-                            s.content = item_key;
-                            (other, shown_key)
-                        } else {
-                            ((ri, last_updated_text(&item)), item_key)
+    }
+    let keyed = crate::parallel::map(items, |(ri, item)| (ri, keyed(item, &patient_url, nhs)));
+    for (ri, keyed) in keyed {
+        let Some(Keyed {
+            item,
+            rtype,
+            local_ref,
+            item_key,
+            keys,
+            clinical,
+        }) = keyed
+        else {
+            continue;
+        };
+        let found = keys
+            .iter()
+            .find_map(|k| by_content.get(k).copied())
+            .or_else(|| {
+                clinical
+                    .and_then(|k| by_clinical.get(&k).copied())
+                    .filter(|&slot| !slots[slot].regions.contains(&ri))
+            });
+        match found {
+            Some(slot) => {
+                deduplicated += 1;
+                local_refs.insert((ri, local_ref), slots[slot].key);
+                let s = &mut slots[slot];
+                s.regions.insert(ri);
+                let shown_key = s.content;
+                let newer = last_updated(&item) > last_updated(&s.resource);
+                if shown_key == item_key {
+                    // The same content: the copy updated most recently is shown (the
+                    // first on a tie), so later versions are compared with its time.
+                    if newer {
+                        s.resource = item;
+                        s.origin = ri;
+                    }
+                } else {
+                    // Two versions of one item: keep the more recently updated and say
+                    // which region holds the other (each version once, at its most recent
+                    // update), whatever order they came in.
+                    let other = if newer {
+                        let old = std::mem::replace(&mut s.resource, item);
+                        let other = OtherVersion {
+                            region: s.origin,
+                            updated: last_updated_text(&old),
+                            at: last_updated(&old),
+                            content: shown_key,
                         };
-                        let current = s.content;
-                        s.other_versions.retain(|(_, _, k)| *k != current);
-                        if !s.other_versions.iter().any(|(_, _, k)| *k == other_key) {
-                            s.other_versions.push((other.0, other.1, other_key));
+                        s.origin = ri;
+                        s.content = item_key;
+                        other
+                    } else {
+                        OtherVersion {
+                            region: ri,
+                            updated: last_updated_text(&item),
+                            at: last_updated(&item),
+                            content: item_key,
                         }
-                    }
-                    for k in keys {
-                        by_content.entry(k).or_insert(slot);
-                    }
-                    if let Some(k) = clinical {
-                        by_clinical.entry(k).or_insert(slot);
+                    };
+                    let current = s.content;
+                    s.other_versions.retain(|v| v.content != current);
+                    match s
+                        .other_versions
+                        .iter_mut()
+                        .find(|v| v.content == other.content)
+                    {
+                        Some(noted) if other.at > noted.at => *noted = other,
+                        Some(_) => {}
+                        None => s.other_versions.push(other),
                     }
                 }
-                None => {
-                    for k in keys {
-                        by_content.insert(k, slots.len());
-                    }
-                    if let Some(k) = clinical {
-                        by_clinical.entry(k).or_insert(slots.len());
-                    }
-                    local_refs.insert((ri, local_ref), slots.len());
-                    slots.push(Slot {
-                        rtype,
-                        resource: item,
-                        content: item_key,
-                        regions: BTreeSet::from([ri]),
-                        origin: ri,
-                        other_versions: Vec::new(),
-                        key: slots.len(),
-                    });
+                for k in keys {
+                    by_content.entry(k).or_insert(slot);
                 }
+                if let Some(k) = clinical {
+                    by_clinical.entry(k).or_insert(slot);
+                }
+            }
+            None => {
+                for k in keys {
+                    by_content.insert(k, slots.len());
+                }
+                if let Some(k) = clinical {
+                    by_clinical.entry(k).or_insert(slots.len());
+                }
+                local_refs.insert((ri, local_ref), slots.len());
+                slots.push(Slot {
+                    rtype,
+                    resource: item,
+                    content: item_key,
+                    regions: BTreeSet::from([ri]),
+                    origin: ri,
+                    other_versions: Vec::new(),
+                    key: slots.len(),
+                });
             }
         }
     }
@@ -579,9 +613,18 @@ pub fn merge_view(
     };
     let url_by_key: std::collections::HashMap<usize, String> =
         slots.iter().map(|s| (s.key, url_of(s))).collect();
-    for slot in slots {
+    for slot in &slots {
+        for &ri in &slot.regions {
+            contributed
+                .entry(ri)
+                .or_default()
+                .push(url_by_key[&slot.key].clone());
+        }
+    }
+    // Each entry is finished apart from the others (on every core when there are many).
+    let finished = crate::parallel::map(slots, |slot| {
         let origin = &results[slot.origin].region;
-        let full_url = url_by_key[&slot.key].clone();
+        let full_url = &url_by_key[&slot.key];
         let mut resource = slot.resource;
         // References resolve inside the Bundle where the target is in it; otherwise they are
         // qualified by the region that holds the target.
@@ -601,14 +644,16 @@ pub fn merge_view(
             &origin.base_url,
             slot.regions.iter().map(|&i| &results[i].region),
         );
-        for (ri, updated, _) in &slot.other_versions {
-            note_other_version(&mut resource, &results[*ri].region, updated.as_deref());
+        for v in &slot.other_versions {
+            note_other_version(
+                &mut resource,
+                &results[v.region].region,
+                v.updated.as_deref(),
+            );
         }
-        for &ri in &slot.regions {
-            contributed.entry(ri).or_default().push(full_url.clone());
-        }
-        matches.push(fhir::entry(&full_url, resource, SearchMode::Match));
-    }
+        fhir::entry(full_url, resource, SearchMode::Match)
+    });
+    matches.extend(finished);
     let total = matches.len();
     if let Some(count) = query.count {
         matches.truncate(count as usize);
@@ -656,6 +701,43 @@ pub fn merge_view(
         issues,
         contributions,
     }
+}
+
+/// An item with what the merge matches it by (see [`keyed`]).
+struct Keyed {
+    item: Value,
+    rtype: ResourceType,
+    /// `Type/id` in its region.
+    local_ref: String,
+    /// Its content's identity.
+    item_key: ContentKey,
+    /// Its business identifiers' identities, then its content's: the same item has one of them.
+    keys: Vec<ContentKey>,
+    /// Without a shared identifier, another region's item of the same type, code, subject and
+    /// clinical date is the same item (perhaps another version of it). Two such items of one
+    /// region stay apart: the region knows them as two.
+    clinical: Option<ContentKey>,
+}
+
+/// An item pointed at the merged Patient and keyed; `None` if it has no known type.
+fn keyed(mut item: Value, patient_url: &str, nhs: &str) -> Option<Keyed> {
+    let rtype = resource_type(&item).and_then(ResourceType::parse)?;
+    point_at_patient(&mut item, rtype, patient_url, nhs);
+    let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
+    let item_key = content_key(&item);
+    let keys: Vec<ContentKey> = business_keys(rtype, &item)
+        .into_iter()
+        .chain(std::iter::once(item_key))
+        .collect();
+    let clinical = clinical_key(rtype, &item);
+    Some(Keyed {
+        item,
+        rtype,
+        local_ref,
+        item_key,
+        keys,
+        clinical,
+    })
 }
 
 fn id_of(resource: &Value) -> &str {

@@ -657,3 +657,112 @@ fn references_resolve_inside_the_bundle_or_are_qualified_by_region() {
         ])
     );
 }
+
+#[test]
+fn a_merge_spread_over_the_cores_is_the_merge_done_in_place() {
+    // Three regions, 360 items each: a third told by every region (folded), a third by two
+    // regions in two versions, the rest their own; enough to be split.
+    let answers = || {
+        ["hants", "dorset", "wilts"]
+            .iter()
+            .enumerate()
+            .map(|(r, code)| {
+                let local = format!("p-{code}");
+                let items: Vec<Value> = (0..360)
+                    .map(|i| {
+                        let mut a = allergy(
+                            &format!("{code}-{i}"),
+                            &local,
+                            &format!("2020-01-{:02}", 1 + i % 28),
+                        );
+                        let concept = match i % 3 {
+                            0 => format!("shared-{i}"),
+                            1 if r < 2 => format!("versions-{i}"),
+                            _ => format!("{code}-{i}"),
+                        };
+                        a["code"] = json!({"coding": [{"system": "http://snomed.info/sct", "code": concept}]});
+                        if i % 3 == 1 && r < 2 {
+                            a["meta"] =
+                                json!({"lastUpdated": format!("2024-0{}-01T00:00:00Z", r + 1)});
+                            a["note"] = json!([{"text": format!("version of {code}")}]);
+                        }
+                        a
+                    })
+                    .collect();
+                answered(
+                    code,
+                    vec![patient(&local, "2024-01-01T00:00:00Z", "Smith")],
+                    items,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        crate::parallel::worth_splitting(1080)
+            || std::thread::available_parallelism().map_or(1, |n| n.get()) == 1
+    );
+    let in_place = crate::parallel::serially(|| merge(&allergy_query(), answers(), ctx()));
+    let spread = merge(&allergy_query(), answers(), ctx());
+    assert_eq!(spread.bundle, in_place.bundle);
+    assert_eq!(
+        (spread.total, spread.deduplicated),
+        (in_place.total, in_place.deduplicated)
+    );
+    // 120 items told by all three (two folded each), 120 by two in two versions (one folded).
+    assert_eq!(spread.deduplicated, 120 * 2 + 120);
+    assert_eq!(spread.total, 1080 - spread.deduplicated);
+}
+
+#[test]
+fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
+    // One item under one identifier: two copies of one content (January and March) and another
+    // version (February). March is shown, February named as the other version, in any order
+    // and however often the copies arrive.
+    let copy = |id: &str, updated: &str, text: &str| {
+        let mut a = allergy(id, "p", "2020-01-01");
+        a["meta"] = json!({"lastUpdated": updated});
+        a["code"] = json!({"text": text});
+        a["identifier"] = json!([{"system": "urn:gp:item", "value": "A-1"}]);
+        a
+    };
+    let jan = copy("jan", "2022-01-01T00:00:00Z", "Penicillin");
+    let mar = copy("mar", "2022-03-01T00:00:00Z", "Penicillin");
+    let feb = copy("feb", "2022-02-01T00:00:00Z", "Penicillin V");
+    let shown = |items: Vec<Value>| {
+        let b = merge(
+            &allergy_query(),
+            vec![answered(
+                "hants",
+                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+                items,
+            )],
+            ctx(),
+        )
+        .bundle;
+        let m = matches(&b);
+        assert_eq!(m.len(), 1, "one item");
+        let r = &m[0]["resource"];
+        (r["id"].clone(), r["meta"]["extension"].clone())
+    };
+    let expected = shown(vec![jan.clone(), mar.clone(), feb.clone()]);
+    assert_eq!(expected.0, "mar");
+    assert!(
+        expected.1.to_string().contains("2022-02-01"),
+        "{}",
+        expected.1
+    );
+    for order in [
+        vec![feb.clone(), jan.clone(), mar.clone()],
+        vec![mar.clone(), feb.clone(), jan.clone()],
+        vec![
+            jan.clone(),
+            mar.clone(),
+            feb.clone(),
+            jan.clone(),
+            mar.clone(),
+            feb.clone(),
+        ],
+    ] {
+        assert_eq!(shown(order), expected);
+    }
+}
