@@ -270,7 +270,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoint (
 /// and a reader connection of its own so that reading the trail never waits for an fsync.
 pub struct SqliteAudit {
     writer: mpsc::Sender<Pending>,
-    reader: Arc<Mutex<Connection>>,
+    reader: super::SqliteConn,
 }
 
 fn sqlite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -413,20 +413,17 @@ impl SqliteAudit {
             .name("audit-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .expect("spawn the audit writer thread");
-        SqliteAudit { writer: tx, reader }
+        SqliteAudit {
+            writer: tx,
+            reader: super::SqliteConn::new(reader),
+        }
     }
 
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = conn.lock().map_err(|e| StoreError::Worker(e.to_string()))?;
-            f(&guard)
-        })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+        self.reader.with(f).await
     }
 }
 

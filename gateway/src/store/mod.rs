@@ -54,10 +54,50 @@ pub trait ConsentStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<StoredConsent>, StoreError>>;
 }
 
-/// SQLite, in WAL mode. rusqlite is synchronous, so each call runs on the blocking pool.
+/// A SQLite connection used from async code. rusqlite is synchronous, so a call runs on the
+/// blocking pool; one call at a time holds the connection, and the others wait for their turn
+/// without a thread. (Waiting on the connection's lock inside the pool parked one pool thread
+/// per concurrent caller: under load the pool, and the memory of its threads, grew with it.)
+#[derive(Clone)]
+pub(crate) struct SqliteConn {
+    conn: Arc<Mutex<Connection>>,
+    turn: Arc<tokio::sync::Semaphore>,
+}
+
+impl SqliteConn {
+    pub(crate) fn new(conn: Arc<Mutex<Connection>>) -> Self {
+        SqliteConn {
+            conn,
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    pub(crate) async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let turn = self
+            .turn
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the call is done, even if the caller stops waiting for it.
+            let _turn = turn;
+            let guard = conn.lock().map_err(|e| StoreError::Worker(e.to_string()))?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+/// SQLite, in WAL mode, through one [`SqliteConn`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: SqliteConn,
 }
 
 const SCHEMA: &str = "
@@ -83,7 +123,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(governance::SQLITE_SCHEMA)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: SqliteConn::new(Arc::new(Mutex::new(conn))),
         })
     }
 
@@ -92,7 +132,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(governance::SQLITE_SCHEMA)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: SqliteConn::new(Arc::new(Mutex::new(conn))),
         })
     }
 
@@ -100,13 +140,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = conn.lock().map_err(|e| StoreError::Worker(e.to_string()))?;
-            f(&guard)
-        })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+        self.conn.with(f).await
     }
 
     /// Every row of a query without parameters, mapped.
@@ -245,6 +279,36 @@ pub(crate) async fn shared_suite(store: &dyn ConsentStore) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_wait_for_the_connection_without_holding_a_thread_each() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let threads = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let calls = (0..32).map(|_| {
+            let (store, threads) = (store.clone(), threads.clone());
+            tokio::spawn(async move {
+                store
+                    .with(move |c| {
+                        threads
+                            .lock()
+                            .unwrap()
+                            .insert(format!("{:?}", std::thread::current().id()));
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+                    })
+                    .await
+            })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert_eq!(call.unwrap().unwrap(), 1);
+        }
+        // One call at a time, on the threads the pool already has: not one thread per caller.
+        let used = threads.lock().unwrap().len();
+        assert!(
+            used <= 4,
+            "{used} threads of the blocking pool for 32 callers"
+        );
+    }
 
     fn consent(id: &str, nhs: &str, version: i64, status: &str) -> StoredConsent {
         StoredConsent {
