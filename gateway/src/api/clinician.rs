@@ -253,8 +253,6 @@ struct Viewed {
     consent: ConsentView,
     /// Each region's answer identity when every one is pinned (see [`ViewKey`]).
     identities: Option<Vec<u64>>,
-    /// When the decisions were made (Unix seconds).
-    decided_at: i64,
     report: Filtered,
     regions: Vec<RegionOutcome>,
 }
@@ -312,18 +310,16 @@ fn note_view(
     });
 }
 
-/// Asks every region (through the answer cache), filters each answer under the view policy,
-/// and merges what this user may see. `consent` when already read for this request.
+/// Asks every region through `fan` (and the answer cache), filters each answer under the view
+/// policy of `gatekeeper` (already admitted), and merges what this user may see. `consent`
+/// when already read for this request.
 async fn make_view(
     gateway: &Gateway,
     ask: &Ask,
     parsed: Parsed,
-    policies: &policy::PolicySet,
+    (gatekeeper, fan): (Gatekeeper<'_>, FanOut<'_>),
     consent: Option<ConsentView>,
 ) -> Result<Viewed, ApiError> {
-    let gatekeeper = gatekeeper(gateway, ask, policies)?;
-    let tls = gateway.tls.load();
-    let fan = fan_out(gateway, ask, &tls);
     let (fanned, consent) = match consent {
         Some(c) => (fan.run(&parsed.query).await, Ok(c)),
         None => {
@@ -344,7 +340,6 @@ async fn make_view(
         Err(e) => return Err(e),
     };
     // The view decision point: what this region's user may see of every region's answer.
-    let decided_at = gatekeeper.time();
     let mut gatekeeper = gatekeeper.with_consent(consent.clone(), &gateway.region.code);
     let mut report = Filtered::default();
     let results: Vec<_> = results
@@ -413,7 +408,6 @@ async fn make_view(
         view,
         consent,
         identities: fanned.identities.into_iter().collect(),
-        decided_at,
         report,
         regions,
     })
@@ -436,7 +430,12 @@ async fn fan_out_and_merge(
     ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
-    let viewed = make_view(gateway, ask, parsed, &policies, None).await?;
+    let tls = gateway.tls.load();
+    let asking = (
+        gatekeeper(gateway, ask, &policies)?,
+        fan_out(gateway, ask, &tls),
+    );
+    let viewed = make_view(gateway, ask, parsed, asking, None).await?;
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     Ok(viewed.view.into_merged(&envelope(ask, &now)))
 }
@@ -488,11 +487,13 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
     ask.note(|e| e.patient = Some(nhs.clone()));
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
-    let views = gateway
-        .cache
-        .as_ref()
-        .filter(|_| ask.user.break_glass.is_none());
-    let key = |consent: &ConsentView, answers: Vec<u64>, at: i64| {
+    // One gatekeeper and one fan-out for the request, whether or not a kept view answers it.
+    let gatekeeper = gatekeeper(gateway, ask, &policies)?;
+    let decided_at = gatekeeper.time();
+    let tls = gateway.tls.load();
+    let fan = fan_out(gateway, ask, &tls);
+    // None under break-glass: such a request neither reads nor writes a view.
+    let key = |consent: &ConsentView, answers: Vec<u64>| {
         ViewKey::new(
             &ask.user,
             &nhs,
@@ -501,14 +502,12 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
             &policies,
             consent,
             answers,
-            at,
+            decided_at,
         )
     };
+    let views = gateway.cache.as_ref();
     let mut consent = None;
     if let Some(cache) = views {
-        let gatekeeper = gatekeeper(gateway, ask, &policies)?;
-        let tls = gateway.tls.load();
-        let fan = fan_out(gateway, ask, &tls);
         let (answers, read) = futures::join!(
             fan.fresh_identities(&parsed.query),
             read_consent(gateway, &parsed.query.nhs_number)
@@ -518,17 +517,14 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
                 .iter()
                 .filter(|&&a| a != crate::peers::IMMUTABLE_LOCAL)
                 .count();
-            if let Some(kept) = cache
-                .views
-                .get(&key(c, answers, gatekeeper.time()), &policies)
-            {
+            if let Some(kept) = key(c, answers).and_then(|k| cache.views.get(&k, &policies)) {
                 cache.count_view_served(cached);
                 return answer_kept(gateway, ask, &kept).await;
             }
         }
         consent = read.ok();
     }
-    let viewed = make_view(gateway, ask, parsed, &policies, consent).await?;
+    let viewed = make_view(gateway, ask, parsed, (gatekeeper, fan), consent).await?;
     if let Some(e) = view_unanswered(&viewed.view) {
         return Err(e);
     }
@@ -536,7 +532,6 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
         mut view,
         consent,
         identities,
-        decided_at,
         report,
         regions,
     } = viewed;
@@ -558,10 +553,10 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
         (body, entries)
     })
     .await?;
-    if let (Some(cache), Some(answers)) = (views, identities) {
+    if let (Some(cache), Some(key)) = (views, identities.and_then(|a| key(&consent, a))) {
         view.matches = Vec::new();
         cache.views.insert(
-            key(&consent, answers, decided_at),
+            key,
             KeptView {
                 policy: policies.clone(),
                 entries,

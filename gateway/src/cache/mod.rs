@@ -219,9 +219,8 @@ impl ResponseCache {
         }
     }
 
-    /// The answer for `key`: fresh from the cache, or fetched (one fetch for concurrent
-    /// identical misses), or, when the fetch fails, a stale answer still within the
-    /// stale-if-error window. Errors are never cached.
+    /// [`ResponseCache::serve`] without the generation: the tests' shorthand.
+    #[cfg(test)]
     pub async fn get_or_fetch<F, Fut>(
         &self,
         key: CacheKey,
@@ -253,7 +252,9 @@ impl ResponseCache {
             .fetch_add(regions as u64, Ordering::Relaxed);
     }
 
-    /// [`ResponseCache::get_or_fetch`], with the stored answer's generation.
+    /// The answer for `key`: fresh from the cache, or fetched (one fetch for concurrent
+    /// identical misses), or, when the fetch fails, a stale answer still within the
+    /// stale-if-error window. Errors are never cached. With the stored answer's generation.
     pub async fn serve<F, Fut>(&self, key: CacheKey, fetch: F) -> Result<Served, RegionFailure>
     where
         F: FnOnce() -> Fut,

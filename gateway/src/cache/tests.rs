@@ -360,6 +360,7 @@ mod views {
             answers,
             1_700_000_000,
         )
+        .expect("no break-glass: a key")
     }
 
     fn kept(p: &Arc<policy::PolicySet>) -> KeptView {
@@ -442,6 +443,24 @@ mod views {
                 .get(&view_key(&p, "R8000", vec![0, 7]), &p)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_break_glass_access_has_no_view_key() {
+        let p = policies();
+        let mut emergency = user("R8000");
+        emergency.break_glass = Some("unconscious, history unavailable".into());
+        let key = ViewKey::new(
+            &emergency,
+            "9000000009",
+            "https://gw/fhir/Condition?patient.identifier=x",
+            false,
+            &p,
+            &crate::consent::ConsentView::default(),
+            vec![0, 7],
+            1_700_000_000,
+        );
+        assert!(key.is_none());
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct ViewKey {
 }
 
 impl ViewKey {
-    /// The key of a view for `user` (no break-glass: the caller checks), under `policies`.
+    /// The key of a view for `user` under `policies`; none under break-glass, whose views are
+    /// never kept (each such access is its own, recorded and reviewed).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         user: &UserContext,
@@ -53,8 +54,11 @@ impl ViewKey {
         consent: &ConsentView,
         answers: Vec<u64>,
         now: i64,
-    ) -> Self {
-        ViewKey {
+    ) -> Option<Self> {
+        if user.break_glass.is_some() {
+            return None;
+        }
+        Some(ViewKey {
             user_id: user.user_id.clone(),
             role: user.role.clone(),
             organisation: user.organisation.clone(),
@@ -66,7 +70,7 @@ impl ViewKey {
             consent: consent.clone(),
             answers,
             second: policies.reads_time().then_some(now),
-        }
+        })
     }
 }
 

@@ -208,29 +208,17 @@ pub struct SerializedEntries {
 
 impl SerializedEntries {
     pub fn new(entries: &[Value]) -> Self {
-        let mut json = Vec::with_capacity(entries.len() * 512);
-        if crate::parallel::worth_splitting(entries.len()) {
-            // Many entries: written on every core, then joined.
-            let parts = crate::parallel::map(entries.iter().collect(), |e: &Value| {
-                serde_json::to_vec(e).unwrap_or_default()
-            });
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    json.push(b',');
-                }
-                json.extend_from_slice(part);
-            }
-            return SerializedEntries {
-                json,
-                count: entries.len(),
-            };
-        }
-        for (i, e) in entries.iter().enumerate() {
+        // Each entry apart (on every core when there are many), then joined.
+        let parts = crate::parallel::map(entries.iter().collect(), |e: &Value| {
+            // Writing a Value to a Vec cannot fail.
+            serde_json::to_vec(e).unwrap_or_default()
+        });
+        let mut json = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+        for (i, part) in parts.iter().enumerate() {
             if i > 0 {
                 json.push(b',');
             }
-            // Writing a Value to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut json, e);
+            json.extend_from_slice(part);
         }
         SerializedEntries {
             json,

@@ -262,24 +262,17 @@ fn failure_from_record(e: RecordError) -> RegionFailure {
     }
 }
 
-/// An answer from the cache, marked with its age when it was served stale.
-fn with_age(
-    (mut answer, source): (crate::record::RecordAnswer, Source),
-) -> crate::record::RecordAnswer {
-    if let Source::Stale(age) = source {
-        answer.stale_seconds = Some(age);
-    }
-    answer
-}
-
 /// The identity of the local record's answers when the record is immutable (see
 /// [`crate::cache::next_generation`], which never gives it).
 pub const IMMUTABLE_LOCAL: u64 = 0;
 
-/// Served answers: the answer marked with its age when stale, and its identity.
+/// A served answer, marked with its age when it was served stale, and its identity.
 fn served(s: crate::cache::Served) -> (crate::record::RecordAnswer, Option<u64>) {
-    let generation = s.generation;
-    (with_age((s.answer, s.source)), generation)
+    let mut answer = s.answer;
+    if let Source::Stale(age) = s.source {
+        answer.stale_seconds = Some(age);
+    }
+    (answer, s.generation)
 }
 
 /// Asks the local record within `budget`, through the cache when one is given (the local
