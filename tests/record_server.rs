@@ -7,7 +7,22 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use gateway::record::RecordSource;
 use gateway::record::directory::DirectoryRecord;
-use gateway::record::fhir_server::FhirServerRecord;
+use gateway::record::fhir_server::{FhirServerRecord, ServerSettings};
+use gateway::record::pages::Bounds;
+
+const BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn settings(base: &str) -> ServerSettings {
+    ServerSettings {
+        base: base.to_owned(),
+        timeout: BUDGET,
+        page_size: 2,
+        bounds: Bounds {
+            max_items: 50_000,
+            max_bytes: 1 << 20,
+        },
+    }
+}
 use serde_json::{Value, json};
 
 struct Store {
@@ -81,7 +96,7 @@ async fn a_fhir_server_record_answers_like_the_directory_record() {
         .with_state(store);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let remote = FhirServerRecord::new(&base, std::time::Duration::from_secs(5), 1 << 20).unwrap();
+    let remote = FhirServerRecord::new(settings(&base)).unwrap();
     let local = DirectoryRecord::from_resources(resources).unwrap();
     let ids = |a: &gateway::record::RecordAnswer| -> (BTreeSet<String>, BTreeSet<String>) {
         (
@@ -100,8 +115,8 @@ async fn a_fhir_server_record_answers_like_the_directory_record() {
         let everything = gateway::query::parse_everything(p.nhs.as_str(), &[], false)
             .unwrap()
             .query;
-        let r = remote.search(&everything).await.unwrap();
-        let l = local.search(&everything).await.unwrap();
+        let r = remote.search(&everything, BUDGET).await.unwrap();
+        let l = local.search(&everything, BUDGET).await.unwrap();
         assert_eq!(ids(&r), ids(&l));
         assert!(!l.items.is_empty());
         let conditions = gateway::query::parse_search(
@@ -115,8 +130,8 @@ async fn a_fhir_server_record_answers_like_the_directory_record() {
         .unwrap()
         .query;
         assert_eq!(
-            ids(&remote.search(&conditions).await.unwrap()),
-            ids(&local.search(&conditions).await.unwrap())
+            ids(&remote.search(&conditions, BUDGET).await.unwrap()),
+            ids(&local.search(&conditions, BUDGET).await.unwrap())
         );
         compared += 1;
     }

@@ -59,8 +59,7 @@ fn filtering(c: &mut Criterion) {
                 || RecordAnswer {
                     patients: vec![],
                     items: items.clone(),
-                    withheld: 0,
-                    stale_seconds: None,
+                    ..RecordAnswer::default()
                 },
                 |answer| {
                     let mut gk = Gatekeeper::new(&set, &u, "dorset", DecisionPoint::View, "dorset");

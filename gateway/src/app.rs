@@ -13,7 +13,7 @@ use crate::merge::RegionInfo;
 use crate::peers::{Peer, PeerError};
 use crate::record::RecordSource;
 use crate::record::directory::{DirectoryRecord, LoadError};
-use crate::record::fhir_server::FhirServerRecord;
+use crate::record::fhir_server::{FhirServerRecord, ServerSettings};
 use crate::store::StoreError;
 use crate::store::audit::{AuditStore, StoredCheckpoint};
 use crate::tls::identity::{CertIdentity, parse_certificate};
@@ -241,11 +241,12 @@ impl Gateway {
                     );
                     Arc::new(record)
                 }
-                (None, Some(base)) => Arc::new(FhirServerRecord::new(
-                    base,
-                    Duration::from_millis(config.record.timeout_ms),
-                    config.limits.max_response_bytes,
-                )?),
+                (None, Some(base)) => Arc::new(FhirServerRecord::new(ServerSettings {
+                    base: base.clone(),
+                    timeout: Duration::from_millis(config.record.timeout_ms),
+                    page_size: config.record.page_size,
+                    bounds: config.record.bounds(),
+                })?),
                 (None, None) => unreachable!("validate() requires one record source"),
             };
         let peers = config

@@ -151,22 +151,29 @@ pub fn bundle_to_answer(mut bundle: Value) -> Result<RecordAnswer, FetchError> {
         _ => Vec::new(),
     };
     for mut entry in entries {
-        if entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome") {
-            // A region says it withheld items (never which): count it for the clinician's warning.
+        let mode = entry.pointer("/search/mode").and_then(Value::as_str);
+        if mode == Some("outcome") {
+            // A region says it withheld items (never which), or that its answer stopped short:
+            // both reach the clinician's warnings.
             let issues = entry.pointer("/resource/issue").and_then(Value::as_array);
-            answer.withheld += issues
-                .into_iter()
-                .flatten()
-                .filter(|i| i.get("code").and_then(Value::as_str) == Some("suppressed"))
-                .count();
+            for issue in issues.into_iter().flatten() {
+                if issue.get("code").and_then(Value::as_str) == Some("suppressed") {
+                    answer.withheld += 1;
+                } else if let Some(cut) = crate::record::pages::Cut::from_issue(issue) {
+                    crate::record::pages::add_cut(&mut answer.cuts, cut);
+                }
+            }
             continue;
         }
+        let include = mode == Some("include");
         let Some(resource) = entry.get_mut("resource").map(Value::take) else {
             continue;
         };
         match resource_type(&resource) {
             Some("Patient") => answer.patients.push(resource),
             Some("OperationOutcome") | None => {}
+            // What the items reference, sent alongside them.
+            Some(_) if include => answer.included.push(resource),
             Some(_) => answer.items.push(resource),
         }
     }

@@ -272,10 +272,38 @@ pub struct ConfigRecord {
     /// Timeout for the region's own FHIR server, in milliseconds.
     #[serde(default = "default_record_timeout")]
     pub timeout_ms: u64,
+    /// The page size (`_count`) asked of the FHIR server; it may give fewer a page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// The most items one request takes from this region's record (the FHIR server's, and
+    /// what this region releases to a peer). Beyond it the answer is cut, and says so.
+    #[serde(default = "default_record_items")]
+    pub max_items: usize,
+    /// The most bytes one request reads from this region's FHIR server, all pages together.
+    #[serde(default = "default_record_bytes")]
+    pub max_bytes: usize,
 }
 
 fn default_record_timeout() -> u64 {
     5000
+}
+fn default_page_size() -> u32 {
+    500
+}
+fn default_record_items() -> usize {
+    50_000
+}
+fn default_record_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+impl ConfigRecord {
+    pub fn bounds(&self) -> crate::record::pages::Bounds {
+        crate::record::pages::Bounds {
+            max_items: self.max_items,
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,8 +429,9 @@ fn default_per_peer() -> u32 {
     1000
 }
 
+/// Room for a peer's answer at its record's default bounds (64 MiB) and the envelope.
 fn default_max_response() -> usize {
-    32 * 1024 * 1024
+    80 * 1024 * 1024
 }
 
 impl Default for ConfigLimits {
@@ -614,6 +643,20 @@ impl Config {
                 "limits",
                 "max_concurrent_requests, per_user_per_minute and per_peer_per_second must be at least 1",
             ));
+        }
+        if self.record.page_size == 0 || self.record.page_size > 10_000 {
+            return Err(invalid("record.page_size", "must be between 1 and 10000"));
+        }
+        if self.record.max_items == 0 || self.record.max_bytes < 1024 {
+            return Err(invalid(
+                "record",
+                "max_items must be at least 1 and max_bytes at least 1024",
+            ));
+        }
+        if let Some(base) = &self.record.fhir_base
+            && let Err(e) = crate::record::pages::ServerBase::parse(base)
+        {
+            return Err(invalid("record.fhir_base", e));
         }
         if self.limits.max_response_bytes < 1024 {
             return Err(invalid(

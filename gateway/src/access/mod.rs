@@ -310,11 +310,14 @@ impl<'a> Gatekeeper<'a> {
         };
         let patients = keep(answer.patients, report);
         let items = keep(answer.items, report);
+        let included = keep(answer.included, report);
         RecordAnswer {
             patients,
             items,
             withheld: answer.withheld + report.withheld - before,
             stale_seconds: answer.stale_seconds,
+            cuts: answer.cuts,
+            included,
         }
     }
 }

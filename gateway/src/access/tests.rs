@@ -85,8 +85,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
                 json!([{"system": ACT_CODE_SYSTEM, "code": "HIV"}]),
             ),
         ],
-        withheld: 0,
-        stale_seconds: None,
+        ..RecordAnswer::default()
     };
     let mut report = Filtered::default();
     let mut clinician = Gatekeeper::new(

@@ -637,6 +637,25 @@ async fn respond_bundle(
     }
     tracing::info!(request_id = %ask.request_id, total = merged.total, regions_answered = merged.regions_answered, regions_failed = merged.regions_failed,
         deduplicated = merged.deduplicated, discarded = merged.discarded, "merged");
+    if count == 0 {
+        // `_count=0` or `_summary=count`: the total alone, with the outcome that qualifies it
+        // (a failed or cut region makes the count a count of what could be seen).
+        let mut bundle = merged.bundle;
+        if let Some(entries) = bundle
+            .get_mut("entry")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            entries.retain(|e| e["search"]["mode"] == "outcome");
+            if entries.is_empty() {
+                bundle.as_object_mut().map(|b| b.remove("entry"));
+            }
+        }
+        ask.note(|e| {
+            e.released = 0;
+            e.detail["count_only"] = serde_json::json!(true);
+        });
+        return Ok(fhir_response(StatusCode::OK, &bundle));
+    }
     let page =
         super::paging::first_page(gateway, &ask.user, &nhs, merged.bundle, count as usize).await;
     let shown = page["entry"].as_array().map_or(0, |e| {

@@ -329,6 +329,8 @@ async fn answer(
     let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
     let mut report = Filtered::default();
     let answered = local.items.len();
+    // An answer cut by time or a failed page is not to be kept by the caller.
+    let cut_for_now = local.cut_for_now();
     let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
     gateway
         .metrics
@@ -365,16 +367,20 @@ async fn answer(
             .into_iter()
             .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
     );
+    // Where this region's answer stopped short, said so the caller can tell its clinician.
+    let mut issues: Vec<Issue> = local.cuts.iter().map(|c| c.to_issue(None)).collect();
     if report.withheld > 0 {
         // Says that something was withheld, never what.
-        let issue = Issue::new(
+        issues.push(Issue::new(
             Severity::Warning,
             "suppressed",
             "some items were withheld under this region's consent and release policy",
-        );
+        ));
+    }
+    if !issues.is_empty() {
         entries.push(fhir::entry(
             &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            operation_outcome(&[issue]),
+            operation_outcome(&issues),
             SearchMode::Outcome,
         ));
     }
@@ -383,7 +389,7 @@ async fn answer(
     let bundle = fhir::searchset(&id, &now, base, total, entries);
     let mut response = fhir_response(StatusCode::OK, &bundle);
     let cache_control = crate::cache::federation_cache_control(
-        context.user.break_glass.is_some(),
+        context.user.break_glass.is_some() || cut_for_now,
         gateway.config.cache.federation_max_age_s,
     );
     if let Ok(v) = http::HeaderValue::from_str(&cache_control) {

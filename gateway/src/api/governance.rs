@@ -598,16 +598,19 @@ async fn simulate_record(
     draft: Option<&PolicySet>,
 ) -> Result<Value, ApiError> {
     let query = crate::query::parse_everything(nhs.as_str(), &[], false)?.query;
-    let answer = tokio::time::timeout(gateway.local_timeout(), gateway.local.search(&query))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the regional record did not answer",
-            )
-        })?
-        .map_err(super::record_unreadable)?;
+    let answer = tokio::time::timeout(
+        gateway.local_timeout(),
+        gateway.local.search(&query, gateway.local_timeout()),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the regional record did not answer",
+        )
+    })?
+    .map_err(super::record_unreadable)?;
     let consent = super::read_consent(gateway, nhs).await?;
     let region = &gateway.region.code;
     let mut a = Gatekeeper::new(active, user, region, DecisionPoint::View, region)

@@ -4,6 +4,7 @@
 //! region, starts the three gateways, and prints `curl` commands ready to paste.
 
 pub mod data;
+pub mod realistic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,7 +66,13 @@ pub struct DemoLayout {
     pub seen_everywhere: NhsNumber,
     pub seen_in_two: NhsNumber,
     pub mismatched: NhsNumber,
+    /// The largest realistic patient: years of care, thousands of items in all regions.
+    pub realistic: Option<NhsNumber>,
 }
+
+/// How many realistic patients the demo adds, and about how many items each has in a region.
+pub const REALISTIC_PATIENTS: usize = 4;
+pub const REALISTIC_ITEMS_PER_REGION: usize = 350;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |source| DemoError::Io {
@@ -185,11 +192,21 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
     )?;
 
     let generated = data::generate(&opts.regions, opts.patients, DEMO_SEED);
+    let (realistic_records, realistic) = realistic::generate(
+        &opts.regions,
+        REALISTIC_PATIENTS,
+        REALISTIC_ITEMS_PER_REGION,
+        DEMO_SEED,
+    );
     for (region, resources) in &generated.records {
         let region_dir = dir.join("data").join(region);
         std::fs::create_dir_all(&region_dir).map_err(io_err(&region_dir))?;
         let path = region_dir.join("record.ndjson");
-        let text: String = resources.iter().map(|r| format!("{r}\n")).collect();
+        let text: String = resources
+            .iter()
+            .chain(realistic_records.get(region).into_iter().flatten())
+            .map(|r| format!("{r}\n"))
+            .collect();
         std::fs::write(&path, text).map_err(io_err(&path))?;
     }
 
@@ -232,6 +249,8 @@ pub fn prepare(opts: &DemoOptions) -> Result<DemoLayout, DemoError> {
         seen_everywhere: generated.seen_everywhere,
         seen_in_two: generated.seen_in_two,
         mismatched: generated.mismatched,
+        // The generator makes each patient larger than the one before.
+        realistic: realistic.last().map(|p| p.nhs.clone()),
     })
 }
 
@@ -262,6 +281,10 @@ pub fn curl_commands(layout: &DemoLayout) -> Vec<String> {
         )),
         curl(format!("{base}/Patient/{}", layout.mismatched)),
     ];
+    if let Some(big) = &layout.realistic {
+        // A patient of real size: years of care in every region, thousands of items.
+        out.push(curl(format!("{base}/Patient/{big}/$everything")));
+    }
     if let Some((_, _, other)) = layout.regions.get(1) {
         out.push(curl(format!(
             "https://localhost:{other}/fhir/DiagnosticReport?{}",

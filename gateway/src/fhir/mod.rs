@@ -15,6 +15,14 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The code system of the region tag put on every entry (`meta.tag`).
 pub const REGION_TAG_SYSTEM: &str = "urn:gateway:region";
 
+/// Whether `name` has the shape of a FHIR resource type name (`Observation`): an upper-case
+/// letter, then letters, at most 64 characters.
+pub fn is_resource_type_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphabetic())
+}
+
 /// JSON with every object's keys sorted and no whitespace: one text for one value, whatever
 /// order the keys arrived in. (serde_json keeps insertion order here, because a dependency
 /// enables its `preserve_order` feature, so `to_string` is not canonical.)

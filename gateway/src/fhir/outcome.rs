@@ -30,8 +30,10 @@ pub struct Issue {
     pub diagnostics: String,
     /// FHIRPath-ish locations, e.g. the query parameter at fault.
     pub expression: Vec<String>,
-    /// An extra coding that machines can act on (e.g. the region that failed).
-    pub details: Option<(String, String, String)>,
+    /// Codings that machines can act on (e.g. the region that failed, why an answer was cut).
+    pub details: Vec<(String, String, String)>,
+    /// Extensions on the issue (e.g. how many items a cut left out).
+    pub extension: Vec<Value>,
 }
 
 impl Issue {
@@ -41,7 +43,8 @@ impl Issue {
             code,
             diagnostics: diagnostics.into(),
             expression: Vec::new(),
-            details: None,
+            details: Vec::new(),
+            extension: Vec::new(),
         }
     }
 
@@ -51,7 +54,8 @@ impl Issue {
     }
 
     pub fn with_details(mut self, system: &str, code: &str, display: &str) -> Self {
-        self.details = Some((system.to_owned(), code.to_owned(), display.to_owned()));
+        self.details
+            .push((system.to_owned(), code.to_owned(), display.to_owned()));
         self
     }
 
@@ -61,11 +65,18 @@ impl Issue {
             "code": self.code,
             "diagnostics": self.diagnostics,
         });
-        if let Some((system, code, display)) = &self.details {
-            issue["details"] = json!({
-                "coding": [{"system": system, "code": code, "display": display}],
-                "text": display,
-            });
+        if let Some((_, _, text)) = self.details.first() {
+            let coding: Vec<Value> = self
+                .details
+                .iter()
+                .map(|(system, code, display)| {
+                    json!({"system": system, "code": code, "display": display})
+                })
+                .collect();
+            issue["details"] = json!({"coding": coding, "text": text});
+        }
+        if !self.extension.is_empty() {
+            issue["extension"] = Value::Array(self.extension.clone());
         }
         if !self.expression.is_empty() {
             issue["expression"] = json!(self.expression);

@@ -155,6 +155,8 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
             items,
             withheld,
             stale_seconds: answer.stale_seconds,
+            cuts: answer.cuts,
+            included: answer.included,
         },
         before - after,
     )
@@ -344,11 +346,12 @@ pub fn merge_view(
     let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
     let mut issues = ctx.issues;
     let mut slots: Vec<Slot> = Vec::new();
-    // Items by identity (content digest or business identifier), hashed.
-    let mut by_content: std::collections::HashMap<ContentKey, usize> =
+    // Items by identity (content digest or business identifier), hashed: every slot holding
+    // one, since items of one region never fold into each other.
+    let mut by_content: std::collections::HashMap<ContentKey, Vec<usize>> =
         std::collections::HashMap::new();
     // Items by type, code, subject and clinical date.
-    let mut by_clinical: std::collections::HashMap<ContentKey, usize> =
+    let mut by_clinical: std::collections::HashMap<ContentKey, Vec<usize>> =
         std::collections::HashMap::new();
     let mut patients: Vec<(usize, Value)> = Vec::new();
     let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
@@ -388,6 +391,8 @@ pub fn merge_view(
                     items: std::mem::take(&mut answer.items),
                     withheld: answer.withheld,
                     stale_seconds: answer.stale_seconds,
+                    cuts: std::mem::take(&mut answer.cuts),
+                    included: std::mem::take(&mut answer.included),
                 };
                 let (answer, dropped) = screen(taken, query);
                 if let Some(age) = answer.stale_seconds {
@@ -404,6 +409,9 @@ pub fn merge_view(
                         )
                         .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
                     );
+                }
+                for cut in &answer.cuts {
+                    issues.push(cut.to_issue(Some((&region.code, &region.name))));
                 }
                 if answer.withheld > 0 {
                     issues.push(
@@ -494,14 +502,21 @@ pub fn merge_view(
         else {
             continue;
         };
+        // Only another region's item is the same item: two records one region holds under
+        // different ids stay two, whatever their content (the region knows them as two).
+        let elsewhere = |index: &std::collections::HashMap<ContentKey, Vec<usize>>,
+                         k: &ContentKey| {
+            index.get(k).and_then(|found| {
+                found
+                    .iter()
+                    .copied()
+                    .find(|&slot| !slots[slot].regions.contains(&ri))
+            })
+        };
         let found = keys
             .iter()
-            .find_map(|k| by_content.get(k).copied())
-            .or_else(|| {
-                clinical
-                    .and_then(|k| by_clinical.get(&k).copied())
-                    .filter(|&slot| !slots[slot].regions.contains(&ri))
-            });
+            .find_map(|k| elsewhere(&by_content, k))
+            .or_else(|| clinical.and_then(|k| elsewhere(&by_clinical, &k)));
         match found {
             Some(slot) => {
                 deduplicated += 1;
@@ -553,18 +568,18 @@ pub fn merge_view(
                     }
                 }
                 for k in keys {
-                    by_content.entry(k).or_insert(slot);
+                    note_slot(&mut by_content, k, slot);
                 }
                 if let Some(k) = clinical {
-                    by_clinical.entry(k).or_insert(slot);
+                    note_slot(&mut by_clinical, k, slot);
                 }
             }
             None => {
                 for k in keys {
-                    by_content.insert(k, slots.len());
+                    note_slot(&mut by_content, k, slots.len());
                 }
                 if let Some(k) = clinical {
-                    by_clinical.entry(k).or_insert(slots.len());
+                    note_slot(&mut by_clinical, k, slots.len());
                 }
                 local_refs.insert((ri, local_ref), slots.len());
                 slots.push(Slot {
@@ -717,6 +732,18 @@ struct Keyed {
     /// clinical date is the same item (perhaps another version of it). Two such items of one
     /// region stay apart: the region knows them as two.
     clinical: Option<ContentKey>,
+}
+
+/// Notes that `slot` holds an item with key `k` (once).
+fn note_slot(
+    index: &mut std::collections::HashMap<ContentKey, Vec<usize>>,
+    k: ContentKey,
+    slot: usize,
+) {
+    let slots = index.entry(k).or_default();
+    if !slots.contains(&slot) {
+        slots.push(slot);
+    }
 }
 
 /// An item pointed at the merged Patient and keyed; `None` if it has no known type.

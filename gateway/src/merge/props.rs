@@ -90,8 +90,7 @@ fn build(code: &str, (birth, updated, items): &Answer) -> RegionResult {
         outcome: Ok(RecordAnswer {
             patients: vec![patient],
             items,
-            withheld: 0,
-            stale_seconds: None,
+            ..RecordAnswer::default()
         }),
         elapsed_ms: 1,
     }

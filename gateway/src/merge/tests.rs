@@ -29,8 +29,7 @@ fn answered(code: &str, patients: Vec<Value>, items: Vec<Value>) -> RegionResult
         outcome: Ok(RecordAnswer {
             patients,
             items,
-            withheld: 0,
-            stale_seconds: None,
+            ..RecordAnswer::default()
         }),
         elapsed_ms: 5,
     }
@@ -715,9 +714,9 @@ fn a_merge_spread_over_the_cores_is_the_merge_done_in_place() {
 
 #[test]
 fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
-    // One item under one identifier: two copies of one content (January and March) and another
-    // version (February). March is shown, February named as the other version, in any order
-    // and however often the copies arrive.
+    // One item under one identifier, held by three regions: two copies of one content
+    // (January and March) and another version (February). March is shown, February named as
+    // the other version, whichever region holds which copy and however often they answer.
     let copy = |id: &str, updated: &str, text: &str| {
         let mut a = allergy(id, "p", "2020-01-01");
         a["meta"] = json!({"lastUpdated": updated});
@@ -729,16 +728,19 @@ fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
     let mar = copy("mar", "2022-03-01T00:00:00Z", "Penicillin");
     let feb = copy("feb", "2022-02-01T00:00:00Z", "Penicillin V");
     let shown = |items: Vec<Value>| {
-        let b = merge(
-            &allergy_query(),
-            vec![answered(
-                "hants",
-                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
-                items,
-            )],
-            ctx(),
-        )
-        .bundle;
+        // The n-th copy is held by the n-th region (regions are merged in code order).
+        let results = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                answered(
+                    &format!("r{i}"),
+                    vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+                    vec![item],
+                )
+            })
+            .collect();
+        let b = merge(&allergy_query(), results, ctx()).bundle;
         let m = matches(&b);
         assert_eq!(m.len(), 1, "one item");
         let r = &m[0]["resource"];
@@ -746,11 +748,8 @@ fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
     };
     let expected = shown(vec![jan.clone(), mar.clone(), feb.clone()]);
     assert_eq!(expected.0, "mar");
-    assert!(
-        expected.1.to_string().contains("2022-02-01"),
-        "{}",
-        expected.1
-    );
+    let other = expected.1.to_string();
+    assert!(other.contains("2022-02-01"), "{other}");
     for order in [
         vec![feb.clone(), jan.clone(), mar.clone()],
         vec![mar.clone(), feb.clone(), jan.clone()],
@@ -763,6 +762,130 @@ fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
             feb.clone(),
         ],
     ] {
-        assert_eq!(shown(order), expected);
+        let (id, extension) = shown(order);
+        assert_eq!(id, expected.0);
+        assert!(extension.to_string().contains("2022-02-01"), "{extension}");
     }
+}
+
+#[test]
+fn records_one_region_holds_twice_stay_two_and_another_regions_copy_folds_into_one() {
+    // A repeated measurement stored twice by one region (two ids, the same content), and the
+    // same content held once by a second region.
+    let obs = |id: &str| {
+        let local = if id.starts_with('w') {
+            "Patient/q"
+        } else {
+            "Patient/p"
+        };
+        json!({"resourceType": "AllergyIntolerance", "id": id, "patient": {"reference": local},
+               "code": {"coding": [{"system": "http://snomed.info/sct", "code": "764146007"}]},
+               "recordedDate": "2020-01-01"})
+    };
+    let one_region = merge(
+        &allergy_query(),
+        vec![answered(
+            "dorset",
+            vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+            vec![obs("a1"), obs("a2")],
+        )],
+        ctx(),
+    );
+    assert_eq!(one_region.total, 2, "the region knows them as two");
+    assert_eq!(one_region.deduplicated, 0);
+    let two_regions = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+                vec![obs("a1"), obs("a2")],
+            ),
+            answered(
+                "wessex",
+                vec![patient("q", "2023-01-01T00:00:00Z", "Smith")],
+                vec![obs("w1")],
+            ),
+        ],
+        ctx(),
+    );
+    assert_eq!(
+        two_regions.total, 2,
+        "dorset's two records, one of them also wessex's"
+    );
+    assert_eq!(two_regions.deduplicated, 1);
+    let tags: Vec<Vec<String>> = matches(&two_regions.bundle)
+        .iter()
+        .map(|e| {
+            e["resource"]["meta"]["tag"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["code"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    assert!(
+        tags.contains(&vec!["dorset".to_owned(), "wessex".to_owned()]),
+        "{tags:?}"
+    );
+    assert!(tags.contains(&vec!["dorset".to_owned()]), "{tags:?}");
+    // The same, when the second region holds both copies too: each of its records folds into
+    // one of dorset's.
+    let both_twice = merge(
+        &allergy_query(),
+        vec![
+            answered(
+                "dorset",
+                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+                vec![obs("a1"), obs("a2")],
+            ),
+            answered(
+                "wessex",
+                vec![patient("q", "2023-01-01T00:00:00Z", "Smith")],
+                vec![obs("w1"), obs("w2")],
+            ),
+        ],
+        ctx(),
+    );
+    assert_eq!((both_twice.total, both_twice.deduplicated), (2, 2));
+}
+
+#[test]
+fn a_cut_region_is_named_with_its_types_and_what_was_left_out() {
+    use crate::record::pages::{Cut, CutReason};
+    let mut result = answered(
+        "dorset",
+        vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+        vec![allergy("a1", "p", "2020-01-01")],
+    );
+    if let Ok(a) = &mut result.outcome {
+        a.cuts.push(Cut::new(
+            CutReason::ItemLimit,
+            "AllergyIntolerance",
+            Some(41),
+            "record.max_items is 1".into(),
+        ));
+    }
+    let merged = merge(&allergy_query(), vec![result], ctx());
+    assert_eq!(merged.total, 1, "total counts what is shown");
+    let issue = merged
+        .issues
+        .iter()
+        .find(|i| i.code == "incomplete")
+        .expect("the cut is named");
+    assert!(
+        issue.diagnostics.contains("Region dorset"),
+        "{}",
+        issue.diagnostics
+    );
+    assert!(
+        issue
+            .diagnostics
+            .contains("41 item(s) of type AllergyIntolerance"),
+        "{}",
+        issue.diagnostics
+    );
+    assert_eq!(issue.details[0].1, "dorset");
+    assert_eq!(issue.details[1].1, "item-limit");
 }

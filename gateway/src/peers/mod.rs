@@ -285,18 +285,24 @@ pub async fn search_local(
     cache: Option<(&ResponseCache, CacheKey)>,
 ) -> Result<(crate::record::RecordAnswer, Option<u64>), RegionFailure> {
     let fetch = || async {
-        match tokio::time::timeout(budget, local.search(query)).await {
+        match tokio::time::timeout(budget, local.search(query, budget)).await {
             Ok(Ok(answer)) => {
                 let bytes = answer
                     .patients
                     .iter()
                     .chain(&answer.items)
+                    .chain(&answer.included)
                     .map(|v| v.to_string().len())
                     .sum();
+                // An answer cut by time or a failed page is not kept: asked again, it may be whole.
+                let directive = crate::cache::CacheDirective {
+                    no_store: answer.cut_for_now(),
+                    max_age: None,
+                };
                 Ok(crate::cache::Fetched {
                     answer,
                     bytes,
-                    directive: crate::cache::CacheDirective::default(),
+                    directive,
                 })
             }
             Ok(Err(e)) => Err(failure_from_record(e)),

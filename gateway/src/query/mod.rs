@@ -53,8 +53,44 @@ pub struct PatientQuery {
     pub dates: Vec<DateFilter>,
     /// Each inner list is one `category` parameter whose comma-separated values are ORed.
     pub categories: Vec<(String, Vec<Token>)>,
+    /// `$everything`'s `start`, `end` and `_since` (all must hold).
+    pub window: Vec<WindowFilter>,
+    /// `_count`; `Some(0)` (or `_summary=count`) asks for the total alone.
     pub count: Option<u32>,
 }
+
+/// One of `$everything`'s conditions: `start` and `end` on each item's clinical date (the
+/// date its type is ordered by), `_since` on its last update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowFilter {
+    pub param: WindowParam,
+    pub interval: Interval,
+    /// The value as given, forwarded verbatim.
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowParam {
+    Start,
+    End,
+    Since,
+}
+
+impl WindowParam {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowParam::Start => "start",
+            WindowParam::End => "end",
+            WindowParam::Since => "_since",
+        }
+    }
+}
+
+/// `_lastUpdated`, which every search accepts: the resource's `meta.lastUpdated`.
+pub const LAST_UPDATED: DateParam = DateParam {
+    name: "_lastUpdated",
+    elements: &["meta.lastUpdated"],
+};
 
 /// Everything that can be wrong with a query. Messages never repeat an NHS number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +183,8 @@ pub fn parse_search(
                 });
             }
             "_count" => count = Some(parse_count(value)?),
+            "_summary" => count = Some(parse_summary(value)?),
+            "_lastUpdated" => dates.push(parse_date(LAST_UPDATED, value)?),
             "category" => match rtype.category() {
                 Some(_) => categories.push((value.clone(), parse_tokens(name, value)?)),
                 None => unknown(name, rtype.as_str(), lenient, &mut ignored)?,
@@ -165,6 +203,7 @@ pub fn parse_search(
             nhs_number,
             dates,
             categories,
+            window: Vec::new(),
             count,
         },
         ignored,
@@ -190,6 +229,7 @@ fn parse_patient_search(params: &[(String, String)], lenient: bool) -> Result<Pa
                 nhs = Some(parse_nhs(name, value)?);
             }
             "_count" => count = Some(parse_count(value)?),
+            "_summary" => count = Some(parse_summary(value)?),
             n if FORMAT_PARAMS.contains(&n) => check_format(n, value)?,
             n => unknown(n, "Patient", lenient, &mut ignored)?,
         }
@@ -231,6 +271,7 @@ pub fn parse_everything(
     let mut ignored = Vec::new();
     let mut types: Vec<ResourceType> = Vec::new();
     let mut count = None;
+    let mut window = Vec::new();
     for (name, value) in params {
         match name.as_str() {
             "_type" => {
@@ -252,16 +293,19 @@ pub fn parse_everything(
                 }
             }
             "_count" => count = Some(parse_count(value)?),
+            "_summary" => count = Some(parse_summary(value)?),
+            "start" => window.push(parse_window(WindowParam::Start, value)?),
+            "end" => window.push(parse_window(WindowParam::End, value)?),
+            "_since" => window.push(parse_window(WindowParam::Since, value)?),
             n if FORMAT_PARAMS.contains(&n) => check_format(n, value)?,
             n => unknown(n, "Patient/$everything", lenient, &mut ignored)?,
         }
     }
     types.sort();
     let nhs_number = parse_nhs("id", id)?;
-    Ok(Parsed {
-        query: PatientQuery::new(Operation::Everything { types }, nhs_number, count),
-        ignored,
-    })
+    let mut query = PatientQuery::new(Operation::Everything { types }, nhs_number, count);
+    query.window = window;
+    Ok(Parsed { query, ignored })
 }
 
 fn unknown(
@@ -318,6 +362,30 @@ fn parse_count(value: &str) -> Result<u32, QueryError> {
         message: "must be a whole number from 0".into(),
     })?;
     Ok(n.min(MAX_COUNT))
+}
+
+/// `_summary=count` asks for the total alone (as `_count=0` does); no other summary is served.
+fn parse_summary(value: &str) -> Result<u32, QueryError> {
+    match value {
+        "count" => Ok(0),
+        _ => Err(QueryError::InvalidValue {
+            param: "_summary".into(),
+            message: "only _summary=count is supported".into(),
+        }),
+    }
+}
+
+/// `start`, `end` (dates) or `_since` (an instant) of `$everything`; no prefixes.
+fn parse_window(param: WindowParam, value: &str) -> Result<WindowFilter, QueryError> {
+    let interval = date::parse_interval(value).map_err(|e| QueryError::InvalidValue {
+        param: param.name().to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(WindowFilter {
+        param,
+        interval,
+        raw: value.to_owned(),
+    })
 }
 
 fn check_format(param: &str, value: &str) -> Result<(), QueryError> {
@@ -390,8 +458,17 @@ impl PatientQuery {
             nhs_number,
             dates: Vec::new(),
             categories: Vec::new(),
+            window: Vec::new(),
             count,
         }
+    }
+
+    /// `$everything`'s window as request parameters (`start`, `end`, `_since`).
+    pub fn everything_window(&self) -> Vec<(String, String)> {
+        self.window
+            .iter()
+            .map(|w| (w.param.name().to_owned(), w.raw.clone()))
+            .collect()
     }
 
     /// The clinical resource types this query asks for.
@@ -424,6 +501,7 @@ impl PatientQuery {
                             .join(","),
                     ));
                 }
+                q.extend(self.everything_window());
                 (format!("Patient/{}/$everything", self.nhs_number), q)
             }
             Operation::Search(t) => {
@@ -448,6 +526,10 @@ impl PatientQuery {
     pub fn matches(&self, rtype: ResourceType, resource: &Value) -> bool {
         self.dates.iter().all(|f| date_matches(f, resource))
             && self
+                .window
+                .iter()
+                .all(|w| window_matches(w, rtype, resource))
+            && self
                 .categories
                 .iter()
                 .all(|(_, tokens)| category_matches(rtype, tokens, resource))
@@ -463,6 +545,29 @@ fn date_matches(filter: &DateFilter, resource: &Value) -> bool {
         .filter_map(|path| element(resource, path))
         .filter_map(date::element_interval)
         .any(|target| filter.prefix.matches(filter.interval, target))
+}
+
+/// `start`: the item's clinical date ends at or after the start; `end`: it begins at or before
+/// the end; `_since`: it was last updated at or after the instant. An item without the date
+/// does not match.
+fn window_matches(w: &WindowFilter, rtype: ResourceType, resource: &Value) -> bool {
+    let target = match w.param {
+        WindowParam::Since => {
+            element(resource, "meta.lastUpdated").and_then(date::element_interval)
+        }
+        WindowParam::Start | WindowParam::End => rtype
+            .sort_elements()
+            .iter()
+            .filter_map(|p| element(resource, p))
+            .find_map(date::element_interval),
+    };
+    let Some(target) = target else {
+        return false;
+    };
+    match w.param {
+        WindowParam::Start | WindowParam::Since => target.end > w.interval.start,
+        WindowParam::End => target.start < w.interval.end,
+    }
 }
 
 fn category_matches(rtype: ResourceType, tokens: &[Token], resource: &Value) -> bool {

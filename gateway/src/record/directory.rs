@@ -236,8 +236,7 @@ impl DirectoryRecord {
         RecordAnswer {
             patients: patients.into_iter().cloned().collect(),
             items,
-            withheld: 0,
-            stale_seconds: None,
+            ..RecordAnswer::default()
         }
     }
 }
@@ -255,6 +254,7 @@ impl RecordSource for DirectoryRecord {
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,
+        _budget: std::time::Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(async move { Ok(self.answer(query)) })
     }

@@ -1,84 +1,227 @@
 //! The production record: the region's own FHIR R4 server. The gateway finds the patient by NHS
-//! number, then searches each asked type by the server's local patient id, following `next`
-//! links on the same server up to a page limit.
+//! number, then reads the patient's items: through `Patient/$everything` when the server's
+//! CapabilityStatement offers it and the query is an `$everything` without filters the operation
+//! does not take, otherwise one search per asked type, all at once.
+//!
+//! Every page of every answer is read. What bounds a region's answer is items and bytes per
+//! request ([`Bounds`], `record.max_items` and `record.max_bytes`) and the query's deadline,
+//! never a page count; whatever stops an answer short is a [`Cut`] the clinician is told about
+//! (see [`super::pages`]).
 
 use std::time::Duration;
 
-use futures::future::{BoxFuture, try_join_all};
+use futures::future::{BoxFuture, join_all};
 use serde_json::Value;
+use tokio::time::Instant;
 
+use super::pages::{Allowance, Bounds, Cut, CutReason, Followed, Page, ServerBase, add_cut};
 use super::{RecordAnswer, RecordError, RecordSource, has_nhs_number};
-use crate::client::{FetchError, bundle_to_answer, describe, get_fhir_json, next_link};
+use crate::client::{FetchError, describe, get_fhir_json_with_meta};
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::query::{Operation, PatientQuery};
 
-/// At most this many pages are read per search; a longer answer is an error, not a silent cut.
-pub const MAX_PAGES: usize = 50;
+/// What the record server source is told by its configuration.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The server's FHIR base.
+    pub base: String,
+    /// Its timeout for one request (and the source's whole budget when the query gives none).
+    pub timeout: Duration,
+    /// The `_count` asked for (the server may give fewer a page).
+    pub page_size: u32,
+    pub bounds: Bounds,
+}
 
 pub struct FhirServerRecord {
-    base: String,
+    settings: ServerSettings,
+    server: ServerBase,
     client: reqwest::Client,
-    timeout: Duration,
-    max_bytes: usize,
+    /// Whether the server offers `Patient/$everything`, once its CapabilityStatement was read.
+    everything: tokio::sync::OnceCell<bool>,
+}
+
+/// What one search read before it ended, whole or cut.
+#[derive(Default)]
+struct Read {
+    matches: Vec<Value>,
+    includes: Vec<Value>,
+    cut: Option<Cut>,
+}
+
+/// The part of the budget kept back so a cut answer still reaches the merge in time.
+fn working_time(budget: Duration) -> Duration {
+    budget.saturating_sub((budget / 10).max(Duration::from_millis(20)))
 }
 
 impl FhirServerRecord {
-    pub fn new(base: &str, timeout: Duration, max_bytes: usize) -> Result<Self, RecordError> {
+    pub fn new(settings: ServerSettings) -> Result<Self, RecordError> {
+        let server = ServerBase::parse(&settings.base)
+            .map_err(|e| RecordError::Unreachable(format!("record.fhir_base: {e}")))?;
         let client = reqwest::Client::builder()
             .no_proxy()
-            .connect_timeout(timeout)
+            .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| RecordError::Unreachable(describe(e)))?;
         Ok(FhirServerRecord {
-            base: base.trim_end_matches('/').to_owned(),
+            settings: ServerSettings {
+                base: settings.base.trim_end_matches('/').to_owned(),
+                ..settings
+            },
+            server,
             client,
-            timeout,
-            max_bytes,
+            everything: tokio::sync::OnceCell::new(),
         })
     }
 
-    async fn get_all(&self, first: reqwest::RequestBuilder) -> Result<Vec<Value>, RecordError> {
-        let mut pages = vec![
-            get_fhir_json(first, self.max_bytes, self.timeout)
-                .await
-                .map_err(record_error)?,
-        ];
-        while let Some(next) = pages.last().and_then(next_link).map(str::to_owned) {
-            if pages.len() >= MAX_PAGES {
-                return Err(RecordError::Invalid(format!("more than {MAX_PAGES} pages")));
-            }
-            // Only follow links on the same server.
-            if !next.starts_with(&self.base) {
-                return Err(RecordError::Invalid(
-                    "a next link points to another server".into(),
-                ));
-            }
-            pages.push(
-                get_fhir_json(self.client.get(&next), self.max_bytes, self.timeout)
-                    .await
-                    .map_err(record_error)?,
-            );
-        }
-        Ok(pages)
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.settings.base)
     }
 
-    async fn answer(&self, query: &PatientQuery) -> Result<RecordAnswer, RecordError> {
+    /// Reads every page of a search that starts at `first`, within `allowance` and by
+    /// `deadline`. `label` names the type the search is for, in a cut. Only a first page that
+    /// cannot be read at all is an error; anything later ends the search with a cut.
+    async fn read_all(
+        &self,
+        first: reqwest::RequestBuilder,
+        label: &str,
+        allowance: &Allowance,
+        deadline: Instant,
+    ) -> Result<Read, RecordError> {
+        let mut read = Read::default();
+        let mut followed = Followed::default();
+        let mut request = first;
+        let mut total: Option<usize> = None;
+        let mut page_number = 0usize;
+        loop {
+            // What a cut now leaves out: the rest of the server's total, when it gave one.
+            let known_total = total;
+            let cut = |reason: CutReason, read: &Read, detail: String| {
+                let left_out = known_total.map(|t| t.saturating_sub(read.matches.len()));
+                Some(Cut::new(reason, label, left_out, detail))
+            };
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            if time_left.is_zero() {
+                if page_number == 0 {
+                    return Err(RecordError::Timeout);
+                }
+                read.cut = cut(CutReason::Deadline, &read, String::new());
+                return Ok(read);
+            }
+            let max_bytes = allowance.bytes_left();
+            let fetched =
+                get_fhir_json_with_meta(request, max_bytes, time_left.min(self.settings.timeout))
+                    .await;
+            let (body, bytes) = match fetched {
+                Ok((body, bytes, _)) => (body, bytes),
+                Err(FetchError::TooLarge(_)) => {
+                    read.cut = cut(CutReason::ByteLimit, &read, allowance.byte_cut_detail());
+                    return Ok(read);
+                }
+                Err(FetchError::Timeout(_)) if page_number > 0 || deadline <= Instant::now() => {
+                    read.cut = cut(CutReason::Deadline, &read, String::new());
+                    return Ok(read);
+                }
+                Err(e) if page_number == 0 => return Err(record_error(e)),
+                Err(e) => {
+                    read.cut = cut(CutReason::PageFailed, &read, e.to_string());
+                    return Ok(read);
+                }
+            };
+            let Some(page) = Page::read(body) else {
+                if page_number == 0 {
+                    return Err(RecordError::Invalid(
+                        "the answer is not a FHIR searchset Bundle".into(),
+                    ));
+                }
+                read.cut = cut(CutReason::InvalidPage, &read, String::new());
+                return Ok(read);
+            };
+            if page_number == 0 {
+                total = page.total;
+            }
+            page_number += 1;
+            if let Err((reason, detail)) =
+                allowance.take(page.matches.len() + page.includes.len(), bytes)
+            {
+                read.cut = cut(reason, &read, detail);
+                return Ok(read);
+            }
+            read.matches.extend(page.matches);
+            read.includes.extend(page.includes);
+            let Some(next) = page.next else {
+                return Ok(read);
+            };
+            match followed.next(&self.server, &next) {
+                Ok(url) => request = self.client.get(url),
+                Err(reason) => {
+                    read.cut = cut(reason, &read, String::new());
+                    return Ok(read);
+                }
+            }
+        }
+    }
+
+    /// Whether the server's CapabilityStatement offers `Patient/$everything` (read once; a
+    /// server that cannot say is searched type by type).
+    async fn offers_everything(&self, deadline: Instant) -> bool {
+        *self
+            .everything
+            .get_or_init(|| async {
+                let time_left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(self.settings.timeout);
+                match get_fhir_json_with_meta(
+                    self.client.get(self.url("metadata")),
+                    4 * 1024 * 1024,
+                    time_left,
+                )
+                .await
+                {
+                    Ok((cs, _, _)) => capability_offers_everything(&cs),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the record server's CapabilityStatement could not be read; searching type by type");
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn answer(
+        &self,
+        query: &PatientQuery,
+        budget: Duration,
+    ) -> Result<RecordAnswer, RecordError> {
+        let deadline = Instant::now() + working_time(budget);
+        let allowance = Allowance::new(self.settings.bounds);
         let nhs = query.nhs_number.as_str();
-        let patient_pages = self
-            .get_all(
-                self.client
-                    .get(format!("{}/Patient", self.base))
-                    .query(&[("identifier", format!("{NHS_NUMBER_SYSTEM}|{nhs}"))]),
+        let patient_read = self
+            .read_all(
+                self.client.get(self.url("Patient")).query(&[
+                    ("identifier", format!("{NHS_NUMBER_SYSTEM}|{nhs}")),
+                    ("_count", self.settings.page_size.to_string()),
+                ]),
+                "Patient",
+                &allowance,
+                deadline,
             )
             .await?;
-        let mut answer = RecordAnswer::default();
-        for page in patient_pages {
-            let a = bundle_to_answer(page).map_err(record_error)?;
-            answer
-                .patients
-                .extend(a.patients.into_iter().filter(|p| has_nhs_number(p, nhs)));
+        if let Some(cut) = patient_read.cut {
+            // Without every Patient resource the items cannot be found: nothing partial here.
+            return Err(RecordError::Invalid(format!(
+                "the patient could not be looked up: {}",
+                cut.describe()
+            )));
         }
+        let mut answer = RecordAnswer {
+            patients: patient_read
+                .matches
+                .into_iter()
+                .filter(|p| has_nhs_number(p, nhs))
+                .collect(),
+            ..RecordAnswer::default()
+        };
         if matches!(
             query.operation,
             Operation::PatientSearch | Operation::PatientRead
@@ -91,33 +234,152 @@ impl FhirServerRecord {
             .filter_map(|p| p.get("id").and_then(Value::as_str))
             .map(str::to_owned)
             .collect();
-        let (_, filters) = query.to_request();
-        let filters: Vec<(String, String)> = filters
-            .into_iter()
-            .filter(|(k, _)| k != "patient.identifier" && k != "_type")
-            .collect();
-        let searches = query
-            .types()
-            .into_iter()
-            .flat_map(|t| ids.iter().map(move |id| (t, id)))
-            .map(|(t, id)| {
-                let mut params = vec![("patient".to_owned(), format!("Patient/{id}"))];
-                params.extend(filters.iter().cloned());
-                self.get_all(
-                    self.client
-                        .get(format!("{}/{}", self.base, t.as_str()))
-                        .query(&params),
-                )
-            });
-        for pages in try_join_all(searches).await? {
-            for page in pages {
-                answer
-                    .items
-                    .extend(bundle_to_answer(page).map_err(record_error)?.items);
+        let reads: Vec<Result<Read, RecordError>> = match everything_request(query) {
+            Some(params) if self.offers_everything(deadline).await => {
+                join_all(ids.iter().map(|id| {
+                    let mut params = params.clone();
+                    params.push(("_count".into(), self.settings.page_size.to_string()));
+                    self.read_all(
+                        self.client
+                            .get(self.url(&format!("Patient/{id}/$everything")))
+                            .query(&params),
+                        "Patient/$everything",
+                        &allowance,
+                        deadline,
+                    )
+                }))
+                .await
+            }
+            _ => {
+                let filters = search_filters(query);
+                let searches = query
+                    .types()
+                    .into_iter()
+                    .flat_map(|t| ids.iter().map(move |id| (t, id)))
+                    .map(|(t, id)| {
+                        let mut params = vec![
+                            ("patient".to_owned(), format!("Patient/{id}")),
+                            ("_count".to_owned(), self.settings.page_size.to_string()),
+                        ];
+                        params.extend(filters.iter().cloned());
+                        self.read_all(
+                            self.client.get(self.url(t.as_str())).query(&params),
+                            t.as_str(),
+                            &allowance,
+                            deadline,
+                        )
+                    });
+                join_all(searches).await
+            }
+        };
+        let mut first_error = None;
+        let mut any_read = false;
+        for read in reads {
+            match read {
+                Ok(read) => {
+                    any_read = true;
+                    for r in read.matches {
+                        match r.get("resourceType").and_then(Value::as_str) {
+                            // `$everything` gives the Patient as a match too.
+                            Some("Patient") => {}
+                            Some(_) => answer.items.push(r),
+                            None => {}
+                        }
+                    }
+                    answer.included.extend(read.includes);
+                    if let Some(cut) = read.cut {
+                        add_cut(&mut answer.cuts, cut);
+                    }
+                }
+                Err(e) => {
+                    // One type's search failed outright: the rest still answer, and the
+                    // failure is named as a cut of that search.
+                    tracing::warn!(error = %e, "a search of the record server failed");
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(answer)
+        match first_error {
+            Some(e) if !any_read => Err(e),
+            Some(e) => {
+                add_cut(
+                    &mut answer.cuts,
+                    Cut {
+                        reason: CutReason::PageFailed,
+                        types: Default::default(),
+                        left_out: None,
+                        detail: e.to_string(),
+                    },
+                );
+                Ok(answer)
+            }
+            None => Ok(answer),
+        }
     }
+}
+
+/// The `$everything` parameters that ask the same question as `query`, when the operation can:
+/// an `$everything` whose filters the operation takes (`_type`, and the clinical dates and
+/// last update it defines).
+fn everything_request(query: &PatientQuery) -> Option<Vec<(String, String)>> {
+    let Operation::Everything { .. } = &query.operation else {
+        return None;
+    };
+    if !query.dates.is_empty() || !query.categories.is_empty() {
+        return None;
+    }
+    let types: Vec<&str> = query.types().iter().map(|t| t.as_str()).collect();
+    let mut params = vec![("_type".to_owned(), types.join(","))];
+    params.extend(query.everything_window());
+    Some(params)
+}
+
+/// The filters of a search that the record server applies: the query's date and category
+/// conditions and last-update window, as the clinician gave them.
+fn search_filters(query: &PatientQuery) -> Vec<(String, String)> {
+    let (_, filters) = query.to_request();
+    filters
+        .into_iter()
+        .filter(|(k, _)| k != "patient.identifier" && k != "_type")
+        .collect()
+}
+
+/// Does a CapabilityStatement offer `Patient/$everything` (on the Patient resource, or at
+/// the system level)?
+pub fn capability_offers_everything(cs: &Value) -> bool {
+    let is_everything = |op: &Value| {
+        op.get("name").and_then(Value::as_str) == Some("everything")
+            || op
+                .get("definition")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.ends_with("/Patient-everything"))
+    };
+    cs.get("rest")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|rest| {
+            let on_patient = rest
+                .get("resource")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.get("type").and_then(Value::as_str) == Some("Patient"))
+                .flat_map(|r| {
+                    r.get("operation")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .any(is_everything);
+            on_patient
+                || rest
+                    .get("operation")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(is_everything)
+        })
 }
 
 fn record_error(e: FetchError) -> RecordError {
@@ -133,8 +395,9 @@ impl RecordSource for FhirServerRecord {
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,
+        budget: Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
-        Box::pin(self.answer(query))
+        Box::pin(self.answer(query, budget))
     }
 
     fn consents<'a>(
@@ -143,35 +406,74 @@ impl RecordSource for FhirServerRecord {
     ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>> {
         Box::pin(async move {
             let read = PatientQuery::new(Operation::PatientRead, nhs.clone(), None);
-            let patients = self.answer(&read).await?.patients;
+            let budget = self.settings.timeout;
+            let deadline = Instant::now() + working_time(budget);
+            let patients = self.answer(&read, budget).await?.patients;
             let mut consents = Vec::new();
+            let allowance = Allowance::new(self.settings.bounds);
             for id in patients
                 .iter()
                 .filter_map(|p| p.get("id").and_then(Value::as_str))
             {
-                let pages = self
-                    .get_all(
-                        self.client
-                            .get(format!("{}/Consent", self.base))
-                            .query(&[("patient", format!("Patient/{id}"))]),
+                let read = self
+                    .read_all(
+                        self.client.get(self.url("Consent")).query(&[
+                            ("patient", format!("Patient/{id}")),
+                            ("_count", self.settings.page_size.to_string()),
+                        ]),
+                        "Consent",
+                        &allowance,
+                        deadline,
                     )
                     .await?;
-                for page in pages {
-                    for entry in page
-                        .get("entry")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(r) = entry.get("resource").filter(|r| {
-                            r.get("resourceType").and_then(Value::as_str) == Some("Consent")
-                        }) {
-                            consents.push(r.clone());
-                        }
-                    }
+                // Consent read in part could release what a missing directive withholds.
+                if let Some(cut) = read.cut {
+                    return Err(RecordError::Invalid(format!(
+                        "the patient's consent directives could not all be read: {}",
+                        cut.describe()
+                    )));
                 }
+                consents.extend(
+                    read.matches.into_iter().filter(|r| {
+                        r.get("resourceType").and_then(Value::as_str) == Some("Consent")
+                    }),
+                );
             }
             Ok(consents)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn everything_is_found_on_the_patient_resource_or_the_system() {
+        let on_patient = json!({"rest": [{"resource": [{"type": "Patient", "operation": [
+            {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]}]}]});
+        assert!(capability_offers_everything(&on_patient));
+        let by_definition = json!({"rest": [{"resource": [{"type": "Patient", "operation": [
+            {"name": "patient-everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]}]}]});
+        assert!(capability_offers_everything(&by_definition));
+        let system = json!({"rest": [{"operation": [{"name": "everything"}]}]});
+        assert!(capability_offers_everything(&system));
+        let other = json!({"rest": [{"resource": [{"type": "Encounter", "operation": [{"name": "everything"}]}]}]});
+        assert!(!capability_offers_everything(&other));
+        assert!(!capability_offers_everything(&json!({})));
+    }
+
+    #[test]
+    fn working_time_keeps_a_reserve() {
+        assert_eq!(
+            working_time(Duration::from_secs(5)),
+            Duration::from_millis(4500)
+        );
+        assert_eq!(
+            working_time(Duration::from_millis(100)),
+            Duration::from_millis(80)
+        );
+        assert_eq!(working_time(Duration::from_millis(10)), Duration::ZERO);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod directory;
 pub mod fhir_server;
+pub mod pages;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -22,6 +23,19 @@ pub struct RecordAnswer {
     pub withheld: usize,
     /// Set when the region failed and this is its cached answer, this many seconds old.
     pub stale_seconds: Option<u64>,
+    /// Where the answer stopped short (a bound, the deadline, a bad page); empty when whole.
+    pub cuts: Vec<pages::Cut>,
+    /// Resources the items reference (practitioners, organisations, locations, medications,
+    /// ...), held by the same region.
+    pub included: Vec<Value>,
+}
+
+impl RecordAnswer {
+    /// Whether the same question could be answered in full a moment later (so the answer is
+    /// not worth keeping).
+    pub fn cut_for_now(&self) -> bool {
+        self.cuts.iter().any(|c| c.reason.transient())
+    }
 }
 
 /// Why a record could not answer. Messages carry no patient data.
@@ -48,9 +62,12 @@ pub trait RecordSource: Send + Sync {
     fn immutable(&self) -> bool {
         false
     }
+    /// Answers `query` within `budget` (a source that reads pages stops short of it, with a
+    /// cut, rather than run out of time with nothing).
     fn search<'a>(
         &'a self,
         query: &'a PatientQuery,
+        budget: std::time::Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
 
     /// The patient's Consent resources held in this record (any status; the reader decides).
