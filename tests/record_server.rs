@@ -65,9 +65,14 @@ async fn search(
     };
     if page == 1 && t != "Patient" {
         match fault {
-            Fault::NotABundle => return respond(200, json!({"resourceType": "Patient", "id": "x"})),
+            Fault::NotABundle => {
+                return respond(200, json!({"resourceType": "Patient", "id": "x"}));
+            }
             Fault::Fails => {
-                return respond(500, json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}));
+                return respond(
+                    500,
+                    json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}),
+                );
             }
             _ => {}
         }
@@ -155,9 +160,11 @@ fn one_patient_with_observations(n: usize) -> (String, Vec<Value>) {
     let mut resources = vec![json!({"resourceType": "Patient", "id": "p1",
         "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]})];
     for i in 0..n {
-        resources.push(json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final",
+        resources.push(
+            json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final",
             "code": {"text": "Heart rate"}, "subject": {"reference": "Patient/p1"},
-            "effectiveDateTime": "2024-01-01T10:00:00Z"}));
+            "effectiveDateTime": "2024-01-01T10:00:00Z"}),
+        );
     }
     (nhs, resources)
 }
@@ -207,7 +214,11 @@ async fn more_than_the_bounds_is_cut_and_said() {
     assert_eq!(a.items.len(), 10);
     assert_eq!(a.cuts[0].reason, CutReason::ItemLimit);
     assert_eq!(a.cuts[0].left_out, Some(20));
-    assert!(a.cuts[0].detail.contains("record.max_items"), "{}", a.cuts[0].detail);
+    assert!(
+        a.cuts[0].detail.contains("record.max_items"),
+        "{}",
+        a.cuts[0].detail
+    );
     let mut s = settings(&base);
     s.bounds.max_bytes = 4096;
     let remote = FhirServerRecord::new(s).unwrap();

@@ -118,7 +118,7 @@ impl FhirServerRecord {
                     read.cut = cut(CutReason::ByteLimit, &read, allowance.byte_cut_detail());
                     return Ok(read);
                 }
-                Err(FetchError::Timeout(_)) if page_number > 0 || deadline <= Instant::now() => {
+                Err(FetchError::Timeout(_)) if page_number > 0 => {
                     read.cut = cut(CutReason::Deadline, &read, String::new());
                     return Ok(read);
                 }
@@ -194,7 +194,7 @@ impl FhirServerRecord {
         budget: Duration,
     ) -> Result<RecordAnswer, RecordError> {
         let deadline = Instant::now() + working_time(budget);
-        let allowance = Allowance::new(self.settings.bounds);
+        let allowance = &Allowance::new(self.settings.bounds);
         let nhs = query.nhs_number.as_str();
         let patient_read = self
             .read_all(
@@ -203,7 +203,7 @@ impl FhirServerRecord {
                     ("_count", self.settings.page_size.to_string()),
                 ]),
                 "Patient",
-                &allowance,
+                allowance,
                 deadline,
             )
             .await?;
@@ -234,19 +234,32 @@ impl FhirServerRecord {
             .filter_map(|p| p.get("id").and_then(Value::as_str))
             .map(str::to_owned)
             .collect();
-        let reads: Vec<Result<Read, RecordError>> = match everything_request(query) {
+        // Each search with the types it reads (named in a cut if it fails outright).
+        let reads: Vec<(String, Result<Read, RecordError>)> = match everything_request(query) {
             Some(params) if self.offers_everything(deadline).await => {
+                let label = query
+                    .types()
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 join_all(ids.iter().map(|id| {
                     let mut params = params.clone();
                     params.push(("_count".into(), self.settings.page_size.to_string()));
-                    self.read_all(
-                        self.client
-                            .get(self.url(&format!("Patient/{id}/$everything")))
-                            .query(&params),
-                        "Patient/$everything",
-                        &allowance,
-                        deadline,
-                    )
+                    let label = label.clone();
+                    async move {
+                        let read = self
+                            .read_all(
+                                self.client
+                                    .get(self.url(&format!("Patient/{id}/$everything")))
+                                    .query(&params),
+                                &label,
+                                allowance,
+                                deadline,
+                            )
+                            .await;
+                        (label, read)
+                    }
                 }))
                 .await
             }
@@ -262,19 +275,24 @@ impl FhirServerRecord {
                             ("_count".to_owned(), self.settings.page_size.to_string()),
                         ];
                         params.extend(filters.iter().cloned());
-                        self.read_all(
-                            self.client.get(self.url(t.as_str())).query(&params),
-                            t.as_str(),
-                            &allowance,
-                            deadline,
-                        )
+                        async move {
+                            let read = self
+                                .read_all(
+                                    self.client.get(self.url(t.as_str())).query(&params),
+                                    t.as_str(),
+                                    allowance,
+                                    deadline,
+                                )
+                                .await;
+                            (t.as_str().to_owned(), read)
+                        }
                     });
                 join_all(searches).await
             }
         };
         let mut first_error = None;
         let mut any_read = false;
-        for read in reads {
+        for (label, read) in reads {
             match read {
                 Ok(read) => {
                     any_read = true;
@@ -292,28 +310,23 @@ impl FhirServerRecord {
                     }
                 }
                 Err(e) => {
-                    // One type's search failed outright: the rest still answer, and the
-                    // failure is named as a cut of that search.
+                    // One search failed outright: the rest still answer, and the failure is
+                    // named as a cut of that search's types.
                     tracing::warn!(error = %e, "a search of the record server failed");
+                    let reason = match e {
+                        RecordError::Timeout => CutReason::Deadline,
+                        _ => CutReason::PageFailed,
+                    };
+                    let mut cut = Cut::new(reason, "", None, e.to_string());
+                    cut.types = label.split(", ").map(str::to_owned).collect();
+                    add_cut(&mut answer.cuts, cut);
                     first_error.get_or_insert(e);
                 }
             }
         }
         match first_error {
             Some(e) if !any_read => Err(e),
-            Some(e) => {
-                add_cut(
-                    &mut answer.cuts,
-                    Cut {
-                        reason: CutReason::PageFailed,
-                        types: Default::default(),
-                        left_out: None,
-                        detail: e.to_string(),
-                    },
-                );
-                Ok(answer)
-            }
-            None => Ok(answer),
+            _ => Ok(answer),
         }
     }
 }
