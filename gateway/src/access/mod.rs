@@ -119,7 +119,7 @@ pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
 pub fn item_class(resource: &Value, region: &str) -> ItemClass {
     let (confidentiality, sensitivity) = labels(resource);
     ItemClass {
-        resource_type: resource_type(resource).unwrap_or("").to_owned(),
+        resource_type: policy_type(resource_type(resource).unwrap_or("")).to_owned(),
         region: region.to_owned(),
         confidentiality,
         sensitivity,
@@ -128,6 +128,19 @@ pub fn item_class(resource: &Value, region: &str) -> ItemClass {
         patient_objects_to_sharing: false,
         consent_denies: false,
         consent_permits: false,
+    }
+}
+
+/// The type a policy decides an item as: its own where the policy vocabulary names it (the
+/// federated types, Patient, and the types their items reference), else `Other`.
+pub fn policy_type(rtype: &str) -> &str {
+    if rtype == "Patient"
+        || crate::fhir::types::ResourceType::parse(rtype).is_some()
+        || crate::fhir::reference::REFERENCE_TYPES.contains(&rtype)
+    {
+        rtype
+    } else {
+        "Other"
     }
 }
 

@@ -369,6 +369,7 @@ mod views {
             entries: crate::fhir::SerializedEntries::new(&[json!({"fullUrl": "x"})]),
             view: crate::merge::View {
                 matches: Vec::new(),
+                includes: Vec::new(),
                 patient: None,
                 total: 1,
                 regions_answered: 1,

@@ -5,6 +5,7 @@
 pub mod date;
 pub mod nhs;
 pub mod outcome;
+pub mod reference;
 pub mod types;
 
 use serde_json::{Value, json};

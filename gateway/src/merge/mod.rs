@@ -147,7 +147,8 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
                 && patient_link(item, rt.patient_element()).is_some_and(|l| links.contains(&l))
         })
         .collect();
-    let after = patients.len() + items.len();
+    let included = screen_included(query, &items, answer.included, &links);
+    let after = patients.len() + items.len() + included.kept.len();
     let withheld = answer.withheld;
     (
         RecordAnswer {
@@ -156,10 +157,57 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
             withheld,
             stale_seconds: answer.stale_seconds,
             cuts: answer.cuts,
-            included: answer.included,
+            included: included.kept,
         },
-        before - after,
+        before + included.offered - after,
     )
+}
+
+/// Included resources kept, and how many were offered.
+struct ScreenedIncludes {
+    kept: Vec<Value>,
+    offered: usize,
+}
+
+/// Keeps what a region may include beside its items: for `$everything` only, resources that
+/// its items (or its other included resources) reference, never a Patient, and of a federated
+/// type only when about the patient.
+fn screen_included(
+    query: &PatientQuery,
+    items: &[Value],
+    included: Vec<Value>,
+    links: &BTreeSet<PatientLink>,
+) -> ScreenedIncludes {
+    let offered = included.len();
+    if !matches!(query.operation, Operation::Everything { .. }) {
+        return ScreenedIncludes {
+            kept: Vec::new(),
+            offered,
+        };
+    }
+    let referenced: std::collections::HashSet<(String, String)> = items
+        .iter()
+        .chain(&included)
+        .flat_map(crate::fhir::reference::relative_references)
+        .map(|(t, id)| (t.to_owned(), id.to_owned()))
+        .collect();
+    let kept = included
+        .into_iter()
+        .filter(|r| {
+            let (Some(t), Some(id)) = (resource_type(r), r.get("id").and_then(Value::as_str))
+            else {
+                return false;
+            };
+            let about_patient = match ResourceType::parse(t) {
+                Some(rt) => {
+                    patient_link(r, rt.patient_element()).is_some_and(|l| links.contains(&l))
+                }
+                None => t != "Patient",
+            };
+            about_patient && referenced.contains(&(t.to_owned(), id.to_owned()))
+        })
+        .collect();
+    ScreenedIncludes { kept, offered }
 }
 
 /// Another version of a merged item: the region holding it, when it was last updated (as
@@ -237,6 +285,8 @@ pub struct Contribution {
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
     pub matches: Vec<Value>,
+    /// What the matches reference (`search.mode = include`), each once.
+    pub includes: Vec<Value>,
     pub patient: Option<Value>,
     /// Matches before `_count` cut them.
     pub total: usize,
@@ -283,11 +333,12 @@ impl View {
         envelope: &Envelope<'_>,
         elapsed: impl Fn(&Contribution) -> u64,
     ) -> Vec<Value> {
-        let mut entries: Vec<Value> = self
-            .contributions
-            .iter()
-            .map(|c| provenance(c, elapsed(c), envelope))
-            .collect();
+        let mut entries: Vec<Value> = self.includes.clone();
+        entries.extend(
+            self.contributions
+                .iter()
+                .map(|c| provenance(c, elapsed(c), envelope)),
+        );
         if !self.issues.is_empty() {
             let oo_url = format!("urn:uuid:{}", envelope.bundle_id);
             entries.push(fhir::entry(
@@ -357,6 +408,7 @@ pub fn merge_view(
     let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
     let mut all_timeouts = true;
     let mut screened: Vec<(usize, Vec<Value>)> = Vec::new();
+    let mut screened_included: Vec<(usize, Vec<Value>)> = Vec::new();
 
     for (ri, result) in results.iter_mut().enumerate() {
         let region = &result.region;
@@ -435,6 +487,7 @@ pub fn merge_view(
                 }
                 patients.extend(answer.patients.iter().cloned().map(|p| (ri, p)));
                 screened.push((ri, answer.items));
+                screened_included.push((ri, answer.included));
             }
         }
     }
@@ -612,22 +665,78 @@ pub fn merge_view(
         )
     });
 
-    let mut matches: Vec<Value> = Vec::new();
-    if wants_patient && let Some(p) = &patient {
-        matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
-    }
     // Per region: the entries it contributed to (for its Provenance).
     let mut contributed: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    let url_of = |slot: &Slot| {
-        format!(
-            "{}/{}/{}",
-            results[slot.origin].region.base_url,
-            slot.rtype.as_str(),
-            id_of(&slot.resource)
-        )
+    // Every resource is addressed at this gateway, under an id naming its region, so that
+    // `GET` on any fullUrl or reference answers (see `fhir::reference`).
+    let gateway_url = |ri: usize, t: &str, id: &str| -> String {
+        let region = &results[ri].region;
+        match crate::fhir::reference::federated_id(&region.code, id) {
+            Some(fid) => format!("{}/{t}/{fid}", ctx.gateway_base),
+            // An id too long to carry its region stays addressed at its region.
+            None => format!("{}/{t}/{id}", region.base_url),
+        }
     };
+    let url_of = |slot: &Slot| gateway_url(slot.origin, slot.rtype.as_str(), id_of(&slot.resource));
     let url_by_key: std::collections::HashMap<usize, String> =
         slots.iter().map(|s| (s.key, url_of(s))).collect();
+    // What the items reference, included beside them (`$everything`), each shown once.
+    let mut includes = merge_included(
+        screened_included
+            .into_iter()
+            .filter(|(ri, _)| !withheld_regions.contains(ri))
+            .collect(),
+    );
+    for inc in &mut includes {
+        inc.url = gateway_url(inc.origin, &inc.rtype, id_of(&inc.resource));
+    }
+    let include_refs: std::collections::HashMap<(usize, String), usize> = includes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, inc)| inc.local_refs.iter().map(move |r| (r.clone(), i)))
+        .collect();
+    // References resolve inside the Bundle where the target is in it; otherwise at this
+    // gateway, under the id naming the region that holds the target.
+    let resolve_from = |origin: usize, local: &str| -> String {
+        if local_patients.contains(&(origin, local.to_owned())) {
+            return patient_url.clone();
+        }
+        if let Some(url) = local_refs
+            .get(&(origin, local.to_owned()))
+            .and_then(|k| url_by_key.get(k))
+        {
+            return url.clone();
+        }
+        if let Some(&i) = include_refs.get(&(origin, local.to_owned())) {
+            return includes[i].url.clone();
+        }
+        match crate::fhir::reference::split_relative(local) {
+            Some((t, id)) => gateway_url(origin, t, id),
+            None => format!("{}/{local}", results[origin].region.base_url),
+        }
+    };
+    let include_entries: Vec<Value> = includes
+        .iter()
+        .map(|inc| {
+            let mut resource = inc.resource.clone();
+            qualify_references(&mut resource, &|local| resolve_from(inc.origin, local));
+            set_gateway_id(&mut resource, &inc.url);
+            tag(
+                &mut resource,
+                &results[inc.origin].region.base_url,
+                inc.regions.iter().map(|&i| &results[i].region),
+            );
+            fhir::entry(&inc.url, resource, SearchMode::Include)
+        })
+        .collect();
+    let patient = patient.map(|mut p| {
+        // The merged Patient's own references (its GP practice, its managing organisation)
+        // are the most recently updated region's.
+        if let Some(origin) = newest_patient_region(&patients) {
+            qualify_references(&mut p, &|local| resolve_from(origin, local));
+        }
+        p
+    });
     for slot in &slots {
         for &ri in &slot.regions {
             contributed
@@ -641,19 +750,8 @@ pub fn merge_view(
         let origin = &results[slot.origin].region;
         let full_url = &url_by_key[&slot.key];
         let mut resource = slot.resource;
-        // References resolve inside the Bundle where the target is in it; otherwise they are
-        // qualified by the region that holds the target.
-        let resolve = |local: &str| -> String {
-            if local_patients.contains(&(slot.origin, local.to_owned())) {
-                return patient_url.clone();
-            }
-            local_refs
-                .get(&(slot.origin, local.to_owned()))
-                .and_then(|k| url_by_key.get(k))
-                .cloned()
-                .unwrap_or_else(|| format!("{}/{local}", origin.base_url))
-        };
-        qualify_references(&mut resource, &resolve);
+        qualify_references(&mut resource, &|local| resolve_from(slot.origin, local));
+        set_gateway_id(&mut resource, full_url);
         tag(
             &mut resource,
             &origin.base_url,
@@ -668,6 +766,10 @@ pub fn merge_view(
         }
         fhir::entry(full_url, resource, SearchMode::Match)
     });
+    let mut matches: Vec<Value> = Vec::new();
+    if wants_patient && let Some(p) = &patient {
+        matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
+    }
     matches.extend(finished);
     let total = matches.len();
     if let Some(count) = query.count {
@@ -706,6 +808,7 @@ pub fn merge_view(
     }
     View {
         matches,
+        includes: include_entries,
         patient,
         total,
         regions_answered: answered,
@@ -716,6 +819,98 @@ pub fn merge_view(
         issues,
         contributions,
     }
+}
+
+/// A resource the items reference, shown once however many regions hold it.
+struct Included {
+    rtype: String,
+    resource: Value,
+    regions: BTreeSet<usize>,
+    origin: usize,
+    /// (region, its local `Type/id`) of every copy folded in.
+    local_refs: Vec<(usize, String)>,
+    /// Its address at this gateway (set once the origin is known).
+    url: String,
+}
+
+/// Folds the regions' included resources: the same business identifier (an organisation's
+/// ODS code, a practitioner's professional registration, ...) or the same content, held by
+/// two regions, is one resource. Two a region holds stay two.
+fn merge_included(mut by_region: Vec<(usize, Vec<Value>)>) -> Vec<Included> {
+    by_region.sort_by_key(|(ri, _)| *ri);
+    let mut out: Vec<Included> = Vec::new();
+    let mut index: std::collections::HashMap<ContentKey, Vec<usize>> = Default::default();
+    for (ri, resources) in by_region {
+        for resource in resources {
+            let rtype = resource_type(&resource).unwrap_or("").to_owned();
+            let local = format!("{rtype}/{}", id_of(&resource));
+            let keys: Vec<ContentKey> = identifier_keys(&rtype, &resource)
+                .into_iter()
+                .chain(std::iter::once(content_key(&resource)))
+                .collect();
+            let found = keys.iter().find_map(|k| {
+                index
+                    .get(k)
+                    .and_then(|v| v.iter().copied().find(|&i| !out[i].regions.contains(&ri)))
+            });
+            let at = match found {
+                Some(i) => {
+                    out[i].regions.insert(ri);
+                    out[i].local_refs.push((ri, local));
+                    i
+                }
+                None => {
+                    out.push(Included {
+                        rtype,
+                        resource,
+                        regions: BTreeSet::from([ri]),
+                        origin: ri,
+                        local_refs: vec![(ri, local)],
+                        url: String::new(),
+                    });
+                    out.len() - 1
+                }
+            };
+            for k in keys {
+                note_slot(&mut index, k, at);
+            }
+        }
+    }
+    out
+}
+
+/// Business identifiers (`system|value`) of a resource of any type.
+fn identifier_keys(rtype: &str, resource: &Value) -> Vec<ContentKey> {
+    resource
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let system = i.get("system")?.as_str()?;
+            let value = i.get("value")?.as_str()?;
+            Some(key_of(&format!("id:{rtype}:{system}|{value}")))
+        })
+        .collect()
+}
+
+/// The resource's `id` becomes the last segment of its address at this gateway.
+fn set_gateway_id(resource: &mut Value, url: &str) {
+    if let (Some(id), Some(obj)) = (url.rsplit('/').next(), resource.as_object_mut()) {
+        obj.insert("id".into(), Value::String(id.to_owned()));
+    }
+}
+
+/// The region of the most recently updated Patient (whose demographics the merged one takes).
+fn newest_patient_region(patients: &[(usize, Value)]) -> Option<usize> {
+    patients
+        .iter()
+        .max_by(|a, b| {
+            last_updated(&a.1)
+                .cmp(&last_updated(&b.1))
+                .then(b.0.cmp(&a.0))
+        })
+        .map(|(ri, _)| *ri)
 }
 
 /// An item with what the merge matches it by (see [`keyed`]).
@@ -943,16 +1138,7 @@ fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option
 
 /// Business identifiers of an item (`system|value`), which name it across regions.
 fn business_keys(rtype: ResourceType, item: &Value) -> Vec<ContentKey> {
-    item.get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let system = i.get("system")?.as_str()?;
-            let value = i.get("value")?.as_str()?;
-            Some(key_of(&format!("id:{}:{system}|{value}", rtype.as_str())))
-        })
-        .collect()
+    identifier_keys(rtype.as_str(), item)
 }
 
 /// An item's clinical identity: its type, first coded concept (`system|code`), subject and

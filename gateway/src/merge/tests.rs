@@ -115,10 +115,12 @@ fn identical_items_from_two_regions_appear_once_tagged_with_both() {
         m[0]["resource"]["meta"]["source"],
         "https://dorset.example/fhir"
     );
+    // Addressed at the gateway, under an id naming the region whose copy is shown.
     assert_eq!(
         m[0]["fullUrl"],
-        "https://dorset.example/fhir/AllergyIntolerance/a"
+        "https://gw.example/fhir/AllergyIntolerance/dorset.a"
     );
+    assert_eq!(m[0]["resource"]["id"], "dorset.a");
     assert_eq!(
         m[0]["resource"]["patient"]["reference"],
         "https://gw.example/fhir/Patient/9000000009"
@@ -143,7 +145,7 @@ fn different_items_are_kept_newest_first() {
         .iter()
         .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, vec!["new", "old"]);
+    assert_eq!(ids, vec!["dorset.new", "dorset.old"]);
 }
 
 #[test]
@@ -230,7 +232,11 @@ fn a_peer_cannot_slip_in_another_patients_items() {
         .iter()
         .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, vec!["mine"]);
+    assert_eq!(
+        ids,
+        vec!["dorset.mine"],
+        "the id names the region holding it"
+    );
 }
 
 #[test]
@@ -471,7 +477,7 @@ fn regions_disagreeing_on_demographics_are_named_as_a_possible_wrong_patient() {
     );
     let m = matches(&merged.bundle);
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0]["resource"]["id"], "a");
+    assert_eq!(m[0]["resource"]["id"], "dorset.a");
     assert_eq!(merged.discarded, 1);
     assert!(
         issues_of(&merged.bundle)
@@ -643,7 +649,7 @@ fn references_resolve_inside_the_bundle_or_are_qualified_by_region() {
         assert_eq!(r["performer"][1]["reference"], "#contained");
         assert_eq!(r["performer"][2]["reference"], "urn:uuid:x");
     }
-    // Not in the Bundle: qualified by the region that holds it.
+    // Not in the Bundle: at this gateway, under an id naming the region that holds it.
     let encounters: BTreeSet<&str> = reports
         .iter()
         .map(|r| r["encounter"]["reference"].as_str().unwrap())
@@ -651,8 +657,8 @@ fn references_resolve_inside_the_bundle_or_are_qualified_by_region() {
     assert_eq!(
         encounters,
         BTreeSet::from([
-            "https://dorset.example/fhir/Encounter/e9",
-            "https://hampshire.example/fhir/Encounter/e9"
+            "https://gw.example/fhir/Encounter/dorset.e9",
+            "https://gw.example/fhir/Encounter/hampshire.e9"
         ])
     );
 }
@@ -747,7 +753,11 @@ fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
         (r["id"].clone(), r["meta"]["extension"].clone())
     };
     let expected = shown(vec![jan.clone(), mar.clone(), feb.clone()]);
-    assert_eq!(expected.0, "mar");
+    assert!(
+        expected.0.as_str().unwrap().ends_with(".mar"),
+        "{}",
+        expected.0
+    );
     let other = expected.1.to_string();
     assert!(other.contains("2022-02-01"), "{other}");
     for order in [
@@ -763,7 +773,7 @@ fn the_most_recently_updated_copy_is_shown_whatever_order_copies_come_in() {
         ],
     ] {
         let (id, extension) = shown(order);
-        assert_eq!(id, expected.0);
+        assert!(id.as_str().unwrap().ends_with(".mar"), "{id}");
         assert!(extension.to_string().contains("2022-02-01"), "{extension}");
     }
 }
@@ -888,4 +898,104 @@ fn a_cut_region_is_named_with_its_types_and_what_was_left_out() {
     );
     assert_eq!(issue.details[0].1, "dorset");
     assert_eq!(issue.details[1].1, "item-limit");
+}
+
+#[test]
+fn everything_includes_what_items_reference_once_across_regions() {
+    let query = crate::query::parse_everything(NHS, &[], false)
+        .unwrap()
+        .query;
+    let org = |id: &str, name: &str| {
+        json!({"resourceType": "Organization", "id": id, "name": name,
+               "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "J82001"}]})
+    };
+    let encounter = |id: &str, p: &str, org: &str| {
+        json!({"resourceType": "Encounter", "id": id, "status": "finished", "subject": {"reference": format!("Patient/{p}")},
+               "class": {"code": "AMB"}, "period": {"start": format!("2024-0{}-01", id.len())},
+               "serviceProvider": {"reference": format!("Organization/{org}")},
+               "participant": [{"individual": {"reference": "Practitioner/pr1"}}]})
+    };
+    let merged = merge(
+        &query,
+        vec![
+            RegionResult {
+                outcome: Ok(RecordAnswer {
+                    patients: vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
+                    items: vec![encounter("e1", "d1", "o1")],
+                    included: vec![
+                        org("o1", "Border Surgery"),
+                        // Nothing of dorset's references these: not shown.
+                        org("o-unused", "Elsewhere"),
+                        patient("someone-else", "2023-01-01T00:00:00Z", "Jones"),
+                    ],
+                    ..RecordAnswer::default()
+                }),
+                ..answered("dorset", vec![], vec![])
+            },
+            RegionResult {
+                outcome: Ok(RecordAnswer {
+                    patients: vec![patient("h1", "2023-01-01T00:00:00Z", "Smith")],
+                    items: vec![encounter("e22", "h1", "org-9")],
+                    // The same practice (one ODS code) under hampshire's own id.
+                    included: vec![org("org-9", "Border Surgery (Hants)")],
+                    ..RecordAnswer::default()
+                }),
+                ..answered("hampshire", vec![], vec![])
+            },
+        ],
+        ctx(),
+    );
+    let includes: Vec<Value> = entries(&merged.bundle)
+        .into_iter()
+        .filter(|e| {
+            e["search"]["mode"] == "include" && e["resource"]["resourceType"] == "Organization"
+        })
+        .collect();
+    assert_eq!(
+        includes.len(),
+        1,
+        "one practice, however many regions hold it"
+    );
+    let practice = &includes[0];
+    assert_eq!(
+        region_tags_of(&practice["resource"]),
+        vec!["dorset", "hampshire"]
+    );
+    assert_eq!(
+        practice["fullUrl"],
+        "https://gw.example/fhir/Organization/dorset.o1"
+    );
+    // Both regions' encounters point at the one entry; the practitioner, not included, at
+    // this gateway under the region's id.
+    for e in matches(&merged.bundle)
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Encounter")
+    {
+        assert_eq!(
+            e["resource"]["serviceProvider"]["reference"],
+            practice["fullUrl"]
+        );
+        let who = e["resource"]["participant"][0]["individual"]["reference"]
+            .as_str()
+            .unwrap();
+        assert!(
+            who == "https://gw.example/fhir/Practitioner/dorset.pr1"
+                || who == "https://gw.example/fhir/Practitioner/hampshire.pr1",
+            "{who}"
+        );
+    }
+    assert_eq!(
+        merged.discarded, 2,
+        "the unreferenced organisation and the other Patient"
+    );
+    assert_eq!(merged.total, 3, "includes are not counted in total");
+}
+
+fn region_tags_of(resource: &Value) -> Vec<String> {
+    resource["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap().to_owned())
+        .collect()
 }

@@ -40,7 +40,19 @@ pub struct DirectoryRecord {
     items_by_link: HashMap<PatientLink, Vec<usize>>,
     consents: Vec<Value>,
     consents_by_link: HashMap<PatientLink, Vec<usize>>,
-    skipped: usize,
+    /// Resources of other types (practitioners, organisations, medicines, ...), which items
+    /// reference.
+    others: Vec<Value>,
+    /// Every resource by (type, id): where it is held.
+    by_ref: HashMap<(String, String), Held>,
+}
+
+/// Where a resource is held in a [`DirectoryRecord`].
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Patient(usize),
+    Item(usize),
+    Other(usize),
 }
 
 impl DirectoryRecord {
@@ -102,6 +114,19 @@ impl DirectoryRecord {
     }
 
     fn add(&mut self, v: Value, path: &str) -> Result<(), LoadError> {
+        let key = match (resource_type(&v), v.get("id").and_then(Value::as_str)) {
+            (Some(t), Some(id)) if t != "Bundle" => Some((t.to_owned(), id.to_owned())),
+            _ => None,
+        };
+        let held = match resource_type(&v) {
+            Some("Patient") => Some(Held::Patient(self.patients.len())),
+            Some("Consent" | "Bundle") | None => None,
+            Some(t) if ResourceType::parse(t).is_some() => Some(Held::Item(self.items.len())),
+            Some(_) => Some(Held::Other(self.others.len())),
+        };
+        if let (Some(key), Some(held)) = (key, held) {
+            self.by_ref.insert(key, held);
+        }
         match resource_type(&v) {
             Some("Bundle") => {
                 let entries = v
@@ -163,7 +188,7 @@ impl DirectoryRecord {
                         }
                         self.items.push((rt, v));
                     }
-                    None => self.skipped += 1,
+                    None => self.others.push(v),
                 }
                 Ok(())
             }
@@ -175,7 +200,16 @@ impl DirectoryRecord {
 
     /// Counts for the start-up log line: (patients, items, resources of other types).
     pub fn counts(&self) -> (usize, usize, usize) {
-        (self.patients.len(), self.items.len(), self.skipped)
+        (self.patients.len(), self.items.len(), self.others.len())
+    }
+
+    /// One resource by type and id.
+    pub fn resource(&self, rtype: &str, id: &str) -> Option<&Value> {
+        match self.by_ref.get(&(rtype.to_owned(), id.to_owned()))? {
+            Held::Patient(i) => self.patients.get(*i),
+            Held::Item(i) => self.items.get(*i).map(|(_, v)| v),
+            Held::Other(i) => self.others.get(*i),
+        }
     }
 
     /// The patient's Patient resources: indexed under the NHS number, and carrying it.
@@ -227,15 +261,24 @@ impl DirectoryRecord {
         let patients = self.patients_of(nhs);
         let types = query.types();
         let indices = Self::linked(&self.items_by_link, &patients, nhs);
-        let items = indices
+        let items: Vec<Value> = indices
             .into_iter()
             .map(|i| &self.items[i])
             .filter(|(rt, v)| types.contains(rt) && query.matches(*rt, v))
             .map(|(_, v)| v.clone())
             .collect();
+        // `$everything` also gives what the items reference, as a FHIR server's does.
+        let included = match query.operation {
+            crate::query::Operation::Everything { .. } => super::referenced_elsewhere(&items)
+                .iter()
+                .filter_map(|(t, id)| self.resource(t, id).cloned())
+                .collect(),
+            _ => Vec::new(),
+        };
         RecordAnswer {
             patients: patients.into_iter().cloned().collect(),
             items,
+            included,
             ..RecordAnswer::default()
         }
     }
@@ -257,6 +300,15 @@ impl RecordSource for DirectoryRecord {
         _budget: std::time::Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(async move { Ok(self.answer(query)) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        rtype: &'a str,
+        id: &'a str,
+        _budget: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<Value>, RecordError>> {
+        Box::pin(async move { Ok(self.resource(rtype, id).cloned()) })
     }
 
     fn consents<'a>(

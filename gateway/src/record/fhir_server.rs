@@ -326,10 +326,78 @@ impl FhirServerRecord {
         }
         match first_error {
             Some(e) if !any_read => Err(e),
-            _ => Ok(answer),
+            _ => {
+                if matches!(query.operation, Operation::Everything { .. }) {
+                    self.include_referenced(&mut answer, allowance, deadline)
+                        .await;
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Adds to an `$everything` answer what its items reference that the server did not
+    /// include itself, asked by `_id`, a type at a time, within the same bounds.
+    async fn include_referenced(
+        &self,
+        answer: &mut RecordAnswer,
+        allowance: &Allowance,
+        deadline: Instant,
+    ) {
+        let held: std::collections::HashSet<(String, String)> = answer
+            .included
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("resourceType")?.as_str()?.to_owned(),
+                    r.get("id")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let mut wanted: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (t, id) in super::referenced_elsewhere(&answer.items) {
+            if !held.contains(&(t.clone(), id.clone())) {
+                wanted.entry(t).or_default().push(id);
+            }
+        }
+        let batches = wanted.iter().flat_map(|(t, ids)| {
+            ids.chunks(ID_BATCH)
+                .map(move |chunk| (t.as_str(), chunk.join(",")))
+        });
+        let reads = join_all(batches.map(|(t, ids)| async move {
+            let read = self
+                .read_all(
+                    self.client.get(self.url(t)).query(&[
+                        ("_id", ids),
+                        ("_count", self.settings.page_size.to_string()),
+                    ]),
+                    t,
+                    allowance,
+                    deadline,
+                )
+                .await;
+            (t, read)
+        }))
+        .await;
+        for (t, read) in reads {
+            match read {
+                Ok(read) => {
+                    answer.included.extend(read.matches);
+                    if let Some(cut) = read.cut {
+                        add_cut(&mut answer.cuts, cut);
+                    }
+                }
+                Err(e) => add_cut(
+                    &mut answer.cuts,
+                    Cut::new(CutReason::PageFailed, t, None, e.to_string()),
+                ),
+            }
         }
     }
 }
+
+/// How many ids one `_id` search asks for.
+const ID_BATCH: usize = 50;
 
 /// The `$everything` parameters that ask the same question as `query`, when the operation can:
 /// an `$everything` whose filters the operation takes (`_type`, and the clinical dates and
@@ -411,6 +479,33 @@ impl RecordSource for FhirServerRecord {
         budget: Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
         Box::pin(self.answer(query, budget))
+    }
+
+    fn read<'a>(
+        &'a self,
+        rtype: &'a str,
+        id: &'a str,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<Option<Value>, RecordError>> {
+        Box::pin(async move {
+            // The id is checked by the caller; the path is built from a FHIR type and id only.
+            let request = self.client.get(self.url(&format!("{rtype}/{id}")));
+            match get_fhir_json_with_meta(request, self.settings.bounds.max_bytes, budget).await {
+                Ok((resource, _, _)) => {
+                    let same = resource.get("resourceType").and_then(Value::as_str) == Some(rtype)
+                        && resource.get("id").and_then(Value::as_str) == Some(id);
+                    if same {
+                        Ok(Some(resource))
+                    } else {
+                        Err(RecordError::Invalid(
+                            "the record server answered a read with another resource".into(),
+                        ))
+                    }
+                }
+                Err(FetchError::Status(404 | 410)) => Ok(None),
+                Err(e) => Err(record_error(e)),
+            }
+        })
     }
 
     fn consents<'a>(

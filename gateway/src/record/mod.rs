@@ -70,11 +70,39 @@ pub trait RecordSource: Send + Sync {
         budget: std::time::Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>>;
 
+    /// One resource by type and this record's id (`None` when it holds none): what
+    /// `GET /fhir/{Type}/{region}.{id}` resolves.
+    fn read<'a>(
+        &'a self,
+        rtype: &'a str,
+        id: &'a str,
+        budget: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<Value>, RecordError>>;
+
     /// The patient's Consent resources held in this record (any status; the reader decides).
     fn consents<'a>(
         &'a self,
         nhs: &'a crate::fhir::nhs::NhsNumber,
     ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>>;
+}
+
+/// What `items` reference that is not among them: `(type, id)` of every relative reference to
+/// a resource other than a Patient, in order, each once. A `$everything` includes these.
+pub fn referenced_elsewhere(items: &[Value]) -> Vec<(String, String)> {
+    let held: std::collections::HashSet<(&str, &str)> = items
+        .iter()
+        .filter_map(|i| Some((i.get("resourceType")?.as_str()?, i.get("id")?.as_str()?)))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for item in items {
+        for (t, id) in crate::fhir::reference::relative_references(item) {
+            if t != "Patient" && !held.contains(&(t, id)) && seen.insert((t, id)) {
+                out.push((t.to_owned(), id.to_owned()));
+            }
+        }
+    }
+    out
 }
 
 /// Does a Patient resource carry this NHS number?
