@@ -44,6 +44,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/fhir/_page", get(super::paging::page))
         .route("/fhir/{type}", get(search))
+        .route("/fhir/{type}/{id}", get(super::read::read_resource))
         .route("/admin/audit", get(super::audit::search_trail))
         .route("/admin/cache", axum::routing::delete(purge_cache))
         .route("/admin/api/whoami", get(super::governance::whoami))

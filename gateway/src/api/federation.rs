@@ -34,6 +34,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let routes = Router::new()
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/{type}", get(search))
+        .route("/fhir/{type}/{id}", get(read))
         // Layers run outside in: authenticate the peer, rate-limit it, audit, then the handler.
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -237,6 +238,92 @@ async fn search(
     let pairs = query_pairs(raw.as_deref())?;
     let parsed = query::parse_search(&type_name, &pairs, lenient(&parts.headers))?;
     answer(&gateway, parsed, &parts).await
+}
+
+/// `GET /fhir/{Type}/{id}` from a peer: one resource of this region's record by its own id, as
+/// a searchset with the resource as the match and its Patient as an include (so the caller can
+/// apply the patient's consent), under this region's release policy. What may not be released
+/// and what does not exist answer alike: 404.
+async fn read(
+    State(gateway): State<Arc<Gateway>>,
+    Path((type_name, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    check_accept(&parts.headers)?;
+    let context = parts
+        .extensions
+        .get::<ForwardedContext>()
+        .cloned()
+        .ok_or(ApiError::from(AuthError::Missing))?;
+    let peer = parts
+        .extensions
+        .get::<PeerRegion>()
+        .map_or("", |p| p.0.as_str())
+        .to_owned();
+    let plain_id = crate::fhir::reference::is_fhir_id(&id) && !id.bytes().all(|b| b == b'.');
+    if !crate::fhir::reference::served_by_id(&type_name) || !plain_id {
+        return Err(super::read::not_here());
+    }
+    let Some(found) = super::read::find_local(&gateway, &type_name, &id).await? else {
+        super::audit::note(&parts, |e| {
+            e.detail["read"] = serde_json::json!("not found")
+        });
+        return Err(super::read::not_here());
+    };
+    if let Some(nhs) = &found.nhs {
+        super::audit::note(&parts, |e| e.patient = Some(nhs.as_str().to_owned()));
+    }
+    let policies = gateway.policies.load_full();
+    let gatekeeper = Gatekeeper::new(
+        &policies,
+        &context.user,
+        &peer,
+        DecisionPoint::Release,
+        &peer,
+    );
+    gatekeeper
+        .admit(&gateway.region.code)
+        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
+    let (kept, report) =
+        super::read::decide(&gateway, gatekeeper, found, &gateway.region.code).await?;
+    gateway
+        .metrics
+        .policy_items("release", report.released, report.withheld);
+    super::audit::note(&parts, |e| {
+        e.released = report.released.min(1);
+        e.withheld = report.withheld;
+        e.policies = report.policies.iter().cloned().collect();
+    });
+    let Some(kept) = kept else {
+        return Err(super::read::not_here());
+    };
+    let base = &gateway.region.base_url;
+    let url = |r: &Value| {
+        format!(
+            "{base}/{}/{}",
+            r["resourceType"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("")
+        )
+    };
+    let mut entries: Vec<Value> = kept
+        .items
+        .into_iter()
+        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
+        .collect();
+    entries.extend(
+        kept.patients
+            .into_iter()
+            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
+    );
+    let now = fhir::instant(time::OffsetDateTime::now_utc());
+    let bundle = fhir::searchset(&uuid::Uuid::new_v4().to_string(), &now, base, 1, entries);
+    let mut response = fhir_response(StatusCode::OK, &bundle);
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 async fn everything(

@@ -10,6 +10,7 @@ pub mod federation;
 pub mod governance;
 pub mod guard;
 pub mod paging;
+pub mod read;
 
 use std::time::Instant;
 

@@ -314,10 +314,17 @@ pub fn capability_statement(
         "searchParam": [
             {"name": "identifier", "type": "token", "documentation": "Required: https://fhir.nhs.uk/Id/nhs-number|{NHS number}"},
             {"name": "_id", "type": "token", "documentation": "The NHS number"},
+            {"name": "_count", "type": "number", "documentation": "Page size; 0 gives the total alone"},
+            {"name": "_summary", "type": "token", "documentation": "count only: the total alone"},
+            {"name": "_format", "type": "string", "documentation": "json, application/json or application/fhir+json"},
         ],
         "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                       "documentation": "Supports _type and _count"}],
+                       "documentation": "Parameters: _type (federated types), start and end (the items' clinical dates), _since (last updated), _count (page size; 0 for the total alone), _summary=count, _format. The items' referenced resources (practitioners, organisations, locations, medications, ...) are included (search.mode = include)."}],
     })];
+    let read_only = |t: &str, doc: &str| {
+        json!({"type": t, "interaction": [{"code": "read"}],
+               "documentation": format!("{doc} Read by the id the gateway gives it ({{region}}.{{id}}), from the region that holds it, under that region's release policy and this region's view policy.")})
+    };
     for t in ResourceType::ALL {
         let mut params = vec![
             json!({"name": "patient.identifier", "type": "token",
@@ -330,9 +337,22 @@ pub fn capability_statement(
         if t.category().is_some() {
             params.push(json!({"name": "category", "type": "token"}));
         }
-        params.push(json!({"name": "_count", "type": "number"}));
-        resources.push(json!({"type": t.as_str(), "interaction": [{"code": "search-type"}], "searchParam": params}));
+        params.push(json!({"name": "_lastUpdated", "type": "date", "documentation": "Prefixes eq, ne, gt, lt, ge, le, sa, eb"}));
+        params.push(json!({"name": "_count", "type": "number", "documentation": "Page size; 0 gives the total alone"}));
+        params.push(json!({"name": "_summary", "type": "token", "documentation": "count only: the total alone"}));
+        params.push(json!({"name": "_format", "type": "string"}));
+        resources.push(json!({"type": t.as_str(), "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params,
+            "documentation": "Read by the id the gateway gives it ({region}.{id})."}));
     }
+    for t in reference::REFERENCE_TYPES {
+        resources.push(read_only(t, "A resource the patient's items reference."));
+    }
+    resources.push(json!({
+        "type": "Consent",
+        "interaction": [{"code": "read"}, {"code": "update"}, {"code": "create"}, {"code": "search-type"}],
+        "searchParam": [{"name": "patient.identifier", "type": "token", "documentation": "Required: https://fhir.nhs.uk/Id/nhs-number|{NHS number}"}],
+        "documentation": "Patients' consent directives recorded through this gateway (roles allowed manage-consent).",
+    }));
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -457,7 +477,31 @@ mod tests {
             .iter()
             .map(|r| r["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types.len(), 1 + types::ResourceType::ALL.len());
+        assert_eq!(
+            types.len(),
+            1 + types::ResourceType::ALL.len() + reference::REFERENCE_TYPES.len() + 1
+        );
         assert!(types.contains(&"AllergyIntolerance"));
+        assert!(types.contains(&"Consent"));
+        // Every type a reference may name is listed with its read.
+        for r in cs["rest"][0]["resource"].as_array().unwrap() {
+            let t = r["type"].as_str().unwrap();
+            let reads = r["interaction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["code"] == "read");
+            assert_eq!(
+                reads,
+                t == "Patient" || t == "Consent" || reference::served_by_id(t),
+                "{t}"
+            );
+        }
+        let everything = cs["rest"][0]["resource"][0]["operation"][0]["documentation"]
+            .as_str()
+            .unwrap();
+        for p in ["start", "end", "_since", "_count", "_type"] {
+            assert!(everything.contains(p), "{p}");
+        }
     }
 }

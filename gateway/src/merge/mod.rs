@@ -821,6 +821,41 @@ pub fn merge_view(
     }
 }
 
+/// One region's resource read by id (`GET /fhir/{Type}/{region}.{id}`), as the gateway shows
+/// it: its id naming the region, its references at this gateway (the patient's at the merged
+/// Patient, when `patient` gives the region's Patient ids and the NHS number), and tagged with
+/// its region.
+pub fn present_read(
+    mut resource: Value,
+    region: &RegionInfo,
+    gateway_base: &str,
+    patient: Option<(&[String], &str)>,
+) -> Value {
+    let at_gateway =
+        |t: &str, id: &str| match crate::fhir::reference::federated_id(&region.code, id) {
+            Some(fid) => format!("{gateway_base}/{t}/{fid}"),
+            None => format!("{}/{t}/{id}", region.base_url),
+        };
+    let resolve = |local: &str| -> String {
+        match crate::fhir::reference::split_relative(local) {
+            Some(("Patient", id)) => match patient {
+                Some((ids, nhs)) if ids.iter().any(|p| p == id) => {
+                    format!("{gateway_base}/Patient/{nhs}")
+                }
+                _ => format!("{}/{local}", region.base_url),
+            },
+            Some((t, id)) => at_gateway(t, id),
+            None => format!("{}/{local}", region.base_url),
+        }
+    };
+    qualify_references(&mut resource, &resolve);
+    let rtype = resource_type(&resource).unwrap_or("").to_owned();
+    let url = at_gateway(&rtype, id_of(&resource));
+    set_gateway_id(&mut resource, &url);
+    tag(&mut resource, &region.base_url, std::iter::once(region));
+    resource
+}
+
 /// A resource the items reference, shown once however many regions hold it.
 struct Included {
     rtype: String,

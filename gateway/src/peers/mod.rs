@@ -203,6 +203,33 @@ impl Peer {
 }
 
 impl Peer {
+    /// Asks the peer's federation face for one of its resources by its own id, as `user`
+    /// (`GET {base}/{Type}/{id}`): a searchset with the resource as the match and, for a
+    /// clinical type, its Patient as an include. `None` when the peer has none it may show.
+    pub async fn read(
+        &self,
+        rtype: &str,
+        id: &str,
+        token: &str,
+        request_id: &str,
+        max_bytes: usize,
+        budget: Duration,
+    ) -> Result<Option<crate::record::RecordAnswer>, RegionFailure> {
+        let request = self
+            .client
+            .load()
+            .get(format!("{}/{rtype}/{id}", self.info.base_url))
+            .bearer_auth(token)
+            .header("x-request-id", request_id);
+        match get_fhir_json_with_meta(request, max_bytes, budget).await {
+            Ok((bundle, _, _)) => bundle_to_answer(bundle)
+                .map(Some)
+                .map_err(failure_from_fetch),
+            Err(FetchError::Status(404)) => Ok(None),
+            Err(e) => Err(failure_from_fetch(e)),
+        }
+    }
+
     /// Tells the peer that a patient's consent directives changed here, so that it drops the
     /// answers of this region it holds for the patient (`POST {base}/$consent-changed`).
     pub async fn notify_consent_change(
