@@ -57,6 +57,8 @@ pub struct TestFederation {
     pub idp_key_pem: String,
     pub regions: Vec<Region>,
     pub data: DemoData,
+    /// Realistic patients (years of care, hundreds of items in every region), when asked for.
+    pub realistic: Vec<gateway::demo::data::DemoPatient>,
 }
 
 pub fn install() {
@@ -146,6 +148,10 @@ pub struct Builder {
     /// This region checks peers' certificates against `certs/{code}-crl.pem` (an empty CRL at
     /// the start).
     crl_at: Option<usize>,
+    /// Realistic patients: how many, and about how many items the first has in each region.
+    realistic: Option<(usize, usize)>,
+    /// Keys added to the first region's `[record]` table when its record is a FHIR server.
+    record_extra: String,
 }
 
 impl Builder {
@@ -162,7 +168,23 @@ impl Builder {
             postgres: false,
             first_region_toml: String::new(),
             crl_at: None,
+            realistic: None,
+            record_extra: String::new(),
         }
+    }
+
+    /// Adds `n` realistic patients to every region's record (see `gateway::demo::realistic`).
+    pub fn realistic(mut self, n: usize, items_per_region: usize) -> Self {
+        self.realistic = Some((n, items_per_region));
+        self
+    }
+
+    /// Keys (`page_size = 20`, `max_items = 100`, ...) for the first region's `[record]`
+    /// table, when its record is a FHIR server.
+    pub fn record_keys(mut self, text: &str) -> Self {
+        self.record_extra.push('\n');
+        self.record_extra.push_str(text);
+        self
     }
 
     /// The region at `index` checks peers' certificates against a CRL file.
@@ -226,7 +248,15 @@ impl Builder {
         write(&dir.path().join("certs/ca.pem"), &ca.cert_pem, false).unwrap();
         let idp = rcgen::KeyPair::generate().unwrap();
         write(&dir.path().join("idp.pem"), &idp.public_key_pem(), false).unwrap();
-        let data = generate(&self.codes, self.patients, 42);
+        let mut data = generate(&self.codes, self.patients, 42);
+        let mut realistic = Vec::new();
+        if let Some((n, items)) = self.realistic {
+            let (records, patients) = gateway::demo::realistic::generate(&self.codes, n, items, 42);
+            for (code, resources) in records {
+                data.records.entry(code).or_default().extend(resources);
+            }
+            realistic = patients;
+        }
         for (code, resources) in &data.records {
             let d = dir.path().join("data").join(code);
             std::fs::create_dir_all(&d).unwrap();
@@ -277,7 +307,10 @@ impl Builder {
             if let (0, Some((url, timeout))) = (i, &self.local_record) {
                 text = text.replace(
                     &format!("directory = \"data/{code}\""),
-                    &format!("fhir_base = \"{url}\"\ntimeout_ms = {timeout}"),
+                    &format!(
+                        "fhir_base = \"{url}\"\ntimeout_ms = {timeout}{}",
+                        self.record_extra
+                    ),
                 );
             }
             if let Some((index, name, policy)) = &self.extra_policy
@@ -339,6 +372,7 @@ impl Builder {
             idp_key_pem: idp.serialize_pem(),
             regions,
             data,
+            realistic,
         }
     }
 }
@@ -774,4 +808,91 @@ pub fn audit_detail(event: &Value, name: &str) -> Option<String> {
         .flatten()
         .find(|d| d["type"] == name)
         .and_then(|d| d["valueString"].as_str().map(str::to_owned))
+}
+
+/// Every reference in an answer: (the JSON path's last key, the reference).
+pub fn references_in(v: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        Value::String(s) if k == "reference" => out.push(s.clone()),
+                        other => walk(other, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+/// Follows every reference in a Bundle from region `region`, as `token`'s user: each is an
+/// entry of the Bundle, or at that gateway, where it answers 200 with the resource it names.
+/// Contained (`#`) and `urn:` references are the Bundle's own. Entries' fullUrls are at the
+/// gateway too. Returns how many references were followed outside the Bundle.
+pub async fn follow_references(
+    fed: &TestFederation,
+    region: usize,
+    bundle: &Value,
+    token: &str,
+) -> usize {
+    let base = fed.base(region);
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    let urls: std::collections::HashSet<String> = entries
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str().map(str::to_owned))
+        .collect();
+    for u in &urls {
+        assert!(
+            u.starts_with(&format!("{base}/")) || u.starts_with("urn:uuid:"),
+            "a fullUrl outside the gateway: {u}"
+        );
+    }
+    let mut outside: Vec<String> = references_in(bundle)
+        .into_iter()
+        .filter(|r| !urls.contains(r) && !r.starts_with('#') && !r.starts_with("urn:"))
+        .collect();
+    outside.sort();
+    outside.dedup();
+    let client = fed.client();
+    for r in &outside {
+        assert!(
+            r.starts_with(&format!("{base}/")),
+            "a reference that points outside the gateway: {r}"
+        );
+        let reply = get_json(&client, r, Some(token)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{r} answered {}: {}",
+            reply.status,
+            reply.body
+        );
+        let mut tail = r.rsplit('/');
+        let (id, rtype) = (tail.next().unwrap(), tail.next().unwrap());
+        assert_eq!(reply.body["resourceType"], rtype, "{r}");
+        assert_eq!(reply.body["id"], id, "{r}");
+    }
+    outside.len()
+}
+
+/// Writes an answer into the directory the independent FHIR validators of `scripts/test` read
+/// (`FHIR_ARTIFACT_DIR`, default `target/fhir-artifacts`).
+pub fn save_artifact(name: &str, body: &Value) {
+    let dir = std::env::var_os("FHIR_ARTIFACT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fhir-artifacts")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(body).unwrap(),
+    )
+    .unwrap();
 }

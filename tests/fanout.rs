@@ -50,9 +50,16 @@ async fn a_patient_seen_in_three_regions_comes_back_as_one_bundle() {
     for e in &matches[1..] {
         let tags = region_tags(&e["resource"]);
         assert!(!tags.is_empty());
-        contributing.extend(tags);
-        let source = e["resource"]["meta"]["source"].as_str().unwrap();
-        assert!(e["fullUrl"].as_str().unwrap().starts_with(source));
+        contributing.extend(tags.iter().cloned());
+        // Addressed at this gateway, under an id naming the region whose copy is shown.
+        let url = e["fullUrl"].as_str().unwrap();
+        assert!(url.starts_with(&format!("{}/", fed.base(0))), "{url}");
+        let id = e["resource"]["id"].as_str().unwrap();
+        assert!(url.ends_with(&format!("/{id}")), "{url}");
+        assert!(
+            tags.iter().any(|t| id.starts_with(&format!("{t}."))),
+            "{id}"
+        );
     }
     assert_eq!(
         contributing,

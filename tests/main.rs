@@ -14,5 +14,7 @@ mod fhir_artifacts;
 mod governance;
 mod operations;
 mod policy;
+mod real_server;
 mod record_server;
+mod references;
 mod resilience;

@@ -448,10 +448,13 @@ async fn answer(
         .into_iter()
         .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
         .collect();
+    // The patient's Patient resources, and what the items reference (`$everything`), each
+    // released under the same policy.
     entries.extend(
         local
             .patients
             .into_iter()
+            .chain(local.included)
             .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
     );
     // Where this region's answer stopped short, said so the caller can tell its clinician.

@@ -147,7 +147,7 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
                 && patient_link(item, rt.patient_element()).is_some_and(|l| links.contains(&l))
         })
         .collect();
-    let included = screen_included(query, &items, answer.included, &links);
+    let included = screen_included(query, &items, &patients, answer.included, &links);
     let after = patients.len() + items.len() + included.kept.len();
     let withheld = answer.withheld;
     (
@@ -170,11 +170,12 @@ struct ScreenedIncludes {
 }
 
 /// Keeps what a region may include beside its items: for `$everything` only, resources that
-/// its items (or its other included resources) reference, never a Patient, and of a federated
+/// its items, its Patient or its other included resources reference, never a Patient, and of a federated
 /// type only when about the patient.
 fn screen_included(
     query: &PatientQuery,
     items: &[Value],
+    patients: &[Value],
     included: Vec<Value>,
     links: &BTreeSet<PatientLink>,
 ) -> ScreenedIncludes {
@@ -187,6 +188,7 @@ fn screen_included(
     }
     let referenced: std::collections::HashSet<(String, String)> = items
         .iter()
+        .chain(patients)
         .chain(&included)
         .flat_map(crate::fhir::reference::relative_references)
         .map(|(t, id)| (t.to_owned(), id.to_owned()))

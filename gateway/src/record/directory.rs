@@ -268,15 +268,18 @@ impl DirectoryRecord {
             .map(|(_, v)| v.clone())
             .collect();
         // `$everything` also gives what the items reference, as a FHIR server's does.
+        let patients: Vec<Value> = patients.into_iter().cloned().collect();
         let included = match query.operation {
-            crate::query::Operation::Everything { .. } => super::referenced_elsewhere(&items)
-                .iter()
-                .filter_map(|(t, id)| self.resource(t, id).cloned())
-                .collect(),
+            crate::query::Operation::Everything { .. } => {
+                super::referenced_elsewhere(&items, &patients)
+                    .iter()
+                    .filter_map(|(t, id)| self.resource(t, id).cloned())
+                    .collect()
+            }
             _ => Vec::new(),
         };
         RecordAnswer {
-            patients: patients.into_iter().cloned().collect(),
+            patients,
             items,
             included,
             ..RecordAnswer::default()

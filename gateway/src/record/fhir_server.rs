@@ -355,7 +355,7 @@ impl FhirServerRecord {
             })
             .collect();
         let mut wanted: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (t, id) in super::referenced_elsewhere(&answer.items) {
+        for (t, id) in super::referenced_elsewhere(&answer.items, &answer.patients) {
             if !held.contains(&(t.clone(), id.clone())) {
                 wanted.entry(t).or_default().push(id);
             }

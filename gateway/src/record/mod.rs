@@ -86,16 +86,17 @@ pub trait RecordSource: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>>;
 }
 
-/// What `items` reference that is not among them: `(type, id)` of every relative reference to
-/// a resource other than a Patient, in order, each once. A `$everything` includes these.
-pub fn referenced_elsewhere(items: &[Value]) -> Vec<(String, String)> {
+/// What `items` (and `patients`: their GP practice, their managing organisation) reference
+/// that is not among the items: `(type, id)` of every relative reference to a resource other
+/// than a Patient, in order, each once. A `$everything` includes these.
+pub fn referenced_elsewhere(items: &[Value], patients: &[Value]) -> Vec<(String, String)> {
     let held: std::collections::HashSet<(&str, &str)> = items
         .iter()
         .filter_map(|i| Some((i.get("resourceType")?.as_str()?, i.get("id")?.as_str()?)))
         .collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for item in items {
+    for item in items.iter().chain(patients) {
         for (t, id) in crate::fhir::reference::relative_references(item) {
             if t != "Patient" && !held.contains(&(t, id)) && seen.insert((t, id)) {
                 out.push((t.to_owned(), id.to_owned()));
