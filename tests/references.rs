@@ -178,3 +178,39 @@ async fn crafted_ids_unknown_regions_and_withheld_resources_answer_alike() {
         there.len()
     );
 }
+
+#[tokio::test]
+async fn a_count_alone_is_the_total_with_no_entries_and_no_next_link() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .patients(4)
+        .realistic(1, 60)
+        .start()
+        .await;
+    let token = fed.token("R8000");
+    let nhs = fed.realistic[0].nhs.clone();
+    let whole = fed
+        .get(0, &format!("/Patient/{nhs}/$everything"), Some(&token))
+        .await;
+    let total = whole.body["total"].as_u64().unwrap();
+    assert!(total > 100);
+    for query in ["_count=0", "_summary=count"] {
+        let r = fed
+            .get(
+                0,
+                &format!("/Patient/{nhs}/$everything?{query}"),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{query}: {}", r.body);
+        assert_eq!(r.body["total"], total, "{query}");
+        assert!(entries(&r.body, "match").is_empty(), "{query}");
+        assert!(entries(&r.body, "include").is_empty(), "{query}");
+        let links: Vec<&str> = r.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["relation"].as_str())
+            .collect();
+        assert_eq!(links, vec!["self"], "{query}");
+    }
+}

@@ -305,3 +305,80 @@ fn errors_never_echo_a_number_given_in_the_wrong_place() {
     let err = parse_everything("9000000009", &p(&[("_type", "9434765919")]), false).unwrap_err();
     assert!(!err.to_string().contains("9434765919"));
 }
+
+#[test]
+fn everything_takes_a_window_of_clinical_dates_and_last_update() {
+    let q = parse_everything(
+        "9000000009",
+        &p(&[
+            ("start", "2020-01-01"),
+            ("end", "2021-06"),
+            ("_since", "2024-01-01T00:00:00Z"),
+        ]),
+        false,
+    )
+    .unwrap()
+    .query;
+    assert_eq!(q.window.len(), 3);
+    // Forwarded as given, so a peer or a FHIR server applies the same window.
+    let (_, params) = q.to_request();
+    assert!(params.contains(&("start".into(), "2020-01-01".into())));
+    assert!(params.contains(&("end".into(), "2021-06".into())));
+    assert!(params.contains(&("_since".into(), "2024-01-01T00:00:00Z".into())));
+    let obs = |effective: &str, updated: &str| json!({"resourceType": "Observation", "effectiveDateTime": effective, "meta": {"lastUpdated": updated}});
+    let t = ResourceType::Observation;
+    assert!(q.matches(t, &obs("2020-05-01", "2024-02-01T00:00:00Z")));
+    assert!(
+        q.matches(t, &obs("2021-06-30", "2024-02-01T00:00:00Z")),
+        "end is the whole month"
+    );
+    assert!(
+        !q.matches(t, &obs("2019-12-31", "2024-02-01T00:00:00Z")),
+        "before start"
+    );
+    assert!(
+        !q.matches(t, &obs("2021-07-01", "2024-02-01T00:00:00Z")),
+        "after end"
+    );
+    assert!(
+        !q.matches(t, &obs("2020-05-01", "2023-12-31T23:59:59Z")),
+        "not updated since"
+    );
+    assert!(
+        !q.matches(
+            t,
+            &json!({"resourceType": "Observation", "meta": {"lastUpdated": "2024-02-01T00:00:00Z"}})
+        ),
+        "without a clinical date it is outside any window"
+    );
+    let err = parse_everything("9000000009", &p(&[("start", "yesterday")]), false).unwrap_err();
+    assert_eq!(err.parameter(), Some("start"));
+}
+
+#[test]
+fn searches_take_last_updated_and_a_summary_count() {
+    let q = parse_search(
+        "Condition",
+        &p(&[
+            ("patient.identifier", NHS),
+            ("_lastUpdated", "ge2024-01-01"),
+            ("_summary", "count"),
+        ]),
+        false,
+    )
+    .unwrap()
+    .query;
+    assert_eq!(q.count, Some(0), "_summary=count asks for the total alone");
+    let (_, params) = q.to_request();
+    assert!(params.contains(&("_lastUpdated".into(), "ge2024-01-01".into())));
+    let c = |updated: &str| json!({"resourceType": "Condition", "meta": {"lastUpdated": updated}});
+    assert!(q.matches(ResourceType::Condition, &c("2024-03-01T00:00:00Z")));
+    assert!(!q.matches(ResourceType::Condition, &c("2023-03-01T00:00:00Z")));
+    let err = parse_search(
+        "Condition",
+        &p(&[("patient.identifier", NHS), ("_summary", "true")]),
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(err.parameter(), Some("_summary"));
+}
