@@ -274,7 +274,7 @@ fn fan_out<'a>(gateway: &'a Gateway, ask: &'a Ask, tls: &'a crate::app::TlsState
 }
 
 /// This request's decisions, refusing it outright when the user may not search here.
-fn gatekeeper<'a>(
+pub(super) fn gatekeeper<'a>(
     gateway: &Gateway,
     ask: &Ask,
     policies: &'a policy::PolicySet,

@@ -299,23 +299,7 @@ async fn read(
         return Err(super::read::not_here());
     };
     let base = &gateway.region.base_url;
-    let url = |r: &Value| {
-        format!(
-            "{base}/{}/{}",
-            r["resourceType"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("")
-        )
-    };
-    let mut entries: Vec<Value> = kept
-        .items
-        .into_iter()
-        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
-        .collect();
-    entries.extend(
-        kept.patients
-            .into_iter()
-            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
-    );
+    let entries = answer_entries(base, kept);
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let bundle = fhir::searchset(&uuid::Uuid::new_v4().to_string(), &now, base, 1, entries);
     let mut response = fhir_response(StatusCode::OK, &bundle);
@@ -324,6 +308,31 @@ async fn read(
         http::HeaderValue::from_static("no-store"),
     );
     Ok(response)
+}
+
+/// A released answer's entries under this region's base: the items as `match`; the patient's
+/// Patient resources and what the items reference (`$everything`) as `include`.
+fn answer_entries(base: &str, answer: crate::record::RecordAnswer) -> Vec<Value> {
+    let url = |r: &Value| {
+        format!(
+            "{base}/{}/{}",
+            r["resourceType"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or("")
+        )
+    };
+    let mut entries: Vec<Value> = answer
+        .items
+        .into_iter()
+        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
+        .collect();
+    entries.extend(
+        answer
+            .patients
+            .into_iter()
+            .chain(answer.included)
+            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
+    );
+    entries
 }
 
 async fn everything(
@@ -435,30 +444,10 @@ async fn answer(
     tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,
         break_glass = context.user.break_glass.is_some(), "federation answer");
     let base = &gateway.region.base_url;
-    let url = |r: &Value| {
-        format!(
-            "{base}/{}/{}",
-            r["resourceType"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("")
-        )
-    };
     let total = local.items.len();
-    let mut entries: Vec<Value> = local
-        .items
-        .into_iter()
-        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
-        .collect();
-    // The patient's Patient resources, and what the items reference (`$everything`), each
-    // released under the same policy.
-    entries.extend(
-        local
-            .patients
-            .into_iter()
-            .chain(local.included)
-            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
-    );
     // Where this region's answer stopped short, said so the caller can tell its clinician.
     let mut issues: Vec<Issue> = local.cuts.iter().map(|c| c.to_issue(None)).collect();
+    let mut entries = answer_entries(base, local);
     if report.withheld > 0 {
         // Says that something was withheld, never what.
         issues.push(Issue::new(

@@ -25,7 +25,6 @@ use crate::fhir::reference::{is_fhir_id, parse_federated_id, served_by_id};
 use crate::fhir::types::ResourceType;
 use crate::merge::{FailureKind, RegionInfo, present_read};
 use crate::record::{PatientLink, RecordAnswer, patient_link};
-use policy::DecisionPoint;
 
 /// The one answer for a resource that is not there or may not be seen.
 pub(super) fn not_here() -> ApiError {
@@ -153,16 +152,7 @@ pub async fn read_resource(
     }
     let (region_code, local_id) = parse_federated_id(&id).map_err(|_| not_here())?;
     let policies = gateway.policies.load_full();
-    let gatekeeper = Gatekeeper::new(
-        &policies,
-        &ask.user,
-        &gateway.region.code,
-        DecisionPoint::View,
-        &gateway.region.code,
-    );
-    gatekeeper
-        .admit(&gateway.region.code)
-        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
+    let gatekeeper = super::clinician::gatekeeper(&gateway, &ask, &policies)?;
     let region: RegionInfo;
     let found = if region_code == gateway.region.code {
         region = gateway.region.clone();
