@@ -20,11 +20,11 @@ use super::read_consent;
 use crate::access::{Filtered, Gatekeeper};
 use crate::app::Gateway;
 use crate::error::{ApiError, fhir_response};
-use crate::fhir::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
+use crate::fhir::nhs::NhsNumber;
 use crate::fhir::reference::{is_fhir_id, parse_federated_id, served_by_id};
 use crate::fhir::types::ResourceType;
 use crate::merge::{FailureKind, RegionInfo, present_read};
-use crate::record::{PatientLink, RecordAnswer, patient_link};
+use crate::record::{PatientLink, RecordAnswer, patient_link, patient_of};
 
 /// The one answer for a resource that is not there or may not be seen.
 pub(super) fn not_here() -> ApiError {
@@ -36,34 +36,6 @@ pub(super) struct Found {
     pub answer: RecordAnswer,
     /// The patient the resource is about, for a clinical type.
     pub nhs: Option<NhsNumber>,
-}
-
-/// The NHS number a Patient resource carries.
-fn nhs_of(patient: &Value) -> Option<NhsNumber> {
-    patient
-        .get("identifier")?
-        .as_array()?
-        .iter()
-        .filter(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM))
-        .find_map(|i| NhsNumber::parse(i.get("value")?.as_str()?).ok())
-}
-
-/// Which patient a clinical resource is about, given the Patient resources sent with it:
-/// `Some(None)` for a type about no patient, `None` when it cannot be told (then it is not
-/// shown: consent could not be applied).
-pub(super) fn patient_of(resource: &Value, patients: &[Value]) -> Option<Option<NhsNumber>> {
-    let rtype = resource.get("resourceType").and_then(Value::as_str)?;
-    let Some(rt) = ResourceType::parse(rtype) else {
-        return Some(None);
-    };
-    match patient_link(resource, rt.patient_element())? {
-        PatientLink::Nhs(n) => NhsNumber::parse(&n).ok().map(Some),
-        PatientLink::Local(id) => patients
-            .iter()
-            .filter(|p| p.get("id").and_then(Value::as_str) == Some(id.as_str()))
-            .find_map(nhs_of)
-            .map(Some),
-    }
 }
 
 /// Reads a resource from this region's record, with its Patient when it is about one.
@@ -293,27 +265,4 @@ fn lying_peer(peer: &crate::peers::Peer) -> ApiError {
             peer.info.code, peer.info.name
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_clinical_resource_is_about_the_patient_it_links_to_or_not_shown() {
-        let patient = json!({"resourceType": "Patient", "id": "p1",
-            "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": "9000000009"}]});
-        let obs = json!({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p1"}});
-        assert_eq!(
-            patient_of(&obs, std::slice::from_ref(&patient)),
-            Some(Some(NhsNumber::parse("9000000009").unwrap()))
-        );
-        // Its Patient was not sent: consent cannot be applied, so it is not shown.
-        assert_eq!(patient_of(&obs, &[]), None);
-        let orphan = json!({"resourceType": "Observation", "id": "o"});
-        assert_eq!(patient_of(&orphan, &[patient]), None);
-        let practitioner = json!({"resourceType": "Practitioner", "id": "pr"});
-        assert_eq!(patient_of(&practitioner, &[]), Some(None));
-    }
 }

@@ -119,6 +119,38 @@ pub fn has_nhs_number(patient: &Value, nhs: &str) -> bool {
         })
 }
 
+/// The NHS number a Patient resource carries.
+pub fn nhs_of(patient: &Value) -> Option<crate::fhir::nhs::NhsNumber> {
+    patient
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .filter(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM))
+        .find_map(|i| crate::fhir::nhs::NhsNumber::parse(i.get("value")?.as_str()?).ok())
+}
+
+/// Which patient a clinical resource read by id is about, given the Patient resources sent
+/// with it:
+/// `Some(None)` for a type about no patient, `None` when it cannot be told (then it is not
+/// shown: consent could not be applied).
+pub fn patient_of(
+    resource: &Value,
+    patients: &[Value],
+) -> Option<Option<crate::fhir::nhs::NhsNumber>> {
+    let rtype = resource.get("resourceType").and_then(Value::as_str)?;
+    let Some(rt) = crate::fhir::types::ResourceType::parse(rtype) else {
+        return Some(None);
+    };
+    match patient_link(resource, rt.patient_element())? {
+        PatientLink::Nhs(n) => crate::fhir::nhs::NhsNumber::parse(&n).ok().map(Some),
+        PatientLink::Local(id) => patients
+            .iter()
+            .filter(|p| p.get("id").and_then(Value::as_str) == Some(id.as_str()))
+            .find_map(nhs_of)
+            .map(Some),
+    }
+}
+
 /// What an item's patient reference points at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PatientLink {
@@ -152,6 +184,7 @@ pub fn patient_link(item: &Value, element: &str) -> Option<PatientLink> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::nhs::NhsNumber;
     use serde_json::json;
 
     #[test]
@@ -173,5 +206,22 @@ mod tests {
         );
         let d = json!({"subject": {"reference": "Group/g1"}});
         assert_eq!(patient_link(&d, "subject"), None);
+    }
+
+    #[test]
+    fn a_clinical_resource_is_about_the_patient_it_links_to_or_not_shown() {
+        let patient = json!({"resourceType": "Patient", "id": "p1",
+            "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": "9000000009"}]});
+        let obs = json!({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            patient_of(&obs, std::slice::from_ref(&patient)),
+            Some(Some(NhsNumber::parse("9000000009").unwrap()))
+        );
+        // Its Patient was not sent: consent cannot be applied, so it is not shown.
+        assert_eq!(patient_of(&obs, &[]), None);
+        let orphan = json!({"resourceType": "Observation", "id": "o"});
+        assert_eq!(patient_of(&orphan, &[patient]), None);
+        let practitioner = json!({"resourceType": "Practitioner", "id": "pr"});
+        assert_eq!(patient_of(&practitioner, &[]), Some(None));
     }
 }
