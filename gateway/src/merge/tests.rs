@@ -803,22 +803,26 @@ fn records_one_region_holds_twice_stay_two_and_another_regions_copy_folds_into_o
     );
     assert_eq!(one_region.total, 2, "the region knows them as two");
     assert_eq!(one_region.deduplicated, 0);
-    let two_regions = merge(
-        &allergy_query(),
-        vec![
-            answered(
-                "dorset",
-                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
-                vec![obs("a1"), obs("a2")],
-            ),
-            answered(
-                "wessex",
-                vec![patient("q", "2023-01-01T00:00:00Z", "Smith")],
-                vec![obs("w1")],
-            ),
-        ],
-        ctx(),
-    );
+    // Dorset's two records beside wessex's `ids`.
+    let with_wessex = |ids: &[&str]| {
+        merge(
+            &allergy_query(),
+            vec![
+                answered(
+                    "dorset",
+                    vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
+                    vec![obs("a1"), obs("a2")],
+                ),
+                answered(
+                    "wessex",
+                    vec![patient("q", "2023-01-01T00:00:00Z", "Smith")],
+                    ids.iter().map(|id| obs(id)).collect(),
+                ),
+            ],
+            ctx(),
+        )
+    };
+    let two_regions = with_wessex(&["w1"]);
     assert_eq!(
         two_regions.total, 2,
         "dorset's two records, one of them also wessex's"
@@ -826,14 +830,7 @@ fn records_one_region_holds_twice_stay_two_and_another_regions_copy_folds_into_o
     assert_eq!(two_regions.deduplicated, 1);
     let tags: Vec<Vec<String>> = matches(&two_regions.bundle)
         .iter()
-        .map(|e| {
-            e["resource"]["meta"]["tag"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["code"].as_str().unwrap().to_owned())
-                .collect()
-        })
+        .map(|e| region_tags_of(&e["resource"]))
         .collect();
     assert!(
         tags.contains(&vec!["dorset".to_owned(), "wessex".to_owned()]),
@@ -842,22 +839,7 @@ fn records_one_region_holds_twice_stay_two_and_another_regions_copy_folds_into_o
     assert!(tags.contains(&vec!["dorset".to_owned()]), "{tags:?}");
     // The same, when the second region holds both copies too: each of its records folds into
     // one of dorset's.
-    let both_twice = merge(
-        &allergy_query(),
-        vec![
-            answered(
-                "dorset",
-                vec![patient("p", "2023-01-01T00:00:00Z", "Smith")],
-                vec![obs("a1"), obs("a2")],
-            ),
-            answered(
-                "wessex",
-                vec![patient("q", "2023-01-01T00:00:00Z", "Smith")],
-                vec![obs("w1"), obs("w2")],
-            ),
-        ],
-        ctx(),
-    );
+    let both_twice = with_wessex(&["w1", "w2"]);
     assert_eq!((both_twice.total, both_twice.deduplicated), (2, 2));
 }
 

@@ -18,6 +18,7 @@ use super::pages::{Allowance, Bounds, Cut, CutReason, Followed, Page, ServerBase
 use super::{RecordAnswer, RecordError, RecordSource, has_nhs_number};
 use crate::client::{FetchError, describe, get_fhir_json_with_meta};
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
+use crate::fhir::types::ResourceType;
 use crate::query::{Operation, PatientQuery};
 
 /// What the record server source is told by its configuration.
@@ -264,7 +265,6 @@ impl FhirServerRecord {
                 .await
             }
             _ => {
-                let filters = search_filters(query);
                 let searches = query
                     .types()
                     .into_iter()
@@ -274,7 +274,7 @@ impl FhirServerRecord {
                             ("patient".to_owned(), format!("Patient/{id}")),
                             ("_count".to_owned(), self.settings.page_size.to_string()),
                         ];
-                        params.extend(filters.iter().cloned());
+                        params.extend(search_filters(query, t));
                         async move {
                             let read = self
                                 .read_all(
@@ -415,14 +415,30 @@ fn everything_request(query: &PatientQuery) -> Option<Vec<(String, String)>> {
     Some(params)
 }
 
-/// The filters of a search that the record server applies: the query's date and category
-/// conditions and last-update window, as the clinician gave them.
-fn search_filters(query: &PatientQuery) -> Vec<(String, String)> {
+/// The filters of one type's search that the record server applies: the query's date and
+/// category conditions and `_lastUpdated` as the clinician gave them, and an `$everything`
+/// window as the type's own search parameters (`start` and `end` on its first date parameter,
+/// `_since` as `_lastUpdated`).
+fn search_filters(query: &PatientQuery, rtype: ResourceType) -> Vec<(String, String)> {
+    use crate::query::WindowParam;
     let (_, filters) = query.to_request();
-    filters
+    let mut out: Vec<(String, String)> = filters
         .into_iter()
-        .filter(|(k, _)| k != "patient.identifier" && k != "_type")
-        .collect()
+        .filter(|(k, _)| {
+            k != "patient.identifier"
+                && k != "_type"
+                && !matches!(k.as_str(), "start" | "end" | "_since")
+        })
+        .collect();
+    let date = rtype.date_params().first().map_or("date", |d| d.name);
+    for w in &query.window {
+        out.push(match w.param {
+            WindowParam::Start => (date.to_owned(), format!("ge{}", w.raw)),
+            WindowParam::End => (date.to_owned(), format!("le{}", w.raw)),
+            WindowParam::Since => ("_lastUpdated".to_owned(), format!("ge{}", w.raw)),
+        });
+    }
+    out
 }
 
 /// Does a CapabilityStatement offer `Patient/$everything` (on the Patient resource, or at
@@ -570,6 +586,54 @@ mod tests {
         let other = json!({"rest": [{"resource": [{"type": "Encounter", "operation": [{"name": "everything"}]}]}]});
         assert!(!capability_offers_everything(&other));
         assert!(!capability_offers_everything(&json!({})));
+    }
+
+    #[test]
+    fn an_everything_window_becomes_each_types_own_search_parameters() {
+        let q = crate::query::parse_everything(
+            "9000000009",
+            &[
+                ("start".into(), "2020-01-01".into()),
+                ("end".into(), "2021".into()),
+                ("_since".into(), "2024-01-01T00:00:00Z".into()),
+            ],
+            false,
+        )
+        .unwrap()
+        .query;
+        assert_eq!(
+            search_filters(&q, ResourceType::MedicationRequest),
+            vec![
+                ("authoredon".to_owned(), "ge2020-01-01".to_owned()),
+                ("authoredon".to_owned(), "le2021".to_owned()),
+                (
+                    "_lastUpdated".to_owned(),
+                    "ge2024-01-01T00:00:00Z".to_owned()
+                ),
+            ]
+        );
+        // A type search's own filters go as given.
+        let s = crate::query::parse_search(
+            "Observation",
+            &[
+                (
+                    "patient.identifier".into(),
+                    "https://fhir.nhs.uk/Id/nhs-number|9000000009".into(),
+                ),
+                ("date".into(), "ge2023".into()),
+                ("category".into(), "laboratory".into()),
+            ],
+            false,
+        )
+        .unwrap()
+        .query;
+        assert_eq!(
+            search_filters(&s, ResourceType::Observation),
+            vec![
+                ("date".to_owned(), "ge2023".to_owned()),
+                ("category".to_owned(), "laboratory".to_owned())
+            ]
+        );
     }
 
     #[test]
