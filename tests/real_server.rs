@@ -286,7 +286,7 @@ async fn every_item_of_realistic_patients_on_a_real_fhir_server_reaches_the_clin
 #[tokio::test]
 async fn a_record_larger_than_the_bounds_is_cut_and_the_cut_is_named() {
     let hfs = Hfs::start().await;
-    let fed = Builder::new(&["dorset"])
+    let fed = Builder::new(&["dorset", "hampshire"])
         .patients(4)
         .realistic(1, 300)
         .local_record(&hfs.base, 30_000)
@@ -296,25 +296,32 @@ async fn a_record_larger_than_the_bounds_is_cut_and_the_cut_is_named() {
         .await;
     hfs.load(&fed.data.records["dorset"]).await;
     let nhs = &fed.realistic[0].nhs;
-    let r = fed
-        .get(
-            0,
-            &format!("/Patient/{nhs}/$everything"),
-            Some(&fed.token("R8000")),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let cut = outcome_issues(&r.body)
-        .into_iter()
-        .find(|(code, _, _)| code == "incomplete")
-        .expect("the cut is named");
-    assert!(cut.2.contains("Region dorset"), "{cut:?}");
-    assert!(
-        cut.2.contains("more items than one request may take"),
-        "{cut:?}"
-    );
-    let shown = entries(&r.body, "match").len();
-    assert_eq!(r.body["total"], shown, "total counts only what is shown");
-    assert!(shown <= 101, "{shown}");
-    save_artifact("real-server-cut", &r.body);
+    // Asked at dorset, and at hampshire, to which dorset's federation face passes its cut on.
+    for (region, asked_at) in [(0, "dorset"), (1, "hampshire")] {
+        let r = fed
+            .get(
+                region,
+                &format!("/Patient/{nhs}/$everything"),
+                Some(&fed.token("R8000")),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let cut = outcome_issues(&r.body)
+            .into_iter()
+            .find(|(code, _, _)| code == "incomplete")
+            .unwrap_or_else(|| panic!("asked at {asked_at}: the cut is named"));
+        assert!(cut.2.contains("Region dorset"), "{asked_at}: {cut:?}");
+        assert!(
+            cut.2.contains("more items than one request may take"),
+            "{asked_at}: {cut:?}"
+        );
+        let from_dorset = contributed(&r.body, "dorset").values().sum::<usize>();
+        assert!(
+            from_dorset < 100,
+            "{asked_at}: {from_dorset} of dorset's items"
+        );
+        let shown = entries(&r.body, "match").len();
+        assert_eq!(r.body["total"], shown, "total counts only what is shown");
+        save_artifact(&format!("real-server-cut-at-{asked_at}"), &r.body);
+    }
 }
