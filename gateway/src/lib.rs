@@ -4,7 +4,8 @@
 //! records, in one FHIR R4 view. A thin shell of I/O around a core of plain functions.
 //!
 //! # Layout
-//! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes) — pure
+//! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes,
+//!   the `{region}.{id}` ids every reference is addressed by) — pure
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
@@ -15,7 +16,8 @@
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
 //! - [`consent`]: patients' FHIR Consent directives read into per-item flags — pure
 //! - [`config`]: the TOML configuration, parsed from text and validated
-//! - [`record`]: the region's own record (directory in memory, or a FHIR server)
+//! - [`record`]: the region's own record (directory in memory, or a FHIR server read page by
+//!   page within item, byte and time bounds; `record::pages` decides links, bounds and cuts)
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
 //! - [`store`]: the gateway's own store (consent directives, the audit trail, policy versions
