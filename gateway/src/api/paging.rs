@@ -52,8 +52,9 @@ fn owner_of(user: &crate::auth::UserContext) -> (String, String, String, String)
 fn page_bundle(gateway: &Gateway, cursor: &str, p: &Paged, offset: usize) -> Value {
     let base = &gateway.region.base_url;
     let end = (offset + p.count).min(p.matches.len());
-    let mut entries: Vec<Value> = p.matches[offset.min(end)..end].to_vec();
-    entries.extend(p.others.iter().cloned());
+    let page = &p.matches[offset.min(end)..end];
+    let mut entries: Vec<Value> = page.to_vec();
+    entries.extend(crate::merge::page_others(page, &p.others));
     let link = |o: usize| format!("{base}/_page?cursor={cursor}&offset={o}");
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let mut bundle = crate::fhir::searchset(
