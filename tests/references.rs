@@ -214,3 +214,43 @@ async fn a_count_alone_is_the_total_with_no_entries_and_no_next_link() {
         assert_eq!(links, vec!["self"], "{query}");
     }
 }
+
+#[tokio::test]
+async fn every_page_of_a_large_record_can_be_followed_and_carries_only_its_includes() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .patients(4)
+        .realistic(1, 200)
+        // A page's references to items on other pages are hundreds of reads by one user.
+        .first_region_toml("[limits]\nper_user_per_minute = 1000000\n")
+        .start()
+        .await;
+    let token = fed.token("R8000");
+    let nhs = fed.realistic[0].nhs.clone();
+    let whole = fed
+        .get(0, &format!("/Patient/{nhs}/$everything"), Some(&token))
+        .await;
+    let all_includes = entries(&whole.body, "include").len();
+    let first = fed
+        .get(
+            0,
+            &format!("/Patient/{nhs}/$everything?_count=40"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(entries(&first.body, "match").len(), 40);
+    assert!(entries(&first.body, "include").len() < all_includes);
+    follow_references(&fed, 0, &first.body, &token).await;
+    let next = first.body["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next page")
+        .to_owned();
+    let second = get_json(&fed.client(), &next, Some(&token)).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(entries(&second.body, "match").len(), 40);
+    follow_references(&fed, 0, &second.body, &token).await;
+}
