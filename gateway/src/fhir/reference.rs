@@ -62,28 +62,31 @@ pub fn parse_federated_id(id: &str) -> Result<(&str, &str), IdError> {
 /// The relative literal references (`Type/id`, optionally `/_history/v`) a resource makes, as
 /// (type, id); absolute, contained (`#`) and `urn:` references are not a region's to resolve.
 pub fn relative_references(resource: &Value) -> Vec<(&str, &str)> {
-    let mut out = Vec::new();
-    walk(resource, &mut out);
-    out
+    references(resource)
+        .into_iter()
+        .filter_map(split_relative)
+        .collect()
 }
 
-fn walk<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
-    match v {
-        Value::Object(map) => {
-            for (k, x) in map {
-                match x {
-                    Value::String(s) if k == "reference" => {
-                        if let Some(r) = split_relative(s) {
-                            out.push(r);
-                        }
+/// Every `reference` a resource (or any JSON) holds, at any depth, in order.
+pub fn references(value: &Value) -> Vec<&str> {
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (k, x) in map {
+                    match x {
+                        Value::String(s) if k == "reference" => out.push(s),
+                        other => walk(other, out),
                     }
-                    other => walk(other, out),
                 }
             }
+            Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
+            _ => {}
         }
-        Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
-        _ => {}
     }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
 }
 
 /// `Type/id` or `Type/id/_history/v` as (type, id).

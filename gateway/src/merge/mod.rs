@@ -833,9 +833,11 @@ pub fn page_others(page_matches: &[Value], others: &[Value]) -> Vec<Value> {
     };
     let mut wanted: std::collections::HashSet<String> = Default::default();
     let note = |v: &Value, wanted: &mut std::collections::HashSet<String>| {
-        let mut out = Vec::new();
-        collect_references(v, &mut out);
-        wanted.extend(out);
+        wanted.extend(
+            crate::fhir::reference::references(v)
+                .into_iter()
+                .map(str::to_owned),
+        );
     };
     for m in page_matches {
         note(m, &mut wanted);
@@ -862,21 +864,6 @@ pub fn page_others(page_matches: &[Value], others: &[Value]) -> Vec<Value> {
         .filter(|(i, e)| kept[*i] || !is_include(e))
         .map(|(_, e)| e.clone())
         .collect()
-}
-
-fn collect_references(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, x) in map {
-                match x {
-                    Value::String(s) if k == "reference" => out.push(s.clone()),
-                    other => collect_references(other, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|x| collect_references(x, out)),
-        _ => {}
-    }
 }
 
 /// One region's resource read by id (`GET /fhir/{Type}/{region}.{id}`), as the gateway shows
