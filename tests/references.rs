@@ -10,6 +10,15 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// Dorset and Hampshire, with a few small patients and one realistic one in both.
+async fn two_regions_and_a_realistic_patient() -> TestFederation {
+    Builder::new(&["dorset", "hampshire"])
+        .patients(4)
+        .realistic(1, 60)
+        .start()
+        .await
+}
+
 #[tokio::test]
 async fn a_realistic_record_includes_what_it_references_and_every_reference_is_followable() {
     let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
@@ -79,11 +88,7 @@ async fn a_realistic_record_includes_what_it_references_and_every_reference_is_f
 
 #[tokio::test]
 async fn crafted_ids_unknown_regions_and_withheld_resources_answer_alike() {
-    let fed = Builder::new(&["dorset", "hampshire"])
-        .patients(4)
-        .realistic(1, 60)
-        .start()
-        .await;
+    let fed = two_regions_and_a_realistic_patient().await;
     let clinician = fed.token("R8000");
     let nhs = fed.realistic[0].nhs.clone();
     // A letter held by hampshire, read by id through dorset.
@@ -181,11 +186,7 @@ async fn crafted_ids_unknown_regions_and_withheld_resources_answer_alike() {
 
 #[tokio::test]
 async fn a_count_alone_is_the_total_with_no_entries_and_no_next_link() {
-    let fed = Builder::new(&["dorset", "hampshire"])
-        .patients(4)
-        .realistic(1, 60)
-        .start()
-        .await;
+    let fed = two_regions_and_a_realistic_patient().await;
     let token = fed.token("R8000");
     let nhs = fed.realistic[0].nhs.clone();
     let whole = fed

@@ -261,8 +261,9 @@ async fn read(
         .get::<PeerRegion>()
         .map_or("", |p| p.0.as_str())
         .to_owned();
-    let plain_id = crate::fhir::reference::is_fhir_id(&id) && !id.bytes().all(|b| b == b'.');
-    if !crate::fhir::reference::served_by_id(&type_name) || !plain_id {
+    if !crate::fhir::reference::served_by_id(&type_name)
+        || !crate::fhir::reference::is_local_id(&id)
+    {
         return Err(super::read::not_here());
     }
     let Some(found) = super::read::find_local(&gateway, &type_name, &id).await? else {

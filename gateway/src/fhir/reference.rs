@@ -33,6 +33,12 @@ pub fn is_fhir_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// Whether `id` is a region's own id that may stand in a path: a FHIR id that is not `.` or
+/// `..` (ids FHIR allows, but path segments every URL resolver removes).
+pub fn is_local_id(id: &str) -> bool {
+    is_fhir_id(id) && !id.bytes().all(|b| b == b'.')
+}
+
 /// The gateway's id for a region's resource, when it fits in a FHIR id.
 pub fn federated_id(region: &str, local: &str) -> Option<String> {
     let id = format!("{region}.{local}");
@@ -52,8 +58,7 @@ pub fn parse_federated_id(id: &str) -> Result<(&str, &str), IdError> {
         return Err(IdError::Shape);
     }
     let (region, local) = id.split_once('.').ok_or(IdError::Shape)?;
-    // `.` and `..` are ids FHIR allows, but path segments every URL resolver removes.
-    if !crate::tls::devca::valid_region_code(region) || local.bytes().all(|b| b == b'.') {
+    if !crate::tls::devca::valid_region_code(region) || !is_local_id(local) {
         return Err(IdError::Shape);
     }
     Ok((region, local))

@@ -255,10 +255,7 @@ impl Allowance {
             ));
         }
         if taken.1 + bytes > self.bounds.max_bytes {
-            return Err((
-                CutReason::ByteLimit,
-                format!("record.max_bytes is {}", self.bounds.max_bytes),
-            ));
+            return Err((CutReason::ByteLimit, self.byte_cut_detail()));
         }
         taken.0 += items;
         taken.1 += bytes;
