@@ -243,10 +243,7 @@ async fn a_fhir_server_record_answers_like_the_directory_record() {
                 .iter()
                 .map(|p| p["id"].as_str().unwrap().to_owned())
                 .collect(),
-            a.items
-                .iter()
-                .map(|p| p["id"].as_str().unwrap().to_owned())
-                .collect(),
+            a.items.iter().map(|p| p.id().to_owned()).collect(),
         )
     };
     let mut compared = 0;

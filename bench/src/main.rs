@@ -183,7 +183,7 @@ fn answer_body(data: &gateway::demo::data::DemoData, region: &str, bytes: usize)
         gateway::record::directory::DirectoryRecord::from_resources(data.records[region].clone())
             .expect("the demo record loads");
     let answer = record.answer(&query);
-    let base = answer.items.clone();
+    let base: Vec<Value> = answer.items.iter().map(|i| i.to_value()).collect();
     let mut items = Vec::new();
     let mut size: usize = answer.patients.iter().map(|p| p.to_string().len()).sum();
     let mut k = 0;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fhir::types::resource_type;
+use crate::fhir::item::{BundleText, Item};
 use crate::record::RecordAnswer;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,20 @@ pub async fn get_fhir_json_with_meta(
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<(Value, usize, crate::cache::CacheDirective), FetchError> {
+    let (body, directive) = get_fhir_body(request, max_bytes, timeout).await?;
+    let len = body.len();
+    let value =
+        serde_json::from_str::<Value>(&body).map_err(|e| FetchError::Json(e.to_string()))?;
+    Ok((value, len, directive))
+}
+
+/// GETs `url` and reads a FHIR JSON body of at most `max_bytes`, all within `timeout`, as
+/// text (checked to be UTF-8, not yet parsed), with its `Cache-Control`.
+pub async fn get_fhir_body(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(String, crate::cache::CacheDirective), FetchError> {
     let ms = timeout.as_millis() as u64;
     tokio::time::timeout(timeout, async move {
         let mut response = request
@@ -111,51 +125,33 @@ pub async fn get_fhir_json_with_meta(
             }
             body.extend_from_slice(&chunk);
         }
-        let len = body.len();
-        let value = parse_json(body).await?;
-        Ok((value, len, directive))
+        let text = String::from_utf8(body)
+            .map_err(|_| FetchError::Json("the answer is not UTF-8".into()))?;
+        Ok((text, directive))
     })
     .await
     .unwrap_or(Err(FetchError::Timeout(ms)))
 }
 
-/// Answers at least this large are parsed in a task of their own.
-const PARSE_APART_BYTES: usize = 8 * 1024;
-
-/// Parses a JSON body. A large one is parsed in a task of its own, so that the answers of
-/// several regions, which arrive together, are parsed on every core at once rather than one
-/// after another in the task that asked them all.
-async fn parse_json(body: Vec<u8>) -> Result<Value, FetchError> {
-    let apart = body.len() >= PARSE_APART_BYTES;
-    let parse =
-        move || serde_json::from_slice::<Value>(&body).map_err(|e| FetchError::Json(e.to_string()));
-    if apart {
-        tokio::spawn(async move { parse() })
-            .await
-            .unwrap_or_else(|e| Err(FetchError::Json(format!("the parser failed: {e}"))))
-    } else {
-        parse()
-    }
-}
-
-/// Splits a searchset Bundle into the Patient resources and the other resources; outcome
-/// entries are left out.
-pub fn bundle_to_answer(mut bundle: Value) -> Result<RecordAnswer, FetchError> {
-    if resource_type(&bundle) != Some("Bundle") {
+/// Splits a searchset Bundle's text into the Patient resources and the other resources, each
+/// other resource kept as its text with its view ([`Item`]); outcome entries are read for
+/// what they say of the answer (withheld items, cuts) and left out.
+pub fn bundle_to_answer(body: &str) -> Result<RecordAnswer, FetchError> {
+    let bundle = BundleText::parse(body).map_err(|e| FetchError::Json(e.to_string()))?;
+    if bundle.resource_type.as_deref() != Some("Bundle") {
         return Err(FetchError::NotABundle);
     }
     let mut answer = RecordAnswer::default();
-    // The resources move out of the Bundle (it is dropped): no copy of a large answer.
-    let entries = match bundle.get_mut("entry") {
-        Some(Value::Array(entries)) => std::mem::take(entries),
-        _ => Vec::new(),
-    };
-    for mut entry in entries {
-        let mode = entry.pointer("/search/mode").and_then(Value::as_str);
+    for entry in &bundle.entries {
+        let Some(resource) = entry.resource else {
+            continue;
+        };
+        let mode = entry.mode.as_deref();
         if mode == Some("outcome") {
             // A region says it withheld items (never which), or that its answer stopped short:
             // both reach the clinician's warnings.
-            let issues = entry.pointer("/resource/issue").and_then(Value::as_array);
+            let outcome: Value = serde_json::from_str(resource.get()).unwrap_or(Value::Null);
+            let issues = outcome.get("issue").and_then(Value::as_array);
             for issue in issues.into_iter().flatten() {
                 if issue.get("code").and_then(Value::as_str) == Some("suppressed") {
                     answer.withheld += 1;
@@ -166,15 +162,13 @@ pub fn bundle_to_answer(mut bundle: Value) -> Result<RecordAnswer, FetchError> {
             continue;
         }
         let include = mode == Some("include");
-        let Some(resource) = entry.get_mut("resource").map(Value::take) else {
-            continue;
-        };
-        match resource_type(&resource) {
-            Some("Patient") => answer.patients.push(resource),
-            Some("OperationOutcome") | None => {}
+        let item = Item::parse(resource.get()).map_err(|e| FetchError::Json(e.to_string()))?;
+        match item.rtype() {
+            "Patient" => answer.patients.push(item.to_value()),
+            "OperationOutcome" | "" => {}
             // What the items reference, sent alongside them.
-            Some(_) if include => answer.included.push(resource),
-            Some(_) => answer.items.push(resource),
+            _ if include => answer.included.push(item),
+            _ => answer.items.push(item),
         }
     }
     Ok(answer)
@@ -195,24 +189,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[tokio::test]
-    async fn a_large_answer_is_parsed_apart_and_its_errors_still_reported() {
-        let items: Vec<_> = (0..400)
-            .map(|i| json!({"resource": {"resourceType": "Condition", "id": format!("c{i}")}}))
-            .collect();
-        let body = serde_json::to_vec(&json!({"resourceType": "Bundle", "entry": items})).unwrap();
-        assert!(body.len() >= PARSE_APART_BYTES);
-        let parsed = parse_json(body.clone()).await.unwrap();
-        assert_eq!(parsed["entry"].as_array().map(Vec::len), Some(400));
-        // Cut short: not JSON, said as such, whichever task parsed it.
-        let cut = body[..body.len() - 3].to_vec();
-        assert!(matches!(parse_json(cut).await, Err(FetchError::Json(_))));
-        assert!(matches!(
-            parse_json(b"{\"a\": ".to_vec()).await,
-            Err(FetchError::Json(_))
-        ));
-    }
-
     #[test]
     fn splits_patients_from_items_and_skips_outcomes() {
         let b = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
@@ -220,11 +196,11 @@ mod tests {
             {"resource": {"resourceType": "Condition", "id": "c"}, "search": {"mode": "match"}},
             {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
         ], "link": [{"relation": "next", "url": "https://x/next"}]});
-        let a = bundle_to_answer(b.clone()).unwrap();
+        let a = bundle_to_answer(&b.to_string()).unwrap();
         assert_eq!((a.patients.len(), a.items.len()), (1, 1));
         assert_eq!(next_link(&b), Some("https://x/next"));
         assert_eq!(
-            bundle_to_answer(json!({"resourceType": "Patient"})),
+            bundle_to_answer(&json!({"resourceType": "Patient"}).to_string()),
             Err(FetchError::NotABundle)
         );
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use gateway::demo::data::generate;
+use gateway::fhir::item::Item;
 use gateway::merge::{MergeContext, MismatchPolicy, RegionInfo, RegionResult};
 use gateway::query::PatientQuery;
 use gateway::record::RecordAnswer;
@@ -61,11 +62,11 @@ pub fn results(answers: Vec<(String, RecordAnswer)>) -> Vec<RegionResult> {
 }
 
 /// The `k`th copy of an item: a new id and a new business identifier of `region`.
-fn copy(item: &Value, region: &str, k: usize) -> Value {
-    let mut copy = item.clone();
-    copy["id"] = Value::String(format!("{}-{k}", item["id"].as_str().unwrap_or("x")));
+fn copy(item: &Item, region: &str, k: usize) -> Item {
+    let mut copy = item.to_value();
+    copy["id"] = Value::String(format!("{}-{k}", item.id()));
     copy["identifier"] = serde_json::json!([{"system": "urn:bench", "value": format!("{region}-{k}-{}", copy["id"])}]);
-    copy
+    Item::from_value(&copy).expect("an object")
 }
 
 /// Each region's answer for one patient, grown to about `bytes` of JSON by repeating its
@@ -74,13 +75,13 @@ pub fn large_answers(bytes: usize) -> (PatientQuery, Vec<RegionResult>) {
     let (query, mut answers) = one_patient(&["dorset", "hampshire", "wiltshire"], 50, 5);
     for (code, answer) in &mut answers {
         let base = answer.items.clone();
-        let mut size: usize = base.iter().map(|v| v.to_string().len()).sum();
+        let mut size: usize = base.iter().map(Item::bytes).sum();
         let mut k = 0;
         while size < bytes {
             k += 1;
             for item in &base {
                 let c = copy(item, code, k);
-                size += c.to_string().len();
+                size += c.bytes();
                 answer.items.push(c);
             }
         }
@@ -105,7 +106,7 @@ pub fn regions_answers(n: usize, bytes: usize) -> (PatientQuery, Vec<RegionResul
                 } else {
                     copy(item, code, k)
                 };
-                size += c.to_string().len();
+                size += c.bytes();
                 if size > bytes {
                     break 'grow;
                 }

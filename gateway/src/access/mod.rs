@@ -11,6 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Principal};
 use serde_json::Value;
 
+use crate::fhir::item::{Item, ItemView};
+
 use crate::auth::UserContext;
 use crate::consent::ConsentView;
 use crate::fhir::types::resource_type;
@@ -81,20 +83,31 @@ pub const EMBEDDED_SCHEMA: &str = include_str!("../../../policies/schema.cedarsc
 /// Confidentiality and sensitivity labels from `meta.security`. Unlabelled items are "N".
 /// Of several confidentiality codes, the most restrictive counts.
 pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
-    const ORDER: [&str; 6] = ["U", "L", "M", "N", "R", "V"];
-    let mut confidentiality = "N";
-    let mut sensitivity = BTreeSet::new();
-    for label in resource
+    let security: Vec<(Option<String>, String)> = resource
         .pointer("/meta/security")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        let system = label.get("system").and_then(Value::as_str);
-        let Some(code) = label.get("code").and_then(Value::as_str) else {
-            continue;
-        };
-        match system {
+        .filter_map(|label| {
+            Some((
+                label
+                    .get("system")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                label.get("code")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    labels_of(&security)
+}
+
+/// [`labels`] from `meta.security`'s (system, code) pairs.
+pub fn labels_of(security: &[(Option<String>, String)]) -> (String, BTreeSet<String>) {
+    const ORDER: [&str; 6] = ["U", "L", "M", "N", "R", "V"];
+    let mut confidentiality = "N";
+    let mut sensitivity = BTreeSet::new();
+    for (system, code) in security {
+        match system.as_deref() {
             Some(CONFIDENTIALITY_SYSTEM) => {
                 let rank = |c: &str| ORDER.iter().position(|o| *o == c);
                 match rank(code) {
@@ -107,7 +120,7 @@ pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
                 }
             }
             Some(ACT_CODE_SYSTEM) => {
-                sensitivity.insert(code.to_owned());
+                sensitivity.insert(code.clone());
             }
             _ => {}
         }
@@ -118,8 +131,28 @@ pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
 /// The class of an item of `region`'s record.
 pub fn item_class(resource: &Value, region: &str) -> ItemClass {
     let (confidentiality, sensitivity) = labels(resource);
+    class_with(
+        resource_type(resource).unwrap_or(""),
+        confidentiality,
+        sensitivity,
+        region,
+    )
+}
+
+/// [`item_class`] from an item's view.
+pub fn view_class(view: &ItemView, region: &str) -> ItemClass {
+    let (confidentiality, sensitivity) = labels_of(&view.security);
+    class_with(&view.rtype, confidentiality, sensitivity, region)
+}
+
+fn class_with(
+    rtype: &str,
+    confidentiality: String,
+    sensitivity: BTreeSet<String>,
+    region: &str,
+) -> ItemClass {
     ItemClass {
-        resource_type: policy_type(resource_type(resource).unwrap_or("")).to_owned(),
+        resource_type: policy_type(rtype).to_owned(),
         region: region.to_owned(),
         confidentiality,
         sensitivity,
@@ -239,13 +272,27 @@ impl<'a> Gatekeeper<'a> {
     /// An item's class, with what the patient's directives say of it for this user.
     pub fn class_of(&self, resource: &Value, region: &str) -> ItemClass {
         let mut class = item_class(resource, region);
+        self.with_directives(&mut class);
+        (class.consent_denies, class.consent_permits) =
+            self.consent.applies(resource, &self.principal.organisation);
+        class
+    }
+
+    /// [`Gatekeeper::class_of`] an item, from its view.
+    pub fn class_of_item(&self, view: &ItemView, region: &str) -> ItemClass {
+        let mut class = view_class(view, region);
+        self.with_directives(&mut class);
+        (class.consent_denies, class.consent_permits) =
+            self.consent
+                .applies_to(&view.rtype, &view.categories, &self.principal.organisation);
+        class
+    }
+
+    fn with_directives(&self, class: &mut ItemClass) {
         if self.consent.objects_to_sharing {
             class.patient_objects_to_sharing = true;
             class.patient_home_region = self.consent_region.clone();
         }
-        (class.consent_denies, class.consent_permits) =
-            self.consent.applies(resource, &self.principal.organisation);
-        class
     }
 
     /// A decision about the request as a whole (`search`, `break-glass`, `manage-consent`), made
@@ -305,23 +352,32 @@ impl<'a> Gatekeeper<'a> {
         report: &mut Filtered,
     ) -> RecordAnswer {
         let before = report.withheld;
-        let mut keep = |resources: Vec<Value>, report: &mut Filtered| -> Vec<Value> {
-            resources
+        let count = |d: &Decision, report: &mut Filtered| {
+            report.policies.extend(d.policies.iter().cloned());
+            if d.allowed {
+                report.released += 1;
+            } else {
+                report.withheld += 1;
+            }
+            d.allowed
+        };
+        let patients: Vec<Value> = answer
+            .patients
+            .into_iter()
+            .filter(|r| {
+                let class = self.class_of(r, region);
+                count(self.decide(class), report)
+            })
+            .collect();
+        let mut keep = |items: Vec<Item>, report: &mut Filtered| -> Vec<Item> {
+            items
                 .into_iter()
                 .filter(|r| {
-                    let class = self.class_of(r, region);
-                    let d = self.decide(class);
-                    report.policies.extend(d.policies.iter().cloned());
-                    if d.allowed {
-                        report.released += 1;
-                    } else {
-                        report.withheld += 1;
-                    }
-                    d.allowed
+                    let class = self.class_of_item(r.view(), region);
+                    count(self.decide(class), report)
                 })
                 .collect()
         };
-        let patients = keep(answer.patients, report);
         let items = keep(answer.items, report);
         let included = keep(answer.included, report);
         RecordAnswer {

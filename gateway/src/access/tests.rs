@@ -76,7 +76,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
     let set = embedded_policy_set().unwrap();
     let answer = RecordAnswer {
         patients: vec![json!({"resourceType": "Patient", "id": "p"})],
-        items: vec![
+        items: crate::fhir::item::items_of(vec![
             item("Condition", json!([])),
             item("Condition", json!([])),
             item("DocumentReference", json!([])),
@@ -84,7 +84,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
                 "Condition",
                 json!([{"system": ACT_CODE_SYSTEM, "code": "HIV"}]),
             ),
-        ],
+        ]),
         ..RecordAnswer::default()
     };
     let mut report = Filtered::default();

@@ -24,7 +24,7 @@ use crate::audit::RegionOutcome;
 use crate::cache::view::{KeptView, ViewKey};
 use crate::consent::ConsentView;
 use crate::error::fhir_bytes_response;
-use crate::fhir::{SerializedEntries, write_searchset};
+use crate::fhir::write_searchset;
 use crate::merge::{Envelope, Merged, View, ViewContext, merge_view};
 use crate::peers::FanOut;
 use crate::query::{self, Parsed};
@@ -541,7 +541,7 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = envelope(ask, &now);
     let (response, entries) = audited_bundle(gateway, ask, || {
-        let entries = SerializedEntries::new(&view.matches);
+        let entries = view.written();
         let tail = view.request_entries(&envelope, |c| c.elapsed_ms);
         let body = write_searchset(
             envelope.bundle_id,
@@ -555,7 +555,9 @@ async fn respond_view(gateway: &Gateway, ask: &Ask, parsed: Parsed) -> Result<Re
     })
     .await?;
     if let (Some(cache), Some(key)) = (views, identities.and_then(|a| key(&consent, a))) {
+        // The kept entries are the written ones.
         view.matches = Vec::new();
+        view.includes = Vec::new();
         cache.views.insert(
             key,
             KeptView {

@@ -19,7 +19,7 @@ use super::{RequestId, check_accept, lenient, query_pairs};
 use crate::access::{Filtered, Gatekeeper};
 use crate::app::Gateway;
 use crate::auth::{AuthError, ForwardedContext, verify_forwarded};
-use crate::error::{ApiError, fhir_response};
+use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::{self, SearchMode};
 use crate::query::{self, Parsed};
@@ -302,8 +302,9 @@ async fn read(
     let base = &gateway.region.base_url;
     let entries = answer_entries(base, kept);
     let now = fhir::instant(time::OffsetDateTime::now_utc());
-    let bundle = fhir::searchset(&uuid::Uuid::new_v4().to_string(), &now, base, 1, entries);
-    let mut response = fhir_response(StatusCode::OK, &bundle);
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = fhir::write_searchset(&id, &now, base, 1, &entries, &[]);
+    let mut response = crate::error::fhir_bytes_response(StatusCode::OK, body);
     response.headers_mut().insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
@@ -311,29 +312,36 @@ async fn read(
     Ok(response)
 }
 
-/// A released answer's entries under this region's base: the items as `match`; the patient's
-/// Patient resources and what the items reference (`$everything`) as `include`.
-fn answer_entries(base: &str, answer: crate::record::RecordAnswer) -> Vec<Value> {
-    let url = |r: &Value| {
-        format!(
-            "{base}/{}/{}",
-            r["resourceType"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("")
-        )
+/// A released answer's entries under this region's base, written once: the items as
+/// `match` (their bytes as the record gave them); the patient's Patient resources and what the
+/// items reference (`$everything`) as `include`.
+fn answer_entries(base: &str, answer: crate::record::RecordAnswer) -> fhir::SerializedEntries {
+    let mut texts: Vec<String> = Vec::with_capacity(answer.items.len() + answer.included.len());
+    let mut write = |rtype: &str, id: &str, mode: SearchMode, json: &str| {
+        let mut out = Vec::with_capacity(json.len() + 128);
+        crate::fhir::item::write_entry(
+            &format!("{base}/{rtype}/{id}"),
+            mode,
+            |out| out.extend_from_slice(json.as_bytes()),
+            &mut out,
+        );
+        texts.push(String::from_utf8(out).unwrap_or_default());
     };
-    let mut entries: Vec<Value> = answer
-        .items
-        .into_iter()
-        .map(|r| fhir::entry(&url(&r), r, SearchMode::Match))
-        .collect();
-    entries.extend(
-        answer
-            .patients
-            .into_iter()
-            .chain(answer.included)
-            .map(|p| fhir::entry(&url(&p), p, SearchMode::Include)),
-    );
-    entries
+    for item in &answer.items {
+        write(item.rtype(), item.id(), SearchMode::Match, item.json());
+    }
+    for p in &answer.patients {
+        let json = serde_json::to_string(p).unwrap_or_default();
+        let (t, id) = (
+            p["resourceType"].as_str().unwrap_or(""),
+            p["id"].as_str().unwrap_or(""),
+        );
+        write(t, id, SearchMode::Include, &json);
+    }
+    for item in &answer.included {
+        write(item.rtype(), item.id(), SearchMode::Include, item.json());
+    }
+    fhir::SerializedEntries::from_texts(texts.iter().map(String::as_str))
 }
 
 async fn everything(
@@ -448,7 +456,8 @@ async fn answer(
     let total = local.items.len();
     // Where this region's answer stopped short, said so the caller can tell its clinician.
     let mut issues: Vec<Issue> = local.cuts.iter().map(|c| c.to_issue(None)).collect();
-    let mut entries = answer_entries(base, local);
+    let entries = answer_entries(base, local);
+    let mut rest = Vec::new();
     if report.withheld > 0 {
         // Says that something was withheld, never what.
         issues.push(Issue::new(
@@ -458,7 +467,7 @@ async fn answer(
         ));
     }
     if !issues.is_empty() {
-        entries.push(fhir::entry(
+        rest.push(fhir::entry(
             &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
             operation_outcome(&issues),
             SearchMode::Outcome,
@@ -466,8 +475,8 @@ async fn answer(
     }
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
-    let bundle = fhir::searchset(&id, &now, base, total, entries);
-    let mut response = fhir_response(StatusCode::OK, &bundle);
+    let body = fhir::write_searchset(&id, &now, base, total, &entries, &rest);
+    let mut response = crate::error::fhir_bytes_response(StatusCode::OK, body);
     let cache_control = crate::cache::federation_cache_control(
         context.user.break_glass.is_some() || cut_for_now,
         gateway.config.cache.federation_max_age_s,

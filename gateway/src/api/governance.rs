@@ -619,7 +619,8 @@ async fn simulate_record(
         Gatekeeper::new(set, user, region, DecisionPoint::View, region)
             .with_consent(consent.clone(), region)
     });
-    let resources: Vec<&Value> = answer.patients.iter().chain(&answer.items).collect();
+    let items: Vec<Value> = answer.items.iter().map(|i| i.to_value()).collect();
+    let resources: Vec<&Value> = answer.patients.iter().chain(&items).collect();
     let c = crate::access::compare(&mut a, d.as_mut(), &resources, region);
     Ok(json!({
         "items": c.items,

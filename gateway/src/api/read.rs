@@ -15,6 +15,8 @@ use axum::response::Response;
 use http::StatusCode;
 use serde_json::Value;
 
+use crate::fhir::item::Item;
+
 use super::clinician::ask;
 use super::read_consent;
 use crate::access::{Filtered, Gatekeeper};
@@ -78,7 +80,14 @@ pub(super) async fn find_local(
     Ok(Some(Found {
         answer: RecordAnswer {
             patients,
-            items: vec![resource],
+            items: vec![Item::from_value(&resource).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "exception",
+                    "this region's record answered something that is not a resource",
+                )
+                .internal(e.to_string())
+            })?],
             ..RecordAnswer::default()
         },
         nhs,
@@ -168,7 +177,7 @@ pub async fn read_resource(
         .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_owned))
         .collect();
     let shown = present_read(
-        resource,
+        resource.to_value(),
         &region,
         &gateway.region.base_url,
         nhs.as_ref().map(|n| (patient_ids.as_slice(), n.as_str())),
@@ -237,13 +246,11 @@ async fn ask_peer(
     let [resource] = answer.items.as_slice() else {
         return Err(lying_peer(peer));
     };
-    let same = resource.get("resourceType").and_then(Value::as_str) == Some(rtype)
-        && resource.get("id").and_then(Value::as_str) == Some(id)
-        && is_fhir_id(id);
+    let same = resource.rtype() == rtype && resource.id() == id && is_fhir_id(id);
     if !same {
         return Err(lying_peer(peer));
     }
-    let Some(nhs) = patient_of(resource, &answer.patients) else {
+    let Some(nhs) = patient_of(&resource.to_value(), &answer.patients) else {
         return Ok(None);
     };
     Ok(Some(Found {

@@ -25,9 +25,9 @@ fn key(source: &str, nhs: &str, role: &str) -> CacheKey {
 
 fn answer(n: usize) -> RecordAnswer {
     RecordAnswer {
-        items: (0..n)
-            .map(|i| json!({"resourceType": "Condition", "id": format!("c{i}")}))
-            .collect(),
+        items: crate::fhir::item::items_of(
+            (0..n).map(|i| json!({"resourceType": "Condition", "id": format!("c{i}")})),
+        ),
         ..RecordAnswer::default()
     }
 }

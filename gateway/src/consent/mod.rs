@@ -92,41 +92,24 @@ impl Rule {
         !(self.types.is_empty() && self.categories.is_empty() && self.organisations.is_empty())
     }
 
-    fn matches(&self, resource: &Value, user_org: &str) -> bool {
-        let rtype = resource
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    fn matches(
+        &self,
+        rtype: &str,
+        categories: &[(Option<String>, String)],
+        user_org: &str,
+    ) -> bool {
         let type_ok = self.types.is_empty() || self.types.iter().any(|t| t == rtype);
         let org_ok = self.organisations.is_empty()
             || self
                 .organisations
                 .iter()
                 .any(|o| o.eq_ignore_ascii_case(user_org));
-        let category_ok = self.categories.is_empty() || {
-            let item: Vec<(Option<&str>, &str)> = match resource.get("category") {
-                Some(Value::Array(list)) => list.iter().collect::<Vec<_>>(),
-                Some(one) => vec![one],
-                None => vec![],
-            }
-            .into_iter()
-            .flat_map(|cc| match cc {
-                Value::String(code) => vec![(None, code.as_str())],
-                other => codes(other.get("coding"))
-                    .filter_map(|c| {
-                        Some((
-                            c.get("system").and_then(Value::as_str),
-                            c.get("code").and_then(Value::as_str)?,
-                        ))
-                    })
-                    .collect(),
-            })
-            .collect();
-            self.categories.iter().any(|(s, c)| {
-                item.iter()
-                    .any(|(is, ic)| ic == c && (s.is_none() || is.is_none() || s.as_deref() == *is))
-            })
-        };
+        let category_ok = self.categories.is_empty()
+            || self.categories.iter().any(|(s, c)| {
+                categories.iter().any(|(is, ic)| {
+                    ic == c && (s.is_none() || is.is_none() || s.as_deref() == is.as_deref())
+                })
+            });
         type_ok && org_ok && category_ok
     }
 }
@@ -169,7 +152,28 @@ pub fn read(consents: &[Value], now: i64) -> ConsentView {
 impl ConsentView {
     /// (denied, permitted) for this item and user organisation.
     pub fn applies(&self, resource: &Value, user_org: &str) -> (bool, bool) {
-        let matching = self.rules.iter().filter(|r| r.matches(resource, user_org));
+        let rtype = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let categories = resource
+            .get("category")
+            .map(crate::fhir::item::categories_of)
+            .unwrap_or_default();
+        self.applies_to(rtype, &categories, user_org)
+    }
+
+    /// [`ConsentView::applies`] to an item of type `rtype` with these `category` codes.
+    pub fn applies_to(
+        &self,
+        rtype: &str,
+        categories: &[(Option<String>, String)],
+        user_org: &str,
+    ) -> (bool, bool) {
+        let matching = self
+            .rules
+            .iter()
+            .filter(|r| r.matches(rtype, categories, user_org));
         let (mut denies, mut permits) = (false, false);
         for r in matching {
             if r.permit {

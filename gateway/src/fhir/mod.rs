@@ -1,8 +1,10 @@
-//! The FHIR R4 pieces the gateway needs. Resources stay `serde_json::Value` end to end so that
-//! nothing a region sent is dropped (see STACK.md, gotcha 6); this module reads and builds only
-//! the few fields the gateway decides on.
+//! The FHIR R4 pieces the gateway needs. A region's resources are held as the bytes they came
+//! in, each with a small view of what decisions read ([`item`]), so that nothing a region sent
+//! is dropped or re-encoded (see STACK.md, gotcha 6); this module reads and builds only the few
+//! fields the gateway decides on.
 
 pub mod date;
+pub mod item;
 pub mod nhs;
 pub mod outcome;
 pub mod reference;
@@ -233,6 +235,20 @@ impl SerializedEntries {
             json,
             count: entries.len(),
         }
+    }
+
+    /// Entries already written as JSON texts, joined.
+    pub fn from_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut json = Vec::new();
+        let mut count = 0;
+        for text in texts {
+            if count > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(text.as_bytes());
+            count += 1;
+        }
+        SerializedEntries { json, count }
     }
 
     pub fn len(&self) -> usize {

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use crate::fhir::item::{Item, Splice, qualify_references};
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
-use crate::fhir::types::{ResourceType, element, resource_type};
+use crate::fhir::types::{ResourceType, resource_type};
 use crate::fhir::{self, REGION_TAG_SYSTEM, SearchMode, date};
 use crate::query::{Operation, PatientQuery};
-use crate::record::{PatientLink, RecordAnswer, has_nhs_number, patient_link};
+use crate::record::{PatientLink, RecordAnswer, has_nhs_number};
 
 /// A region as the merge names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,16 +136,14 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
         .collect();
     links.insert(PatientLink::Nhs(nhs.to_owned()));
     let types = query.types();
-    let items: Vec<Value> = answer
+    let items: Vec<Item> = answer
         .items
         .into_iter()
         .filter(|item| {
-            let Some(rt) = resource_type(item).and_then(ResourceType::parse) else {
-                return false;
-            };
-            types.contains(&rt)
-                && item.get("id").and_then(Value::as_str).is_some()
-                && patient_link(item, rt.patient_element()).is_some_and(|l| links.contains(&l))
+            let v = item.view();
+            v.kind.is_some_and(|rt| types.contains(&rt))
+                && v.id.is_some()
+                && v.patient.as_ref().is_some_and(|l| links.contains(l))
         })
         .collect();
     let included = screen_included(query, &items, &patients, answer.included, &links);
@@ -165,7 +164,7 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
 
 /// Included resources kept, and how many were offered.
 struct ScreenedIncludes {
-    kept: Vec<Value>,
+    kept: Vec<Item>,
     offered: usize,
 }
 
@@ -174,9 +173,9 @@ struct ScreenedIncludes {
 /// type only when about the patient.
 fn screen_included(
     query: &PatientQuery,
-    items: &[Value],
+    items: &[Item],
     patients: &[Value],
-    included: Vec<Value>,
+    included: Vec<Item>,
     links: &BTreeSet<PatientLink>,
 ) -> ScreenedIncludes {
     let offered = included.len();
@@ -186,28 +185,30 @@ fn screen_included(
             offered,
         };
     }
-    let referenced: std::collections::HashSet<(String, String)> = items
+    let referenced: std::collections::HashSet<(&str, &str)> = items
         .iter()
-        .chain(patients)
         .chain(&included)
-        .flat_map(crate::fhir::reference::relative_references)
-        .map(|(t, id)| (t.to_owned(), id.to_owned()))
+        .flat_map(|i| i.view().relative_references())
+        .chain(
+            patients
+                .iter()
+                .flat_map(crate::fhir::reference::relative_references),
+        )
         .collect();
-    let kept = included
-        .into_iter()
+    let kept: Vec<Item> = included
+        .iter()
         .filter(|r| {
-            let (Some(t), Some(id)) = (resource_type(r), r.get("id").and_then(Value::as_str))
-            else {
+            let v = r.view();
+            let Some(id) = v.id.as_deref() else {
                 return false;
             };
-            let about_patient = match ResourceType::parse(t) {
-                Some(rt) => {
-                    patient_link(r, rt.patient_element()).is_some_and(|l| links.contains(&l))
-                }
-                None => t != "Patient",
+            let about_patient = match v.kind {
+                Some(_) => v.patient.as_ref().is_some_and(|l| links.contains(l)),
+                None => !v.rtype.is_empty() && v.rtype != "Patient",
             };
-            about_patient && referenced.contains(&(t.to_owned(), id.to_owned()))
+            about_patient && referenced.contains(&(v.rtype.as_str(), id))
         })
+        .cloned()
         .collect();
     ScreenedIncludes { kept, offered }
 }
@@ -221,12 +222,34 @@ struct OtherVersion {
     content: ContentKey,
 }
 
-/// One merged entry before it becomes JSON.
+/// An item folded into a slot, with its content key once worked out (only items that meet
+/// another region's on a cheap key are ever digested).
+struct Version {
+    item: Item,
+    digest: std::sync::OnceLock<ContentKey>,
+}
+
+impl Version {
+    fn new(item: Item) -> Self {
+        Version {
+            item,
+            digest: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn digest(&self, patient_url: &str, nhs: &str) -> ContentKey {
+        *self
+            .digest
+            .get_or_init(|| content_key(&self.item, patient_url, nhs))
+    }
+}
+
+/// One merged entry before it is written.
 struct Slot {
     rtype: ResourceType,
-    resource: Value,
-    /// The content key of the version shown.
-    content: ContentKey,
+    /// Every version folded in; `shown` is the one written.
+    versions: Vec<Version>,
+    shown: usize,
     regions: BTreeSet<usize>,
     /// The region whose version is shown.
     origin: usize,
@@ -235,6 +258,12 @@ struct Slot {
     other_versions: Vec<OtherVersion>,
     /// Its index when made (slots are sorted later).
     key: usize,
+}
+
+impl Slot {
+    fn item(&self) -> &Item {
+        &self.versions[self.shown].item
+    }
 }
 
 /// Merges the regions' results into one Bundle: [`merge_view`] and the entries that name
@@ -286,9 +315,9 @@ pub struct Contribution {
 /// (which the view cache relies on). `matches` are the `match` entries, Patient first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
-    pub matches: Vec<Value>,
+    pub matches: Vec<Written>,
     /// What the matches reference (`search.mode = include`), each once.
-    pub includes: Vec<Value>,
+    pub includes: Vec<Written>,
     pub patient: Option<Value>,
     /// Matches before `_count` cut them.
     pub total: usize,
@@ -302,10 +331,46 @@ pub struct View {
     pub contributions: Vec<Contribution>,
 }
 
+/// An entry written once: its `fullUrl` and its JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub full_url: String,
+    pub json: String,
+}
+
+impl Written {
+    fn of(full_url: String, mode: SearchMode, resource: impl FnOnce(&mut Vec<u8>)) -> Written {
+        let mut out = Vec::with_capacity(1024);
+        crate::fhir::item::write_entry(&full_url, mode, resource, &mut out);
+        Written {
+            full_url,
+            // Written from text and serde_json: UTF-8.
+            json: String::from_utf8(out).unwrap_or_default(),
+        }
+    }
+
+    /// An entry of a resource given as a tree (the merged Patient).
+    fn of_value(full_url: &str, resource: &Value, mode: SearchMode) -> Written {
+        Written::of(full_url.to_owned(), mode, |out| {
+            let _ = serde_json::to_writer(out, resource);
+        })
+    }
+
+    /// The entry as a tree (for the few answers built as one: pages, counts).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+}
+
 impl View {
     /// The view as the Bundle answering one request.
-    pub fn into_merged(mut self, envelope: &Envelope<'_>) -> Merged {
-        let mut entries = std::mem::take(&mut self.matches);
+    pub fn into_merged(self, envelope: &Envelope<'_>) -> Merged {
+        let mut entries: Vec<Value> = self
+            .matches
+            .iter()
+            .chain(&self.includes)
+            .map(Written::to_value)
+            .collect();
         entries.extend(self.request_entries(envelope, |c| c.elapsed_ms));
         let bundle = fhir::searchset(
             envelope.bundle_id,
@@ -327,20 +392,29 @@ impl View {
         }
     }
 
-    /// The entries after the matches that name the request: a Provenance per region that
-    /// answered (taking `elapsed` ms, normally [`Contribution::elapsed_ms`]), then the
-    /// OperationOutcome when there are issues.
+    /// The matches and includes, written once for any number of Bundles.
+    pub fn written(&self) -> fhir::SerializedEntries {
+        fhir::SerializedEntries::from_texts(
+            self.matches
+                .iter()
+                .chain(&self.includes)
+                .map(|w| w.json.as_str()),
+        )
+    }
+
+    /// The entries after the matches and includes that name the request: a Provenance per
+    /// region that answered (taking `elapsed` ms, normally [`Contribution::elapsed_ms`]),
+    /// then the OperationOutcome when there are issues.
     pub fn request_entries(
         &self,
         envelope: &Envelope<'_>,
         elapsed: impl Fn(&Contribution) -> u64,
     ) -> Vec<Value> {
-        let mut entries: Vec<Value> = self.includes.clone();
-        entries.extend(
-            self.contributions
-                .iter()
-                .map(|c| provenance(c, elapsed(c), envelope)),
-        );
+        let mut entries: Vec<Value> = self
+            .contributions
+            .iter()
+            .map(|c| provenance(c, elapsed(c), envelope))
+            .collect();
         if !self.issues.is_empty() {
             let oo_url = format!("urn:uuid:{}", envelope.bundle_id);
             entries.push(fhir::entry(
@@ -386,59 +460,56 @@ fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Val
     )
 }
 
-/// The regions' results merged: tagged, deduplicated, referenced and screened entries, the
-/// issues, and what each region contributed. Pure, and independent of any one request.
-pub fn merge_view(
-    query: &PatientQuery,
-    mut results: Vec<RegionResult>,
-    ctx: ViewContext<'_>,
-) -> View {
-    // Order independence: whatever order regions answered in, they are merged in code order.
-    results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
-    let nhs = query.nhs_number.as_str();
-    let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
-    let mut issues = ctx.issues;
-    let mut slots: Vec<Slot> = Vec::new();
-    // Items by identity (content digest or business identifier), hashed: every slot holding
-    // one, since items of one region never fold into each other.
-    let mut by_content: std::collections::HashMap<ContentKey, Vec<usize>> =
-        std::collections::HashMap::new();
-    // Items by type, code, subject and clinical date.
-    let mut by_clinical: std::collections::HashMap<ContentKey, Vec<usize>> =
-        std::collections::HashMap::new();
-    let mut patients: Vec<(usize, Value)> = Vec::new();
-    let (mut answered, mut failed, mut discarded, mut deduplicated) = (0, 0, 0, 0);
-    let mut all_timeouts = true;
-    let mut screened: Vec<(usize, Vec<Value>)> = Vec::new();
-    let mut screened_included: Vec<(usize, Vec<Value>)> = Vec::new();
+/// What the regions' answers give the merge once screened: each region's Patient resources,
+/// items and includes, and what was said of them.
+struct Accounted {
+    patients: Vec<(usize, Value)>,
+    items: Vec<(usize, Item)>,
+    included: Vec<(usize, Vec<Item>)>,
+    answered: usize,
+    failed: usize,
+    all_timeouts: bool,
+    discarded: usize,
+}
 
+/// Phase one: each region's answer screened, and every failure, stale answer, cut, withheld
+/// item and discarded item named in `issues`.
+fn account(
+    results: &mut [RegionResult],
+    query: &PatientQuery,
+    issues: &mut Vec<Issue>,
+) -> Accounted {
+    let mut acc = Accounted {
+        patients: Vec::new(),
+        items: Vec::new(),
+        included: Vec::new(),
+        answered: 0,
+        failed: 0,
+        all_timeouts: true,
+        discarded: 0,
+    };
     for (ri, result) in results.iter_mut().enumerate() {
         let region = &result.region;
+        let named =
+            |issue: Issue| issue.with_details(REGION_TAG_SYSTEM, &region.code, &region.name);
         match &mut result.outcome {
             Err(failure) => {
-                failed += 1;
-                all_timeouts &= failure.kind == FailureKind::Timeout;
-                issues.push(
-                    Issue::new(
-                        Severity::Error,
-                        failure.kind.issue_code(),
-                        format!(
-                            "Region {} ({}) {}: {}. Its records are not included.",
-                            region.code,
-                            region.name,
-                            failure.kind.label(),
-                            failure.reason
-                        ),
-                    )
-                    .with_details(
-                        REGION_TAG_SYSTEM,
-                        &region.code,
-                        &region.name,
+                acc.failed += 1;
+                acc.all_timeouts &= failure.kind == FailureKind::Timeout;
+                issues.push(named(Issue::new(
+                    Severity::Error,
+                    failure.kind.issue_code(),
+                    format!(
+                        "Region {} ({}) {}: {}. Its records are not included.",
+                        region.code,
+                        region.name,
+                        failure.kind.label(),
+                        failure.reason
                     ),
-                );
+                )));
             }
             Ok(answer) => {
-                answered += 1;
+                acc.answered += 1;
                 // The items move into the merge; what the Provenance needs stays behind.
                 let taken = RecordAnswer {
                     patients: std::mem::take(&mut answer.patients),
@@ -450,57 +521,64 @@ pub fn merge_view(
                 };
                 let (answer, dropped) = screen(taken, query);
                 if let Some(age) = answer.stale_seconds {
-                    issues.push(
-                        Issue::new(
-                            Severity::Warning,
-                            "transient",
-                            format!(
-                                "Region {} ({}) could not answer just now; its records shown are from its answer of {} ago and may be out of date.",
-                                region.code,
-                                region.name,
-                                crate::fhir::describe_age(age)
-                            ),
-                        )
-                        .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
-                    );
+                    issues.push(named(Issue::new(
+                        Severity::Warning,
+                        "transient",
+                        format!(
+                            "Region {} ({}) could not answer just now; its records shown are from its answer of {} ago and may be out of date.",
+                            region.code,
+                            region.name,
+                            crate::fhir::describe_age(age)
+                        ),
+                    )));
                 }
                 for cut in &answer.cuts {
                     issues.push(cut.to_issue(Some((&region.code, &region.name))));
                 }
                 if answer.withheld > 0 {
-                    issues.push(
-                        Issue::new(Severity::Warning, "suppressed", format!("Region {} ({}) withheld some items under its consent and release policy.", region.code, region.name))
-                            .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
-                    );
+                    issues.push(named(Issue::new(
+                        Severity::Warning,
+                        "suppressed",
+                        format!(
+                            "Region {} ({}) withheld some items under its consent and release policy.",
+                            region.code, region.name
+                        ),
+                    )));
                 }
                 if dropped > 0 {
-                    discarded += dropped;
-                    issues.push(
-                        Issue::new(
-                            Severity::Warning,
-                            "processing",
-                            format!(
-                                "Region {} ({}) returned {dropped} resource(s) that are not about the requested patient or not of the requested type; they were discarded.",
-                                region.code, region.name
-                            ),
-                        )
-                        .with_details(REGION_TAG_SYSTEM, &region.code, &region.name),
-                    );
+                    acc.discarded += dropped;
+                    issues.push(named(Issue::new(
+                        Severity::Warning,
+                        "processing",
+                        format!(
+                            "Region {} ({}) returned {dropped} resource(s) that are not about the requested patient or not of the requested type; they were discarded.",
+                            region.code, region.name
+                        ),
+                    )));
                 }
-                patients.extend(answer.patients.iter().cloned().map(|p| (ri, p)));
-                screened.push((ri, answer.items));
-                screened_included.push((ri, answer.included));
+                acc.patients
+                    .extend(answer.patients.into_iter().map(|p| (ri, p)));
+                acc.items.extend(answer.items.into_iter().map(|i| (ri, i)));
+                acc.included.push((ri, answer.included));
             }
         }
     }
+    acc
+}
 
-    // A possible wrong-patient match: regions whose demographics disagree with the most
-    // recently updated region's.
-    let conflicts = demographic_conflicts(&patients);
+/// Phase two: a possible wrong-patient match. Regions whose demographics disagree with the
+/// most recently updated region's are named (and, under `Withhold`, their records left out).
+fn check_demographics(
+    acc: &mut Accounted,
+    results: &[RegionResult],
+    on_mismatch: MismatchPolicy,
+    issues: &mut Vec<Issue>,
+) -> BTreeSet<usize> {
+    let conflicts = demographic_conflicts(&acc.patients);
     let mut withheld_regions = BTreeSet::new();
     for (ri, fields) in &conflicts {
         let region = &results[*ri].region;
-        let withhold = ctx.on_mismatch == MismatchPolicy::Withhold;
+        let withhold = on_mismatch == MismatchPolicy::Withhold;
         if withhold {
             withheld_regions.insert(*ri);
         }
@@ -524,131 +602,229 @@ pub fn merge_view(
         );
     }
     if !withheld_regions.is_empty() {
-        patients.retain(|(ri, _)| !withheld_regions.contains(ri));
+        acc.patients
+            .retain(|(ri, _)| !withheld_regions.contains(ri));
+        let before = acc.items.len();
+        acc.items.retain(|(ri, _)| !withheld_regions.contains(ri));
+        acc.discarded += before - acc.items.len();
+        acc.included
+            .retain(|(ri, _)| !withheld_regions.contains(ri));
     }
+    withheld_regions
+}
 
-    // (region, its local `Type/id`) -> the slot the item went to, for references.
-    let mut local_refs: std::collections::HashMap<(usize, String), usize> =
-        std::collections::HashMap::new();
-    let local_patients: BTreeSet<(usize, String)> = patients
+/// An item with what the merge matches it by: keys read off its view, no digest yet.
+struct Keyed {
+    region: usize,
+    item: Item,
+    rtype: ResourceType,
+    /// Its business identifiers' identities: the same item across regions has one of them.
+    idents: Vec<ContentKey>,
+    /// Type, concept and clinical date: items of equal content have equal cheap keys, so
+    /// content is compared (digested) only between items that share one.
+    cheap: u64,
+    /// Without a shared identifier, another region's item of the same type, code, subject and
+    /// clinical date is the same item (perhaps another version of it). Two such items of one
+    /// region stay apart: the region knows them as two.
+    clinical: Option<ContentKey>,
+}
+
+fn keyed(region: usize, item: Item) -> Option<Keyed> {
+    let v = item.view();
+    let rtype = v.kind?;
+    let idents = v
+        .identifiers
         .iter()
-        .map(|(ri, p)| (*ri, format!("Patient/{}", id_of(p))))
+        .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
         .collect();
-    // Each item's keys are its own business: worked out for all items at once, on every core
-    // when there are many, then matched one after another in region order.
-    let mut items: Vec<(usize, Value)> = Vec::new();
-    for (ri, region_items) in screened {
-        if withheld_regions.contains(&ri) {
-            discarded += region_items.len();
-        } else {
-            items.extend(region_items.into_iter().map(|item| (ri, item)));
-        }
-    }
-    let keyed = crate::parallel::map(items, |(ri, item)| (ri, keyed(item, &patient_url, nhs)));
-    for (ri, keyed) in keyed {
-        let Some(Keyed {
-            item,
-            rtype,
-            local_ref,
-            item_key,
-            keys,
-            clinical,
-        }) = keyed
-        else {
-            continue;
-        };
-        // Only another region's item is the same item: two records one region holds under
-        // different ids stay two, whatever their content (the region knows them as two).
-        let elsewhere = |index: &std::collections::HashMap<ContentKey, Vec<usize>>,
-                         k: &ContentKey| {
-            index.get(k).and_then(|found| {
+    let cheap = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&v.rtype, &v.concept, &v.clinical_date).hash(&mut h);
+        h.finish()
+    };
+    let clinical = match (&v.concept, &v.clinical_date) {
+        (Some(concept), Some(date)) => Some(key_of(&format!(
+            "clinical:{}:{concept}:{date}",
+            rtype.as_str()
+        ))),
+        _ => None,
+    };
+    Some(Keyed {
+        region,
+        item,
+        rtype,
+        idents,
+        cheap,
+        clinical,
+    })
+}
+
+/// The slots items were folded into, and where each region's items went.
+struct Folded {
+    slots: Vec<Slot>,
+    /// (region, its local `Type/id`) -> the slot the item went to, for references.
+    local_refs: std::collections::HashMap<(usize, String), usize>,
+    deduplicated: usize,
+}
+
+/// Phase three: items folded across regions. Only another region's item is the same item:
+/// two records one region holds under different ids stay two, whatever their content (the
+/// region knows them as two). The same business identifier, the same content or the same
+/// clinical identity, in that order, make two regions' items one entry.
+fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
+    type Index<K> = std::collections::HashMap<K, Vec<usize>>;
+    let mut slots: Vec<Slot> = Vec::new();
+    let (mut by_ident, mut by_clinical): (Index<ContentKey>, Index<ContentKey>) =
+        Default::default();
+    let mut by_cheap: Index<u64> = Default::default();
+    let mut local_refs = std::collections::HashMap::new();
+    let mut deduplicated = 0;
+    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item));
+    for k in keyed.into_iter().flatten() {
+        let ri = k.region;
+        let elsewhere = |index: &Index<ContentKey>, key: &ContentKey, slots: &[Slot]| {
+            index.get(key).and_then(|found| {
                 found
                     .iter()
                     .copied()
                     .find(|&slot| !slots[slot].regions.contains(&ri))
             })
         };
-        let found = keys
+        let version = Version::new(k.item);
+        let found = k
+            .idents
             .iter()
-            .find_map(|k| elsewhere(&by_content, k))
-            .or_else(|| clinical.and_then(|k| elsewhere(&by_clinical, &k)));
-        match found {
+            .find_map(|key| elsewhere(&by_ident, key, &slots))
+            .or_else(|| {
+                // The same content: digests only now, of items that met on the cheap key.
+                by_cheap.get(&k.cheap).and_then(|found| {
+                    found.iter().copied().find(|&slot| {
+                        let s = &slots[slot];
+                        !s.regions.contains(&ri)
+                            && s.versions.iter().any(|v| {
+                                v.digest(patient_url, nhs) == version.digest(patient_url, nhs)
+                            })
+                    })
+                })
+            })
+            .or_else(|| {
+                k.clinical
+                    .and_then(|key| elsewhere(&by_clinical, &key, &slots))
+            });
+        let local_ref = format!("{}/{}", k.rtype.as_str(), version.item.id());
+        let at = match found {
             Some(slot) => {
                 deduplicated += 1;
-                local_refs.insert((ri, local_ref), slots[slot].key);
-                let s = &mut slots[slot];
-                s.regions.insert(ri);
-                let shown_key = s.content;
-                let newer = last_updated(&item) > last_updated(&s.resource);
-                if shown_key == item_key {
-                    // The same content: the copy updated most recently is shown (the
-                    // first on a tie), so later versions are compared with its time.
-                    if newer {
-                        s.resource = item;
-                        s.origin = ri;
-                    }
-                } else {
-                    // Two versions of one item: keep the more recently updated and say
-                    // which region holds the other (each version once, at its most recent
-                    // update), whatever order they came in.
-                    let other = if newer {
-                        let old = std::mem::replace(&mut s.resource, item);
-                        let other = OtherVersion {
-                            region: s.origin,
-                            updated: last_updated_text(&old),
-                            at: last_updated(&old),
-                            content: shown_key,
-                        };
-                        s.origin = ri;
-                        s.content = item_key;
-                        other
-                    } else {
-                        OtherVersion {
-                            region: ri,
-                            updated: last_updated_text(&item),
-                            at: last_updated(&item),
-                            content: item_key,
-                        }
-                    };
-                    let current = s.content;
-                    s.other_versions.retain(|v| v.content != current);
-                    match s
-                        .other_versions
-                        .iter_mut()
-                        .find(|v| v.content == other.content)
-                    {
-                        Some(noted) if other.at > noted.at => *noted = other,
-                        Some(_) => {}
-                        None => s.other_versions.push(other),
-                    }
-                }
-                for k in keys {
-                    note_slot(&mut by_content, k, slot);
-                }
-                if let Some(k) = clinical {
-                    note_slot(&mut by_clinical, k, slot);
-                }
+                fold_into(&mut slots[slot], ri, version, patient_url, nhs);
+                slot
             }
             None => {
-                for k in keys {
-                    note_slot(&mut by_content, k, slots.len());
-                }
-                if let Some(k) = clinical {
-                    note_slot(&mut by_clinical, k, slots.len());
-                }
-                local_refs.insert((ri, local_ref), slots.len());
                 slots.push(Slot {
-                    rtype,
-                    resource: item,
-                    content: item_key,
+                    rtype: k.rtype,
+                    versions: vec![version],
+                    shown: 0,
                     regions: BTreeSet::from([ri]),
                     origin: ri,
                     other_versions: Vec::new(),
                     key: slots.len(),
                 });
+                slots.len() - 1
             }
+        };
+        local_refs.insert((ri, local_ref), slots[at].key);
+        for key in k.idents {
+            note_slot(&mut by_ident, key, at);
+        }
+        note_slot(&mut by_cheap, k.cheap, at);
+        if let Some(key) = k.clinical {
+            note_slot(&mut by_clinical, key, at);
         }
     }
+    Folded {
+        slots,
+        local_refs,
+        deduplicated,
+    }
+}
+
+/// Another region's version of a slot's item folded in: the same content shows the copy
+/// updated most recently (the first on a tie); two versions keep the more recently updated and
+/// say which region holds the other (each version once, at its most recent update), whatever
+/// order they came in.
+fn fold_into(s: &mut Slot, ri: usize, version: Version, patient_url: &str, nhs: &str) {
+    s.regions.insert(ri);
+    let shown = &s.versions[s.shown];
+    let shown_key = shown.digest(patient_url, nhs);
+    let item_key = version.digest(patient_url, nhs);
+    let newer = version.item.view().updated_at > shown.item.view().updated_at;
+    s.versions.push(version);
+    let at = s.versions.len() - 1;
+    if shown_key == item_key {
+        if newer {
+            s.shown = at;
+            s.origin = ri;
+        }
+        return;
+    }
+    let view_of = |i: usize| s.versions[i].item.view();
+    let other = if newer {
+        let old = view_of(s.shown);
+        let other = OtherVersion {
+            region: s.origin,
+            updated: old.last_updated.clone(),
+            at: old.updated_at,
+            content: shown_key,
+        };
+        s.shown = at;
+        s.origin = ri;
+        other
+    } else {
+        let v = view_of(at);
+        OtherVersion {
+            region: ri,
+            updated: v.last_updated.clone(),
+            at: v.updated_at,
+            content: item_key,
+        }
+    };
+    let current = s.versions[s.shown].digest(patient_url, nhs);
+    s.other_versions.retain(|v| v.content != current);
+    match s
+        .other_versions
+        .iter_mut()
+        .find(|v| v.content == other.content)
+    {
+        Some(noted) if other.at > noted.at => *noted = other,
+        Some(_) => {}
+        None => s.other_versions.push(other),
+    }
+}
+
+/// The regions' results merged: tagged, deduplicated, referenced and screened entries, the
+/// issues, and what each region contributed. Pure, and independent of any one request.
+pub fn merge_view(
+    query: &PatientQuery,
+    mut results: Vec<RegionResult>,
+    ctx: ViewContext<'_>,
+) -> View {
+    // Order independence: whatever order regions answered in, they are merged in code order.
+    results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
+    let nhs = query.nhs_number.as_str();
+    let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
+    let mut issues = ctx.issues;
+    let mut acc = account(&mut results, query, &mut issues);
+    let withheld_regions = check_demographics(&mut acc, &results, ctx.on_mismatch, &mut issues);
+    let patients = std::mem::take(&mut acc.patients);
+    let local_patients: BTreeSet<(usize, String)> = patients
+        .iter()
+        .map(|(ri, p)| (*ri, format!("Patient/{}", id_of(p))))
+        .collect();
+    let Folded {
+        mut slots,
+        local_refs,
+        deduplicated,
+    } = fold(std::mem::take(&mut acc.items), &patient_url, nhs);
 
     let wants_patient = matches!(
         query.operation,
@@ -657,20 +833,18 @@ pub fn merge_view(
     let patient =
         (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
 
-    // Each slot's date is read once.
+    // Phase four: newest first.
     slots.sort_by_cached_key(|s| {
         (
-            std::cmp::Reverse(sort_key(s.rtype, &s.resource)),
+            std::cmp::Reverse(s.item().view().sort_start),
             s.rtype,
             s.regions.clone(),
-            id_of(&s.resource).to_owned(),
+            s.item().id().to_owned(),
         )
     });
 
-    // Per region: the entries it contributed to (for its Provenance).
-    let mut contributed: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    // Every resource is addressed at this gateway, under an id naming its region, so that
-    // `GET` on any fullUrl or reference answers (see `fhir::reference`).
+    // Phase five: every resource is addressed at this gateway, under an id naming its region,
+    // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
     let gateway_url = |ri: usize, t: &str, id: &str| -> String {
         let region = &results[ri].region;
         match crate::fhir::reference::federated_id(&region.code, id) {
@@ -679,18 +853,19 @@ pub fn merge_view(
             None => format!("{}/{t}/{id}", region.base_url),
         }
     };
-    let url_of = |slot: &Slot| gateway_url(slot.origin, slot.rtype.as_str(), id_of(&slot.resource));
-    let url_by_key: std::collections::HashMap<usize, String> =
-        slots.iter().map(|s| (s.key, url_of(s))).collect();
+    let url_by_key: std::collections::HashMap<usize, String> = slots
+        .iter()
+        .map(|s| {
+            (
+                s.key,
+                gateway_url(s.origin, s.rtype.as_str(), s.item().id()),
+            )
+        })
+        .collect();
     // What the items reference, included beside them (`$everything`), each shown once.
-    let mut includes = merge_included(
-        screened_included
-            .into_iter()
-            .filter(|(ri, _)| !withheld_regions.contains(ri))
-            .collect(),
-    );
+    let mut includes = merge_included(std::mem::take(&mut acc.included));
     for inc in &mut includes {
-        inc.url = gateway_url(inc.origin, &inc.rtype, id_of(&inc.resource));
+        inc.url = gateway_url(inc.origin, inc.item.rtype(), inc.item.id());
     }
     let include_refs: std::collections::HashMap<(usize, String), usize> = includes
         .iter()
@@ -717,18 +892,23 @@ pub fn merge_view(
             None => format!("{}/{local}", results[origin].region.base_url),
         }
     };
-    let include_entries: Vec<Value> = includes
+
+    // Phase six: each entry written apart from the others (on every core when there are
+    // many), its bytes copied and only what changes spliced in.
+    let include_entries: Vec<Written> = includes
         .iter()
         .map(|inc| {
-            let mut resource = inc.resource.clone();
-            qualify_references(&mut resource, &|local| resolve_from(inc.origin, local));
-            set_gateway_id(&mut resource, &inc.url);
-            tag(
-                &mut resource,
-                &results[inc.origin].region.base_url,
-                inc.regions.iter().map(|&i| &results[i].region),
-            );
-            fhir::entry(&inc.url, resource, SearchMode::Include)
+            let id = last_segment(&inc.url);
+            let regions = || inc.regions.iter().map(|&i| &results[i].region);
+            let splice = Splice {
+                id,
+                patient: None,
+                meta: &|m| tag_meta(m, &results[inc.origin].region.base_url, regions()),
+                resolve: &|local| resolve_from(inc.origin, local),
+            };
+            Written::of(inc.url.clone(), SearchMode::Include, |out| {
+                inc.item.write_spliced(&splice, out)
+            })
         })
         .collect();
     let patient = patient.map(|mut p| {
@@ -739,49 +919,49 @@ pub fn merge_view(
         }
         p
     });
+    // Per region: the entries it contributed to (for its Provenance).
+    let mut contributed: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     for slot in &slots {
         for &ri in &slot.regions {
             contributed
                 .entry(ri)
                 .or_default()
-                .push(url_by_key[&slot.key].clone());
+                .push(url_by_key[&slot.key].as_str());
         }
     }
-    // Each entry is finished apart from the others (on every core when there are many).
-    let finished = crate::parallel::map(slots, |slot| {
+    let pointed = |old: &Value| pointed_patient(old, &patient_url, nhs);
+    let finished = crate::parallel::map(slots.iter().collect(), |slot: &Slot| {
         let origin = &results[slot.origin].region;
         let full_url = &url_by_key[&slot.key];
-        let mut resource = slot.resource;
-        qualify_references(&mut resource, &|local| resolve_from(slot.origin, local));
-        set_gateway_id(&mut resource, full_url);
-        tag(
-            &mut resource,
-            &origin.base_url,
-            slot.regions.iter().map(|&i| &results[i].region),
-        );
-        for v in &slot.other_versions {
-            note_other_version(
-                &mut resource,
-                &results[v.region].region,
-                v.updated.as_deref(),
-            );
-        }
-        fhir::entry(full_url, resource, SearchMode::Match)
+        let regions = || slot.regions.iter().map(|&i| &results[i].region);
+        let meta = |m: &mut Value| {
+            tag_meta(m, &origin.base_url, regions());
+            for v in &slot.other_versions {
+                note_other_version(m, &results[v.region].region, v.updated.as_deref());
+            }
+        };
+        let splice = Splice {
+            id: last_segment(full_url),
+            patient: Some((slot.rtype.patient_element(), &pointed)),
+            meta: &meta,
+            resolve: &|local| resolve_from(slot.origin, local),
+        };
+        Written::of(full_url.clone(), SearchMode::Match, |out| {
+            slot.item().write_spliced(&splice, out)
+        })
     });
-    let mut matches: Vec<Value> = Vec::new();
+    let mut matches: Vec<Written> = Vec::new();
     if wants_patient && let Some(p) = &patient {
-        matches.push(fhir::entry(&patient_url, p.clone(), SearchMode::Match));
+        matches.push(Written::of_value(&patient_url, p, SearchMode::Match));
     }
     matches.extend(finished);
     let total = matches.len();
     if let Some(count) = query.count {
         matches.truncate(count as usize);
     }
-    // One Provenance per region that answered: what it contributed.
-    let shown: std::collections::HashSet<&str> = matches
-        .iter()
-        .filter_map(|e| e["fullUrl"].as_str())
-        .collect();
+    // Phase seven: one Provenance per region that answered: what it contributed.
+    let shown: std::collections::HashSet<&str> =
+        matches.iter().map(|e| e.full_url.as_str()).collect();
     let mut contributions = Vec::new();
     for (ri, result) in results.iter().enumerate() {
         let Ok(answer) = &result.outcome else {
@@ -794,8 +974,8 @@ pub fn merge_view(
             .get(&ri)
             .into_iter()
             .flatten()
-            .filter(|u| shown.contains(u.as_str()))
-            .cloned()
+            .filter(|u| shown.contains(*u))
+            .map(|u| (*u).to_owned())
             .collect();
         if targets.is_empty() {
             // A region that contributed nothing shown still answered about the patient.
@@ -813,14 +993,19 @@ pub fn merge_view(
         includes: include_entries,
         patient,
         total,
-        regions_answered: answered,
-        regions_failed: failed,
-        all_failures_timeouts: failed > 0 && all_timeouts,
-        discarded,
+        regions_answered: acc.answered,
+        regions_failed: acc.failed,
+        all_failures_timeouts: acc.failed > 0 && acc.all_timeouts,
+        discarded: acc.discarded,
         deduplicated,
         issues,
         contributions,
     }
+}
+
+/// The last segment of an address: the id an entry is shown under.
+fn last_segment(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
 }
 
 /// The entries after a page's matches: every Provenance and outcome, and of the included
@@ -903,8 +1088,7 @@ pub fn present_read(
 
 /// A resource the items reference, shown once however many regions hold it.
 struct Included {
-    rtype: String,
-    resource: Value,
+    item: Item,
     regions: BTreeSet<usize>,
     origin: usize,
     /// (region, its local `Type/id`) of every copy folded in.
@@ -915,18 +1099,24 @@ struct Included {
 
 /// Folds the regions' included resources: the same business identifier (an organisation's
 /// ODS code, a practitioner's professional registration, ...) or the same content, held by
-/// two regions, is one resource. Two a region holds stay two.
-fn merge_included(mut by_region: Vec<(usize, Vec<Value>)>) -> Vec<Included> {
+/// two regions, is one resource. Two a region holds stay two. Content is digested only when
+/// more than one region includes anything.
+fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
     by_region.sort_by_key(|(ri, _)| *ri);
+    let digest = by_region.iter().filter(|(_, r)| !r.is_empty()).count() > 1;
     let mut out: Vec<Included> = Vec::new();
     let mut index: std::collections::HashMap<ContentKey, Vec<usize>> = Default::default();
     for (ri, resources) in by_region {
-        for resource in resources {
-            let rtype = resource_type(&resource).unwrap_or("").to_owned();
-            let local = format!("{rtype}/{}", id_of(&resource));
-            let keys: Vec<ContentKey> = identifier_keys(&rtype, &resource)
-                .into_iter()
-                .chain(std::iter::once(content_key(&resource)))
+        for item in resources {
+            let v = item.view();
+            let local = format!("{}/{}", v.rtype, item.id());
+            let keys: Vec<ContentKey> = v
+                .identifiers
+                .iter()
+                .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
+                .chain(digest.then(|| {
+                    crate::fhir::canonical_digest_without(&item.to_value(), &["id", "meta"])
+                }))
                 .collect();
             let found = keys.iter().find_map(|k| {
                 index
@@ -941,8 +1131,7 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Value>)>) -> Vec<Included> {
                 }
                 None => {
                     out.push(Included {
-                        rtype,
-                        resource,
+                        item,
                         regions: BTreeSet::from([ri]),
                         origin: ri,
                         local_refs: vec![(ri, local)],
@@ -957,21 +1146,6 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Value>)>) -> Vec<Included> {
         }
     }
     out
-}
-
-/// Business identifiers (`system|value`) of a resource of any type.
-fn identifier_keys(rtype: &str, resource: &Value) -> Vec<ContentKey> {
-    resource
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let system = i.get("system")?.as_str()?;
-            let value = i.get("value")?.as_str()?;
-            Some(key_of(&format!("id:{rtype}:{system}|{value}")))
-        })
-        .collect()
 }
 
 /// The resource's `id` becomes the last segment of its address at this gateway.
@@ -993,26 +1167,10 @@ fn newest_patient_region(patients: &[(usize, Value)]) -> Option<usize> {
         .map(|(ri, _)| *ri)
 }
 
-/// An item with what the merge matches it by (see [`keyed`]).
-struct Keyed {
-    item: Value,
-    rtype: ResourceType,
-    /// `Type/id` in its region.
-    local_ref: String,
-    /// Its content's identity.
-    item_key: ContentKey,
-    /// Its business identifiers' identities, then its content's: the same item has one of them.
-    keys: Vec<ContentKey>,
-    /// Without a shared identifier, another region's item of the same type, code, subject and
-    /// clinical date is the same item (perhaps another version of it). Two such items of one
-    /// region stay apart: the region knows them as two.
-    clinical: Option<ContentKey>,
-}
-
 /// Notes that `slot` holds an item with key `k` (once).
-fn note_slot(
-    index: &mut std::collections::HashMap<ContentKey, Vec<usize>>,
-    k: ContentKey,
+fn note_slot<K: std::hash::Hash + Eq>(
+    index: &mut std::collections::HashMap<K, Vec<usize>>,
+    k: K,
     slot: usize,
 ) {
     let slots = index.entry(k).or_default();
@@ -1021,35 +1179,21 @@ fn note_slot(
     }
 }
 
-/// An item pointed at the merged Patient and keyed; `None` if it has no known type.
-fn keyed(mut item: Value, patient_url: &str, nhs: &str) -> Option<Keyed> {
-    let rtype = resource_type(&item).and_then(ResourceType::parse)?;
-    point_at_patient(&mut item, rtype, patient_url, nhs);
-    let local_ref = format!("{}/{}", rtype.as_str(), id_of(&item));
-    let item_key = content_key(&item);
-    let keys: Vec<ContentKey> = business_keys(rtype, &item)
-        .into_iter()
-        .chain(std::iter::once(item_key))
-        .collect();
-    let clinical = clinical_key(rtype, &item);
-    Some(Keyed {
-        item,
-        rtype,
-        local_ref,
-        item_key,
-        keys,
-        clinical,
-    })
-}
-
 fn id_of(resource: &Value) -> &str {
     resource.get("id").and_then(Value::as_str).unwrap_or("")
 }
 
-/// Identity of content for deduplication: the resource without its region-local `id` and
-/// `meta`, in canonical JSON (keys sorted at every depth).
-fn content_key(resource: &Value) -> ContentKey {
-    crate::fhir::canonical_digest_without(resource, &["id", "meta"])
+/// Identity of content for deduplication: the resource, pointed at the merged Patient,
+/// without its region-local `id` and `meta`, in canonical JSON (keys sorted at every depth).
+fn content_key(item: &Item, patient_url: &str, nhs: &str) -> ContentKey {
+    let mut tree = item.to_value();
+    if let Some(rtype) = item.view().kind
+        && let Some(r) = tree.get_mut(rtype.patient_element())
+        && r.is_object()
+    {
+        *r = pointed_patient(r, patient_url, nhs);
+    }
+    crate::fhir::canonical_digest_without(&tree, &["id", "meta"])
 }
 
 /// An item's identity in the merge: SHA-256 of its canonical content, or of a business
@@ -1058,32 +1202,17 @@ type ContentKey = [u8; 32];
 
 /// The region-local patient reference becomes the merged Patient's, so the reference resolves
 /// inside the Bundle (or at this gateway) and identical items from two regions compare equal.
-fn point_at_patient(item: &mut Value, rtype: ResourceType, patient_url: &str, nhs: &str) {
-    if let Some(r) = item
-        .get_mut(rtype.patient_element())
-        .and_then(Value::as_object_mut)
-    {
-        let display = r.get("display").cloned();
-        r.clear();
-        r.insert("reference".into(), Value::String(patient_url.to_owned()));
-        r.insert(
-            "identifier".into(),
-            json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}),
-        );
-        if let Some(d) = display {
-            r.insert("display".into(), d);
-        }
+fn pointed_patient(old: &Value, patient_url: &str, nhs: &str) -> Value {
+    let mut r = serde_json::Map::new();
+    r.insert("reference".into(), Value::String(patient_url.to_owned()));
+    r.insert(
+        "identifier".into(),
+        json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}),
+    );
+    if let Some(d) = old.get("display") {
+        r.insert("display".into(), d.clone());
     }
-}
-
-/// Newest first: the start of the clinically relevant date; undated items sort last.
-fn sort_key(rtype: ResourceType, resource: &Value) -> i64 {
-    rtype
-        .sort_elements()
-        .iter()
-        .filter_map(|p| element(resource, p))
-        .find_map(date::element_interval)
-        .map_or(i64::MIN, |i| i.start)
+    Value::Object(r)
 }
 
 /// Adds `meta.source` and one `meta.tag` per region, keeping whatever meta the region sent.
@@ -1092,6 +1221,11 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
         return;
     };
     let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    tag_meta(meta, source, regions);
+}
+
+/// [`tag`] on the resource's `meta`.
+fn tag_meta<'a>(meta: &mut Value, source: &str, regions: impl Iterator<Item = &'a RegionInfo>) {
     if !meta.is_object() {
         *meta = json!({});
     }
@@ -1131,52 +1265,6 @@ fn provenance_uuid(region: &str, bundle_id: &str) -> String {
     )
 }
 
-/// Is `r` a relative RESTful reference (`Type/id`, optionally `/_history/v`)?
-fn is_relative_reference(r: &str) -> bool {
-    let mut parts = r.split('/');
-    let (Some(t), Some(id)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let rest: Vec<&str> = parts.collect();
-    t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.chars().all(|c| c.is_ascii_alphabetic())
-        && !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        && (rest.is_empty() || (rest.len() == 2 && rest[0] == "_history"))
-}
-
-/// Rewrites every relative `reference` in a resource with `resolve`; absolute, contained
-/// (`#`) and `urn:` references are left as they are.
-fn qualify_references(value: &mut Value, resolve: &dyn Fn(&str) -> String) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                match v {
-                    Value::String(s) if k == "reference" && is_relative_reference(s) => {
-                        *s = resolve(s);
-                    }
-                    other => qualify_references(other, resolve),
-                }
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                qualify_references(v, resolve);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn last_updated_text(v: &Value) -> Option<String> {
-    v.pointer("/meta/lastUpdated")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
 /// The extension on a merged Patient's identifier, name, telecom or address naming a region
 /// that holds it (one per region).
 pub const SOURCE_REGION_EXTENSION: &str = "urn:gateway:extension:source-region";
@@ -1202,8 +1290,8 @@ pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
 
 /// Records in `meta.extension` that `region` holds another version of this item (last
 /// updated at `updated`), so nothing is dropped silently.
-fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option<&str>) {
-    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
+fn note_other_version(meta: &mut Value, region: &RegionInfo, updated: Option<&str>) {
+    let Some(meta) = meta.as_object_mut() else {
         return;
     };
     let ext = meta.entry("extension").or_insert_with(|| json!([]));
@@ -1214,44 +1302,6 @@ fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option
         }
         list.push(json!({"url": OTHER_VERSION_EXTENSION, "extension": parts}));
     }
-}
-
-/// Business identifiers of an item (`system|value`), which name it across regions.
-fn business_keys(rtype: ResourceType, item: &Value) -> Vec<ContentKey> {
-    identifier_keys(rtype.as_str(), item)
-}
-
-/// An item's clinical identity: its type, first coded concept (`system|code`), subject and
-/// clinical date, hashed; `None` when it has no coded concept or no date to go by. The
-/// subject is the merged Patient's by now, so it is the same for every item of the query.
-fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
-    let concept = ["code", "medicationCodeableConcept", "vaccineCode", "type"]
-        .iter()
-        .filter_map(|e| item.get(*e))
-        .map(|c| match c {
-            // Encounter.type is a list.
-            Value::Array(list) => list.first().unwrap_or(&Value::Null),
-            one => one,
-        })
-        .find_map(|c| {
-            c.get("coding")?.as_array()?.iter().find_map(|coding| {
-                Some(format!(
-                    "{}|{}",
-                    coding.get("system")?.as_str()?,
-                    coding.get("code")?.as_str()?
-                ))
-            })
-        })?;
-    let date = rtype
-        .sort_elements()
-        .iter()
-        .find_map(|p| element(item, p))?;
-    let text = format!(
-        "clinical:{}:{concept}:{}",
-        rtype.as_str(),
-        crate::fhir::canonical_json(date)
-    );
-    Some(key_of(&text))
 }
 
 fn key_of(text: &str) -> ContentKey {
@@ -1383,6 +1433,10 @@ fn merge_patients(
     merged
 }
 
+#[cfg(test)]
+mod differential;
+#[cfg(test)]
+mod oracle;
 #[cfg(test)]
 mod props;
 #[cfg(test)]

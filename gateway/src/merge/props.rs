@@ -79,8 +79,8 @@ fn build(code: &str, (birth, updated, items): &Answer) -> RegionResult {
                 v["identifier"] = json!([{"system": "urn:gp:item", "value": format!("{rtype}-{n}")}]);
             }
             v
-        })
-        .collect();
+        });
+    let items = crate::fhir::item::items_of(items);
     RegionResult {
         region: RegionInfo {
             code: code.into(),

@@ -28,7 +28,7 @@ fn answered(code: &str, patients: Vec<Value>, items: Vec<Value>) -> RegionResult
         region: region(code),
         outcome: Ok(RecordAnswer {
             patients,
-            items,
+            items: crate::fhir::item::items_of(items),
             ..RecordAnswer::default()
         }),
         elapsed_ms: 5,
@@ -903,13 +903,13 @@ fn everything_includes_what_items_reference_once_across_regions() {
             RegionResult {
                 outcome: Ok(RecordAnswer {
                     patients: vec![patient("d1", "2023-01-01T00:00:00Z", "Smith")],
-                    items: vec![encounter("e1", "d1", "o1")],
-                    included: vec![
+                    items: crate::fhir::item::items_of([encounter("e1", "d1", "o1")]),
+                    included: crate::fhir::item::items_of([
                         org("o1", "Border Surgery"),
                         // Nothing of dorset's references these: not shown.
                         org("o-unused", "Elsewhere"),
                         patient("someone-else", "2023-01-01T00:00:00Z", "Jones"),
-                    ],
+                    ]),
                     ..RecordAnswer::default()
                 }),
                 ..answered("dorset", vec![], vec![])
@@ -917,9 +917,9 @@ fn everything_includes_what_items_reference_once_across_regions() {
             RegionResult {
                 outcome: Ok(RecordAnswer {
                     patients: vec![patient("h1", "2023-01-01T00:00:00Z", "Smith")],
-                    items: vec![encounter("e22", "h1", "org-9")],
+                    items: crate::fhir::item::items_of([encounter("e22", "h1", "org-9")]),
                     // The same practice (one ODS code) under hampshire's own id.
-                    included: vec![org("org-9", "Border Surgery (Hants)")],
+                    included: crate::fhir::item::items_of([org("org-9", "Border Surgery (Hants)")]),
                     ..RecordAnswer::default()
                 }),
                 ..answered("hampshire", vec![], vec![])

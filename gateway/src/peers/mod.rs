@@ -13,7 +13,7 @@ use futures::future::join_all;
 
 use crate::auth::{ForwardSigner, UserContext};
 use crate::cache::{CacheKey, ResponseCache, Source};
-use crate::client::{FetchError, bundle_to_answer, get_fhir_json_with_meta};
+use crate::client::{FetchError, bundle_to_answer, get_fhir_body};
 use crate::config::ConfigPeer;
 use crate::merge::{FailureKind, RegionFailure, RegionInfo, RegionResult};
 use crate::query::PatientQuery;
@@ -190,10 +190,11 @@ impl Peer {
             .query(&params)
             .bearer_auth(token)
             .header("x-request-id", request_id);
-        let (bundle, bytes, directive) = get_fhir_json_with_meta(request, max_bytes, budget)
+        let (body, directive) = get_fhir_body(request, max_bytes, budget)
             .await
             .map_err(failure_from_fetch)?;
-        let answer = bundle_to_answer(bundle).map_err(failure_from_fetch)?;
+        let bytes = body.len();
+        let answer = bundle_to_answer(&body).map_err(failure_from_fetch)?;
         Ok(crate::cache::Fetched {
             answer,
             bytes,
@@ -221,8 +222,8 @@ impl Peer {
             .get(format!("{}/{rtype}/{id}", self.info.base_url))
             .bearer_auth(token)
             .header("x-request-id", request_id);
-        match get_fhir_json_with_meta(request, max_bytes, budget).await {
-            Ok((bundle, _, _)) => bundle_to_answer(bundle)
+        match get_fhir_body(request, max_bytes, budget).await {
+            Ok((body, _)) => bundle_to_answer(&body)
                 .map(Some)
                 .map_err(failure_from_fetch),
             Err(FetchError::Status(404)) => Ok(None),
@@ -314,13 +315,7 @@ pub async fn search_local(
     let fetch = || async {
         match tokio::time::timeout(budget, local.search(query, budget)).await {
             Ok(Ok(answer)) => {
-                let bytes = answer
-                    .patients
-                    .iter()
-                    .chain(&answer.items)
-                    .chain(&answer.included)
-                    .map(|v| v.to_string().len())
-                    .sum();
+                let bytes = answer.bytes();
                 // An answer cut by time or a failed page is not kept: asked again, it may be whole.
                 let directive = crate::cache::CacheDirective {
                     no_store: answer.cut_for_now(),

@@ -8,6 +8,8 @@ use std::path::Path;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::fhir::item::Item;
+
 use super::{PatientLink, RecordAnswer, RecordError, RecordSource, has_nhs_number, patient_link};
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::types::{ResourceType, resource_type};
@@ -36,13 +38,15 @@ pub enum LoadError {
 pub struct DirectoryRecord {
     patients: Vec<Value>,
     patients_by_nhs: HashMap<String, Vec<usize>>,
-    items: Vec<(ResourceType, Value)>,
+    /// Each item as a tree (what queries match against) and as text with its view (what
+    /// answers carry, shared rather than copied).
+    items: Vec<(ResourceType, Value, Item)>,
     items_by_link: HashMap<PatientLink, Vec<usize>>,
     consents: Vec<Value>,
     consents_by_link: HashMap<PatientLink, Vec<usize>>,
     /// Resources of other types (practitioners, organisations, medicines, ...), which items
     /// reference.
-    others: Vec<Value>,
+    others: Vec<(Value, Item)>,
     /// Every resource by (type, id): where it is held.
     by_ref: HashMap<(String, String), Held>,
 }
@@ -186,9 +190,17 @@ impl DirectoryRecord {
                                 .or_default()
                                 .push(self.items.len());
                         }
-                        self.items.push((rt, v));
+                        let item = Item::from_value(&v).map_err(|_| LoadError::NotAResource {
+                            path: path.to_owned(),
+                        })?;
+                        self.items.push((rt, v, item));
                     }
-                    None => self.others.push(v),
+                    None => {
+                        let item = Item::from_value(&v).map_err(|_| LoadError::NotAResource {
+                            path: path.to_owned(),
+                        })?;
+                        self.others.push((v, item));
+                    }
                 }
                 Ok(())
             }
@@ -207,8 +219,17 @@ impl DirectoryRecord {
     pub fn resource(&self, rtype: &str, id: &str) -> Option<&Value> {
         match self.by_ref.get(&(rtype.to_owned(), id.to_owned()))? {
             Held::Patient(i) => self.patients.get(*i),
-            Held::Item(i) => self.items.get(*i).map(|(_, v)| v),
-            Held::Other(i) => self.others.get(*i),
+            Held::Item(i) => self.items.get(*i).map(|(_, v, _)| v),
+            Held::Other(i) => self.others.get(*i).map(|(v, _)| v),
+        }
+    }
+
+    /// One resource other than a Patient by type and id, as text with its view.
+    fn item(&self, rtype: &str, id: &str) -> Option<&Item> {
+        match self.by_ref.get(&(rtype.to_owned(), id.to_owned()))? {
+            Held::Patient(_) => None,
+            Held::Item(i) => self.items.get(*i).map(|(_, _, item)| item),
+            Held::Other(i) => self.others.get(*i).map(|(_, item)| item),
         }
     }
 
@@ -261,11 +282,11 @@ impl DirectoryRecord {
         let patients = self.patients_of(nhs);
         let types = query.types();
         let indices = Self::linked(&self.items_by_link, &patients, nhs);
-        let items: Vec<Value> = indices
+        let items: Vec<Item> = indices
             .into_iter()
             .map(|i| &self.items[i])
-            .filter(|(rt, v)| types.contains(rt) && query.matches(*rt, v))
-            .map(|(_, v)| v.clone())
+            .filter(|(rt, v, _)| types.contains(rt) && query.matches(*rt, v))
+            .map(|(_, _, item)| item.clone())
             .collect();
         // `$everything` also gives what the items reference, as a FHIR server's does.
         let patients: Vec<Value> = patients.into_iter().cloned().collect();
@@ -273,7 +294,7 @@ impl DirectoryRecord {
             crate::query::Operation::Everything { .. } => {
                 super::referenced_elsewhere(&items, &patients)
                     .iter()
-                    .filter_map(|(t, id)| self.resource(t, id).cloned())
+                    .filter_map(|(t, id)| self.item(t, id).cloned())
                     .collect()
             }
             _ => Vec::new(),
@@ -354,7 +375,7 @@ mod tests {
         let a = record().answer(&q("AllergyIntolerance", &[]));
         assert_eq!(a.patients.len(), 1);
         assert_eq!(a.items.len(), 1);
-        assert_eq!(a.items[0]["id"], "a1");
+        assert_eq!(a.items[0].id(), "a1");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::pages::{Allowance, Bounds, Cut, CutReason, Followed, Page, ServerBase, add_cut};
 use super::{RecordAnswer, RecordError, RecordSource, has_nhs_number};
-use crate::client::{FetchError, describe, get_fhir_json_with_meta};
+use crate::client::{FetchError, describe, get_fhir_body, get_fhir_json_with_meta};
+use crate::fhir::item::Item;
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::types::ResourceType;
 use crate::query::{Operation, PatientQuery};
@@ -44,8 +45,8 @@ pub struct FhirServerRecord {
 /// What one search read before it ended, whole or cut.
 #[derive(Default)]
 struct Read {
-    matches: Vec<Value>,
-    includes: Vec<Value>,
+    matches: Vec<Item>,
+    includes: Vec<Item>,
     cut: Option<Cut>,
 }
 
@@ -111,10 +112,12 @@ impl FhirServerRecord {
             }
             let max_bytes = allowance.bytes_left();
             let fetched =
-                get_fhir_json_with_meta(request, max_bytes, time_left.min(self.settings.timeout))
-                    .await;
+                get_fhir_body(request, max_bytes, time_left.min(self.settings.timeout)).await;
             let (body, bytes) = match fetched {
-                Ok((body, bytes, _)) => (body, bytes),
+                Ok((body, _)) => {
+                    let bytes = body.len();
+                    (body, bytes)
+                }
                 Err(FetchError::TooLarge(_)) => {
                     read.cut = cut(CutReason::ByteLimit, &read, allowance.byte_cut_detail());
                     return Ok(read);
@@ -129,7 +132,7 @@ impl FhirServerRecord {
                     return Ok(read);
                 }
             };
-            let Some(page) = Page::read(body) else {
+            let Some(page) = Page::read(&body) else {
                 if page_number == 0 {
                     return Err(RecordError::Invalid(
                         "the answer is not a FHIR searchset Bundle".into(),
@@ -218,7 +221,8 @@ impl FhirServerRecord {
         let mut answer = RecordAnswer {
             patients: patient_read
                 .matches
-                .into_iter()
+                .iter()
+                .map(Item::to_value)
                 .filter(|p| has_nhs_number(p, nhs))
                 .collect(),
             ..RecordAnswer::default()
@@ -297,11 +301,10 @@ impl FhirServerRecord {
                 Ok(read) => {
                     any_read = true;
                     for r in read.matches {
-                        match r.get("resourceType").and_then(Value::as_str) {
+                        match r.rtype() {
                             // `$everything` gives the Patient as a match too.
-                            Some("Patient") => {}
-                            Some(_) => answer.items.push(r),
-                            None => {}
+                            "Patient" | "" => {}
+                            _ => answer.items.push(r),
                         }
                     }
                     answer.included.extend(read.includes);
@@ -347,12 +350,7 @@ impl FhirServerRecord {
         let held: std::collections::HashSet<(String, String)> = answer
             .included
             .iter()
-            .filter_map(|r| {
-                Some((
-                    r.get("resourceType")?.as_str()?.to_owned(),
-                    r.get("id")?.as_str()?.to_owned(),
-                ))
-            })
+            .map(|r| (r.rtype().to_owned(), r.id().to_owned()))
             .collect();
         let mut wanted: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (t, id) in super::referenced_elsewhere(&answer.items, &answer.patients) {
@@ -558,9 +556,10 @@ impl RecordSource for FhirServerRecord {
                     )));
                 }
                 consents.extend(
-                    read.matches.into_iter().filter(|r| {
-                        r.get("resourceType").and_then(Value::as_str) == Some("Consent")
-                    }),
+                    read.matches
+                        .iter()
+                        .filter(|r| r.rtype() == "Consent")
+                        .map(Item::to_value),
                 );
             }
             Ok(consents)

@@ -9,6 +9,7 @@ pub mod pages;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::fhir::item::Item;
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::query::PatientQuery;
 
@@ -18,7 +19,7 @@ pub struct RecordAnswer {
     /// The region's Patient resources carrying the NHS number (normally one).
     pub patients: Vec<Value>,
     /// The items that match the query and reference one of those patients.
-    pub items: Vec<Value>,
+    pub items: Vec<Item>,
     /// How many items the region's release policy withheld (never which ones).
     pub withheld: usize,
     /// Set when the region failed and this is its cached answer, this many seconds old.
@@ -27,7 +28,7 @@ pub struct RecordAnswer {
     pub cuts: Vec<pages::Cut>,
     /// Resources the items reference (practitioners, organisations, locations, medications,
     /// ...), held by the same region.
-    pub included: Vec<Value>,
+    pub included: Vec<Item>,
 }
 
 impl RecordAnswer {
@@ -35,6 +36,22 @@ impl RecordAnswer {
     /// not worth keeping).
     pub fn cut_for_now(&self) -> bool {
         self.cuts.iter().any(|c| c.reason.transient())
+    }
+
+    /// The bytes of its resources' JSON (what it weighs in a cache).
+    pub fn bytes(&self) -> usize {
+        let patients: usize = self
+            .patients
+            .iter()
+            .map(|p| serde_json::to_vec(p).map_or(0, |v| v.len()))
+            .sum();
+        patients
+            + self
+                .items
+                .iter()
+                .chain(&self.included)
+                .map(Item::bytes)
+                .sum::<usize>()
     }
 }
 
@@ -89,18 +106,22 @@ pub trait RecordSource: Send + Sync {
 /// What `items` (and `patients`: their GP practice, their managing organisation) reference
 /// that is not among the items: `(type, id)` of every relative reference to a resource other
 /// than a Patient, in order, each once. A `$everything` includes these.
-pub fn referenced_elsewhere(items: &[Value], patients: &[Value]) -> Vec<(String, String)> {
-    let held: std::collections::HashSet<(&str, &str)> = items
-        .iter()
-        .filter_map(|i| Some((i.get("resourceType")?.as_str()?, i.get("id")?.as_str()?)))
-        .collect();
+pub fn referenced_elsewhere(items: &[Item], patients: &[Value]) -> Vec<(String, String)> {
+    let held: std::collections::HashSet<(&str, &str)> =
+        items.iter().map(|i| (i.rtype(), i.id())).collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for item in items.iter().chain(patients) {
-        for (t, id) in crate::fhir::reference::relative_references(item) {
-            if t != "Patient" && !held.contains(&(t, id)) && seen.insert((t, id)) {
-                out.push((t.to_owned(), id.to_owned()));
-            }
+    let referenced = items
+        .iter()
+        .flat_map(|i| i.view().relative_references())
+        .chain(
+            patients
+                .iter()
+                .flat_map(crate::fhir::reference::relative_references),
+        );
+    for (t, id) in referenced {
+        if t != "Patient" && !held.contains(&(t, id)) && seen.insert((t, id)) {
+            out.push((t.to_owned(), id.to_owned()));
         }
     }
     out

@@ -7,6 +7,7 @@
 //! read, and the Bundle the clinician gets names the region, the types and how many items
 //! were left out. A cut is never mistaken for a whole answer.
 
+use crate::fhir::item::Item;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
@@ -328,49 +329,38 @@ impl Followed {
 /// A page of a search: its `match` entries' resources and the resources it includes, its
 /// `total` and its `next` link. A page that is not a searchset Bundle is `None`.
 pub struct Page {
-    pub matches: Vec<Value>,
-    pub includes: Vec<Value>,
+    pub matches: Vec<Item>,
+    pub includes: Vec<Item>,
     pub total: Option<usize>,
     pub next: Option<String>,
 }
 
 impl Page {
-    pub fn read(mut bundle: Value) -> Option<Page> {
-        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
-            || bundle.get("type").and_then(Value::as_str) != Some("searchset")
+    /// Reads a page's text: its resources kept as text, each with its view.
+    pub fn read(body: &str) -> Option<Page> {
+        let bundle = crate::fhir::item::BundleText::parse(body).ok()?;
+        if bundle.resource_type.as_deref() != Some("Bundle")
+            || bundle.bundle_type.as_deref() != Some("searchset")
         {
             return None;
         }
-        let next = crate::client::next_link(&bundle).map(str::to_owned);
-        let total = bundle
-            .get("total")
-            .and_then(Value::as_u64)
-            .map(|n| n as usize);
-        let entries = match bundle.get_mut("entry") {
-            Some(Value::Array(entries)) => std::mem::take(entries),
-            _ => Vec::new(),
-        };
         let (mut matches, mut includes) = (Vec::new(), Vec::new());
-        for mut entry in entries {
-            let mode = entry
-                .pointer("/search/mode")
-                .and_then(Value::as_str)
-                .unwrap_or("match")
-                .to_owned();
-            let Some(resource) = entry.get_mut("resource").map(Value::take) else {
+        for entry in &bundle.entries {
+            let Some(resource) = entry.resource else {
                 continue;
             };
-            match mode.as_str() {
-                "match" => matches.push(resource),
-                "include" => includes.push(resource),
-                _ => {}
-            }
+            let list = match entry.mode.as_deref().unwrap_or("match") {
+                "match" => &mut matches,
+                "include" => &mut includes,
+                _ => continue,
+            };
+            list.push(Item::parse(resource.get()).ok()?);
         }
         Some(Page {
             matches,
             includes,
-            total,
-            next,
+            total: bundle.total.map(|n| n as usize),
+            next: bundle.next,
         })
     }
 }
@@ -513,16 +503,19 @@ mod tests {
 
     #[test]
     fn a_page_must_be_a_searchset_bundle() {
-        assert!(Page::read(json!({"resourceType": "Patient"})).is_none());
-        assert!(Page::read(json!({"resourceType": "Bundle", "type": "collection"})).is_none());
-        let p = Page::read(json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
+        assert!(Page::read(&json!({"resourceType": "Patient"}).to_string()).is_none());
+        assert!(
+            Page::read(&json!({"resourceType": "Bundle", "type": "collection"}).to_string())
+                .is_none()
+        );
+        let p = Page::read(&json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
             "link": [{"relation": "next", "url": "https://x/fhir?p=2"}],
             "entry": [
                 {"resource": {"resourceType": "Observation", "id": "o"}, "search": {"mode": "match"}},
                 {"resource": {"resourceType": "Practitioner", "id": "pr"}, "search": {"mode": "include"}},
                 {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
                 {"resource": {"resourceType": "Condition", "id": "c"}},
-            ]}))
+            ]}).to_string())
         .unwrap();
         assert_eq!(
             (p.matches.len(), p.includes.len(), p.total),
