@@ -5,7 +5,9 @@
 //!
 //! Scenarios: (a) one peer, a 20 kB answer passed through; (b) eight peers at 20 ms each;
 //! (c) the repeat query served from the cache; (d) `$everything` merging three 2 MB answers;
-//! then a soak of (a) sampling the gateway's memory. Prints a table and writes it to `--out`.
+//! (e) the largest realistic patient (issue 10) held in three regions; (m) one 30 MB answer
+//! at a time, for what it adds to resident memory; then a soak of (a) sampling the gateway's
+//! memory. Prints a table and writes it to `--out`.
 //!
 //! Run with `bench/run` (builds in release mode first). Not part of the test suite.
 
@@ -40,9 +42,9 @@ struct Args {
     /// Seconds of the memory soak (scenario a's load); 0 skips it.
     #[arg(long, default_value_t = 300)]
     soak: u64,
-    /// Only these scenarios (a, b, c, d; `none` runs the soak alone); the nginx reference runs
-    /// with a, the direct peers with b.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    /// Only these scenarios (a, b, c, d, e, m; `none` runs the soak alone); the nginx
+    /// reference runs with a, the direct peers with b.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,m")]
     only: Vec<String>,
     /// Where the table is written (Markdown).
     #[arg(long, default_value = "bench/results.md")]
@@ -215,6 +217,35 @@ fn answer_body(data: &gateway::demo::data::DemoData, region: &str, bytes: usize)
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
+        .to_string()
+}
+
+/// A region's record of one patient as a searchset, each resource once (no growth).
+fn record_body(resources: &[Value], region: &str, nhs: &str) -> String {
+    let query = gateway::query::parse_everything(nhs, &[], false)
+        .expect("a valid query")
+        .query;
+    let record = gateway::record::directory::DirectoryRecord::from_resources(resources.to_vec())
+        .expect("the record loads");
+    let answer = record.answer(&query);
+    let entry = |r: &Value, mode: &str| {
+        json!({
+            "fullUrl": format!("https://{region}.example/fhir/{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")),
+            "resource": r,
+            "search": {"mode": mode},
+        })
+    };
+    let items: Vec<Value> = answer.items.iter().map(|i| i.to_value()).collect();
+    let included: Vec<Value> = answer.included.iter().map(|i| i.to_value()).collect();
+    let mut entries: Vec<Value> = items.iter().map(|r| entry(r, "match")).collect();
+    entries.extend(
+        answer
+            .patients
+            .iter()
+            .chain(&included)
+            .map(|r| entry(r, "include")),
+    );
+    json!({"resourceType": "Bundle", "type": "searchset", "total": items.len(), "entry": entries})
         .to_string()
 }
 
@@ -853,6 +884,75 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Soak: (a)'s load for a while, the gateway's resident memory sampled every 5 s.
+    if wanted("e") {
+        // Issue 10's largest realistic patient, held in three regions (each peer answers its
+        // region's record of the patient as a FHIR server's $everything would).
+        let names: Vec<String> = peers.iter().take(3).cloned().collect();
+        let (records, patients) = gateway::demo::realistic::generate(
+            &names,
+            gateway::demo::REALISTIC_PATIENTS,
+            gateway::demo::REALISTIC_ITEMS_PER_REGION,
+            gateway::demo::DEMO_SEED,
+        );
+        let largest = patients.last().expect("realistic patients");
+        let mut realistic = Vec::new();
+        let mut bytes = 0;
+        for p in &names {
+            let body = Arc::new(record_body(&records[p], p, largest.nhs.as_str()));
+            bytes += body.len();
+            let (addr, stop) = start_peer(&dir, p, Duration::ZERO, body).await?;
+            realistic.push((p.clone(), addr));
+            stops.push(stop);
+        }
+        let setup_e = Setup {
+            dir: dir.clone(),
+            token: setup.token.clone(),
+            nhs: largest.nhs.as_str().to_owned(),
+        };
+        eprintln!("bench: (e) the largest realistic patient, {bytes} bytes from three regions");
+        let gw = start_gateway(&args, &setup_e, "e", &realistic, false).await?;
+        let _ = drive(&args, &setup_e, &gw.url, 2, conc.min(8), None).await?;
+        let load = measure(&args, &setup_e, &gw.url, secs, conc.min(8), gw.pid()).await?;
+        let peak_rss_mib = memory_mib(gw.pid()).1;
+        gw.stop().await;
+        rows.push(Row {
+            scenario: format!(
+                "(e) gateway: the largest realistic patient's $everything, three regions ({:.1} MB in all), {} connections",
+                bytes as f64 / 1e6,
+                conc.min(8)
+            ),
+            load,
+            peak_rss_mib,
+            note: String::new(),
+        });
+    }
+    if wanted("m") {
+        // One valid 30 MB answer at a time: what it adds to the gateway's resident memory.
+        let body = Arc::new(answer_body(&data, &peers[0], 30 * 1024 * 1024));
+        let size = body.len();
+        let (addr, stop) = start_peer(&dir, &peers[0], Duration::ZERO, body).await?;
+        stops.push(stop);
+        eprintln!("bench: (m) one {size}-byte answer at a time");
+        let gw = start_gateway(&args, &setup, "m", &[(peers[0].clone(), addr)], false).await?;
+        let idle = memory_mib(gw.pid()).0;
+        let load = measure(&args, &setup, &gw.url, secs, 1, gw.pid()).await?;
+        let peak = memory_mib(gw.pid()).1;
+        gw.stop().await;
+        rows.push(Row {
+            scenario: format!(
+                "(m) gateway: one peer's {:.0} MB answer, one request at a time",
+                size as f64 / 1e6
+            ),
+            load,
+            peak_rss_mib: peak,
+            note: format!(
+                "peak resident memory {:.0} MiB above idle ({idle:.0} MiB): {:.1} times the answer",
+                peak - idle,
+                (peak - idle) * 1024.0 * 1024.0 / size as f64
+            ),
+        });
+    }
+
     let mut soak_line = String::from("not run (--soak 0)");
     if args.soak > 0 {
         eprintln!("bench: soak, {} s of (a)", args.soak);

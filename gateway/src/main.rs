@@ -162,17 +162,25 @@ enum CertsCommand {
     },
 }
 
-fn init_logging(format: &str) {
+/// The operational log on standard error, written by a thread of its own from a buffer, so
+/// that a request's thread never waits on the terminal or a pipe. Nothing is dropped: when the
+/// buffer is full, logging waits (an operator would rather a slow line than a missing one).
+/// The guard flushes what is left when `main` ends.
+fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 #[derive(Subcommand)]
@@ -198,7 +206,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let _log = init_logging(&cli.log_format);
     gateway::tls::install_crypto_provider();
     match cli.command {
         Command::Serve { config } => {

@@ -11,7 +11,7 @@
 //! `GET /admin/audit` lets governance roles (Cedar action `read-audit`) read the trail as a
 //! FHIR Bundle of `AuditEvent`s, filtered and paged; that reading is itself audited.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{RawQuery, Request, State};
 use axum::middleware::Next;
@@ -28,56 +28,8 @@ use crate::audit::{AuditEvent, EventKind};
 use crate::auth::{ForwardedContext, UserContext};
 use crate::error::{ApiError, Refusal, fhir_response};
 use crate::fhir::{self, SearchMode};
-use crate::store::StoreError;
 
-/// The audit event of the request being handled; handlers add to it.
-#[derive(Clone)]
-pub struct AuditSlot {
-    event: Arc<Mutex<AuditEvent>>,
-    /// Written ahead by the handler (a change is recorded before it is made).
-    written: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl AuditSlot {
-    fn new(event: AuditEvent) -> Self {
-        AuditSlot {
-            event: Arc::new(Mutex::new(event)),
-            written: Arc::default(),
-        }
-    }
-
-    pub fn update(&self, f: impl FnOnce(&mut AuditEvent)) {
-        if let Ok(mut e) = self.event.lock() {
-            f(&mut e);
-        }
-    }
-
-    /// Writes the event now, as a success with `status`, before the handler makes the change
-    /// it records. If the change then fails, the middleware records the failure as well.
-    pub async fn write_ahead(&self, gateway: &Gateway, status: StatusCode) -> Result<(), ApiError> {
-        let mut event = self.take();
-        event.status = status.as_u16();
-        gateway
-            .record(event)
-            .await
-            .map_err(|e| audit_unavailable(&e))?;
-        self.written
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// The slot of a request, if it is audited.
-    pub fn of(parts: &http::request::Parts) -> Option<AuditSlot> {
-        parts.extensions.get::<AuditSlot>().cloned()
-    }
-
-    fn take(&self) -> AuditEvent {
-        match self.event.lock() {
-            Ok(e) => e.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-}
+pub use crate::audit::slot::{AuditSlot, audit_unavailable};
 
 /// Updates the request's audit event, when it has one.
 pub fn note(parts: &http::request::Parts, f: impl FnOnce(&mut AuditEvent)) {
@@ -115,19 +67,9 @@ fn describe(request: &Request) -> Value {
     json!({"method": request.method().as_str(), "query": query})
 }
 
-/// The answer to a request whose audit record could not be written: nothing is released.
-pub fn audit_unavailable(e: &StoreError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "transient",
-        "this access could not be recorded in the audit trail, so nothing is released; try again shortly",
-    )
-    .internal(format!("audit trail unavailable: {e}"))
-}
-
 /// Completes the event from the response and writes it; the response leaves only after.
 async fn finish(gateway: &Gateway, slot: AuditSlot, response: Response) -> Response {
-    if slot.written.load(std::sync::atomic::Ordering::SeqCst) && response.status().is_success() {
+    if slot.written().load(std::sync::atomic::Ordering::SeqCst) && response.status().is_success() {
         return response;
     }
     let mut event = slot.take();

@@ -5,6 +5,7 @@
 //! Stores and the request path use this module; it does no I/O.
 
 pub mod fhir;
+pub mod slot;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

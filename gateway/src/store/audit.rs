@@ -311,12 +311,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn sqlite_head(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
-    conn.query_row(
-        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-    )
-    .optional()
+    conn.prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()
 }
 
 fn write_batch(conn: &mut Connection, batch: &mut [Pending]) -> rusqlite::Result<()> {

@@ -219,7 +219,8 @@ impl ConsentStore for SqliteStore {
     ) -> BoxFuture<'a, Result<Vec<StoredConsent>, StoreError>> {
         let nhs = nhs.to_owned();
         Box::pin(self.with(move |conn| {
-            let mut stmt = conn.prepare("SELECT id, nhs, version, resource, recorded_by, recorded_at FROM consent WHERE nhs = ?1 ORDER BY rowid")?;
+            // On the hot path (every request reads the patient's consent): prepared once.
+            let mut stmt = conn.prepare_cached("SELECT id, nhs, version, resource, recorded_by, recorded_at FROM consent WHERE nhs = ?1 ORDER BY rowid")?;
             let rows = stmt.query_map(params![nhs], row)?.collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(to_stored).collect()
         }))

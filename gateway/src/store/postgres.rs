@@ -198,6 +198,8 @@ impl Connector {
 struct Reconnecting {
     connector: Connector,
     client: Mutex<Option<Client>>,
+    /// Statements prepared on the live client, by their text (emptied on reconnecting).
+    statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
 }
 
 impl Reconnecting {
@@ -205,6 +207,7 @@ impl Reconnecting {
         Reconnecting {
             connector,
             client: Mutex::new(None),
+            statements: Default::default(),
         }
     }
 
@@ -212,9 +215,27 @@ impl Reconnecting {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
+            self.statements.lock().expect("not poisoned").clear();
             *guard = Some(self.connector.open().await?);
         }
         Ok(guard)
+    }
+
+    /// `sql` prepared on `client` (the live client, held): once per connection.
+    async fn prepared(
+        &self,
+        client: &Client,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(st) = self.statements.lock().expect("not poisoned").get(sql) {
+            return Ok(st.clone());
+        }
+        let st = client.prepare(sql).await.map_err(pg)?;
+        self.statements
+            .lock()
+            .expect("not poisoned")
+            .insert(sql.to_owned(), st.clone());
+        Ok(st)
     }
 }
 
@@ -347,8 +368,10 @@ impl ConsentStore for PostgresStore {
                 "SELECT id, nhs, version, resource, recorded_by, recorded_at FROM {}.consent WHERE nhs = $1 ORDER BY seq",
                 self.schema
             );
+            // On the hot path (every request reads the patient's consent): prepared once.
+            let statement = self.conn.prepared(client, &sql).await?;
             Ok(client
-                .query(&sql, &[&nhs])
+                .query(&statement, &[&nhs])
                 .await
                 .map_err(pg)?
                 .iter()
