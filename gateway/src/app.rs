@@ -68,7 +68,7 @@ pub struct Gateway {
     /// The version applied in this process.
     pub(crate) applied: std::sync::Mutex<crate::governance::Applied>,
     /// Merged results kept for paging (`next` links).
-    pub pages: crate::api::paging::PageCache,
+    pub pages: crate::pipeline::paging::PageCache,
     /// Load shedding and rate limits.
     pub guard: crate::api::guard::Guard,
     /// Operational metrics (served on the operations listener).
@@ -275,7 +275,7 @@ impl Gateway {
             cache,
             metrics: crate::metrics::Metrics::new(),
             guard,
-            pages: crate::api::paging::new_cache(),
+            pages: crate::pipeline::paging::new_cache(),
             in_flight: Arc::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             tls,

@@ -20,6 +20,8 @@
 //!   page within item, byte and time bounds; `record::pages` decides links, bounds and cuts)
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
+//! - [`pipeline`]: a clinician's query from typed query to answer bytes, as named phases (admit,
+//!   kept view, fan out, view policy, merge, audit, write, keep)
 //! - [`store`]: the gateway's own store (consent directives, the audit trail, policy versions
 //!   and break-glass reviews): one trait each, SQLite and PostgreSQL, one shared test suite each
 //! - [`governance`]: policy versions read from files, activated, rolled back and followed
@@ -50,6 +52,7 @@ pub mod merge;
 pub mod metrics;
 pub mod parallel;
 pub mod peers;
+pub mod pipeline;
 pub mod query;
 pub mod record;
 pub mod server;

@@ -133,7 +133,7 @@ pub async fn read_resource(
     }
     let (region_code, local_id) = parse_federated_id(&id).map_err(|_| not_here())?;
     let policies = gateway.policies.load_full();
-    let gatekeeper = super::clinician::gatekeeper(&gateway, &ask, &policies)?;
+    let gatekeeper = crate::pipeline::admit(&gateway, &ask, &policies)?;
     let region: RegionInfo;
     let found = if region_code == gateway.region.code {
         region = gateway.region.clone();

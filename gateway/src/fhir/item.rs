@@ -376,6 +376,15 @@ pub fn categories_of(category: &Value) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
+/// Every `reference` string in a JSON text, in document order.
+pub fn references_in(json: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(raw) = serde_json::from_str::<&RawValue>(json) {
+        collect_references(raw, &mut out);
+    }
+    out
+}
+
 /// Whether a text may hold a `reference` member (the walkers skip what cannot).
 fn may_reference(raw: &RawValue) -> bool {
     raw.get().contains("\"reference\"")

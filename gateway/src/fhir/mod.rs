@@ -276,7 +276,33 @@ pub fn write_searchset(
     first: &SerializedEntries,
     rest: &[Value],
 ) -> Vec<u8> {
-    let envelope = searchset(id, timestamp, self_link, total, Vec::new());
+    write_searchset_linked(
+        id,
+        timestamp,
+        &[("self", self_link.to_owned())],
+        total,
+        first,
+        rest,
+    )
+}
+
+/// [`write_searchset`] with these links (`relation`, `url`), the first of them `self`.
+pub fn write_searchset_linked(
+    id: &str,
+    timestamp: &str,
+    links: &[(&str, String)],
+    total: usize,
+    first: &SerializedEntries,
+    rest: &[Value],
+) -> Vec<u8> {
+    let self_link = links.first().map_or("", |(_, u)| u.as_str());
+    let mut envelope = searchset(id, timestamp, self_link, total, Vec::new());
+    if links.len() > 1 {
+        envelope["link"] = links
+            .iter()
+            .map(|(relation, url)| json!({"relation": relation, "url": url}))
+            .collect();
+    }
     let mut out = Vec::with_capacity(first.json.len() + 1024 * (rest.len() + 1));
     let _ = serde_json::to_writer(&mut out, &envelope);
     if first.is_empty() && rest.is_empty() {
