@@ -14,14 +14,12 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use serde_json::Value;
 
-use super::read_consent;
 use super::{RequestId, check_accept, lenient, query_pairs};
-use crate::access::{Filtered, Gatekeeper};
+use crate::access::Gatekeeper;
 use crate::app::Gateway;
 use crate::auth::{AuthError, ForwardedContext, verify_forwarded};
 use crate::error::ApiError;
-use crate::fhir::outcome::{Issue, Severity, operation_outcome};
-use crate::fhir::{self, SearchMode};
+use crate::fhir;
 use crate::query::{self, Parsed};
 use crate::server::PeerCertificate;
 use policy::DecisionPoint;
@@ -300,7 +298,7 @@ async fn read(
         return Err(super::read::not_here());
     };
     let base = &gateway.region.base_url;
-    let entries = answer_entries(base, kept);
+    let entries = crate::pipeline::federation::answer_entries(base, &kept);
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
     let body = fhir::write_searchset(&id, &now, base, 1, &entries, &[]);
@@ -310,38 +308,6 @@ async fn read(
         http::HeaderValue::from_static("no-store"),
     );
     Ok(response)
-}
-
-/// A released answer's entries under this region's base, written once: the items as
-/// `match` (their bytes as the record gave them); the patient's Patient resources and what the
-/// items reference (`$everything`) as `include`.
-fn answer_entries(base: &str, answer: crate::record::RecordAnswer) -> fhir::SerializedEntries {
-    let mut texts: Vec<String> = Vec::with_capacity(answer.items.len() + answer.included.len());
-    let mut write = |rtype: &str, id: &str, mode: SearchMode, json: &str| {
-        let mut out = Vec::with_capacity(json.len() + 128);
-        crate::fhir::item::write_entry(
-            &format!("{base}/{rtype}/{id}"),
-            mode,
-            |out| out.extend_from_slice(json.as_bytes()),
-            &mut out,
-        );
-        texts.push(String::from_utf8(out).unwrap_or_default());
-    };
-    for item in &answer.items {
-        write(item.rtype(), item.id(), SearchMode::Match, item.json());
-    }
-    for p in &answer.patients {
-        let json = serde_json::to_string(p).unwrap_or_default();
-        let (t, id) = (
-            p["resourceType"].as_str().unwrap_or(""),
-            p["id"].as_str().unwrap_or(""),
-        );
-        write(t, id, SearchMode::Include, &json);
-    }
-    for item in &answer.included {
-        write(item.rtype(), item.id(), SearchMode::Include, item.json());
-    }
-    fhir::SerializedEntries::from_texts(texts.iter().map(String::as_str))
 }
 
 async fn everything(
@@ -357,8 +323,7 @@ async fn everything(
     answer(&gateway, parsed, &parts).await
 }
 
-/// The local record's answer: items as `match`, the patient's Patient resources as `include`
-/// (so the caller can check every item belongs to the patient it asked about).
+/// The local record's answer to a peer (see [`crate::pipeline::federation`]).
 async fn answer(
     gateway: &Gateway,
     parsed: Parsed,
@@ -369,119 +334,21 @@ async fn answer(
         .get::<ForwardedContext>()
         .cloned()
         .ok_or(ApiError::from(AuthError::Missing))?;
-    let request_id = request
-        .extensions
-        .get::<RequestId>()
-        .map_or("", |r| r.0.as_str());
-    let note = |f: &dyn Fn(&mut crate::audit::AuditEvent)| super::audit::note(request, f);
-    note(&|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
-    // The local record through the cache (before policy), except under break-glass.
-    let cache = gateway
-        .cache
-        .as_ref()
-        .filter(|_| context.user.break_glass.is_none())
-        .map(|c| {
-            (
-                c,
-                crate::cache::CacheKey::local(&gateway.region.code, &parsed.query),
-            )
-        });
-    let local = match crate::peers::search_local(
-        &gateway.local,
-        &parsed.query,
-        gateway.local_timeout(),
-        cache,
-    )
-    .await
-    {
-        // A stale answer would lose its warning on the way: a peer gets the failure instead.
-        Ok((a, _)) if a.stale_seconds.is_none() => a,
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "this region's record could not answer",
-            ));
-        }
-        Err(f) if f.kind == crate::merge::FailureKind::Timeout => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "this region's record did not answer in time",
-            ));
-        }
-        Err(f) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "this region's record could not answer",
-            )
-            .internal(f.reason));
-        }
+    let asked = crate::pipeline::federation::Asked {
+        context,
+        request_id: request
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.0.clone()),
+        peer: request
+            .extensions
+            .get::<PeerRegion>()
+            .map_or_else(String::new, |p| p.0.clone()),
+        audit: crate::audit::slot::AuditSlot::of(request),
     };
-    let peer = request
-        .extensions
-        .get::<PeerRegion>()
-        .map_or("", |p| p.0.as_str());
-    let consent = read_consent(gateway, &parsed.query.nhs_number).await?;
-    // The version in force when the request started, whatever a reload does meanwhile.
-    let policies = gateway.policies.load_full();
-    let gatekeeper = Gatekeeper::new(&policies, &context.user, peer, DecisionPoint::Release, peer);
-    // This region's own policy decides whether this user may search it at all.
-    gatekeeper
-        .admit(&gateway.region.code)
-        .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()))?;
-    let mut gatekeeper = gatekeeper.with_consent(consent, &gateway.region.code);
-    let mut report = Filtered::default();
-    let answered = local.items.len();
-    // An answer cut by time or a failed page is not to be kept by the caller.
-    let cut_for_now = local.cut_for_now();
-    let local = gatekeeper.filter(local, &gateway.region.code, &mut report);
-    gateway
-        .metrics
-        .policy_items("release", report.released, report.withheld);
-    note(&|e| {
-        e.regions = vec![crate::audit::RegionOutcome {
-            region: gateway.region.code.clone(),
-            outcome: "answered".into(),
-            items: answered,
-        }];
-        e.released = report.released;
-        e.withheld = report.withheld;
-        e.policies = report.policies.iter().cloned().collect();
-    });
-    tracing::info!(request_id, calling_request_id = %context.request_id, peer, released = report.released, withheld = report.withheld,
-        break_glass = context.user.break_glass.is_some(), "federation answer");
-    let base = &gateway.region.base_url;
-    let total = local.items.len();
-    // Where this region's answer stopped short, said so the caller can tell its clinician.
-    let mut issues: Vec<Issue> = local.cuts.iter().map(|c| c.to_issue(None)).collect();
-    let entries = answer_entries(base, local);
-    let mut rest = Vec::new();
-    if report.withheld > 0 {
-        // Says that something was withheld, never what.
-        issues.push(Issue::new(
-            Severity::Warning,
-            "suppressed",
-            "some items were withheld under this region's consent and release policy",
-        ));
-    }
-    if !issues.is_empty() {
-        rest.push(fhir::entry(
-            &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            operation_outcome(&issues),
-            SearchMode::Outcome,
-        ));
-    }
-    let now = fhir::instant(time::OffsetDateTime::now_utc());
-    let id = uuid::Uuid::new_v4().to_string();
-    let body = fhir::write_searchset(&id, &now, base, total, &entries, &rest);
-    let mut response = crate::error::fhir_bytes_response(StatusCode::OK, body);
-    let cache_control = crate::cache::federation_cache_control(
-        context.user.break_glass.is_some() || cut_for_now,
-        gateway.config.cache.federation_max_age_s,
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&cache_control) {
+    let released = crate::pipeline::federation::release(gateway, &asked, parsed).await?;
+    let mut response = crate::error::fhir_bytes_response(StatusCode::OK, released.body);
+    if let Ok(v) = http::HeaderValue::from_str(&released.cache_control) {
         response
             .headers_mut()
             .insert(http::header::CACHE_CONTROL, v);

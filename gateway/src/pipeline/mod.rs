@@ -16,7 +16,11 @@
 //! 7. [`write`]: the Bundle written (whole, a first page, or the count alone) while the
 //!    audit record is made durable; nothing leaves before it is.
 //! 8. [`keep`]: the view kept for the next identical request.
+//!
+//! A peer's query on the federation face runs the same way in [`federation`]: the own record
+//! asked, admitted and filtered under the release policy, audited, written.
 
+pub mod federation;
 pub mod paging;
 
 use http::StatusCode;
