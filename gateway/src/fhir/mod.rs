@@ -210,58 +210,46 @@ pub fn searchset(
     bundle
 }
 
-/// Entries serialised once, to be written into many Bundles: JSON values joined by commas.
+/// Entries written once, to be written into many Bundles: each entry's JSON text, shared
+/// (a kept view and the Bundle being written hold the same texts, not copies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SerializedEntries {
-    json: Vec<u8>,
-    count: usize,
+    parts: Vec<std::sync::Arc<str>>,
+    bytes: usize,
 }
 
 impl SerializedEntries {
     pub fn new(entries: &[Value]) -> Self {
-        // Each entry apart (on every core when there are many), then joined.
+        // Each entry apart (on every core when there are many).
         let parts = crate::parallel::map(entries.iter().collect(), |e: &Value| {
-            // Writing a Value to a Vec cannot fail.
-            serde_json::to_vec(e).unwrap_or_default()
+            // Writing a Value to a String cannot fail.
+            std::sync::Arc::<str>::from(serde_json::to_string(e).unwrap_or_default())
         });
-        let mut json = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(part);
-        }
-        SerializedEntries {
-            json,
-            count: entries.len(),
-        }
+        Self::from_shared(parts)
     }
 
-    /// Entries already written as JSON texts, joined.
+    /// Entries already written as JSON texts (copied).
     pub fn from_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut json = Vec::new();
-        let mut count = 0;
-        for text in texts {
-            if count > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(text.as_bytes());
-            count += 1;
-        }
-        SerializedEntries { json, count }
+        Self::from_shared(texts.into_iter().map(std::sync::Arc::from).collect())
+    }
+
+    /// Entries already written as shared JSON texts (not copied).
+    pub fn from_shared(parts: Vec<std::sync::Arc<str>>) -> Self {
+        let bytes = parts.iter().map(|p| p.len()).sum();
+        SerializedEntries { parts, bytes }
     }
 
     pub fn len(&self) -> usize {
-        self.count
+        self.parts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.parts.is_empty()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.json.len()
+        self.bytes
     }
 }
 
@@ -303,7 +291,7 @@ pub fn write_searchset_linked(
             .map(|(relation, url)| json!({"relation": relation, "url": url}))
             .collect();
     }
-    let mut out = Vec::with_capacity(first.json.len() + 1024 * (rest.len() + 1));
+    let mut out = Vec::with_capacity(first.bytes + first.parts.len() + 1024 * (rest.len() + 1));
     let _ = serde_json::to_writer(&mut out, &envelope);
     if first.is_empty() && rest.is_empty() {
         return out;
@@ -311,7 +299,12 @@ pub fn write_searchset_linked(
     // `searchset` adds "entry" last: reopen the object and write it.
     out.pop();
     out.extend_from_slice(b",\"entry\":[");
-    out.extend_from_slice(&first.json);
+    for (i, part) in first.parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
     for (i, e) in rest.iter().enumerate() {
         if i > 0 || !first.is_empty() {
             out.push(b',');

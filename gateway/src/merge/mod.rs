@@ -335,7 +335,8 @@ pub struct View {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     pub full_url: String,
-    pub json: String,
+    /// Shared: a kept view and the Bundles written from it hold the same text.
+    pub json: std::sync::Arc<str>,
 }
 
 impl Written {
@@ -345,7 +346,7 @@ impl Written {
         Written {
             full_url,
             // Written from text and serde_json: UTF-8.
-            json: String::from_utf8(out).unwrap_or_default(),
+            json: String::from_utf8(out).unwrap_or_default().into(),
         }
     }
 
@@ -394,11 +395,12 @@ impl View {
 
     /// The matches and includes, written once for any number of Bundles.
     pub fn written(&self) -> fhir::SerializedEntries {
-        fhir::SerializedEntries::from_texts(
+        fhir::SerializedEntries::from_shared(
             self.matches
                 .iter()
                 .chain(&self.includes)
-                .map(|w| w.json.as_str()),
+                .map(|w| w.json.clone())
+                .collect(),
         )
     }
 
@@ -930,7 +932,7 @@ pub fn merge_view(
         }
     }
     let pointed = |old: &Value| pointed_patient(old, &patient_url, nhs);
-    let finished = crate::parallel::map(slots.iter().collect(), |slot: &Slot| {
+    let finished = crate::parallel::map(slots, |slot: Slot| {
         let origin = &results[slot.origin].region;
         let full_url = &url_by_key[&slot.key];
         let regions = || slot.regions.iter().map(|&i| &results[i].region);

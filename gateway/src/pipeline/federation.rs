@@ -183,7 +183,8 @@ fn write(gateway: &Gateway, local: RecordAnswer, report: &Filtered) -> Vec<u8> {
 /// `match` (their bytes as the record gave them); the patient's Patient resources and what the
 /// items reference (`$everything`) as `include`.
 pub fn answer_entries(base: &str, answer: &RecordAnswer) -> fhir::SerializedEntries {
-    let mut texts: Vec<String> = Vec::with_capacity(answer.items.len() + answer.included.len());
+    let mut texts: Vec<std::sync::Arc<str>> =
+        Vec::with_capacity(answer.items.len() + answer.included.len());
     let mut write = |rtype: &str, id: &str, mode: SearchMode, json: &str| {
         let mut out = Vec::with_capacity(json.len() + 128);
         crate::fhir::item::write_entry(
@@ -192,7 +193,7 @@ pub fn answer_entries(base: &str, answer: &RecordAnswer) -> fhir::SerializedEntr
             |out| out.extend_from_slice(json.as_bytes()),
             &mut out,
         );
-        texts.push(String::from_utf8(out).unwrap_or_default());
+        texts.push(String::from_utf8(out).unwrap_or_default().into());
     };
     for item in &answer.items {
         write(item.rtype(), item.id(), SearchMode::Match, item.json());
@@ -208,5 +209,5 @@ pub fn answer_entries(base: &str, answer: &RecordAnswer) -> fhir::SerializedEntr
     for item in &answer.included {
         write(item.rtype(), item.id(), SearchMode::Include, item.json());
     }
-    fhir::SerializedEntries::from_texts(texts.iter().map(String::as_str))
+    fhir::SerializedEntries::from_shared(texts)
 }

@@ -126,10 +126,11 @@ pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> Vec<u8> {
     let base = &gateway.region.base_url;
     let end = (offset + p.count).min(p.matches.len());
     let page = &p.matches[offset.min(end)..end];
-    let entries = SerializedEntries::from_texts(
+    let entries = SerializedEntries::from_shared(
         page.iter()
             .chain(page_includes(page, &p.includes))
-            .map(|w| w.json.as_str()),
+            .map(|w| w.json.clone())
+            .collect(),
     );
     let link = |o: usize| format!("{base}/_page?cursor={}&offset={o}", p.cursor);
     let mut links = vec![("self", link(offset))];
@@ -153,8 +154,12 @@ pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> Vec<u8> {
 /// address.
 pub fn first_page(gateway: &Gateway, p: &Paged, self_link: &str, now: &str) -> Vec<u8> {
     if p.matches.len() <= p.count {
-        let entries = SerializedEntries::from_texts(
-            p.matches.iter().chain(&p.includes).map(|w| w.json.as_str()),
+        let entries = SerializedEntries::from_shared(
+            p.matches
+                .iter()
+                .chain(&p.includes)
+                .map(|w| w.json.clone())
+                .collect(),
         );
         return crate::fhir::write_searchset(
             &p.bundle_id,
