@@ -675,51 +675,43 @@ struct Folded {
 /// region knows them as two). The same business identifier, the same content or the same
 /// clinical identity, in that order, make two regions' items one entry.
 fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
-    type Index<K> = std::collections::HashMap<K, Vec<usize>>;
     let mut slots: Vec<Slot> = Vec::new();
-    let (mut by_ident, mut by_clinical): (Index<ContentKey>, Index<ContentKey>) =
-        Default::default();
-    let mut by_cheap: Index<u64> = Default::default();
+    let (mut by_ident, mut by_clinical, mut by_digest): (
+        Index<ContentKey>,
+        Index<ContentKey>,
+        Index<ContentKey>,
+    ) = Default::default();
+    let mut by_cheap: std::collections::HashMap<u64, CheapGroup> = Default::default();
     let mut local_refs = std::collections::HashMap::new();
     let mut deduplicated = 0;
     let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item));
     for k in keyed.into_iter().flatten() {
         let ri = k.region;
-        let elsewhere = |index: &Index<ContentKey>, key: &ContentKey, slots: &[Slot]| {
-            index.get(key).and_then(|found| {
-                found
-                    .iter()
-                    .copied()
-                    .find(|&slot| !slots[slot].regions.contains(&ri))
-            })
-        };
         let version = Version::new(k.item);
-        let found = k
+        let mut found = k
             .idents
             .iter()
-            .find_map(|key| elsewhere(&by_ident, key, &slots))
-            .or_else(|| {
-                // The same content: digests only now, of items that met on the cheap key.
-                by_cheap.get(&k.cheap).and_then(|found| {
-                    found.iter().copied().find(|&slot| {
-                        let s = &slots[slot];
-                        !s.regions.contains(&ri)
-                            && s.versions.iter().any(|v| {
-                                v.digest(patient_url, nhs) == version.digest(patient_url, nhs)
-                            })
-                    })
-                })
-            })
-            .or_else(|| {
-                k.clinical
-                    .and_then(|key| elsewhere(&by_clinical, &key, &slots))
-            });
+            .find_map(|key| by_ident.first_elsewhere(key, ri, &slots));
+        if found.is_none()
+            && let Some(group) = by_cheap.get_mut(&k.cheap)
+            && group.elsewhere(ri)
+        {
+            // The same content: digests only now, of the items that met another region's
+            // on the cheap key (each once).
+            group.digest(&slots, &mut by_digest, patient_url, nhs);
+            found = by_digest.first_elsewhere(&version.digest(patient_url, nhs), ri, &slots);
+        }
+        if found.is_none() {
+            found = k
+                .clinical
+                .and_then(|key| by_clinical.first_elsewhere(&key, ri, &slots));
+        }
         let local_ref = format!("{}/{}", k.rtype.as_str(), version.item.id());
-        let at = match found {
+        let (at, vi) = match found {
             Some(slot) => {
                 deduplicated += 1;
                 fold_into(&mut slots[slot], ri, version, patient_url, nhs);
-                slot
+                (slot, slots[slot].versions.len() - 1)
             }
             None => {
                 slots.push(Slot {
@@ -731,22 +723,111 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
                     other_versions: Vec::new(),
                     key: slots.len(),
                 });
-                slots.len() - 1
+                (slots.len() - 1, 0)
             }
         };
         local_refs.insert((ri, local_ref), slots[at].key);
         for key in k.idents {
-            note_slot(&mut by_ident, key, at);
+            by_ident.note(key, at);
         }
-        note_slot(&mut by_cheap, k.cheap, at);
+        let group = by_cheap.entry(k.cheap).or_default();
+        group.placed.push((at, vi));
+        group.regions.insert(ri);
+        if group.digested {
+            by_digest.note(slots[at].versions[vi].digest(patient_url, nhs), at);
+        }
         if let Some(key) = k.clinical {
-            note_slot(&mut by_clinical, key, at);
+            by_clinical.note(key, at);
         }
     }
     Folded {
         slots,
         local_refs,
         deduplicated,
+    }
+}
+
+/// Slots by a key, in the order they were noted. Looking up the first slot a region is not
+/// in resumes where the last look for that region stopped: slots only ever gain regions, and
+/// the regions come one after another, so each list is walked once per region (not once per
+/// item, which made many items of one code and date quadratic).
+struct Index<K> {
+    lists: std::collections::HashMap<K, Listed>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Index {
+            lists: std::collections::HashMap::new(),
+        }
+    }
+}
+
+struct Listed {
+    slots: Vec<usize>,
+    /// The region the cursor is for, and where its search stopped.
+    region: usize,
+    cursor: usize,
+}
+
+impl<K: std::hash::Hash + Eq> Index<K> {
+    fn note(&mut self, key: K, slot: usize) {
+        let listed = self.lists.entry(key).or_insert(Listed {
+            slots: Vec::new(),
+            region: usize::MAX,
+            cursor: 0,
+        });
+        if listed.slots.last() != Some(&slot) {
+            listed.slots.push(slot);
+        }
+    }
+
+    /// The first slot noted under `key` that does not hold an item of region `ri`.
+    fn first_elsewhere(&mut self, key: &K, ri: usize, slots: &[Slot]) -> Option<usize> {
+        let listed = self.lists.get_mut(key)?;
+        if listed.region != ri {
+            listed.region = ri;
+            listed.cursor = 0;
+        }
+        while listed.cursor < listed.slots.len()
+            && slots[listed.slots[listed.cursor]].regions.contains(&ri)
+        {
+            listed.cursor += 1;
+        }
+        listed.slots.get(listed.cursor).copied()
+    }
+}
+
+/// The items placed under one cheap key (slot, version), in order, and the regions that
+/// placed them. Once two regions meet on it, every item placed under it is digested, in
+/// placement order, into the content index.
+#[derive(Default)]
+struct CheapGroup {
+    placed: Vec<(usize, usize)>,
+    regions: BTreeSet<usize>,
+    digested: bool,
+}
+
+impl CheapGroup {
+    /// Whether another region than `ri` placed an item under this key.
+    fn elsewhere(&self, ri: usize) -> bool {
+        self.regions.iter().any(|&r| r != ri)
+    }
+
+    fn digest(
+        &mut self,
+        slots: &[Slot],
+        by_digest: &mut Index<ContentKey>,
+        patient_url: &str,
+        nhs: &str,
+    ) {
+        if self.digested {
+            return;
+        }
+        for &(slot, vi) in &self.placed {
+            by_digest.note(slots[slot].versions[vi].digest(patient_url, nhs), slot);
+        }
+        self.digested = true;
     }
 }
 
