@@ -83,22 +83,7 @@ pub const EMBEDDED_SCHEMA: &str = include_str!("../../../policies/schema.cedarsc
 /// Confidentiality and sensitivity labels from `meta.security`. Unlabelled items are "N".
 /// Of several confidentiality codes, the most restrictive counts.
 pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
-    let security: Vec<(Option<String>, String)> = resource
-        .pointer("/meta/security")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|label| {
-            Some((
-                label
-                    .get("system")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                label.get("code")?.as_str()?.to_owned(),
-            ))
-        })
-        .collect();
-    labels_of(&security)
+    labels_of(&crate::fhir::item::security_of(resource.get("meta")))
 }
 
 /// [`labels`] from `meta.security`'s (system, code) pairs.

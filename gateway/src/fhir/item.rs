@@ -472,9 +472,12 @@ fn meta_of_tree(meta: Option<Value>) -> (Option<String>, Vec<(Option<String>, St
         .and_then(|m| m.get("lastUpdated"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let security = meta
-        .as_ref()
-        .and_then(|m| m.get("security"))
+    (last_updated, security_of(meta.as_ref()))
+}
+
+/// `meta.security`'s (system, code) pairs, from a `meta` tree.
+pub fn security_of(meta: Option<&Value>) -> Vec<(Option<String>, String)> {
+    meta.and_then(|m| m.get("security"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -487,8 +490,7 @@ fn meta_of_tree(meta: Option<Value>) -> (Option<String>, Vec<(Option<String>, St
                 label.get("code")?.as_str()?.to_owned(),
             ))
         })
-        .collect();
-    (last_updated, security)
+        .collect()
 }
 
 /// The first `system|code` of a CodeableConcept (or of the first of a list of them).
@@ -687,7 +689,7 @@ impl Item {
         let mut next_ref = 0;
         out.reserve(json.len() + 256);
         out.push(b'{');
-        let (mut wrote_id, mut wrote_meta) = (false, false);
+        let mut wrote = Wrote::default();
         for (i, span) in spans.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -697,70 +699,27 @@ impl Item {
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
             let (start, end) = span.value;
-            // The references inside this member, in order.
+            // The references inside this member, in order (a changed member's are not used).
             let first = next_ref;
             while next_ref < refs.len() && refs[next_ref].0 < end {
                 next_ref += 1;
             }
             let inside = first..next_ref;
-            match key {
-                "id" => {
-                    wrote_id = true;
-                    write_str(splice.id, out);
-                }
-                "meta" => {
-                    wrote_meta = true;
-                    let mut meta: Value =
-                        serde_json::from_str(text(span.value)).unwrap_or(Value::Null);
-                    if !meta.is_object() {
-                        meta = Value::Object(Default::default());
+            splice.member(key, text(span.value), &mut wrote, out, |out| {
+                let mut at = start as usize;
+                for r in inside {
+                    let (a, b) = refs[r];
+                    let reference = &self.0.view.references[r];
+                    if is_relative_reference(reference) {
+                        out.extend_from_slice(&json[at..a as usize]);
+                        write_str(&(splice.resolve)(reference), out);
+                        at = b as usize;
                     }
-                    (splice.meta)(&mut meta);
-                    qualify_references(&mut meta, splice.resolve);
-                    let _ = serde_json::to_writer(&mut *out, &meta);
                 }
-                name if splice.patient.is_some_and(|(e, _)| e == name)
-                    && json[start as usize] == b'{' =>
-                {
-                    let (_, replace) = splice.patient.expect("checked");
-                    let old: Value = serde_json::from_str(text(span.value)).unwrap_or(Value::Null);
-                    let _ = serde_json::to_writer(&mut *out, &replace(&old));
-                }
-                _ => {
-                    let mut at = start as usize;
-                    for r in inside {
-                        let (a, b) = refs[r];
-                        let reference = &self.0.view.references[r];
-                        if is_relative_reference(reference) {
-                            out.extend_from_slice(&json[at..a as usize]);
-                            write_str(&(splice.resolve)(reference), out);
-                            at = b as usize;
-                        }
-                    }
-                    out.extend_from_slice(&json[at..end as usize]);
-                }
-            }
+                out.extend_from_slice(&json[at..end as usize]);
+            });
         }
-        let mut more = !spans.is_empty();
-        let mut sep = |out: &mut Vec<u8>| {
-            if more {
-                out.push(b',');
-            }
-            more = true;
-        };
-        if !wrote_meta {
-            sep(out);
-            let mut meta = Value::Object(Default::default());
-            (splice.meta)(&mut meta);
-            out.extend_from_slice(b"\"meta\":");
-            let _ = serde_json::to_writer(&mut *out, &meta);
-        }
-        if !wrote_id {
-            sep(out);
-            out.extend_from_slice(b"\"id\":");
-            write_str(splice.id, out);
-        }
-        out.push(b'}');
+        splice.finish(!spans.is_empty(), wrote, out);
     }
 
     /// [`Item::write_spliced`] by reading the item again (an item whose keys had escapes).
@@ -770,58 +729,18 @@ impl Item {
             return;
         };
         out.push(b'{');
-        let (mut wrote_id, mut wrote_meta) = (false, false);
+        let mut wrote = Wrote::default();
         for (i, (k, v)) in members.0.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             write_str(&k.0, out);
             out.push(b':');
-            match k.0.as_ref() {
-                "id" => {
-                    wrote_id = true;
-                    write_str(splice.id, out);
-                }
-                "meta" => {
-                    wrote_meta = true;
-                    let mut meta: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
-                    if !meta.is_object() {
-                        meta = Value::Object(Default::default());
-                    }
-                    (splice.meta)(&mut meta);
-                    qualify_references(&mut meta, splice.resolve);
-                    let _ = serde_json::to_writer(&mut *out, &meta);
-                }
-                name if splice.patient.is_some_and(|(e, _)| e == name)
-                    && v.get().starts_with('{') =>
-                {
-                    let (_, replace) = splice.patient.expect("checked");
-                    let old: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
-                    let _ = serde_json::to_writer(&mut *out, &replace(&old));
-                }
-                _ => write_rewritten(v, splice.resolve, out),
-            }
+            splice.member(&k.0, v.get(), &mut wrote, out, |out| {
+                write_rewritten(v, splice.resolve, out)
+            });
         }
-        let mut more = !members.0.is_empty();
-        let mut sep = |out: &mut Vec<u8>| {
-            if more {
-                out.push(b',');
-            }
-            more = true;
-        };
-        if !wrote_meta {
-            sep(out);
-            let mut meta = Value::Object(Default::default());
-            (splice.meta)(&mut meta);
-            out.extend_from_slice(b"\"meta\":");
-            let _ = serde_json::to_writer(&mut *out, &meta);
-        }
-        if !wrote_id {
-            sep(out);
-            out.extend_from_slice(b"\"id\":");
-            write_str(splice.id, out);
-        }
-        out.push(b'}');
+        splice.finish(!members.0.is_empty(), wrote, out);
     }
 
     /// Appends the item with its relative references resolved and nothing else changed.
@@ -830,6 +749,73 @@ impl Item {
             Ok(raw) => write_rewritten(raw, resolve, out),
             Err(_) => out.extend_from_slice(b"null"),
         }
+    }
+}
+
+/// Which of the members every written item has were met.
+#[derive(Default)]
+struct Wrote {
+    id: bool,
+    meta: bool,
+}
+
+impl Splice<'_> {
+    /// Writes one member's value (its key is written): the id, `meta` and the patient element
+    /// as they change, any other as `other` writes it.
+    fn member(
+        &self,
+        key: &str,
+        value: &str,
+        wrote: &mut Wrote,
+        out: &mut Vec<u8>,
+        other: impl FnOnce(&mut Vec<u8>),
+    ) {
+        match key {
+            "id" => {
+                wrote.id = true;
+                write_str(self.id, out);
+            }
+            "meta" => {
+                wrote.meta = true;
+                let mut meta: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+                if !meta.is_object() {
+                    meta = Value::Object(Default::default());
+                }
+                (self.meta)(&mut meta);
+                qualify_references(&mut meta, self.resolve);
+                let _ = serde_json::to_writer(&mut *out, &meta);
+            }
+            name if self.patient.is_some_and(|(e, _)| e == name) && value.starts_with('{') => {
+                let (_, replace) = self.patient.expect("checked");
+                let old: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+                let _ = serde_json::to_writer(&mut *out, &replace(&old));
+            }
+            _ => other(out),
+        }
+    }
+
+    /// Adds `meta` and `id` when the item had none, and closes it.
+    fn finish(&self, any: bool, wrote: Wrote, out: &mut Vec<u8>) {
+        let mut more = any;
+        let mut sep = |out: &mut Vec<u8>| {
+            if more {
+                out.push(b',');
+            }
+            more = true;
+        };
+        if !wrote.meta {
+            sep(out);
+            let mut meta = Value::Object(Default::default());
+            (self.meta)(&mut meta);
+            out.extend_from_slice(b"\"meta\":");
+            let _ = serde_json::to_writer(&mut *out, &meta);
+        }
+        if !wrote.id {
+            sep(out);
+            out.extend_from_slice(b"\"id\":");
+            write_str(self.id, out);
+        }
+        out.push(b'}');
     }
 }
 

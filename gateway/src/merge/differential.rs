@@ -10,16 +10,7 @@ use proptest::prelude::*;
 
 const NHS: &str = "9000000009";
 
-fn ctx(on_mismatch: MismatchPolicy) -> MergeContext<'static> {
-    MergeContext {
-        gateway_base: "https://gw.example/fhir",
-        bundle_id: "b1",
-        now: "2024-01-01T00:00:00Z",
-        self_link: "https://gw.example/fhir/x",
-        issues: vec![],
-        on_mismatch,
-    }
-}
+use super::props::ctx;
 
 fn region(code: &str) -> RegionInfo {
     RegionInfo {

@@ -965,45 +965,7 @@ fn provenance_uuid(region: &str, bundle_id: &str) -> String {
     )
 }
 
-/// Is `r` a relative RESTful reference (`Type/id`, optionally `/_history/v`)?
-fn is_relative_reference(r: &str) -> bool {
-    let mut parts = r.split('/');
-    let (Some(t), Some(id)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let rest: Vec<&str> = parts.collect();
-    t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.chars().all(|c| c.is_ascii_alphabetic())
-        && !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        && (rest.is_empty() || (rest.len() == 2 && rest[0] == "_history"))
-}
-
-/// Rewrites every relative `reference` in a resource with `resolve`; absolute, contained
-/// (`#`) and `urn:` references are left as they are.
-fn qualify_references(value: &mut Value, resolve: &dyn Fn(&str) -> String) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                match v {
-                    Value::String(s) if k == "reference" && is_relative_reference(s) => {
-                        *s = resolve(s);
-                    }
-                    other => qualify_references(other, resolve),
-                }
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                qualify_references(v, resolve);
-            }
-        }
-        _ => {}
-    }
-}
+use crate::fhir::item::qualify_references;
 
 fn last_updated_text(v: &Value) -> Option<String> {
     v.pointer("/meta/lastUpdated")

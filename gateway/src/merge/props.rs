@@ -15,7 +15,8 @@ fn query() -> PatientQuery {
         .query
 }
 
-fn ctx(on_mismatch: MismatchPolicy) -> MergeContext<'static> {
+/// The context every merge test uses.
+pub(super) fn ctx(on_mismatch: MismatchPolicy) -> MergeContext<'static> {
     MergeContext {
         gateway_base: "https://gw.example/fhir",
         bundle_id: "b1",

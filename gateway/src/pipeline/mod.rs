@@ -134,21 +134,23 @@ pub async fn search(gateway: &Gateway, ask: &Ask, mut parsed: Parsed) -> Result<
             Kept::Missing(read) => consent = read,
         }
     }
-    let fanned = fan_out(gateway, fan, &parsed, consent).await?;
-    let (results, report) = view_policy(gateway, ask, gatekeeper, &fanned.consent, fanned.results);
-    let (view, regions) = merge(gateway, ask, parsed, results, &report);
-    if let Some(e) = unanswered(&view) {
-        return Err(e);
-    }
-    audit(ask, &view, &report, &regions);
+    let made = make(gateway, ask, (fan, gatekeeper), parsed, consent).await?;
+    let view = made.view;
     match shape {
         Shape::Whole => {
             let (body, entries) = write(gateway, ask, &view).await?;
-            if let (Some(cache), Some(key)) = (
-                views,
-                fanned.identities.and_then(|a| key(&fanned.consent, a)),
-            ) {
-                keep(cache, key, policies.clone(), entries, view, report, regions);
+            if let (Some(cache), Some(key)) =
+                (views, made.identities.and_then(|a| key(&made.consent, a)))
+            {
+                keep(
+                    cache,
+                    key,
+                    policies.clone(),
+                    entries,
+                    view,
+                    made.report,
+                    made.regions,
+                );
             }
             Ok(body)
         }
@@ -169,20 +171,49 @@ pub async fn patient(
     let gatekeeper = admit(gateway, ask, &policies)?;
     let tls = gateway.tls.load();
     let fan = fan_out_of(gateway, ask, &tls);
-    let fanned = fan_out(gateway, fan, &parsed, None).await?;
+    let made = make(gateway, ask, (fan, gatekeeper), parsed, None).await?;
+    let Some(patient) = made.view.patient else {
+        return Err(ApiError::not_found(
+            "no region that answered holds a patient with this NHS number",
+        ));
+    };
+    ask.write_audit_ahead(gateway, StatusCode::OK).await?;
+    Ok((patient, made.view.regions_failed))
+}
+
+/// A view made for this request (phases 3 to 6), with what a kept view needs.
+struct Made {
+    view: View,
+    report: Filtered,
+    regions: Vec<RegionOutcome>,
+    /// The consent directives the view was decided under.
+    consent: ConsentView,
+    /// Each region's answer identity when every one is pinned (see [`ViewKey`]).
+    identities: Option<Vec<u64>>,
+}
+
+/// Phases 3 to 6: fan out, view policy, merge, audit. `consent` when phase 2 read it.
+async fn make(
+    gateway: &Gateway,
+    ask: &Ask,
+    (fan, gatekeeper): (FanOut<'_>, Gatekeeper<'_>),
+    parsed: Parsed,
+    consent: Option<ConsentView>,
+) -> Result<Made, ApiError> {
+    let fanned = fan_out(gateway, fan, &parsed, consent).await?;
     let (results, report) = view_policy(gateway, ask, gatekeeper, &fanned.consent, fanned.results);
     let (view, regions) = merge(gateway, ask, parsed, results, &report);
     if let Some(e) = unanswered(&view) {
         return Err(e);
     }
     audit(ask, &view, &report, &regions);
-    let Some(patient) = view.patient else {
-        return Err(ApiError::not_found(
-            "no region that answered holds a patient with this NHS number",
-        ));
-    };
-    ask.write_audit_ahead(gateway, StatusCode::OK).await?;
-    Ok((patient, view.regions_failed))
+    Ok(Made {
+        view,
+        report,
+        regions,
+        consent: fanned.consent,
+        identities: fanned.identities,
+    })
 }
 
 /// Phase 1: this request's decisions, refusing it outright when the user may not search here.
