@@ -11,14 +11,7 @@ use proptest::prelude::*;
 const NHS: &str = "9000000009";
 
 use super::props::ctx;
-
-fn region(code: &str) -> RegionInfo {
-    RegionInfo {
-        code: code.into(),
-        name: code.to_uppercase(),
-        base_url: format!("https://{code}.example/fhir"),
-    }
-}
+use super::tests::region;
 
 /// Both merges of the same results give the same Bundle.
 fn same_as_oracle(query: &PatientQuery, results: Vec<RegionResult>, on: MismatchPolicy) {

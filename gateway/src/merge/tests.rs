@@ -4,7 +4,8 @@ use crate::query::{parse_everything, parse_search};
 
 const NHS: &str = "9000000009";
 
-fn region(code: &str) -> RegionInfo {
+/// A region as the merge tests name it.
+pub(super) fn region(code: &str) -> RegionInfo {
     RegionInfo {
         code: code.into(),
         name: code.to_uppercase(),
