@@ -913,8 +913,8 @@ pub fn merge_view(
         query.operation,
         Operation::PatientSearch | Operation::PatientRead | Operation::Everything { .. }
     );
-    let patient =
-        (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
+    let patient = (!patients.is_empty())
+        .then(|| merge_patients(&patients, |i| &results[i].region, nhs, ctx.gateway_base));
 
     // Phase four: newest first.
     slots.sort_by_cached_key(|s| {
@@ -1468,9 +1468,9 @@ fn last_updated(p: &Value) -> i64 {
 
 /// One Patient for the NHS number: the most recently updated region's demographics first,
 /// identifiers, names, telecoms and addresses from every region (each once).
-fn merge_patients(
+fn merge_patients<'r>(
     patients: &[(usize, Value)],
-    results: &[RegionResult],
+    region: impl Fn(usize) -> &'r RegionInfo,
     nhs: &str,
     gateway_base: &str,
 ) -> Value {
@@ -1491,7 +1491,7 @@ fn merge_patients(
                     out.push((v.clone(), BTreeSet::new()));
                     out.len() - 1
                 });
-                out[at].1.insert(results[*ri].region.code.as_str());
+                out[at].1.insert(region(*ri).code.as_str());
             }
         }
         if !out.is_empty() {
@@ -1505,7 +1505,7 @@ fn merge_patients(
         }
     }
     merged["id"] = Value::String(nhs.to_owned());
-    let mut regions: Vec<&RegionInfo> = ordered.iter().map(|(i, _)| &results[*i].region).collect();
+    let mut regions: Vec<&RegionInfo> = ordered.iter().map(|(i, _)| region(*i)).collect();
     regions.sort_by(|a, b| a.code.cmp(&b.code));
     regions.dedup();
     if let Some(meta) = merged.get_mut("meta").and_then(Value::as_object_mut) {

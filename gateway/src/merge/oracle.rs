@@ -12,9 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+// What did not change with the byte path (the Patient's merge and its demographics check,
+// Provenance, keys and ids) is the merge's own.
 use super::{
     Contribution, Envelope, FailureKind, MergeContext, Merged, MismatchPolicy, RegionFailure,
-    RegionInfo, ViewContext,
+    RegionInfo, ViewContext, demographic_conflicts, id_of, key_of, last_updated, merge_patients,
+    newest_patient_region, provenance, set_gateway_id,
 };
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::types::{ResourceType, element, resource_type};
@@ -263,39 +266,6 @@ impl View {
         }
         entries
     }
-}
-
-/// A region's Provenance entry in a Bundle: what it contributed, and when.
-fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Value {
-    let region = &c.region;
-    let targets: Vec<Value> = c.targets.iter().map(|u| json!({"reference": u})).collect();
-    let mut p = json!({
-        "resourceType": "Provenance",
-        "id": format!("{}-{}", region.code, envelope.bundle_id),
-        "target": [],
-        "recorded": envelope.now,
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
-                     "text": format!("answered the federated query in {elapsed_ms} ms")},
-        "agent": [{
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
-            "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
-        }],
-    });
-    p["target"] = Value::Array(targets);
-    if let Some(age) = c.stale_seconds {
-        p["activity"]["text"] = json!(format!(
-            "could not answer; its answer of {} ago is shown",
-            crate::fhir::describe_age(age)
-        ));
-    }
-    fhir::entry(
-        &format!(
-            "urn:uuid:{}",
-            provenance_uuid(&region.code, envelope.bundle_id)
-        ),
-        p,
-        SearchMode::Include,
-    )
 }
 
 /// The regions' results merged: tagged, deduplicated, referenced and screened entries, the
@@ -566,8 +536,8 @@ pub fn merge_view(
         query.operation,
         Operation::PatientSearch | Operation::PatientRead | Operation::Everything { .. }
     );
-    let patient =
-        (!patients.is_empty()).then(|| merge_patients(&patients, &results, nhs, ctx.gateway_base));
+    let patient = (!patients.is_empty())
+        .then(|| merge_patients(&patients, |i| &results[i].region, nhs, ctx.gateway_base));
 
     // Each slot's date is read once.
     slots.sort_by_cached_key(|s| {
@@ -808,25 +778,6 @@ fn identifier_keys(rtype: &str, resource: &Value) -> Vec<ContentKey> {
         .collect()
 }
 
-/// The resource's `id` becomes the last segment of its address at this gateway.
-fn set_gateway_id(resource: &mut Value, url: &str) {
-    if let (Some(id), Some(obj)) = (url.rsplit('/').next(), resource.as_object_mut()) {
-        obj.insert("id".into(), Value::String(id.to_owned()));
-    }
-}
-
-/// The region of the most recently updated Patient (whose demographics the merged one takes).
-fn newest_patient_region(patients: &[(usize, Value)]) -> Option<usize> {
-    patients
-        .iter()
-        .max_by(|a, b| {
-            last_updated(&a.1)
-                .cmp(&last_updated(&b.1))
-                .then(b.0.cmp(&a.0))
-        })
-        .map(|(ri, _)| *ri)
-}
-
 /// An item with what the merge matches it by (see [`keyed`]).
 struct Keyed {
     item: Value,
@@ -874,10 +825,6 @@ fn keyed(mut item: Value, patient_url: &str, nhs: &str) -> Option<Keyed> {
         keys,
         clinical,
     })
-}
-
-fn id_of(resource: &Value) -> &str {
-    resource.get("id").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Identity of content for deduplication: the resource without its region-local `id` and
@@ -950,21 +897,6 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
     }
 }
 
-/// A stable UUID-shaped id for a region's Provenance in one Bundle (SHA-256 of both).
-fn provenance_uuid(region: &str, bundle_id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("{region}\n{bundle_id}").as_bytes());
-    let hex = crate::audit::hex(&h[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 use crate::fhir::item::qualify_references;
 
 fn last_updated_text(v: &Value) -> Option<String> {
@@ -972,29 +904,6 @@ fn last_updated_text(v: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_owned)
 }
-
-/// The extension on a merged Patient's identifier, name, telecom or address naming a region
-/// that holds it (one per region).
-pub const SOURCE_REGION_EXTENSION: &str = "urn:gateway:extension:source-region";
-
-/// Names, in the element's own `extension`, the regions whose record holds it.
-fn note_sources(element: &mut Value, regions: &BTreeSet<&str>) {
-    let Some(obj) = element.as_object_mut() else {
-        return;
-    };
-    let ext = obj.entry("extension").or_insert_with(|| json!([]));
-    if let Some(list) = ext.as_array_mut() {
-        for code in regions {
-            list.push(json!({
-                "url": SOURCE_REGION_EXTENSION,
-                "valueCoding": {"system": REGION_TAG_SYSTEM, "code": code},
-            }));
-        }
-    }
-}
-
-/// The extension that records another region's version of an item shown once.
-pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
 
 /// Records in `meta.extension` that `region` holds another version of this item (last
 /// updated at `updated`), so nothing is dropped silently.
@@ -1008,7 +917,7 @@ fn note_other_version(resource: &mut Value, region: &RegionInfo, updated: Option
         if let Some(u) = updated {
             parts.push(json!({"url": "lastUpdated", "valueInstant": u}));
         }
-        list.push(json!({"url": OTHER_VERSION_EXTENSION, "extension": parts}));
+        list.push(json!({"url": super::OTHER_VERSION_EXTENSION, "extension": parts}));
     }
 }
 
@@ -1048,133 +957,4 @@ fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
         crate::fhir::canonical_json(date)
     );
     Some(key_of(&text))
-}
-
-fn key_of(text: &str) -> ContentKey {
-    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-        text.as_bytes(),
-    ))
-    .into()
-}
-
-/// The demographics compared across regions: date of birth, sex, family name.
-fn demographics(p: &Value) -> [(&'static str, Option<String>); 3] {
-    let family = p
-        .get("name")
-        .and_then(Value::as_array)
-        .and_then(|names| {
-            names
-                .iter()
-                .find(|n| n.get("use").and_then(Value::as_str) == Some("official"))
-                .or_else(|| names.first())
-        })
-        .and_then(|n| n.get("family"))
-        .and_then(Value::as_str)
-        .map(|f| f.trim().to_lowercase());
-    [
-        (
-            "date of birth",
-            p.get("birthDate")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        ),
-        (
-            "sex",
-            p.get("gender").and_then(Value::as_str).map(str::to_owned),
-        ),
-        ("family name", family),
-    ]
-}
-
-/// Regions whose Patient disagrees with the most recently updated one on a field both state,
-/// with the fields.
-pub fn demographic_conflicts(patients: &[(usize, Value)]) -> Vec<(usize, Vec<&'static str>)> {
-    let Some(reference) = patients.iter().max_by(|a, b| {
-        last_updated(&a.1)
-            .cmp(&last_updated(&b.1))
-            .then(b.0.cmp(&a.0))
-    }) else {
-        return Vec::new();
-    };
-    let base = demographics(&reference.1);
-    let mut out: Vec<(usize, Vec<&'static str>)> = Vec::new();
-    for (ri, p) in patients {
-        if *ri == reference.0 {
-            continue;
-        }
-        let fields: Vec<&'static str> = demographics(p)
-            .iter()
-            .zip(base.iter())
-            .filter(|((_, a), (_, b))| matches!((a, b), (Some(a), Some(b)) if a != b))
-            .map(|((name, _), _)| *name)
-            .collect();
-        if !fields.is_empty() {
-            match out.iter_mut().find(|(r, _)| r == ri) {
-                Some((_, f)) => {
-                    f.extend(fields);
-                    f.sort_unstable();
-                    f.dedup();
-                }
-                None => out.push((*ri, fields)),
-            }
-        }
-    }
-    out
-}
-
-fn last_updated(p: &Value) -> i64 {
-    p.pointer("/meta/lastUpdated")
-        .and_then(Value::as_str)
-        .and_then(|s| date::parse_interval(s).ok())
-        .map_or(i64::MIN, |i| i.start)
-}
-
-/// One Patient for the NHS number: the most recently updated region's demographics first,
-/// identifiers, names, telecoms and addresses from every region (each once).
-fn merge_patients(
-    patients: &[(usize, Value)],
-    results: &[RegionResult],
-    nhs: &str,
-    gateway_base: &str,
-) -> Value {
-    let mut ordered: Vec<&(usize, Value)> = patients.iter().collect();
-    ordered.sort_by(|a, b| {
-        last_updated(&b.1)
-            .cmp(&last_updated(&a.1))
-            .then(a.0.cmp(&b.0))
-    });
-    let mut merged = ordered[0].1.clone();
-    for list in ["identifier", "name", "telecom", "address"] {
-        // Each value once, in the order first met, with every region that holds it.
-        let mut out: Vec<(Value, BTreeSet<&str>)> = Vec::new();
-        let mut index: std::collections::HashMap<String, usize> = Default::default();
-        for (ri, p) in &ordered {
-            for v in p.get(list).and_then(Value::as_array).into_iter().flatten() {
-                let at = *index.entry(fhir::canonical_json(v)).or_insert_with(|| {
-                    out.push((v.clone(), BTreeSet::new()));
-                    out.len() - 1
-                });
-                out[at].1.insert(results[*ri].region.code.as_str());
-            }
-        }
-        if !out.is_empty() {
-            merged[list] = out
-                .into_iter()
-                .map(|(mut v, regions)| {
-                    note_sources(&mut v, &regions);
-                    v
-                })
-                .collect();
-        }
-    }
-    merged["id"] = Value::String(nhs.to_owned());
-    let mut regions: Vec<&RegionInfo> = ordered.iter().map(|(i, _)| &results[*i].region).collect();
-    regions.sort_by(|a, b| a.code.cmp(&b.code));
-    regions.dedup();
-    if let Some(meta) = merged.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.remove("versionId");
-        meta.remove("tag");
-    }
-    tag(&mut merged, gateway_base, regions.into_iter());
-    merged
 }
