@@ -136,7 +136,7 @@ pub async fn get_fhir_body(
 /// Splits a searchset Bundle's text into the Patient resources and the other resources, each
 /// other resource kept as its text with its view ([`Item`]); outcome entries are read for
 /// what they say of the answer (withheld items, cuts) and left out.
-pub fn bundle_to_answer(body: &str) -> Result<RecordAnswer, FetchError> {
+pub fn bundle_to_answer(body: &std::sync::Arc<str>) -> Result<RecordAnswer, FetchError> {
     let bundle = BundleText::parse(body).map_err(|e| FetchError::Json(e.to_string()))?;
     if bundle.resource_type.as_deref() != Some("Bundle") {
         return Err(FetchError::NotABundle);
@@ -162,7 +162,9 @@ pub fn bundle_to_answer(body: &str) -> Result<RecordAnswer, FetchError> {
             continue;
         }
         let include = mode == Some("include");
-        let item = Item::parse(resource.get()).map_err(|e| FetchError::Json(e.to_string()))?;
+        // Each item keeps its place in the one body rather than a copy.
+        let item =
+            Item::parse_in(body, resource.get()).map_err(|e| FetchError::Json(e.to_string()))?;
         match item.rtype() {
             "Patient" => answer.patients.push(item.to_value()),
             "OperationOutcome" | "" => {}
@@ -196,11 +198,11 @@ mod tests {
             {"resource": {"resourceType": "Condition", "id": "c"}, "search": {"mode": "match"}},
             {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},
         ], "link": [{"relation": "next", "url": "https://x/next"}]});
-        let a = bundle_to_answer(&b.to_string()).unwrap();
+        let a = bundle_to_answer(&b.to_string().into()).unwrap();
         assert_eq!((a.patients.len(), a.items.len()), (1, 1));
         assert_eq!(next_link(&b), Some("https://x/next"));
         assert_eq!(
-            bundle_to_answer(&json!({"resourceType": "Patient"}).to_string()),
+            bundle_to_answer(&json!({"resourceType": "Patient"}).to_string().into()),
             Err(FetchError::NotABundle)
         );
     }

@@ -22,7 +22,10 @@ use crate::record::PatientLink;
 pub struct Item(Arc<Inner>);
 
 struct Inner {
-    json: Box<str>,
+    /// The text the item is part of (a whole answer, shared by its items), and where the item
+    /// lies in it.
+    source: Arc<str>,
+    at: (u32, u32),
     view: ItemView,
     /// Where each top-level member's key and value lie in `json` (`None` when a key had
     /// escapes: such an item is written by re-reading it).
@@ -45,14 +48,14 @@ impl std::fmt::Debug for Item {
         f.debug_struct("Item")
             .field("type", &self.0.view.rtype)
             .field("id", &self.0.view.id)
-            .field("bytes", &self.0.json.len())
+            .field("bytes", &self.bytes())
             .finish()
     }
 }
 
 impl PartialEq for Item {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.json == other.0.json
+        Arc::ptr_eq(&self.0, &other.0) || self.json() == other.json()
     }
 }
 
@@ -104,6 +107,17 @@ pub struct NotAResource(String);
 impl Item {
     /// Reads a resource's JSON text (kept as given).
     pub fn parse(json: &str) -> Result<Item, NotAResource> {
+        let source: Arc<str> = json.into();
+        Item::parse_in(&source, &source)
+    }
+
+    /// Reads a resource whose text `json` is part of `source` (an answer's body): the item
+    /// keeps its place in the shared text rather than a copy of its own.
+    pub fn parse_in(source: &Arc<str>, json: &str) -> Result<Item, NotAResource> {
+        let offset = (json.as_ptr() as usize)
+            .checked_sub(source.as_ptr() as usize)
+            .filter(|o| o + json.len() <= source.len())
+            .ok_or_else(|| NotAResource("not part of its answer".into()))?;
         let members = Members::parse(json)?;
         let at = |part: &str| (part.as_ptr() as usize - json.as_ptr() as usize) as u32;
         let range = |part: &str| (at(part), at(part) + part.len() as u32);
@@ -135,7 +149,8 @@ impl Item {
         let (reference_at, references): (Vec<(u32, u32)>, Vec<String>) = found.into_iter().unzip();
         let view = ItemView::read(&members, references);
         Ok(Item(Arc::new(Inner {
-            json: json.into(),
+            source: source.clone(),
+            at: (offset as u32, (offset + json.len()) as u32),
             view,
             spans,
             reference_at: reference_at.into(),
@@ -148,7 +163,7 @@ impl Item {
     }
 
     pub fn json(&self) -> &str {
-        &self.0.json
+        &self.0.source[self.0.at.0 as usize..self.0.at.1 as usize]
     }
 
     pub fn view(&self) -> &ItemView {
@@ -157,12 +172,12 @@ impl Item {
 
     /// The resource as a tree, for the few places that need all of it.
     pub fn to_value(&self) -> Value {
-        serde_json::from_str(&self.0.json).unwrap_or(Value::Null)
+        serde_json::from_str(self.json()).unwrap_or(Value::Null)
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.0.json.len()
+        (self.0.at.1 - self.0.at.0) as usize
     }
 
     /// `resourceType`.
@@ -177,7 +192,7 @@ impl Item {
 
     /// One top-level element as a tree (`None` when missing).
     pub fn element(&self, name: &str) -> Option<Value> {
-        let members = Members::parse(&self.0.json).ok()?;
+        let members = Members::parse(self.json()).ok()?;
         members
             .get(name)
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
@@ -683,8 +698,9 @@ impl Item {
     /// [`Item::write_spliced`] from where the members and references lie: bytes copied, the
     /// few changes written in between; nothing read again but `meta` and the patient element.
     fn write_from_spans(&self, spans: &[Span], splice: &Splice<'_>, out: &mut Vec<u8>) {
-        let json = self.0.json.as_bytes();
-        let text = |(a, b): (u32, u32)| &self.0.json[a as usize..b as usize];
+        let whole = self.json();
+        let json = whole.as_bytes();
+        let text = |(a, b): (u32, u32)| &whole[a as usize..b as usize];
         let refs = &self.0.reference_at;
         let mut next_ref = 0;
         out.reserve(json.len() + 256);
@@ -724,7 +740,7 @@ impl Item {
 
     /// [`Item::write_spliced`] by reading the item again (an item whose keys had escapes).
     fn write_reread(&self, splice: &Splice<'_>, out: &mut Vec<u8>) {
-        let Ok(members) = Members::parse(&self.0.json) else {
+        let Ok(members) = Members::parse(self.json()) else {
             out.extend_from_slice(b"null");
             return;
         };
@@ -745,7 +761,7 @@ impl Item {
 
     /// Appends the item with its relative references resolved and nothing else changed.
     pub fn write_resolved(&self, resolve: &dyn Fn(&str) -> String, out: &mut Vec<u8>) {
-        match serde_json::from_str::<&RawValue>(&self.0.json) {
+        match serde_json::from_str::<&RawValue>(self.json()) {
             Ok(raw) => write_rewritten(raw, resolve, out),
             Err(_) => out.extend_from_slice(b"null"),
         }

@@ -194,7 +194,7 @@ impl Peer {
             .await
             .map_err(failure_from_fetch)?;
         let bytes = body.len();
-        let answer = bundle_to_answer(&body).map_err(failure_from_fetch)?;
+        let answer = bundle_to_answer(&body.into()).map_err(failure_from_fetch)?;
         Ok(crate::cache::Fetched {
             answer,
             bytes,
@@ -223,7 +223,7 @@ impl Peer {
             .bearer_auth(token)
             .header("x-request-id", request_id);
         match get_fhir_body(request, max_bytes, budget).await {
-            Ok((body, _)) => bundle_to_answer(&body)
+            Ok((body, _)) => bundle_to_answer(&body.into())
                 .map(Some)
                 .map_err(failure_from_fetch),
             Err(FetchError::Status(404)) => Ok(None),

@@ -338,7 +338,9 @@ pub struct Page {
 impl Page {
     /// Reads a page's text: its resources kept as text, each with its view.
     pub fn read(body: &str) -> Option<Page> {
-        let bundle = crate::fhir::item::BundleText::parse(body).ok()?;
+        // The page's items share one copy of its text.
+        let source: std::sync::Arc<str> = body.into();
+        let bundle = crate::fhir::item::BundleText::parse(&source).ok()?;
         if bundle.resource_type.as_deref() != Some("Bundle")
             || bundle.bundle_type.as_deref() != Some("searchset")
         {
@@ -354,7 +356,7 @@ impl Page {
                 "include" => &mut includes,
                 _ => continue,
             };
-            list.push(Item::parse(resource.get()).ok()?);
+            list.push(Item::parse_in(&source, resource.get()).ok()?);
         }
         Some(Page {
             matches,
