@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes,
-//!   the `{region}.{id}` ids every reference is addressed by) — pure
+//!   the `{region}.{id}` ids every reference is addressed by, and `fhir::item`: a resource
+//!   held as the bytes it came in with a small view of what decisions read) — pure
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
@@ -21,7 +22,8 @@
 //! - [`client`]: outbound HTTP with time and size limits
 //! - [`peers`]: the mTLS client per neighbour and the fan-out with deadlines
 //! - [`pipeline`]: a clinician's query from typed query to answer bytes, as named phases (admit,
-//!   kept view, fan out, view policy, merge, audit, write, keep)
+//!   kept view, fan out, view policy, merge, audit, write, keep); a peer's query on the
+//!   federation face likewise
 //! - [`store`]: the gateway's own store (consent directives, the audit trail, policy versions
 //!   and break-glass reviews): one trait each, SQLite and PostgreSQL, one shared test suite each
 //! - [`governance`]: policy versions read from files, activated, rolled back and followed
