@@ -176,16 +176,6 @@ pub fn bundle_to_answer(body: &std::sync::Arc<str>) -> Result<RecordAnswer, Fetc
     Ok(answer)
 }
 
-/// The `next` link of a Bundle, if any.
-pub fn next_link(bundle: &Value) -> Option<&str> {
-    bundle
-        .get("link")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-        .and_then(|l| l.get("url").and_then(Value::as_str))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +190,6 @@ mod tests {
         ], "link": [{"relation": "next", "url": "https://x/next"}]});
         let a = bundle_to_answer(&b.to_string().into()).unwrap();
         assert_eq!((a.patients.len(), a.items.len()), (1, 1));
-        assert_eq!(next_link(&b), Some("https://x/next"));
         assert_eq!(
             bundle_to_answer(&json!({"resourceType": "Patient"}).to_string().into()),
             Err(FetchError::NotABundle)

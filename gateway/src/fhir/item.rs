@@ -189,14 +189,6 @@ impl Item {
     pub fn id(&self) -> &str {
         self.0.view.id.as_deref().unwrap_or("")
     }
-
-    /// One top-level element as a tree (`None` when missing).
-    pub fn element(&self, name: &str) -> Option<Value> {
-        let members = Members::parse(self.json()).ok()?;
-        members
-            .get(name)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
 }
 
 /// Resources given as trees, as items (what is not a JSON object is left out).
@@ -758,14 +750,6 @@ impl Item {
         }
         splice.finish(!members.0.is_empty(), wrote, out);
     }
-
-    /// Appends the item with its relative references resolved and nothing else changed.
-    pub fn write_resolved(&self, resolve: &dyn Fn(&str) -> String, out: &mut Vec<u8>) {
-        match serde_json::from_str::<&RawValue>(self.json()) {
-            Ok(raw) => write_rewritten(raw, resolve, out),
-            Err(_) => out.extend_from_slice(b"null"),
-        }
-    }
 }
 
 /// Which of the members every written item has were met.
@@ -960,15 +944,6 @@ pub struct BundleText<'a> {
 pub struct EntryText<'a> {
     pub mode: Option<String>,
     pub resource: Option<&'a RawValue>,
-}
-
-impl<'a> EntryText<'a> {
-    /// The resource's `resourceType`, read without reading the rest.
-    pub fn resource_type(&self) -> Option<String> {
-        Members::parse(self.resource?.get())
-            .ok()?
-            .string("resourceType")
-    }
 }
 
 /// A Bundle's shape, read in one pass (each resource left as text).

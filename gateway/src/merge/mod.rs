@@ -1091,49 +1091,6 @@ fn last_segment(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
-/// The entries after a page's matches: every Provenance and outcome, and of the included
-/// resources those the page's matches reference (and what those reference in turn), so that a
-/// page of a large record carries what it needs and not every include of the whole record.
-pub fn page_others(page_matches: &[Value], others: &[Value]) -> Vec<Value> {
-    let is_include = |e: &Value| {
-        e.pointer("/search/mode").and_then(Value::as_str) == Some("include")
-            && e.pointer("/resource/resourceType").and_then(Value::as_str) != Some("Provenance")
-    };
-    let mut wanted: std::collections::HashSet<String> = Default::default();
-    let note = |v: &Value, wanted: &mut std::collections::HashSet<String>| {
-        wanted.extend(
-            crate::fhir::reference::references(v)
-                .into_iter()
-                .map(str::to_owned),
-        );
-    };
-    for m in page_matches {
-        note(m, &mut wanted);
-    }
-    // Includes reference one another (a role names its practitioner): follow until nothing new.
-    let mut kept = vec![false; others.len()];
-    loop {
-        let mut grew = false;
-        for (i, e) in others.iter().enumerate() {
-            let url = e.get("fullUrl").and_then(Value::as_str).unwrap_or("");
-            if !kept[i] && is_include(e) && wanted.contains(url) {
-                kept[i] = true;
-                note(e, &mut wanted);
-                grew = true;
-            }
-        }
-        if !grew {
-            break;
-        }
-    }
-    others
-        .iter()
-        .enumerate()
-        .filter(|(i, e)| kept[*i] || !is_include(e))
-        .map(|(_, e)| e.clone())
-        .collect()
-}
-
 /// One region's resource read by id (`GET /fhir/{Type}/{region}.{id}`), as the gateway shows
 /// it: its id naming the region, its references at this gateway (the patient's at the merged
 /// Patient, when `patient` gives the region's Patient ids and the NHS number), and tagged with

@@ -982,37 +982,3 @@ fn region_tags_of(resource: &Value) -> Vec<String> {
         .map(|t| t["code"].as_str().unwrap().to_owned())
         .collect()
 }
-
-#[test]
-fn a_page_carries_the_includes_its_matches_reference_and_every_provenance() {
-    let include = |url: &str, refs: &[&str]| {
-        let r: Vec<Value> = refs.iter().map(|r| json!({"reference": r})).collect();
-        json!({"fullUrl": url, "search": {"mode": "include"},
-               "resource": {"resourceType": "PractitionerRole", "x": r}})
-    };
-    let others = vec![
-        include("gw/PractitionerRole/a.r1", &["gw/Practitioner/a.p1"]),
-        include("gw/Practitioner/a.p1", &[]),
-        include("gw/Organization/a.o9", &[]),
-        json!({"fullUrl": "urn:uuid:p", "search": {"mode": "include"}, "resource": {"resourceType": "Provenance"}}),
-        json!({"fullUrl": "urn:uuid:o", "search": {"mode": "outcome"}, "resource": {"resourceType": "OperationOutcome"}}),
-    ];
-    let page = vec![
-        json!({"fullUrl": "gw/Observation/a.1", "search": {"mode": "match"},
-        "resource": {"resourceType": "Observation", "performer": [{"reference": "gw/PractitionerRole/a.r1"}]}}),
-    ];
-    let urls: Vec<String> = page_others(&page, &others)
-        .iter()
-        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        urls,
-        vec![
-            "gw/PractitionerRole/a.r1",
-            "gw/Practitioner/a.p1",
-            "urn:uuid:p",
-            "urn:uuid:o"
-        ],
-        "the role, the practitioner it names, and what names the request; not the organisation"
-    );
-}

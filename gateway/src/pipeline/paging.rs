@@ -179,3 +179,46 @@ pub async fn keep(gateway: &Gateway, p: Paged) {
         gateway.pages.insert(p.cursor.clone(), Arc::new(p)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(url: &str, resource: serde_json::Value) -> Written {
+        let json = serde_json::json!({"fullUrl": url, "resource": resource}).to_string();
+        Written {
+            full_url: url.to_owned(),
+            json: json.into(),
+        }
+    }
+
+    #[test]
+    fn a_page_carries_the_includes_its_matches_reference_and_what_those_reference() {
+        let role = |refs: &[&str]| {
+            let r: Vec<Value> = refs
+                .iter()
+                .map(|r| serde_json::json!({"reference": r}))
+                .collect();
+            serde_json::json!({"resourceType": "PractitionerRole", "x": r})
+        };
+        let includes = vec![
+            written("gw/PractitionerRole/a.r1", role(&["gw/Practitioner/a.p1"])),
+            written("gw/Practitioner/a.p1", role(&[])),
+            written("gw/Organization/a.o9", role(&[])),
+        ];
+        let page = vec![written(
+            "gw/Observation/a.1",
+            serde_json::json!({"resourceType": "Observation",
+                "performer": [{"reference": "gw/PractitionerRole/a.r1"}]}),
+        )];
+        let urls: Vec<&str> = page_includes(&page, &includes)
+            .iter()
+            .map(|w| w.full_url.as_str())
+            .collect();
+        assert_eq!(
+            urls,
+            vec!["gw/PractitionerRole/a.r1", "gw/Practitioner/a.p1"],
+            "the role and the practitioner it names; not the organisation"
+        );
+    }
+}
