@@ -191,6 +191,128 @@ impl Item {
     }
 }
 
+impl Item {
+    /// SHA-256 of the item's canonical JSON without the top-level members `skip`, read from
+    /// its text (no tree is built): equal to [`super::canonical_digest_without`] of the item
+    /// as a tree. The top-level member `replace.0`, when it is an object, is written instead
+    /// by `replace.1` (given its text), which must write canonical JSON.
+    pub fn content_digest(
+        &self,
+        skip: &[&str],
+        replace: Option<(&str, &dyn Fn(&str, &mut String))>,
+    ) -> [u8; 32] {
+        super::digest_written(|out| {
+            if write_canonical_top(self.json(), skip, replace, out).is_none() {
+                // Not readable as a tree either (it parsed once): as the tree path does.
+                out.clear();
+                out.push_str("null");
+            }
+        })
+    }
+}
+
+/// A top-level object's canonical JSON (keys sorted, `skip` left out, `replace` applied).
+fn write_canonical_top(
+    json: &str,
+    skip: &[&str],
+    replace: Option<(&str, &dyn Fn(&str, &mut String))>,
+    out: &mut String,
+) -> Option<()> {
+    let members = Members::parse(json).ok()?;
+    let mut pairs = sorted_members(members.0);
+    pairs.retain(|(k, _)| !skip.contains(&k.0.as_ref()));
+    out.push('{');
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        super::write_string(&k.0, out);
+        out.push(':');
+        match replace {
+            Some((name, write)) if k.0 == name && v.get().starts_with('{') => write(v.get(), out),
+            _ => write_canonical_text(v.get(), out)?,
+        }
+    }
+    out.push('}');
+    Some(())
+}
+
+/// The text of an object's member `name` (the last, when repeated, as a tree keeps it).
+pub(crate) fn member_text<'a>(object: &'a str, name: &str) -> Option<&'a str> {
+    let members = Members::parse(object).ok()?;
+    members
+        .0
+        .iter()
+        .rev()
+        .find(|(k, _)| k.0 == name)
+        .map(|(_, v)| v.get())
+}
+
+/// An object's members sorted by key, a repeated key keeping its last value (as a tree does).
+fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a RawValue)>) -> Vec<(Key<'a>, &'a RawValue)> {
+    // Stable: of equal keys the last stays last, and is the one kept.
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(Key<'a>, &'a RawValue)> = Vec::with_capacity(members.len());
+    for m in members {
+        match out.last_mut() {
+            Some(last) if last.0.0 == m.0.0 => *last = m,
+            _ => out.push(m),
+        }
+    }
+    out
+}
+
+/// Any JSON text written as [`super::canonical_json`] writes its tree: keys sorted at every
+/// depth, strings escaped and numbers spelt as serde_json writes them.
+pub(crate) fn write_canonical_text(text: &str, out: &mut String) -> Option<()> {
+    let bytes = text.as_bytes();
+    match bytes.first()? {
+        b'{' => {
+            let members = Members::parse(text).ok()?;
+            out.push('{');
+            for (i, (k, v)) in sorted_members(members.0).iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                super::write_string(&k.0, out);
+                out.push(':');
+                write_canonical_text(v.get(), out)?;
+            }
+            out.push('}');
+        }
+        b'[' => {
+            let elements: Elements<'_> = serde_json::from_str(text).ok()?;
+            out.push('[');
+            for (i, v) in elements.0.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical_text(v.get(), out)?;
+            }
+            out.push(']');
+        }
+        // A string without escapes is written as it came (JSON forbids quotes and control
+        // characters in it unescaped); one with escapes is read and written again.
+        b'"' if !text.contains('\\') => out.push_str(text),
+        b'"' => super::write_string(&serde_json::from_str::<String>(text).ok()?, out),
+        b't' | b'f' | b'n' => out.push_str(text),
+        // A plain whole number is spelt as serde_json spells it; any other is read first
+        // (`1.50` is written `1.5`, `1e2` as `100.0`).
+        _ if bytes.len() <= 18
+            && bytes.iter().all(u8::is_ascii_digit)
+            && (bytes[0] != b'0' || bytes.len() == 1) =>
+        {
+            out.push_str(text)
+        }
+        _ => out.push_str(
+            &serde_json::from_str::<serde_json::Number>(text)
+                .ok()?
+                .to_string(),
+        ),
+    }
+    Some(())
+}
+
 /// Resources given as trees, as items (what is not a JSON object is left out).
 pub fn items_of(values: impl IntoIterator<Item = Value>) -> Vec<Item> {
     values
@@ -200,6 +322,7 @@ pub fn items_of(values: impl IntoIterator<Item = Value>) -> Vec<Item> {
 }
 
 /// An object's key, borrowed unless it had escapes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
@@ -663,8 +786,177 @@ fn collect_references(raw: &RawValue, out: &mut Vec<String>) {
     }
 }
 
-/// What a patient reference becomes, given what it was.
-pub type Replace<'a> = dyn Fn(&Value) -> Value + 'a;
+/// Writes what a patient reference becomes, given its text (an object).
+pub type Replace<'a> = dyn Fn(&str, &mut Vec<u8>) + 'a;
+
+/// What changes in an item's `meta`: its source set, tags added unless one of the same system
+/// and code is there, and extensions appended. Written from `meta`'s text where it has a plain
+/// shape (everything else in it copied as it came), applied to a tree otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct MetaEdit<'a> {
+    pub source: &'a str,
+    /// (system, code, display).
+    pub tags: Vec<(&'a str, &'a str, &'a str)>,
+    /// Appended to `meta.extension` when it is a list (or missing).
+    pub extensions: Vec<Value>,
+}
+
+impl MetaEdit<'_> {
+    /// The edit on a tree (a `meta` that is not an object becomes one).
+    pub fn apply(&self, meta: &mut Value) {
+        if !meta.is_object() {
+            *meta = Value::Object(Default::default());
+        }
+        meta["source"] = Value::String(self.source.to_owned());
+        let obj = meta.as_object_mut().expect("meta is an object");
+        let tags = obj.entry("tag").or_insert_with(|| Value::Array(vec![]));
+        if !tags.is_array() {
+            *tags = Value::Array(vec![]);
+        }
+        let tags = tags.as_array_mut().expect("tag is an array");
+        for &(system, code, display) in &self.tags {
+            let exists = tags.iter().any(|t| {
+                t.get("system").and_then(Value::as_str) == Some(system)
+                    && t.get("code").and_then(Value::as_str) == Some(code)
+            });
+            if !exists {
+                tags.push(serde_json::json!({"system": system, "code": code, "display": display}));
+            }
+        }
+        if !self.extensions.is_empty() {
+            let ext = obj
+                .entry("extension")
+                .or_insert_with(|| Value::Array(vec![]));
+            if let Some(list) = ext.as_array_mut() {
+                list.extend(self.extensions.iter().cloned());
+            }
+        }
+    }
+
+    /// The edit written from `meta`'s text (`None`: the item has none). `false`, having
+    /// written nothing, when `meta` has a shape only a tree reads safely (repeated or escaped
+    /// keys, references, tags that are not plain codings).
+    fn write(&self, meta: Option<&str>, out: &mut Vec<u8>) -> bool {
+        let members = match meta {
+            Some(text) if text.starts_with('{') => {
+                if text.contains("\"reference\"") {
+                    return false;
+                }
+                match Members::parse(text) {
+                    Ok(m) => m.0,
+                    Err(_) => return false,
+                }
+            }
+            _ => Vec::new(),
+        };
+        let plain = |k: &Key<'_>| matches!(k.0, Cow::Borrowed(_));
+        let mut names: Vec<&str> = members.iter().map(|(k, _)| k.0.as_ref()).collect();
+        names.sort_unstable();
+        if !members.iter().all(|(k, _)| plain(k)) || names.windows(2).any(|w| w[0] == w[1]) {
+            return false;
+        }
+        let start = out.len();
+        out.push(b'{');
+        let (mut tagged, mut extended) = (false, false);
+        let sep = |out: &mut Vec<u8>| {
+            if out.len() > start + 1 {
+                out.push(b',');
+            }
+        };
+        for (k, v) in &members {
+            sep(out);
+            out.push(b'"');
+            out.extend_from_slice(k.0.as_bytes());
+            out.extend_from_slice(b"\":");
+            match k.0.as_ref() {
+                "source" => write_str(self.source, out),
+                "tag" => {
+                    tagged = true;
+                    let list = if v.get().starts_with('[') {
+                        Some(v.get())
+                    } else {
+                        None
+                    };
+                    if !self.write_tags(list, out) {
+                        out.truncate(start);
+                        return false;
+                    }
+                }
+                "extension" if !self.extensions.is_empty() => {
+                    extended = true;
+                    if v.get().starts_with('[') {
+                        append_to_list(v.get(), self.extensions.iter(), out);
+                    } else {
+                        out.extend_from_slice(v.get().as_bytes());
+                    }
+                }
+                _ => out.extend_from_slice(v.get().as_bytes()),
+            }
+        }
+        if members.iter().all(|(k, _)| k.0 != "source") {
+            sep(out);
+            out.extend_from_slice(b"\"source\":");
+            write_str(self.source, out);
+        }
+        if !tagged {
+            sep(out);
+            out.extend_from_slice(b"\"tag\":");
+            self.write_tags(None, out);
+        }
+        if !extended && !self.extensions.is_empty() {
+            sep(out);
+            out.extend_from_slice(b"\"extension\":");
+            append_to_list("[]", self.extensions.iter(), out);
+        }
+        out.push(b'}');
+        true
+    }
+
+    /// `meta.tag` with the tags it lacks appended (`None`: there is no list); `false` when
+    /// a tag is not a plain coding.
+    fn write_tags(&self, list: Option<&str>, out: &mut Vec<u8>) -> bool {
+        let mut present: Vec<(Option<Cow<'_, str>>, Option<Cow<'_, str>>)> = Vec::new();
+        if let Some(text) = list {
+            let Ok(elements) = serde_json::from_str::<Elements<'_>>(text) else {
+                return false;
+            };
+            for e in elements.0 {
+                if e.get().starts_with('{') {
+                    match serde_json::from_str::<CodingShape<'_>>(e.get()) {
+                        Ok(c) => present.push((c.system, c.code)),
+                        Err(_) => return false,
+                    }
+                }
+            }
+        }
+        let mut added: Vec<Value> = Vec::new();
+        for &(system, code, display) in &self.tags {
+            let exists = present
+                .iter()
+                .any(|(s, c)| s.as_deref() == Some(system) && c.as_deref() == Some(code));
+            if !exists {
+                present.push((Some(Cow::Borrowed(system)), Some(Cow::Borrowed(code))));
+                added.push(serde_json::json!({"system": system, "code": code, "display": display}));
+            }
+        }
+        append_to_list(list.unwrap_or("[]"), added.iter(), out);
+        true
+    }
+}
+
+/// A JSON list's text with `more` appended (the list's own elements copied as they came).
+fn append_to_list<'v>(list: &str, more: impl Iterator<Item = &'v Value>, out: &mut Vec<u8>) {
+    let inner = list.trim_end().strip_suffix(']').unwrap_or("[");
+    let empty = inner.trim_end() == "[";
+    out.extend_from_slice(if empty { b"[" } else { inner.as_bytes() });
+    for (i, v) in more.enumerate() {
+        if i > 0 || !empty {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    out.push(b']');
+}
 
 /// How an item is written: what changes, everything else copied.
 pub struct Splice<'a> {
@@ -672,8 +964,8 @@ pub struct Splice<'a> {
     pub id: &'a str,
     /// The patient element and what replaces it (written as given).
     pub patient: Option<(&'static str, &'a Replace<'a>)>,
-    /// Changes `meta` (given `{}` when the item has none).
-    pub meta: &'a dyn Fn(&mut Value),
+    /// What changes in `meta` (which is added when the item has none).
+    pub meta: &'a MetaEdit<'a>,
     /// The address of a relative reference (`Type/id`).
     pub resolve: &'a dyn Fn(&str) -> String,
 }
@@ -777,18 +1069,16 @@ impl Splice<'_> {
             }
             "meta" => {
                 wrote.meta = true;
-                let mut meta: Value = serde_json::from_str(value).unwrap_or(Value::Null);
-                if !meta.is_object() {
-                    meta = Value::Object(Default::default());
+                if !self.meta.write(Some(value), out) {
+                    let mut meta: Value = serde_json::from_str(value).unwrap_or(Value::Null);
+                    self.meta.apply(&mut meta);
+                    qualify_references(&mut meta, self.resolve);
+                    let _ = serde_json::to_writer(&mut *out, &meta);
                 }
-                (self.meta)(&mut meta);
-                qualify_references(&mut meta, self.resolve);
-                let _ = serde_json::to_writer(&mut *out, &meta);
             }
             name if self.patient.is_some_and(|(e, _)| e == name) && value.starts_with('{') => {
                 let (_, replace) = self.patient.expect("checked");
-                let old: Value = serde_json::from_str(value).unwrap_or(Value::Null);
-                let _ = serde_json::to_writer(&mut *out, &replace(&old));
+                replace(value, out);
             }
             _ => other(out),
         }
@@ -805,10 +1095,8 @@ impl Splice<'_> {
         };
         if !wrote.meta {
             sep(out);
-            let mut meta = Value::Object(Default::default());
-            (self.meta)(&mut meta);
             out.extend_from_slice(b"\"meta\":");
-            let _ = serde_json::to_writer(&mut *out, &meta);
+            self.meta.write(None, out);
         }
         if !wrote.id {
             sep(out);
@@ -1115,7 +1403,10 @@ mod tests {
             &Splice {
                 id: "dorset.o1",
                 patient: None,
-                meta: &|m| m["source"] = json!("https://d.example"),
+                meta: &MetaEdit {
+                    source: "https://d.example",
+                    ..MetaEdit::default()
+                },
                 resolve: &|r| format!("https://gw.example/{r}"),
             },
             &mut out,
@@ -1139,12 +1430,20 @@ mod tests {
     fn spliced_equals_the_tree_edit() {
         let item = Item::from_value(&obs()).unwrap();
         let replace = |old: &Value| json!({"reference": "https://gw/Patient/9", "display": old["display"].clone()});
+        let write = |old: &str, out: &mut Vec<u8>| {
+            let _ = serde_json::to_writer(out, &replace(&serde_json::from_str(old).unwrap()));
+        };
+        let edit = MetaEdit {
+            source: "https://d.example",
+            tags: vec![("urn:r", "r", "R")],
+            extensions: vec![json!({"url": "urn:x", "valueCode": "y"})],
+        };
         let mut out = Vec::new();
         item.write_spliced(
             &Splice {
                 id: "r.o1",
-                patient: Some(("subject", &replace)),
-                meta: &|m| m["tag"] = json!([{"code": "r"}]),
+                patient: Some(("subject", &write)),
+                meta: &edit,
                 resolve: &|r| format!("https://gw/{r}"),
             },
             &mut out,
@@ -1153,7 +1452,7 @@ mod tests {
         let mut want = obs();
         want["id"] = json!("r.o1");
         want["subject"] = replace(&want["subject"]);
-        want["meta"]["tag"] = json!([{"code": "r"}]);
+        edit.apply(&mut want["meta"]);
         qualify_references(&mut want, &|r| format!("https://gw/{r}"));
         assert_eq!(got, want);
     }
@@ -1173,7 +1472,10 @@ mod tests {
             &Splice {
                 id: "r.c",
                 patient: None,
-                meta: &|m| m["source"] = json!("s"),
+                meta: &MetaEdit {
+                    source: "s",
+                    ..MetaEdit::default()
+                },
                 resolve: &|r| format!("https://gw/{r}"),
             },
             &mut out,
@@ -1181,7 +1483,7 @@ mod tests {
         let got: Value = serde_json::from_slice(&out).unwrap();
         let mut want: Value = serde_json::from_str(text).unwrap();
         want["id"] = json!("r.c");
-        want["meta"] = json!({"source": "s"});
+        want["meta"] = json!({"source": "s", "tag": []});
         qualify_references(&mut want, &|r| format!("https://gw/{r}"));
         assert_eq!(got, want);
     }
@@ -1190,5 +1492,107 @@ mod tests {
     fn not_an_object_is_refused() {
         assert!(Item::parse("[1]").is_err());
         assert!(Item::parse("{").is_err());
+    }
+
+    /// The digest read from text is the tree's, whatever the spelling: escapes, numbers spelt
+    /// in other ways, repeated keys, unicode, nesting, whitespace.
+    #[test]
+    fn content_digest_from_text_equals_the_trees() {
+        let texts = [
+            obs().to_string(),
+            serde_json::to_string_pretty(&obs()).unwrap(),
+            r#"{"resourceType":"Observation","id":"x","valueQuantity":{"value":1.50,"unit":"mmol/L"},"n":[1e2,-0,0,12,-7,3.0,18446744073709551616,0.1],"s":"tab\tquote\" \u00e9 \u2028"}"#.into(),
+            r#"{"b":1,"a":{"z":[{"y":null,"x":true}],"a":false},"b":2,"id":"dup","meta":{"k":1}}"#.into(),
+            r#"{"esc\u0061ped":"k","subject":{"reference":"Patient/p","display":"D\u00e9"}}"#.into(),
+            r#"{ "spaced" : [ 1 , { "k" : "v" } ] , "empty":{} , "none":[] }"#.into(),
+        ];
+        for text in texts {
+            let item = Item::parse(&text).unwrap();
+            let tree: Value = serde_json::from_str(&text).unwrap();
+            for skip in [&[][..], &["id", "meta"][..]] {
+                assert_eq!(
+                    item.content_digest(skip, None),
+                    crate::fhir::canonical_digest_without(&tree, skip),
+                    "{text} without {skip:?}"
+                );
+            }
+        }
+        // A replaced member is written as given.
+        let item = Item::parse(r#"{"subject":{"reference":"Patient/1"},"a":1}"#).unwrap();
+        let replaced = item.content_digest(
+            &[],
+            Some(("subject", &|_: &str, out: &mut String| out.push_str("7"))),
+        );
+        assert_eq!(
+            replaced,
+            crate::fhir::canonical_digest_without(&json!({"a": 1, "subject": 7}), &[])
+        );
+    }
+
+    /// `meta` written from its text equals the edit applied to its tree, for every shape: none,
+    /// tags present or not, a tag already there, lists that are not lists, extensions, and the
+    /// shapes left to the tree (escaped or repeated keys, references, odd tags).
+    #[test]
+    fn meta_written_from_text_equals_the_tree_edit() {
+        let edits = [
+            MetaEdit {
+                source: "https://a",
+                ..MetaEdit::default()
+            },
+            MetaEdit {
+                source: "https://b",
+                tags: vec![
+                    ("urn:region", "dorset", "Dorset"),
+                    ("urn:region", "wessex", "Wessex"),
+                ],
+                extensions: vec![
+                    json!({"url": "urn:other", "extension": [{"url": "region", "valueCode": "w"}]}),
+                ],
+            },
+        ];
+        let metas = [
+            None,
+            Some(r#"{}"#),
+            Some(r#""x""#),
+            Some(r#"{"lastUpdated":"2024-01-01T00:00:00Z","source":"old","versionId":"3"}"#),
+            Some(
+                r#"{"tag":[{"system":"urn:region","code":"dorset","display":"Old"},{"code":"z"}, "odd" ]}"#,
+            ),
+            Some(r#"{ "tag" : [ ] , "extension" : [ {"url":"urn:e"} ] }"#),
+            Some(r#"{"tag":{"not":"a list"},"extension":"not a list","security":[{"code":"R"}]}"#),
+            Some(r#"{"t\u0061g":[],"source":"s"}"#),
+            Some(r#"{"source":"a","source":"b"}"#),
+            Some(r#"{"tag":[{"system":1,"code":"dorset"}]}"#),
+            Some(r#"{"extension":[{"valueReference":{"reference":"Device/d"}}]}"#),
+        ];
+        for edit in &edits {
+            for meta in metas {
+                let text = match meta {
+                    Some(m) => format!(r#"{{"resourceType":"Observation","meta":{m},"id":"o"}}"#),
+                    None => r#"{"resourceType":"Observation","id":"o"}"#.to_owned(),
+                };
+                let item = Item::parse(&text).unwrap();
+                let resolve = |r: &str| format!("https://gw/{r}");
+                let mut out = Vec::new();
+                item.write_spliced(
+                    &Splice {
+                        id: "r.o",
+                        patient: None,
+                        meta: edit,
+                        resolve: &resolve,
+                    },
+                    &mut out,
+                );
+                let got: Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                let mut want: Value = serde_json::from_str(&text).unwrap();
+                want["id"] = json!("r.o");
+                let mut m = want.get("meta").cloned().unwrap_or(Value::Null);
+                edit.apply(&mut m);
+                qualify_references(&mut m, &resolve);
+                want["meta"] = m;
+                assert_eq!(got, want, "{text}");
+            }
+        }
     }
 }

@@ -45,13 +45,19 @@ pub fn canonical_json_without(value: &Value, skip: &[&str]) -> String {
 /// quick to compare). The text is built in one buffer and hashed once (many small updates of
 /// the hash cost more).
 pub fn canonical_digest_without(value: &Value, skip: &[&str]) -> [u8; 32] {
+    digest_written(|text| write_top(value, skip, text))
+}
+
+/// SHA-256 of the canonical text `write` writes, in a buffer kept between calls (the merge
+/// digests many items; many small updates of the hash cost more than one).
+pub(crate) fn digest_written(write: impl FnOnce(&mut String)) -> [u8; 32] {
     thread_local! {
         // The text's buffer, kept between calls: the merge digests every item.
         static TEXT: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(4096));
     }
     TEXT.with_borrow_mut(|text| {
         text.clear();
-        write_top(value, skip, text);
+        write(text);
         let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
         if text.capacity() > 1 << 20 {
             // One huge item does not pin a megabyte to the thread.
@@ -62,7 +68,7 @@ pub fn canonical_digest_without(value: &Value, skip: &[&str]) -> [u8; 32] {
 }
 
 /// Where canonical JSON is written.
-trait Out {
+pub(crate) trait Out {
     fn put(&mut self, s: &str);
 }
 
@@ -99,7 +105,7 @@ fn write_object(map: &serde_json::Map<String, Value>, skip: &[&str], out: &mut i
 }
 
 /// A JSON string literal, escaped as serde_json escapes it.
-fn write_string(s: &str, out: &mut impl Out) {
+pub(crate) fn write_string(s: &str, out: &mut impl Out) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.put("\"");
         out.put(s);

@@ -986,7 +986,7 @@ pub fn merge_view(
             let splice = Splice {
                 id,
                 patient: None,
-                meta: &|m| tag_meta(m, &results[inc.origin].region.base_url, regions()),
+                meta: &region_edit(&results[inc.origin].region.base_url, regions()),
                 resolve: &|local| resolve_from(inc.origin, local),
             };
             Written::of(inc.url.clone(), SearchMode::Include, |out| {
@@ -1012,17 +1012,17 @@ pub fn merge_view(
                 .push(url_by_key[&slot.key].as_str());
         }
     }
-    let pointed = |old: &Value| pointed_patient(old, &patient_url, nhs);
+    let pointed = |old: &str, out: &mut Vec<u8>| write_pointed(old, &patient_url, nhs, out);
     let finished = crate::parallel::map(slots, |slot: Slot| {
         let origin = &results[slot.origin].region;
         let full_url = &url_by_key[&slot.key];
         let regions = || slot.regions.iter().map(|&i| &results[i].region);
-        let meta = |m: &mut Value| {
-            tag_meta(m, &origin.base_url, regions());
-            for v in &slot.other_versions {
-                note_other_version(m, &results[v.region].region, v.updated.as_deref());
-            }
-        };
+        let mut meta = region_edit(&origin.base_url, regions());
+        meta.extensions = slot
+            .other_versions
+            .iter()
+            .map(|v| other_version(&results[v.region].region, v.updated.as_deref()))
+            .collect();
         let splice = Splice {
             id: last_segment(full_url),
             patient: Some((slot.rtype.patient_element(), &pointed)),
@@ -1154,9 +1154,7 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
                 .identifiers
                 .iter()
                 .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
-                .chain(digest.then(|| {
-                    crate::fhir::canonical_digest_without(&item.to_value(), &["id", "meta"])
-                }))
+                .chain(digest.then(|| item.content_digest(&["id", "meta"], None)))
                 .collect();
             let found = keys.iter().find_map(|k| {
                 index
@@ -1226,14 +1224,31 @@ fn id_of(resource: &Value) -> &str {
 /// Identity of content for deduplication: the resource, pointed at the merged Patient,
 /// without its region-local `id` and `meta`, in canonical JSON (keys sorted at every depth).
 fn content_key(item: &Item, patient_url: &str, nhs: &str) -> ContentKey {
-    let mut tree = item.to_value();
-    if let Some(rtype) = item.view().kind
-        && let Some(r) = tree.get_mut(rtype.patient_element())
-        && r.is_object()
-    {
-        *r = pointed_patient(r, patient_url, nhs);
+    let pointed = |old: &str, out: &mut String| write_pointed_canonical(old, patient_url, nhs, out);
+    let replace = item
+        .view()
+        .kind
+        .map(|k| (k.patient_element(), &pointed as &dyn Fn(&str, &mut String)));
+    item.content_digest(&["id", "meta"], replace)
+}
+
+/// [`write_pointed`] of the reference `old` (its text), in canonical JSON.
+fn write_pointed_canonical(old: &str, patient_url: &str, nhs: &str, out: &mut String) {
+    out.push('{');
+    if let Some(display) = crate::fhir::item::member_text(old, "display") {
+        out.push_str("\"display\":");
+        if crate::fhir::item::write_canonical_text(display, out).is_none() {
+            out.push_str("null");
+        }
+        out.push(',');
     }
-    crate::fhir::canonical_digest_without(&tree, &["id", "meta"])
+    out.push_str("\"identifier\":{\"system\":");
+    crate::fhir::write_string(crate::fhir::nhs::NHS_NUMBER_SYSTEM, out);
+    out.push_str(",\"value\":");
+    crate::fhir::write_string(nhs, out);
+    out.push_str("},\"reference\":");
+    crate::fhir::write_string(patient_url, out);
+    out.push('}');
 }
 
 /// An item's identity in the merge: SHA-256 of its canonical content, or of a business
@@ -1241,22 +1256,25 @@ fn content_key(item: &Item, patient_url: &str, nhs: &str) -> ContentKey {
 type ContentKey = [u8; 32];
 
 /// The region-local patient reference becomes the merged Patient's, so the reference resolves
-/// inside the Bundle (or at this gateway) and identical items from two regions compare equal.
-fn pointed_patient(old: &Value, patient_url: &str, nhs: &str) -> Value {
-    let mut r = serde_json::Map::new();
-    r.insert("reference".into(), Value::String(patient_url.to_owned()));
-    r.insert(
-        "identifier".into(),
-        json!({"system": crate::fhir::nhs::NHS_NUMBER_SYSTEM, "value": nhs}),
-    );
-    if let Some(d) = old.get("display") {
-        r.insert("display".into(), d.clone());
+/// inside the Bundle (or at this gateway) and identical items from two regions compare equal:
+/// written from the old reference's text, whose `display` is kept as it came.
+fn write_pointed(old: &str, patient_url: &str, nhs: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"reference\":");
+    let _ = serde_json::to_writer(&mut *out, patient_url);
+    out.extend_from_slice(b",\"identifier\":{\"system\":");
+    let _ = serde_json::to_writer(&mut *out, crate::fhir::nhs::NHS_NUMBER_SYSTEM);
+    out.extend_from_slice(b",\"value\":");
+    let _ = serde_json::to_writer(&mut *out, nhs);
+    out.push(b'}');
+    if let Some(display) = crate::fhir::item::member_text(old, "display") {
+        out.extend_from_slice(b",\"display\":");
+        out.extend_from_slice(display.as_bytes());
     }
-    Value::Object(r)
+    out.push(b'}');
 }
 
 /// Adds `meta.source` and one `meta.tag` per region, keeping whatever meta the region sent.
-fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a RegionInfo>) {
+fn tag<'a>(resource: &mut Value, source: &'a str, regions: impl Iterator<Item = &'a RegionInfo>) {
     let Some(obj) = resource.as_object_mut() else {
         return;
     };
@@ -1265,28 +1283,21 @@ fn tag<'a>(resource: &mut Value, source: &str, regions: impl Iterator<Item = &'a
 }
 
 /// [`tag`] on the resource's `meta`.
-fn tag_meta<'a>(meta: &mut Value, source: &str, regions: impl Iterator<Item = &'a RegionInfo>) {
-    if !meta.is_object() {
-        *meta = json!({});
-    }
-    meta["source"] = Value::String(source.to_owned());
-    let tags = meta
-        .as_object_mut()
-        .expect("meta is an object")
-        .entry("tag")
-        .or_insert_with(|| json!([]));
-    if !tags.is_array() {
-        *tags = json!([]);
-    }
-    let tags = tags.as_array_mut().expect("tag is an array");
-    for r in regions {
-        let exists = tags.iter().any(|t| {
-            t.get("system").and_then(Value::as_str) == Some(REGION_TAG_SYSTEM)
-                && t.get("code").and_then(Value::as_str) == Some(&r.code)
-        });
-        if !exists {
-            tags.push(json!({"system": REGION_TAG_SYSTEM, "code": r.code, "display": r.name}));
-        }
+fn tag_meta<'a>(meta: &mut Value, source: &'a str, regions: impl Iterator<Item = &'a RegionInfo>) {
+    region_edit(source, regions).apply(meta);
+}
+
+/// What [`tag`] changes in `meta`: its source, and a tag for each region holding the item.
+fn region_edit<'a>(
+    source: &'a str,
+    regions: impl Iterator<Item = &'a RegionInfo>,
+) -> crate::fhir::item::MetaEdit<'a> {
+    crate::fhir::item::MetaEdit {
+        source,
+        tags: regions
+            .map(|r| (REGION_TAG_SYSTEM, r.code.as_str(), r.name.as_str()))
+            .collect(),
+        extensions: Vec::new(),
     }
 }
 
@@ -1328,20 +1339,14 @@ fn note_sources(element: &mut Value, regions: &BTreeSet<&str>) {
 /// The extension that records another region's version of an item shown once.
 pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
 
-/// Records in `meta.extension` that `region` holds another version of this item (last
+/// The `meta.extension` that records that `region` holds another version of this item (last
 /// updated at `updated`), so nothing is dropped silently.
-fn note_other_version(meta: &mut Value, region: &RegionInfo, updated: Option<&str>) {
-    let Some(meta) = meta.as_object_mut() else {
-        return;
-    };
-    let ext = meta.entry("extension").or_insert_with(|| json!([]));
-    if let Some(list) = ext.as_array_mut() {
-        let mut parts = vec![json!({"url": "region", "valueCode": region.code})];
-        if let Some(u) = updated {
-            parts.push(json!({"url": "lastUpdated", "valueInstant": u}));
-        }
-        list.push(json!({"url": OTHER_VERSION_EXTENSION, "extension": parts}));
+fn other_version(region: &RegionInfo, updated: Option<&str>) -> Value {
+    let mut parts = vec![json!({"url": "region", "valueCode": region.code})];
+    if let Some(u) = updated {
+        parts.push(json!({"url": "lastUpdated", "valueInstant": u}));
     }
+    json!({"url": OTHER_VERSION_EXTENSION, "extension": parts})
 }
 
 fn key_of(text: &str) -> ContentKey {

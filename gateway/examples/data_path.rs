@@ -1,0 +1,165 @@
+//! The data path alone, in a loop, for a profiler: each region's answer read from its text
+//! (as a peer sends it), the view policy, the merge and the Bundle written.
+//! `cargo run --release -p gateway --example data_path -- d 20` (scenario, iterations).
+
+#[path = "../benches/common/answers.rs"]
+mod answers;
+
+use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
+use gateway::auth::UserContext;
+use gateway::merge::{MismatchPolicy, RegionResult, ViewContext, merge_view};
+use policy::DecisionPoint;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Each region's answer as the searchset text a peer sends.
+fn as_text(results: &[RegionResult]) -> Vec<(gateway::merge::RegionInfo, std::sync::Arc<str>)> {
+    results
+        .iter()
+        .map(|r| {
+            let a = r.outcome.as_ref().expect("an answer");
+            let mut entries: Vec<serde_json::Value> = a
+                .patients
+                .iter()
+                .map(|p| serde_json::json!({"resource": p, "search": {"mode": "match"}}))
+                .collect();
+            entries.extend(a.items.iter().map(|i| {
+                serde_json::json!({"fullUrl": format!("https://x/fhir/{}/{}", i.rtype(), i.id()), "resource": i.to_value(), "search": {"mode": "match"}})
+            }));
+            let text = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries}).to_string();
+            (r.region.clone(), text.into())
+        })
+        .collect()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_else(|| "d".into());
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let (query, results) = match scenario.as_str() {
+        "b" => answers::regions_answers(8, 20 * 1024),
+        "m" => answers::large_answers(11 * 1024 * 1024),
+        _ => answers::large_answers(2 * 1024 * 1024),
+    };
+    let texts = as_text(&results);
+    let bytes: usize = texts.iter().map(|(_, t)| t.len()).sum();
+    let set = embedded_policy_set().unwrap();
+    let user = UserContext {
+        user_id: "bench".into(),
+        role: "R8000".into(),
+        organisation: "RBD".into(),
+        purpose_of_use: Some("TREAT".into()),
+        break_glass: None,
+    };
+    // Each phase alone, for orientation (the last of three rounds).
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        for (_, text) in &texts {
+            std::hint::black_box(gateway::fhir::item::BundleText::parse(text).unwrap());
+        }
+        let envelope = t.elapsed();
+        let t = std::time::Instant::now();
+        let answers: Vec<_> = texts
+            .iter()
+            .map(|(_, text)| gateway::client::bundle_to_answer(text).unwrap())
+            .collect();
+        let read = t.elapsed();
+        let t = std::time::Instant::now();
+        let mut gk = Gatekeeper::new(&set, &user, "bench", DecisionPoint::View, "bench");
+        let mut report = Filtered::default();
+        let results: Vec<RegionResult> = answers
+            .into_iter()
+            .zip(&texts)
+            .map(|(a, (region, _))| RegionResult {
+                region: region.clone(),
+                outcome: Ok(gk.filter(a, &region.code, &mut report)),
+                elapsed_ms: 1,
+            })
+            .collect();
+        let policy = t.elapsed();
+        let t = std::time::Instant::now();
+        let view = merge_view(
+            &query,
+            results,
+            ViewContext {
+                gateway_base: "https://gw/fhir",
+                issues: vec![],
+                on_mismatch: MismatchPolicy::Warn,
+            },
+        );
+        let merged = t.elapsed();
+        let t = std::time::Instant::now();
+        let entries = view.written();
+        let body = gateway::fhir::write_searchset(
+            "b",
+            "now",
+            "https://gw/fhir/x",
+            view.total,
+            &entries,
+            &[],
+        );
+        let written = t.elapsed();
+        let t = std::time::Instant::now();
+        drop((view, entries, body));
+        let dropped = t.elapsed();
+        eprintln!(
+            "envelope only {envelope:?}; read {read:?}; policy {policy:?}; merge {merged:?}; write {written:?}; drop {dropped:?}"
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut out_bytes = 0;
+    for _ in 0..n {
+        out_bytes += one_request(&query, &texts, &set, &user);
+    }
+    let per = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    eprintln!(
+        "{scenario}: {bytes} bytes in, {} out; {per:.2} ms per request ({:.1} ns/byte)",
+        out_bytes / n,
+        per * 1e6 / bytes as f64
+    );
+}
+
+/// One request's data path: read, view policy, merge, write. Its own function so that a
+/// profiler can count it alone (`valgrind --tool=callgrind --toggle-collect=*one_request*`).
+#[inline(never)]
+fn one_request(
+    query: &gateway::query::PatientQuery,
+    texts: &[(gateway::merge::RegionInfo, std::sync::Arc<str>)],
+    set: &policy::PolicySet,
+    user: &UserContext,
+) -> usize {
+    let mut gk = Gatekeeper::new(set, user, "bench", DecisionPoint::View, "bench");
+    let mut report = Filtered::default();
+    let results: Vec<RegionResult> = texts
+        .iter()
+        .map(|(region, text)| {
+            let answer = gateway::client::bundle_to_answer(text).expect("a Bundle");
+            RegionResult {
+                region: region.clone(),
+                outcome: Ok(gk.filter(answer, &region.code, &mut report)),
+                elapsed_ms: 1,
+            }
+        })
+        .collect();
+    let view = merge_view(
+        query,
+        results,
+        ViewContext {
+            gateway_base: "https://gw/fhir",
+            issues: vec![],
+            on_mismatch: MismatchPolicy::Warn,
+        },
+    );
+    let entries = view.written();
+    let tail = view.request_entries(
+        &gateway::merge::Envelope {
+            bundle_id: "b",
+            now: "2026-01-01T00:00:00Z",
+            self_link: "https://gw/fhir/x",
+        },
+        |c| c.elapsed_ms,
+    );
+    gateway::fhir::write_searchset("b", "now", "https://gw/fhir/x", view.total, &entries, &tail)
+        .len()
+}
