@@ -107,6 +107,26 @@ pub fn fhir_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     response
 }
 
+/// A FHIR response whose Bundle is sent in chunks as it is read out of its parts (its
+/// entries shared, never joined into one buffer); its length is known and said.
+pub fn fhir_bundle_response(status: StatusCode, bundle: crate::fhir::BundleBytes) -> Response {
+    /// About what a TLS record holds: few writes, and little held beyond the entries.
+    const CHUNK: usize = 64 * 1024;
+    let len = bundle.len();
+    let chunks = bundle
+        .chunks(CHUNK)
+        .map(|c| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(c)));
+    let mut response = (
+        status,
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

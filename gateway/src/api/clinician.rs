@@ -20,7 +20,7 @@ use policy::DecisionPoint;
 
 /// A purpose of use given with the request, honoured only when the token carries none.
 pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
-use crate::error::fhir_bytes_response;
+use crate::error::fhir_bundle_response;
 use crate::query;
 
 /// The clinician face's router.
@@ -220,7 +220,7 @@ async fn search(
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_search(&type_name, &ask.pairs, ask.lenient)?;
     let body = crate::pipeline::search(&gateway, &ask, parsed).await?;
-    Ok(fhir_bytes_response(StatusCode::OK, body))
+    Ok(fhir_bundle_response(StatusCode::OK, body))
 }
 
 async fn everything(
@@ -233,7 +233,7 @@ async fn everything(
     let ask = ask(&gateway, &parts, raw.as_deref())?;
     let parsed = query::parse_everything(&id, &ask.pairs, ask.lenient)?;
     let body = crate::pipeline::search(&gateway, &ask, parsed).await?;
-    Ok(fhir_bytes_response(StatusCode::OK, body))
+    Ok(fhir_bundle_response(StatusCode::OK, body))
 }
 
 /// `DELETE /admin/cache?patient={nhs}&region={code}`: empties the response cache of a patient,

@@ -347,7 +347,7 @@ async fn answer(
         audit: crate::audit::slot::AuditSlot::of(request),
     };
     let released = crate::pipeline::federation::release(gateway, &asked, parsed).await?;
-    let mut response = crate::error::fhir_bytes_response(StatusCode::OK, released.body);
+    let mut response = crate::error::fhir_bundle_response(StatusCode::OK, released.body);
     if let Ok(v) = http::HeaderValue::from_str(&released.cache_control) {
         response
             .headers_mut()

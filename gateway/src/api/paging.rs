@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::clinician::ask;
 use crate::app::Gateway;
-use crate::error::{ApiError, fhir_bytes_response};
+use crate::error::{ApiError, fhir_bundle_response};
 
 /// `GET /fhir/_page?cursor=…&offset=…`: a further page of a merged result.
 pub async fn page(
@@ -45,5 +45,5 @@ pub async fn page(
         e.released = paged.shown(offset);
         e.detail["page_of"] = json!(paged.bundle_id);
     });
-    Ok(fhir_bytes_response(StatusCode::OK, body))
+    Ok(fhir_bundle_response(StatusCode::OK, body))
 }

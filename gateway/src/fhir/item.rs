@@ -191,16 +191,16 @@ impl Item {
     }
 }
 
+/// A top-level member written otherwise in canonical JSON: its name, and what writes it
+/// (given the member's text).
+pub type Replaced<'a> = (&'a str, &'a dyn Fn(&str, &mut String));
+
 impl Item {
     /// SHA-256 of the item's canonical JSON without the top-level members `skip`, read from
     /// its text (no tree is built): equal to [`super::canonical_digest_without`] of the item
     /// as a tree. The top-level member `replace.0`, when it is an object, is written instead
     /// by `replace.1` (given its text), which must write canonical JSON.
-    pub fn content_digest(
-        &self,
-        skip: &[&str],
-        replace: Option<(&str, &dyn Fn(&str, &mut String))>,
-    ) -> [u8; 32] {
+    pub fn content_digest(&self, skip: &[&str], replace: Option<Replaced<'_>>) -> [u8; 32] {
         super::digest_written(|out| {
             if write_canonical_top(self.json(), skip, replace, out).is_none() {
                 // Not readable as a tree either (it parsed once): as the tree path does.
@@ -215,7 +215,7 @@ impl Item {
 fn write_canonical_top(
     json: &str,
     skip: &[&str],
-    replace: Option<(&str, &dyn Fn(&str, &mut String))>,
+    replace: Option<Replaced<'_>>,
     out: &mut String,
 ) -> Option<()> {
     let members = Members::parse(json).ok()?;
@@ -915,7 +915,7 @@ impl MetaEdit<'_> {
     /// `meta.tag` with the tags it lacks appended (`None`: there is no list); `false` when
     /// a tag is not a plain coding.
     fn write_tags(&self, list: Option<&str>, out: &mut Vec<u8>) -> bool {
-        let mut present: Vec<(Option<Cow<'_, str>>, Option<Cow<'_, str>>)> = Vec::new();
+        let mut present: Vec<CodingShape<'_>> = Vec::new();
         if let Some(text) = list {
             let Ok(elements) = serde_json::from_str::<Elements<'_>>(text) else {
                 return false;
@@ -923,7 +923,7 @@ impl MetaEdit<'_> {
             for e in elements.0 {
                 if e.get().starts_with('{') {
                     match serde_json::from_str::<CodingShape<'_>>(e.get()) {
-                        Ok(c) => present.push((c.system, c.code)),
+                        Ok(c) => present.push(c),
                         Err(_) => return false,
                     }
                 }
@@ -933,9 +933,12 @@ impl MetaEdit<'_> {
         for &(system, code, display) in &self.tags {
             let exists = present
                 .iter()
-                .any(|(s, c)| s.as_deref() == Some(system) && c.as_deref() == Some(code));
+                .any(|c| c.system.as_deref() == Some(system) && c.code.as_deref() == Some(code));
             if !exists {
-                present.push((Some(Cow::Borrowed(system)), Some(Cow::Borrowed(code))));
+                present.push(CodingShape {
+                    system: Some(Cow::Borrowed(system)),
+                    code: Some(Cow::Borrowed(code)),
+                });
                 added.push(serde_json::json!({"system": system, "code": code, "display": display}));
             }
         }
@@ -1521,7 +1524,7 @@ mod tests {
         let item = Item::parse(r#"{"subject":{"reference":"Patient/1"},"a":1}"#).unwrap();
         let replaced = item.content_digest(
             &[],
-            Some(("subject", &|_: &str, out: &mut String| out.push_str("7"))),
+            Some(("subject", &|_: &str, out: &mut String| out.push('7'))),
         );
         assert_eq!(
             replaced,

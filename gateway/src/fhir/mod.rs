@@ -289,6 +289,20 @@ pub fn write_searchset_linked(
     first: &SerializedEntries,
     rest: &[Value],
 ) -> Vec<u8> {
+    searchset_bytes(id, timestamp, links, total, first, rest).into_vec()
+}
+
+/// [`write_searchset_linked`] as the parts it is made of: the entries already written are
+/// shared, not copied into one buffer, and joined only as the body is sent
+/// ([`BundleBytes::chunks`]), so a large answer is not held twice.
+pub fn searchset_bytes(
+    id: &str,
+    timestamp: &str,
+    links: &[(&str, String)],
+    total: usize,
+    first: &SerializedEntries,
+    rest: &[Value],
+) -> BundleBytes {
     let self_link = links.first().map_or("", |(_, u)| u.as_str());
     let mut envelope = searchset(id, timestamp, self_link, total, Vec::new());
     if links.len() > 1 {
@@ -297,28 +311,100 @@ pub fn write_searchset_linked(
             .map(|(relation, url)| json!({"relation": relation, "url": url}))
             .collect();
     }
-    let mut out = Vec::with_capacity(first.bytes + first.parts.len() + 1024 * (rest.len() + 1));
-    let _ = serde_json::to_writer(&mut out, &envelope);
+    let mut head = Vec::with_capacity(1024);
+    let _ = serde_json::to_writer(&mut head, &envelope);
     if first.is_empty() && rest.is_empty() {
-        return out;
+        return BundleBytes::whole(head);
     }
     // `searchset` adds "entry" last: reopen the object and write it.
-    out.pop();
-    out.extend_from_slice(b",\"entry\":[");
-    for (i, part) in first.parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(part.as_bytes());
-    }
+    head.pop();
+    head.extend_from_slice(b",\"entry\":[");
+    let mut tail = Vec::with_capacity(1024 * (rest.len() + 1));
     for (i, e) in rest.iter().enumerate() {
         if i > 0 || !first.is_empty() {
-            out.push(b',');
+            tail.push(b',');
         }
-        let _ = serde_json::to_writer(&mut out, e);
+        let _ = serde_json::to_writer(&mut tail, e);
     }
-    out.extend_from_slice(b"]}");
-    out
+    tail.extend_from_slice(b"]}");
+    BundleBytes {
+        head,
+        entries: first.parts.clone(),
+        tail,
+    }
+}
+
+/// A Bundle's bytes: `head`, the shared `entries` separated by commas, then `tail`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleBytes {
+    head: Vec<u8>,
+    entries: Vec<std::sync::Arc<str>>,
+    tail: Vec<u8>,
+}
+
+impl BundleBytes {
+    /// Bytes written whole.
+    pub fn whole(bytes: Vec<u8>) -> Self {
+        BundleBytes {
+            head: bytes,
+            ..BundleBytes::default()
+        }
+    }
+
+    /// How many bytes the Bundle has.
+    pub fn len(&self) -> usize {
+        let entries: usize = self.entries.iter().map(|e| e.len()).sum();
+        self.head.len() + entries + self.entries.len().saturating_sub(1) + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The Bundle in one buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        let len = self.len();
+        let mut out = self.head;
+        out.reserve(len - out.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(e.as_bytes());
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    /// The Bundle in chunks of about `size` bytes (an entry larger than that is a chunk of
+    /// its own), made as they are asked for: what a response body sends.
+    pub fn chunks(self, size: usize) -> impl Iterator<Item = Vec<u8>> + Send {
+        let BundleBytes {
+            head,
+            entries,
+            tail,
+        } = self;
+        let mut head = Some(head);
+        let mut tail = Some(tail);
+        let mut next = 0;
+        std::iter::from_fn(move || {
+            let mut chunk = head.take().unwrap_or_default();
+            chunk.reserve(size);
+            while next < entries.len() && chunk.len() < size {
+                if next > 0 {
+                    chunk.push(b',');
+                }
+                chunk.extend_from_slice(entries[next].as_bytes());
+                next += 1;
+            }
+            if next == entries.len()
+                && let Some(t) = tail.take()
+            {
+                chunk.extend_from_slice(&t);
+            }
+            (!chunk.is_empty()).then_some(chunk)
+        })
+    }
 }
 
 /// An age for people: "45 seconds", "3 minutes", "2 hours".
@@ -414,6 +500,57 @@ pub fn capability_statement(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bundle_in_chunks_is_the_bundle_in_one_buffer() {
+        let entries: Vec<Value> = (0..50)
+            .map(|i| {
+                entry(
+                    &format!("urn:e:{i}"),
+                    json!({"resourceType": "Basic", "n": i}),
+                    SearchMode::Match,
+                )
+            })
+            .collect();
+        let first = SerializedEntries::new(&entries[..40]);
+        for (first, rest) in [
+            (first.clone(), &entries[40..]),
+            (first.clone(), &entries[..0]),
+            (SerializedEntries::default(), &entries[40..]),
+            (SerializedEntries::default(), &entries[..0]),
+        ] {
+            let mut all: Vec<Value> = first
+                .parts
+                .iter()
+                .map(|p| serde_json::from_str(p).unwrap())
+                .collect();
+            all.extend(rest.iter().cloned());
+            let want = serde_json::to_vec(&searchset("b", "t", "https://s", 7, all)).unwrap();
+            let bytes = searchset_bytes("b", "t", &[("self", "https://s".into())], 7, &first, rest);
+            assert_eq!(bytes.len(), want.len());
+            for size in [1, 100, 1 << 20] {
+                let joined: Vec<u8> = bytes.clone().chunks(size).flatten().collect();
+                assert_eq!(
+                    String::from_utf8(joined).unwrap(),
+                    String::from_utf8(want.clone()).unwrap(),
+                    "chunks of {size}"
+                );
+            }
+            // Every chunk but the last (which carries the tail) ends at the first entry that
+            // takes it past its size.
+            let chunks: Vec<Vec<u8>> = bytes.clone().chunks(100).collect();
+            let largest = first.parts.iter().map(|p| p.len() + 1).max().unwrap_or(0);
+            let head = bytes.head.len();
+            let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+            assert!(
+                chunks[..chunks.len() - 1]
+                    .iter()
+                    .all(|c| c.len() < 100 + largest + head),
+                "chunks stay near their size: {sizes:?}"
+            );
+            assert_eq!(bytes.into_vec(), want);
+        }
+    }
+
     use super::*;
 
     #[test]

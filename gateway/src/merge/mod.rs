@@ -301,6 +301,13 @@ pub struct Envelope<'a> {
     pub self_link: &'a str,
 }
 
+impl Envelope<'_> {
+    /// The Bundle's links: its `self`.
+    pub fn links(&self) -> [(&'static str, String); 1] {
+        [("self", self.self_link.to_owned())]
+    }
+}
+
 /// A region's part in a view, for its Provenance: the entries it contributed that are shown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {

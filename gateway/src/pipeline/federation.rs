@@ -36,7 +36,7 @@ impl Asked {
 
 /// What leaves: the Bundle and its `Cache-Control`.
 pub struct Released {
-    pub body: Vec<u8>,
+    pub body: fhir::BundleBytes,
     pub cache_control: String,
 }
 
@@ -154,7 +154,7 @@ fn audit(gateway: &Gateway, asked: &Asked, answered: usize, report: &Filtered) {
 
 /// The released answer as a searchset: where it stopped short, and that something was
 /// withheld (never what), said in its outcome.
-fn write(gateway: &Gateway, local: RecordAnswer, report: &Filtered) -> Vec<u8> {
+fn write(gateway: &Gateway, local: RecordAnswer, report: &Filtered) -> fhir::BundleBytes {
     let base = &gateway.region.base_url;
     let total = local.items.len();
     let mut issues: Vec<Issue> = local.cuts.iter().map(|c| c.to_issue(None)).collect();
@@ -176,7 +176,14 @@ fn write(gateway: &Gateway, local: RecordAnswer, report: &Filtered) -> Vec<u8> {
     }
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
-    fhir::write_searchset(&id, &now, base, total, &entries, &rest)
+    fhir::searchset_bytes(
+        &id,
+        &now,
+        &[("self", base.to_owned())],
+        total,
+        &entries,
+        &rest,
+    )
 }
 
 /// A released answer's entries under this region's base, written once: the items as

@@ -35,7 +35,7 @@ use crate::cache::view::{KeptView, ViewKey};
 use crate::consent::ConsentView;
 use crate::error::ApiError;
 use crate::fhir::outcome::{Issue, Severity};
-use crate::fhir::write_searchset;
+use crate::fhir::{BundleBytes, searchset_bytes};
 use crate::merge::{Envelope, RegionResult, View, ViewContext, merge_view};
 use crate::peers::FanOut;
 use crate::query::Parsed;
@@ -97,7 +97,11 @@ enum Shape {
 }
 
 /// A search or `$everything`: the bytes of its searchset Bundle.
-pub async fn search(gateway: &Gateway, ask: &Ask, mut parsed: Parsed) -> Result<Vec<u8>, ApiError> {
+pub async fn search(
+    gateway: &Gateway,
+    ask: &Ask,
+    mut parsed: Parsed,
+) -> Result<BundleBytes, ApiError> {
     // The merge keeps everything; `_count` shapes what is written.
     let shape = match parsed.query.count.take() {
         None => Shape::Whole,
@@ -448,16 +452,16 @@ async fn write(
     gateway: &Gateway,
     ask: &Ask,
     view: &View,
-) -> Result<(Vec<u8>, crate::fhir::SerializedEntries), ApiError> {
+) -> Result<(BundleBytes, crate::fhir::SerializedEntries), ApiError> {
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = ask.envelope(&now);
     audited(gateway, ask, || {
         let entries = view.written();
         let tail = view.request_entries(&envelope, |c| c.elapsed_ms);
-        let body = write_searchset(
+        let body = searchset_bytes(
             envelope.bundle_id,
             envelope.now,
-            envelope.self_link,
+            &envelope.links(),
             view.total,
             &entries,
             &tail,
@@ -474,7 +478,7 @@ async fn write_page(
     nhs: &str,
     view: View,
     count: usize,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<BundleBytes, ApiError> {
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let tail = view.request_entries(&ask.envelope(&now), |c| c.elapsed_ms);
     let paged = paging::Paged::new(&ask.user, nhs, view, tail, count, &ask.request_id);
@@ -492,7 +496,7 @@ async fn write_page(
 
 /// Phase 7 for `_count=0`: the total alone, with the outcome that qualifies it (a failed or
 /// cut region makes the count a count of what could be seen).
-async fn write_count(gateway: &Gateway, ask: &Ask, view: &View) -> Result<Vec<u8>, ApiError> {
+async fn write_count(gateway: &Gateway, ask: &Ask, view: &View) -> Result<BundleBytes, ApiError> {
     ask.note(|e| {
         e.released = 0;
         e.detail["count_only"] = serde_json::json!(true);
@@ -505,10 +509,10 @@ async fn write_count(gateway: &Gateway, ask: &Ask, view: &View) -> Result<Vec<u8
         .filter(|e| e["search"]["mode"] == "outcome")
         .collect();
     let (body, ()) = audited(gateway, ask, || {
-        let body = write_searchset(
+        let body = searchset_bytes(
             envelope.bundle_id,
             envelope.now,
-            envelope.self_link,
+            &envelope.links(),
             view.total,
             &crate::fhir::SerializedEntries::default(),
             &outcome,
@@ -520,7 +524,11 @@ async fn write_count(gateway: &Gateway, ask: &Ask, view: &View) -> Result<Vec<u8
 }
 
 /// Phase 7 for a kept view: the same entries, in a Bundle that names this request.
-async fn write_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Result<Vec<u8>, ApiError> {
+async fn write_kept(
+    gateway: &Gateway,
+    ask: &Ask,
+    kept: &KeptView,
+) -> Result<BundleBytes, ApiError> {
     ask.note(|e| {
         e.regions = kept.regions.clone();
         e.withheld = kept.withheld;
@@ -539,10 +547,10 @@ async fn write_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Result<Vec
     let (body, ()) = audited(gateway, ask, || {
         // Nothing was asked of any region for this request.
         let tail = kept.view.request_entries(&envelope, |_| 0);
-        let body = write_searchset(
+        let body = searchset_bytes(
             envelope.bundle_id,
             envelope.now,
-            envelope.self_link,
+            &envelope.links(),
             kept.view.total,
             &kept.entries,
             &tail,
@@ -559,8 +567,8 @@ async fn write_kept(gateway: &Gateway, ask: &Ask, kept: &KeptView) -> Result<Vec
 async fn audited<T>(
     gateway: &Gateway,
     ask: &Ask,
-    write: impl FnOnce() -> (Vec<u8>, T),
-) -> Result<(Vec<u8>, T), ApiError> {
+    write: impl FnOnce() -> (BundleBytes, T),
+) -> Result<(BundleBytes, T), ApiError> {
     // The record is handed to the trail's writer at the first poll; then the body is written.
     let (written, made) = futures::join!(ask.write_audit_ahead(gateway, StatusCode::OK), async {
         write()

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::app::Gateway;
 use crate::auth::UserContext;
-use crate::fhir::SerializedEntries;
+use crate::fhir::{BundleBytes, SerializedEntries};
 use crate::merge::{View, Written};
 
 /// How long a merged result stays pageable.
@@ -122,7 +122,7 @@ fn page_includes<'a>(page: &[Written], includes: &'a [Written]) -> Vec<&'a Writt
 }
 
 /// The page at `offset` of a kept view.
-pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> Vec<u8> {
+pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> BundleBytes {
     let base = &gateway.region.base_url;
     let end = (offset + p.count).min(p.matches.len());
     let page = &p.matches[offset.min(end)..end];
@@ -140,7 +140,7 @@ pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> Vec<u8> {
     if end < p.matches.len() {
         links.push(("next", link(end)));
     }
-    crate::fhir::write_searchset_linked(
+    crate::fhir::searchset_bytes(
         &format!("{}-{offset}", p.bundle_id),
         now,
         &links,
@@ -152,7 +152,7 @@ pub fn page(gateway: &Gateway, p: &Paged, offset: usize, now: &str) -> Vec<u8> {
 
 /// The first page; when one page holds every match, the whole answer under the query's own
 /// address.
-pub fn first_page(gateway: &Gateway, p: &Paged, self_link: &str, now: &str) -> Vec<u8> {
+pub fn first_page(gateway: &Gateway, p: &Paged, self_link: &str, now: &str) -> BundleBytes {
     if p.matches.len() <= p.count {
         let entries = SerializedEntries::from_shared(
             p.matches
@@ -161,10 +161,10 @@ pub fn first_page(gateway: &Gateway, p: &Paged, self_link: &str, now: &str) -> V
                 .map(|w| w.json.clone())
                 .collect(),
         );
-        return crate::fhir::write_searchset(
+        return crate::fhir::searchset_bytes(
             &p.bundle_id,
             now,
-            self_link,
+            &[("self", self_link.to_owned())],
             p.matches.len(),
             &entries,
             &p.tail,
