@@ -270,7 +270,7 @@ pub fn write_searchset(
     first: &SerializedEntries,
     rest: &[Value],
 ) -> Vec<u8> {
-    write_searchset_linked(
+    searchset_bytes(
         id,
         timestamp,
         &[("self", self_link.to_owned())],
@@ -278,21 +278,11 @@ pub fn write_searchset(
         first,
         rest,
     )
+    .into_vec()
 }
 
-/// [`write_searchset`] with these links (`relation`, `url`), the first of them `self`.
-pub fn write_searchset_linked(
-    id: &str,
-    timestamp: &str,
-    links: &[(&str, String)],
-    total: usize,
-    first: &SerializedEntries,
-    rest: &[Value],
-) -> Vec<u8> {
-    searchset_bytes(id, timestamp, links, total, first, rest).into_vec()
-}
-
-/// [`write_searchset_linked`] as the parts it is made of: the entries already written are
+/// [`write_searchset`] with these links (`relation`, `url`, the first of them `self`), as the
+/// parts it is made of: the entries already written are
 /// shared, not copied into one buffer, and joined only as the body is sent
 /// ([`BundleBytes::chunks`]), so a large answer is not held twice.
 pub fn searchset_bytes(
