@@ -52,61 +52,6 @@ fn main() {
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
     };
-    // Each phase alone, for orientation (the last of three rounds).
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        for (_, text) in &texts {
-            std::hint::black_box(gateway::fhir::item::BundleText::parse(text).unwrap());
-        }
-        let envelope = t.elapsed();
-        let t = std::time::Instant::now();
-        let answers: Vec<_> = texts
-            .iter()
-            .map(|(_, text)| gateway::client::bundle_to_answer(text).unwrap())
-            .collect();
-        let read = t.elapsed();
-        let t = std::time::Instant::now();
-        let mut gk = Gatekeeper::new(&set, &user, "bench", DecisionPoint::View, "bench");
-        let mut report = Filtered::default();
-        let results: Vec<RegionResult> = answers
-            .into_iter()
-            .zip(&texts)
-            .map(|(a, (region, _))| RegionResult {
-                region: region.clone(),
-                outcome: Ok(gk.filter(a, &region.code, &mut report)),
-                elapsed_ms: 1,
-            })
-            .collect();
-        let policy = t.elapsed();
-        let t = std::time::Instant::now();
-        let view = merge_view(
-            &query,
-            results,
-            ViewContext {
-                gateway_base: "https://gw/fhir",
-                issues: vec![],
-                on_mismatch: MismatchPolicy::Warn,
-            },
-        );
-        let merged = t.elapsed();
-        let t = std::time::Instant::now();
-        let entries = view.written();
-        let body = gateway::fhir::write_searchset(
-            "b",
-            "now",
-            "https://gw/fhir/x",
-            view.total,
-            &entries,
-            &[],
-        );
-        let written = t.elapsed();
-        let t = std::time::Instant::now();
-        drop((view, entries, body));
-        let dropped = t.elapsed();
-        eprintln!(
-            "envelope only {envelope:?}; read {read:?}; policy {policy:?}; merge {merged:?}; write {written:?}; drop {dropped:?}"
-        );
-    }
     let started = std::time::Instant::now();
     let mut out_bytes = 0;
     for _ in 0..n {

@@ -156,3 +156,50 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A Bundle larger than a chunk leaves whole, in several frames, under its exact length.
+    #[tokio::test]
+    async fn a_bundle_response_sends_the_whole_bundle_under_its_length() {
+        let entries: Vec<Value> = (0..2000)
+            .map(|i| {
+                crate::fhir::entry(
+                    &format!("urn:e:{i}"),
+                    serde_json::json!({"resourceType": "Basic", "n": i, "text": "x".repeat(100)}),
+                    crate::fhir::SearchMode::Match,
+                )
+            })
+            .collect();
+        let first = crate::fhir::SerializedEntries::new(&entries);
+        let bundle = crate::fhir::searchset_bytes(
+            "b",
+            "t",
+            &[("self", "https://s".into())],
+            2000,
+            &first,
+            &[],
+        );
+        let want = bundle.clone().into_vec();
+        assert!(want.len() > 3 * 64 * 1024, "several chunks: {}", want.len());
+        let response = fhir_bundle_response(StatusCode::OK, bundle);
+        assert_eq!(
+            response.headers()[header::CONTENT_LENGTH],
+            want.len().to_string().as_str()
+        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], FHIR_JSON);
+        let mut body = response.into_body();
+        let (mut frames, mut got) = (0, Vec::new());
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("a frame").into_data() {
+                frames += 1;
+                got.extend_from_slice(&data);
+            }
+        }
+        assert!(frames > 3, "{frames} frames");
+        assert_eq!(got, want);
+    }
+}

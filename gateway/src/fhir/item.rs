@@ -202,7 +202,7 @@ impl Item {
     /// by `replace.1` (given its text), which must write canonical JSON.
     pub fn content_digest(&self, skip: &[&str], replace: Option<Replaced<'_>>) -> [u8; 32] {
         super::digest_written(|out| {
-            if write_canonical_top(self.json(), skip, replace, out).is_none() {
+            if write_canonical_object(self.json(), skip, replace, out).is_none() {
                 // Not readable as a tree either (it parsed once): as the tree path does.
                 out.clear();
                 out.push_str("null");
@@ -211,8 +211,8 @@ impl Item {
     }
 }
 
-/// A top-level object's canonical JSON (keys sorted, `skip` left out, `replace` applied).
-fn write_canonical_top(
+/// An object's canonical JSON (keys sorted, `skip` left out, `replace` applied).
+fn write_canonical_object(
     json: &str,
     skip: &[&str],
     replace: Option<Replaced<'_>>,
@@ -267,19 +267,7 @@ fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a RawValue)>) -> Vec<(Key<'a>
 pub(crate) fn write_canonical_text(text: &str, out: &mut String) -> Option<()> {
     let bytes = text.as_bytes();
     match bytes.first()? {
-        b'{' => {
-            let members = Members::parse(text).ok()?;
-            out.push('{');
-            for (i, (k, v)) in sorted_members(members.0).iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                super::write_string(&k.0, out);
-                out.push(':');
-                write_canonical_text(v.get(), out)?;
-            }
-            out.push('}');
-        }
+        b'{' => write_canonical_object(text, &[], None, out)?,
         b'[' => {
             let elements: Elements<'_> = serde_json::from_str(text).ok()?;
             out.push('[');

@@ -1241,21 +1241,13 @@ fn content_key(item: &Item, patient_url: &str, nhs: &str) -> ContentKey {
 
 /// [`write_pointed`] of the reference `old` (its text), in canonical JSON.
 fn write_pointed_canonical(old: &str, patient_url: &str, nhs: &str, out: &mut String) {
-    out.push('{');
-    if let Some(display) = crate::fhir::item::member_text(old, "display") {
-        out.push_str("\"display\":");
-        if crate::fhir::item::write_canonical_text(display, out).is_none() {
-            out.push_str("null");
-        }
-        out.push(',');
+    let mut pointed = Vec::with_capacity(256);
+    write_pointed(old, patient_url, nhs, &mut pointed);
+    // Written from text and serde_json: UTF-8, and JSON.
+    let text = String::from_utf8(pointed).unwrap_or_default();
+    if crate::fhir::item::write_canonical_text(&text, out).is_none() {
+        out.push_str("null");
     }
-    out.push_str("\"identifier\":{\"system\":");
-    crate::fhir::write_string(crate::fhir::nhs::NHS_NUMBER_SYSTEM, out);
-    out.push_str(",\"value\":");
-    crate::fhir::write_string(nhs, out);
-    out.push_str("},\"reference\":");
-    crate::fhir::write_string(patient_url, out);
-    out.push('}');
 }
 
 /// An item's identity in the merge: SHA-256 of its canonical content, or of a business
@@ -1286,11 +1278,6 @@ fn tag<'a>(resource: &mut Value, source: &'a str, regions: impl Iterator<Item = 
         return;
     };
     let meta = obj.entry("meta").or_insert_with(|| json!({}));
-    tag_meta(meta, source, regions);
-}
-
-/// [`tag`] on the resource's `meta`.
-fn tag_meta<'a>(meta: &mut Value, source: &'a str, regions: impl Iterator<Item = &'a RegionInfo>) {
     region_edit(source, regions).apply(meta);
 }
 
