@@ -183,10 +183,12 @@ fn est_reads_time(est: &serde_json::Value) -> bool {
     }
 }
 
-/// Decisions already made, shared by the requests of one second. A decision is a function of
-/// the set, the question (user, circumstances, action, item class) and nothing else, and the
-/// circumstances include the time in seconds, so a decision remembered within its second is
-/// exactly the one Cedar would make again. Emptied when the second changes, and when full.
+/// Decisions already made, shared by requests. A decision is a function of the set, the
+/// question (user, circumstances, action, item class) and nothing else. The circumstances
+/// include the time in seconds: when a policy of the set can read it, a decision is remembered
+/// within its second only (emptied when the second changes); when none can, the time is left
+/// out of the question remembered, and decisions are kept across seconds. Either way a
+/// remembered decision is exactly the one Cedar would make again. Emptied when full.
 #[derive(Debug, Default)]
 struct Memo {
     second: i64,
@@ -516,13 +518,21 @@ impl Prepared<'_> {
     /// Decides `action` on the item. Fails closed: anything unexpected is a refusal with the
     /// reason.
     pub fn decide_action(&self, action: &str, item: &ItemClass) -> Decision {
+        // The second the decision holds for: every second alike when no policy reads it.
+        let second = if self.set.reads_time {
+            self.circumstances.time
+        } else {
+            0
+        };
         let key = MemoKey {
             principal: self.principal.clone(),
-            circumstances: self.circumstances.clone(),
+            circumstances: Circumstances {
+                time: second,
+                ..self.circumstances.clone()
+            },
             action: action.to_owned(),
             item: item.clone(),
         };
-        let second = self.circumstances.time;
         if let Ok(memo) = self.set.memo.lock()
             && memo.second == second
             && let Some(d) = memo.decisions.get(&key)

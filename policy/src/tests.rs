@@ -213,3 +213,41 @@ fn a_set_reads_the_time_only_when_a_policy_can() {
     // `context` used whole: any attribute may matter, the time among them.
     assert!(set("context == context").reads_time());
 }
+
+#[test]
+fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
+    let set = |body: &str| {
+        PolicySet::from_sources(
+            &schema(),
+            vec![(
+                "a.cedar".to_owned(),
+                format!("@id(\"a\")\npermit (principal, action, resource) when {{ {body} }};\n"),
+            )],
+        )
+        .unwrap()
+    };
+    let (p, i, mut c) = question_parts("Observation");
+    let at = |set: &PolicySet, c: &Circumstances| {
+        set.decide(&Question {
+            principal: &p,
+            item: &i,
+            circumstances: c,
+        })
+        .allowed
+    };
+    // A set that cannot read the time: a later second finds the decision remembered.
+    let timeless = set("context.purpose_of_use == \"TREAT\"");
+    assert!(at(&timeless, &c));
+    c.time += 7;
+    assert!(at(&timeless, &c));
+    assert_eq!(timeless.memo.lock().unwrap().decisions.len(), 1);
+    // A set that reads it decides each second anew: the later second is refused.
+    let (_, _, mut c) = question_parts("Observation");
+    let cutoff = c.time;
+    let timed = set(&format!("context.time <= {cutoff}"));
+    assert!(at(&timed, &c));
+    c.time += 1;
+    assert!(!at(&timed, &c));
+    c.time -= 1;
+    assert!(at(&timed, &c));
+}
