@@ -638,7 +638,7 @@ struct Keyed {
     clinical: Option<ContentKey>,
 }
 
-fn keyed(region: usize, item: Item) -> Option<Keyed> {
+fn keyed(region: usize, item: Item, hasher: &foldhash::fast::RandomState) -> Option<Keyed> {
     let v = item.view();
     let rtype = v.kind?;
     let idents = v
@@ -647,10 +647,8 @@ fn keyed(region: usize, item: Item) -> Option<Keyed> {
         .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
         .collect();
     let cheap = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&v.rtype, &v.concept, &v.clinical_date).hash(&mut h);
-        h.finish()
+        use std::hash::BuildHasher;
+        hasher.hash_one((&v.rtype, &v.concept, &v.clinical_date))
     };
     let clinical = match (&v.concept, &v.clinical_date) {
         (Some(concept), Some(date)) => Some(key_of(&format!(
@@ -673,8 +671,27 @@ fn keyed(region: usize, item: Item) -> Option<Keyed> {
 struct Folded {
     slots: Vec<Slot>,
     /// (region, its local `Type/id`) -> the slot the item went to, for references.
-    local_refs: std::collections::HashMap<(usize, String), usize>,
+    local_refs: RefIndex,
     deduplicated: usize,
+}
+
+/// A hash map for the merge's own keys (content digests, cheap keys, local references):
+/// foldhash, seeded per process, rather than SipHash, which a profile found costing more
+/// than the lookups it served.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What a region's local reference (`Type/id`) stands for, looked up without copying it.
+#[derive(Default)]
+struct RefIndex(FastMap<usize, FastMap<String, usize>>);
+
+impl RefIndex {
+    fn insert(&mut self, region: usize, local: String, to: usize) {
+        self.0.entry(region).or_default().insert(local, to);
+    }
+
+    fn get(&self, region: usize, local: &str) -> Option<usize> {
+        self.0.get(&region)?.get(local).copied()
+    }
 }
 
 /// Phase three: items folded across regions. Only another region's item is the same item:
@@ -688,10 +705,12 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
         Index<ContentKey>,
         Index<ContentKey>,
     ) = Default::default();
-    let mut by_cheap: std::collections::HashMap<u64, CheapGroup> = Default::default();
-    let mut local_refs = std::collections::HashMap::new();
+    let mut by_cheap: FastMap<u64, CheapGroup> = Default::default();
+    let mut local_refs = RefIndex::default();
     let mut deduplicated = 0;
-    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item));
+    // One seed for the request's cheap keys: equal items must get equal keys.
+    let hasher = foldhash::fast::RandomState::default();
+    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item, &hasher));
     for k in keyed.into_iter().flatten() {
         let ri = k.region;
         let version = Version::new(k.item);
@@ -733,7 +752,7 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
                 (slots.len() - 1, 0)
             }
         };
-        local_refs.insert((ri, local_ref), slots[at].key);
+        local_refs.insert(ri, local_ref, slots[at].key);
         for key in k.idents {
             by_ident.note(key, at);
         }
@@ -759,13 +778,13 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
 /// the regions come one after another, so each list is walked once per region (not once per
 /// item, which made many items of one code and date quadratic).
 struct Index<K> {
-    lists: std::collections::HashMap<K, Listed>,
+    lists: FastMap<K, Listed>,
 }
 
 impl<K> Default for Index<K> {
     fn default() -> Self {
         Index {
-            lists: std::collections::HashMap::new(),
+            lists: FastMap::default(),
         }
     }
 }
@@ -906,10 +925,10 @@ pub fn merge_view(
     let mut acc = account(&mut results, query, &mut issues);
     let withheld_regions = check_demographics(&mut acc, &results, ctx.on_mismatch, &mut issues);
     let patients = std::mem::take(&mut acc.patients);
-    let local_patients: BTreeSet<(usize, String)> = patients
-        .iter()
-        .map(|(ri, p)| (*ri, format!("Patient/{}", id_of(p))))
-        .collect();
+    let mut local_patients = RefIndex::default();
+    for (ri, p) in &patients {
+        local_patients.insert(*ri, format!("Patient/{}", id_of(p)), 0);
+    }
     let Folded {
         mut slots,
         local_refs,
@@ -943,38 +962,35 @@ pub fn merge_view(
             None => format!("{}/{t}/{id}", region.base_url),
         }
     };
-    let url_by_key: std::collections::HashMap<usize, String> = slots
-        .iter()
-        .map(|s| {
-            (
-                s.key,
-                gateway_url(s.origin, s.rtype.as_str(), s.item().id()),
-            )
-        })
-        .collect();
+    // Each slot's address, by the index it was made under.
+    let mut url_by_key = vec![String::new(); slots.len()];
+    for s in &slots {
+        url_by_key[s.key] = gateway_url(s.origin, s.rtype.as_str(), s.item().id());
+    }
     // What the items reference, included beside them (`$everything`), each shown once.
     let mut includes = merge_included(std::mem::take(&mut acc.included));
     for inc in &mut includes {
         inc.url = gateway_url(inc.origin, inc.item.rtype(), inc.item.id());
     }
-    let include_refs: std::collections::HashMap<(usize, String), usize> = includes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, inc)| inc.local_refs.iter().map(move |r| (r.clone(), i)))
-        .collect();
+    let mut include_refs = RefIndex::default();
+    for (i, inc) in includes.iter().enumerate() {
+        for (ri, local) in &inc.local_refs {
+            include_refs.insert(*ri, local.clone(), i);
+        }
+    }
     // References resolve inside the Bundle where the target is in it; otherwise at this
     // gateway, under the id naming the region that holds the target.
     let resolve_from = |origin: usize, local: &str| -> String {
-        if local_patients.contains(&(origin, local.to_owned())) {
+        if local_patients.get(origin, local).is_some() {
             return patient_url.clone();
         }
         if let Some(url) = local_refs
-            .get(&(origin, local.to_owned()))
+            .get(origin, local)
             .and_then(|k| url_by_key.get(k))
         {
             return url.clone();
         }
-        if let Some(&i) = include_refs.get(&(origin, local.to_owned())) {
+        if let Some(i) = include_refs.get(origin, local) {
             return includes[i].url.clone();
         }
         match crate::fhir::reference::split_relative(local) {
@@ -1016,13 +1032,13 @@ pub fn merge_view(
             contributed
                 .entry(ri)
                 .or_default()
-                .push(url_by_key[&slot.key].as_str());
+                .push(url_by_key[slot.key].as_str());
         }
     }
     let pointed = |old: &str, out: &mut Vec<u8>| write_pointed(old, &patient_url, nhs, out);
     let finished = crate::parallel::map(slots, |slot: Slot| {
         let origin = &results[slot.origin].region;
-        let full_url = &url_by_key[&slot.key];
+        let full_url = &url_by_key[slot.key];
         let regions = || slot.regions.iter().map(|&i| &results[i].region);
         let mut meta = region_edit(&origin.base_url, regions());
         meta.extensions = slot
