@@ -17,6 +17,11 @@ use serde_json::value::RawValue;
 use super::types::ResourceType;
 use crate::record::PatientLink;
 
+/// The text of a whole answer, shared by the items read from it. An `Arc<String>` rather than
+/// an `Arc<str>`: a body read into a `String` is shared as it is, where an `Arc<str>` would
+/// copy it (a 30 MB answer was held twice while it was read).
+pub type Source = Arc<String>;
+
 /// One resource: its JSON text and its view. Cheap to clone.
 #[derive(Clone)]
 pub struct Item(Arc<Inner>);
@@ -24,7 +29,7 @@ pub struct Item(Arc<Inner>);
 struct Inner {
     /// The text the item is part of (a whole answer, shared by its items), and where the item
     /// lies in it.
-    source: Arc<str>,
+    source: Source,
     at: (u32, u32),
     view: ItemView,
     /// Where each top-level member's key and value lie in `json` (`None` when a key had
@@ -107,13 +112,13 @@ pub struct NotAResource(String);
 impl Item {
     /// Reads a resource's JSON text (kept as given).
     pub fn parse(json: &str) -> Result<Item, NotAResource> {
-        let source: Arc<str> = json.into();
+        let source: Source = Arc::new(json.to_owned());
         Item::parse_in(&source, &source)
     }
 
     /// Reads a resource whose text `json` is part of `source` (an answer's body): the item
     /// keeps its place in the shared text rather than a copy of its own.
-    pub fn parse_in(source: &Arc<str>, json: &str) -> Result<Item, NotAResource> {
+    pub fn parse_in(source: &Source, json: &str) -> Result<Item, NotAResource> {
         let offset = (json.as_ptr() as usize)
             .checked_sub(source.as_ptr() as usize)
             .filter(|o| o + json.len() <= source.len())
@@ -263,42 +268,123 @@ fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a RawValue)>) -> Vec<(Key<'a>
 }
 
 /// Any JSON text written as [`super::canonical_json`] writes its tree: keys sorted at every
-/// depth, strings escaped and numbers spelt as serde_json writes them.
+/// depth, strings escaped and numbers spelt as serde_json writes them. One pass over the text
+/// (each object's members are written as they are read, then put in order).
 pub(crate) fn write_canonical_text(text: &str, out: &mut String) -> Option<()> {
-    let bytes = text.as_bytes();
-    match bytes.first()? {
-        b'{' => write_canonical_object(text, &[], None, out)?,
-        b'[' => {
-            let elements: Elements<'_> = serde_json::from_str(text).ok()?;
-            out.push('[');
-            for (i, v) in elements.0.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical_text(v.get(), out)?;
-            }
-            out.push(']');
-        }
-        // A string without escapes is written as it came (JSON forbids quotes and control
-        // characters in it unescaped); one with escapes is read and written again.
-        b'"' if !text.contains('\\') => out.push_str(text),
-        b'"' => super::write_string(&serde_json::from_str::<String>(text).ok()?, out),
-        b't' | b'f' | b'n' => out.push_str(text),
-        // A plain whole number is spelt as serde_json spells it; any other is read first
-        // (`1.50` is written `1.5`, `1e2` as `100.0`).
-        _ if bytes.len() <= 18
-            && bytes.iter().all(u8::is_ascii_digit)
-            && (bytes[0] != b'0' || bytes.len() == 1) =>
-        {
-            out.push_str(text)
-        }
-        _ => out.push_str(
-            &serde_json::from_str::<serde_json::Number>(text)
-                .ok()?
-                .to_string(),
-        ),
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(Canon { out }, &mut de).ok()?;
+    de.end().ok()
+}
+
+/// Writes the value it reads in canonical JSON (as [`super::canonical_json`] writes a tree).
+struct Canon<'o> {
+    out: &'o mut String,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Canon<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
-    Some(())
+}
+
+impl<'de> Visitor<'de> for Canon<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.out.push_str(itoa::Buffer::new().format(v));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.out.push_str(itoa::Buffer::new().format(v));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // As a tree's number is written (`1.50` is `1.5`, `1e2` is `100.0`, `-0` is `-0.0`).
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.out.push_str(&n.to_string()),
+            None => self.out.push_str("null"),
+        }
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        super::write_string(v, self.out);
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.push_str("null");
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push('[');
+        let mut first = true;
+        loop {
+            let at = self.out.len();
+            if !first {
+                self.out.push(',');
+            }
+            if seq.next_element_seed(Canon { out: self.out })?.is_none() {
+                self.out.truncate(at);
+                break;
+            }
+            first = false;
+        }
+        self.out.push(']');
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let start = self.out.len();
+        self.out.push('{');
+        // Each member as written: its key and where `"key":value` lies in `out`.
+        let mut members: smallvec::SmallVec<[(Key<'de>, (usize, usize)); 16]> =
+            smallvec::SmallVec::new();
+        let mut sorted = true;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if !members.is_empty() {
+                self.out.push(',');
+            }
+            let from = self.out.len();
+            super::write_string(&key.0, self.out);
+            self.out.push(':');
+            map.next_value_seed(Canon { out: self.out })?;
+            if let Some((last, _)) = members.last() {
+                sorted &= *last < key;
+            }
+            members.push((key, (from, self.out.len())));
+        }
+        if sorted {
+            self.out.push('}');
+            return Ok(());
+        }
+        // Out of order, or a key repeated: sorted (stable, so of equal keys the last read is
+        // last), each key once with its last value, as a tree keeps it.
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let written = self.out.split_off(start);
+        self.out.push('{');
+        let mut i = 0;
+        let mut wrote_one = false;
+        while i < members.len() {
+            let mut last = i;
+            while last + 1 < members.len() && members[last + 1].0 == members[i].0 {
+                last += 1;
+            }
+            let (a, b) = members[last].1;
+            if wrote_one {
+                self.out.push(',');
+            }
+            self.out.push_str(&written[a - start..b - start]);
+            wrote_one = true;
+            i = last + 1;
+        }
+        self.out.push('}');
+        Ok(())
+    }
 }
 
 /// Resources given as trees, as items (what is not a JSON object is left out).
@@ -426,8 +512,13 @@ impl ItemView {
             .and_then(|s| super::date::parse_interval(s).ok())
             .map_or(i64::MIN, |i| i.start);
         let categories = members
-            .tree("category")
-            .map(|c| categories_of(&c))
+            .get("category")
+            .map(|raw| match read_categories(raw.get()) {
+                Some(list) => list,
+                None => serde_json::from_str(raw.get())
+                    .map(|c| categories_of(&c))
+                    .unwrap_or_default(),
+            })
             .unwrap_or_default();
         let patient = kind.and_then(|k| {
             let element = k.patient_element();
@@ -482,24 +573,32 @@ impl ItemView {
             });
         let (mut clinical_date, mut sort_start) = (None, i64::MIN);
         if let Some(k) = kind {
-            let dates: Vec<Value> = k
-                .sort_elements()
-                .iter()
-                .filter_map(|p| {
-                    let (first, rest) = p.split_once('.').unwrap_or((p, ""));
-                    let top = members.tree(first)?;
-                    if rest.is_empty() {
-                        Some(top)
-                    } else {
-                        super::types::element(&top, rest).cloned()
-                    }
-                })
-                .collect();
-            clinical_date = dates.first().map(super::canonical_json);
-            sort_start = dates
-                .iter()
-                .find_map(super::date::element_interval)
-                .map_or(i64::MIN, |i| i.start);
+            // The first date present, when it is a plain string (the usual case), is read
+            // from its text; any other shape, or a path into an element, as trees.
+            let first_plain = k.sort_elements().iter().find_map(|p| {
+                if p.contains('.') {
+                    return Some(None);
+                }
+                let text = members.get(p)?.get();
+                Some((text.starts_with('"') && !text.contains('\\')).then_some(text))
+            });
+            let interval = first_plain
+                .flatten()
+                .and_then(|text| super::date::parse_interval(&text[1..text.len() - 1]).ok());
+            match (first_plain.flatten(), interval) {
+                (Some(text), Some(interval)) => {
+                    clinical_date = Some(text.to_owned());
+                    sort_start = interval.start;
+                }
+                _ => {
+                    let dates = Self::dates_of(members, k);
+                    clinical_date = dates.first().map(super::canonical_json);
+                    sort_start = dates
+                        .iter()
+                        .find_map(super::date::element_interval)
+                        .map_or(i64::MIN, |i| i.start);
+                }
+            }
         }
         ItemView {
             rtype,
@@ -516,6 +615,78 @@ impl ItemView {
             sort_start,
             references,
         }
+    }
+
+    /// The clinical date elements present, in the type's order, as trees.
+    fn dates_of(members: &Members<'_>, kind: ResourceType) -> Vec<Value> {
+        kind.sort_elements()
+            .iter()
+            .filter_map(|p| {
+                let (first, rest) = p.split_once('.').unwrap_or((p, ""));
+                let top = members.tree(first)?;
+                if rest.is_empty() {
+                    Some(top)
+                } else {
+                    super::types::element(&top, rest).cloned()
+                }
+            })
+            .collect()
+    }
+}
+
+/// `category` read from its text as [`categories_of`] reads its tree; `None` when it has
+/// another shape than FHIR's (then the tree is read).
+fn read_categories(text: &str) -> Option<Vec<(Option<String>, String)>> {
+    let own = |list: Vec<(Option<Cow<'_, str>>, Cow<'_, str>)>| {
+        list.into_iter()
+            .map(|(s, c)| (s.map(Cow::into_owned), c.into_owned()))
+            .collect::<Vec<_>>()
+    };
+    if text.starts_with('[') {
+        let list: Vec<CategoryShape<'_>> = serde_json::from_str(text).ok()?;
+        Some(list.into_iter().flat_map(|c| own(c.0)).collect())
+    } else {
+        let one: CategoryShape<'_> = serde_json::from_str(text).ok()?;
+        Some(own(one.0))
+    }
+}
+
+/// One category as the view reads it: a bare code, or a CodeableConcept's codes.
+struct CategoryShape<'a>(Vec<(Option<Cow<'a, str>>, Cow<'a, str>)>);
+
+impl<'de> Deserialize<'de> for CategoryShape<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CategoryShape<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a code or a CodeableConcept")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CategoryShape(vec![(None, Cow::Borrowed(v))]))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CategoryShape(vec![(None, Cow::Owned(v.to_owned()))]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // `coding`, the last when repeated (as a tree keeps it); all else skipped.
+                let mut coding: Vec<CodingShape<'de>> = Vec::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "coding" {
+                        coding = map.next_value()?;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(CategoryShape(
+                    coding
+                        .into_iter()
+                        .filter_map(|c| Some((c.system, c.code?)))
+                        .collect(),
+                ))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -1356,6 +1527,73 @@ mod tests {
     }
 
     #[test]
+    fn categories_and_dates_read_from_text_equal_the_trees() {
+        let categories = [
+            json!([{"coding": [{"system": "s", "code": "a"}, {"code": "b"}]}, "bare"]),
+            json!({"coding": [{"system": "s", "code": "one"}], "text": "x"}),
+            json!("just-a-code"),
+            json!("esc\"aped"),
+            json!([{"coding": [{"code": 3}]}]),
+            json!([{"coding": null}, {"text": "no coding"}]),
+            json!([{"coding": [{"system": 1, "code": "c"}]}]),
+            json!(7),
+            json!(null),
+            json!([]),
+        ];
+        for c in categories {
+            let item =
+                Item::parse(&json!({"resourceType": "Observation", "category": c}).to_string())
+                    .unwrap();
+            assert_eq!(item.view().categories, categories_of(&c), "{c}");
+        }
+        // A repeated `coding` keeps its last, as a tree does.
+        let text = r#"{"resourceType":"Observation","category":{"coding":[{"code":"first"}],"coding":[{"code":"last"}]}}"#;
+        let tree: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            Item::parse(text).unwrap().view().categories,
+            categories_of(&tree["category"])
+        );
+        let dates = [
+            json!({"effectiveDateTime": "2024-04-30"}),
+            json!({"effectiveDateTime": "not a date", "issued": "2024-05-02T10:00:00Z"}),
+            json!({"effectivePeriod": {"start": "2024-01-01", "end": "2024-02-01"}}),
+            json!({"effectiveDateTime": "2024-04\\u002d30"}),
+            json!({"effectiveDateTime": null, "issued": "2024-05-02"}),
+            json!({"issued": "2024-05-02"}),
+            json!({}),
+        ];
+        for d in dates {
+            let mut resource = d.clone();
+            resource["resourceType"] = json!("Observation");
+            let item = Item::parse(&resource.to_string()).unwrap();
+            let trees: Vec<Value> = ResourceType::Observation
+                .sort_elements()
+                .iter()
+                .filter_map(|p| resource.get(p).cloned())
+                .collect();
+            let v = item.view();
+            assert_eq!(
+                v.clinical_date,
+                trees.first().map(super::super::canonical_json),
+                "{d}"
+            );
+            let start = trees
+                .iter()
+                .find_map(super::super::date::element_interval)
+                .map_or(i64::MIN, |i| i.start);
+            assert_eq!(v.sort_start, start, "{d}");
+        }
+        // A path into an element (DocumentReference's `context.period`) is read as a tree.
+        let doc = json!({"resourceType": "DocumentReference", "context": {"period": {"start": "2023-03-03"}}});
+        let v = Item::parse(&doc.to_string()).unwrap().view().clone();
+        assert_eq!(
+            v.clinical_date.as_deref(),
+            Some(r#"{"start":"2023-03-03"}"#)
+        );
+        assert_ne!(v.sort_start, i64::MIN);
+    }
+
+    #[test]
     fn the_view_holds_what_decisions_read() {
         let item = Item::from_value(&obs()).unwrap();
         let v = item.view();
@@ -1496,6 +1734,8 @@ mod tests {
             r#"{"b":1,"a":{"z":[{"y":null,"x":true}],"a":false},"b":2,"id":"dup","meta":{"k":1}}"#.into(),
             r#"{"esc\u0061ped":"k","subject":{"reference":"Patient/p","display":"D\u00e9"}}"#.into(),
             r#"{ "spaced" : [ 1 , { "k" : "v" } ] , "empty":{} , "none":[] }"#.into(),
+            r#"{"deep":{"c":{"z":1,"y":{"q":[{"b":2,"a":1,"b":3}],"p":"\n"}},"a":[[],[{}],{"k":{"y":1,"x":2,"x":4}}]}}"#.into(),
+            r#"{"keys":{"b":1,"\u0062":2,"a":0,"aa":1,"A":2,"é":3,"e":4}}"#.into(),
         ];
         for text in texts {
             let item = Item::parse(&text).unwrap();
