@@ -14,7 +14,9 @@ use policy::DecisionPoint;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Each region's answer as the searchset text a peer sends.
-fn as_text(results: &[RegionResult]) -> Vec<(gateway::merge::RegionInfo, std::sync::Arc<str>)> {
+fn as_text(
+    results: &[RegionResult],
+) -> Vec<(gateway::merge::RegionInfo, gateway::fhir::item::Source)> {
     results
         .iter()
         .map(|r| {
@@ -70,7 +72,7 @@ fn main() {
 #[inline(never)]
 fn one_request(
     query: &gateway::query::PatientQuery,
-    texts: &[(gateway::merge::RegionInfo, std::sync::Arc<str>)],
+    texts: &[(gateway::merge::RegionInfo, gateway::fhir::item::Source)],
     set: &policy::PolicySet,
     user: &UserContext,
 ) -> usize {

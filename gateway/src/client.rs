@@ -136,7 +136,7 @@ pub async fn get_fhir_body(
 /// Splits a searchset Bundle's text into the Patient resources and the other resources, each
 /// other resource kept as its text with its view ([`Item`]); outcome entries are read for
 /// what they say of the answer (withheld items, cuts) and left out.
-pub fn bundle_to_answer(body: &std::sync::Arc<str>) -> Result<RecordAnswer, FetchError> {
+pub fn bundle_to_answer(body: &crate::fhir::item::Source) -> Result<RecordAnswer, FetchError> {
     let bundle = BundleText::parse(body).map_err(|e| FetchError::Json(e.to_string()))?;
     if bundle.resource_type.as_deref() != Some("Bundle") {
         return Err(FetchError::NotABundle);

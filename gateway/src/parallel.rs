@@ -34,8 +34,11 @@ pub fn serially<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// The cores this process may use, read once: `available_parallelism` reads the cgroup's CPU
+/// quota from files each time it is asked (a profile found it on every request).
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
 /// `f` applied to every input, in order; spread over the cores when there are enough inputs.

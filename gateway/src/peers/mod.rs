@@ -194,7 +194,8 @@ impl Peer {
             .await
             .map_err(failure_from_fetch)?;
         let bytes = body.len();
-        let answer = bundle_to_answer(&body.into()).map_err(failure_from_fetch)?;
+        // The body is shared by its items as it was read, not copied.
+        let answer = bundle_to_answer(&std::sync::Arc::new(body)).map_err(failure_from_fetch)?;
         Ok(crate::cache::Fetched {
             answer,
             bytes,
@@ -223,7 +224,7 @@ impl Peer {
             .bearer_auth(token)
             .header("x-request-id", request_id);
         match get_fhir_body(request, max_bytes, budget).await {
-            Ok((body, _)) => bundle_to_answer(&body.into())
+            Ok((body, _)) => bundle_to_answer(&std::sync::Arc::new(body))
                 .map(Some)
                 .map_err(failure_from_fetch),
             Err(FetchError::Status(404)) => Ok(None),

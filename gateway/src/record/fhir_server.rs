@@ -132,7 +132,7 @@ impl FhirServerRecord {
                     return Ok(read);
                 }
             };
-            let Some(page) = Page::read(&body) else {
+            let Some(page) = Page::read(body) else {
                 if page_number == 0 {
                     return Err(RecordError::Invalid(
                         "the answer is not a FHIR searchset Bundle".into(),

@@ -337,9 +337,9 @@ pub struct Page {
 
 impl Page {
     /// Reads a page's text: its resources kept as text, each with its view.
-    pub fn read(body: &str) -> Option<Page> {
-        // The page's items share one copy of its text.
-        let source: std::sync::Arc<str> = body.into();
+    pub fn read(body: String) -> Option<Page> {
+        // The page's items share its text, as it was read.
+        let source: crate::fhir::item::Source = std::sync::Arc::new(body);
         let bundle = crate::fhir::item::BundleText::parse(&source).ok()?;
         if bundle.resource_type.as_deref() != Some("Bundle")
             || bundle.bundle_type.as_deref() != Some("searchset")
@@ -505,12 +505,12 @@ mod tests {
 
     #[test]
     fn a_page_must_be_a_searchset_bundle() {
-        assert!(Page::read(&json!({"resourceType": "Patient"}).to_string()).is_none());
+        assert!(Page::read(json!({"resourceType": "Patient"}).to_string()).is_none());
         assert!(
-            Page::read(&json!({"resourceType": "Bundle", "type": "collection"}).to_string())
+            Page::read(json!({"resourceType": "Bundle", "type": "collection"}).to_string())
                 .is_none()
         );
-        let p = Page::read(&json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
+        let p = Page::read(json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
             "link": [{"relation": "next", "url": "https://x/fhir?p=2"}],
             "entry": [
                 {"resource": {"resourceType": "Observation", "id": "o"}, "search": {"mode": "match"}},
