@@ -118,6 +118,8 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
         "two plain conditions: no letter, no HIV item"
     );
     assert_eq!(report.withheld, 2);
+    // The second plain condition, decided as the first was, is counted as released too.
+    assert_eq!(report.released, 3);
     assert!(report.policies.contains("sensitive-legally-restricted"));
 
     let mut report = Filtered::default();
@@ -198,4 +200,44 @@ fn a_draft_is_compared_with_the_active_set_item_by_item() {
         "dorset",
     );
     assert_eq!(same.summary("R8000"), "no change for R8000 users");
+}
+
+#[test]
+fn items_of_one_type_are_decided_apart_when_a_directive_reads_their_categories() {
+    // The patient refuses laboratory results to everyone: two Observations of one type and
+    // no labels differ by category alone, and only one of them is released.
+    let consent = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": crate::consent::CONSENT_SCOPE_SYSTEM, "code": "patient-privacy"}]},
+        "provision": {"type": "permit", "provision": [{"type": "deny",
+            "code": [{"coding": [{"code": "laboratory"}]}]}]}
+    });
+    let directives = crate::consent::read(&[consent], 1_767_225_600);
+    assert!(directives.has_rules());
+    let obs = |id: &str, category: &str| {
+        json!({"resourceType": "Observation", "id": id,
+            "category": [{"coding": [{"code": category}]}]})
+    };
+    let answer = RecordAnswer {
+        items: crate::fhir::item::items_of(vec![
+            obs("a", "vital-signs"),
+            obs("b", "laboratory"),
+            obs("c", "vital-signs"),
+        ]),
+        ..RecordAnswer::default()
+    };
+    let set = embedded_policy_set().unwrap();
+    let mut report = Filtered::default();
+    let mut clinician = Gatekeeper::new(
+        &set,
+        &user("R8000", "TREAT", None),
+        "dorset",
+        DecisionPoint::View,
+        "dorset",
+    )
+    .with_consent(directives, "dorset");
+    let kept = clinician.filter(answer, "dorset", &mut report);
+    let ids: Vec<&str> = kept.items.iter().map(|i| i.id()).collect();
+    assert_eq!(ids, ["a", "c"]);
+    assert_eq!((report.released, report.withheld), (2, 1));
 }

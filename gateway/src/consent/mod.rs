@@ -188,6 +188,12 @@ impl ConsentView {
     pub fn is_empty(&self) -> bool {
         !self.objects_to_sharing && self.rules.is_empty()
     }
+
+    /// Whether any directive looks at an item itself (its type or categories): without one,
+    /// what the directives say is the same for every item.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
 }
 
 /// Why a directive sent to the gateway is refused.
