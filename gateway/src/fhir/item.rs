@@ -35,9 +35,10 @@ struct Inner {
     /// Where each top-level member's key and value lie in `json` (`None` when a key had
     /// escapes: such an item is written by re-reading it).
     spans: Option<Box<[Span]>>,
-    /// Where each `reference` string value lies in `json`, in document order (one per
-    /// [`ItemView::references`]).
-    reference_at: Box<[(u32, u32)]>,
+    /// Every `reference` string, in document order: where its literal lies in `json`
+    /// (quotes included), and its value when the literal had escapes (else the value is the
+    /// text between the quotes, and nothing is copied).
+    references: Box<[(u32, u32, Option<Box<str>>)]>,
 }
 
 /// A top-level member: its key's text (without quotes) and its value's, as byte ranges.
@@ -91,16 +92,23 @@ pub struct ItemView {
     pub clinical_date: Option<String>,
     /// The start of the first clinical date that parses (`i64::MIN` when none): newest first.
     pub sort_start: i64,
-    /// Every `reference` string in the resource, in document order.
-    pub references: Vec<String>,
 }
 
-impl ItemView {
-    /// The relative references (`Type/id`) among [`ItemView::references`].
+impl Item {
+    /// Every `reference` string in the resource, in document order.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        let json = self.json();
+        self.0.references.iter().map(move |(a, b, escaped)| {
+            escaped
+                .as_deref()
+                .unwrap_or(&json[*a as usize + 1..*b as usize - 1])
+        })
+    }
+
+    /// The relative references (`Type/id`) among [`Item::references`].
     pub fn relative_references(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.references
-            .iter()
-            .filter_map(|r| super::reference::split_relative(r))
+        self.references()
+            .filter_map(super::reference::split_relative)
     }
 }
 
@@ -151,14 +159,13 @@ impl Item {
                 }
             }
         }
-        let (reference_at, references): (Vec<(u32, u32)>, Vec<String>) = found.into_iter().unzip();
-        let view = ItemView::read(&members, references);
+        let view = ItemView::read(&members);
         Ok(Item(Arc::new(Inner {
             source: source.clone(),
             at: (offset as u32, (offset + json.len()) as u32),
             view,
             spans,
-            reference_at: reference_at.into(),
+            references: found.into(),
         })))
     }
 
@@ -491,7 +498,7 @@ impl<'a> Members<'a> {
 }
 
 impl ItemView {
-    fn read(members: &Members<'_>, references: Vec<String>) -> ItemView {
+    fn read(members: &Members<'_>) -> ItemView {
         let rtype = members.string("resourceType").unwrap_or_default();
         let kind = ResourceType::parse(&rtype);
         // Each element read into a small typed shape (borrowing its strings); an element of
@@ -613,7 +620,6 @@ impl ItemView {
             concept,
             clinical_date,
             sort_start,
-            references,
         }
     }
 
@@ -836,7 +842,7 @@ pub fn references_in(json: &str) -> Vec<String> {
 /// offsets from `base`, the start of the resource's text the value is part of).
 struct ReferenceFinder<'o> {
     base: usize,
-    out: &'o mut Vec<((u32, u32), String)>,
+    out: &'o mut Vec<(u32, u32, Option<Box<str>>)>,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ReferenceFinder<'_> {
@@ -858,9 +864,16 @@ impl<'de> Visitor<'de> for ReferenceFinder<'_> {
                 let raw: &'de RawValue = map.next_value()?;
                 let text = raw.get();
                 if text.starts_with('"') {
-                    let s: String = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                    // Its value is copied only when it had escapes.
+                    let escaped = if text.contains('\\') {
+                        let s: String =
+                            serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                        Some(s.into_boxed_str())
+                    } else {
+                        None
+                    };
                     let at = (text.as_ptr() as usize - base) as u32;
-                    out.push(((at, at + text.len() as u32), s));
+                    out.push((at, at + text.len() as u32, escaped));
                 } else {
                     let mut de = serde_json::Deserializer::from_str(text);
                     serde::de::DeserializeSeed::deserialize(
@@ -1147,7 +1160,7 @@ impl Item {
         let whole = self.json();
         let json = whole.as_bytes();
         let text = |(a, b): (u32, u32)| &whole[a as usize..b as usize];
-        let refs = &self.0.reference_at;
+        let refs = &self.0.references;
         let mut next_ref = 0;
         out.reserve(json.len() + 256);
         out.push(b'{');
@@ -1170,8 +1183,10 @@ impl Item {
             splice.member(key, text(span.value), &mut wrote, out, |out| {
                 let mut at = start as usize;
                 for r in inside {
-                    let (a, b) = refs[r];
-                    let reference = &self.0.view.references[r];
+                    let (a, b, ref escaped) = refs[r];
+                    let reference = escaped
+                        .as_deref()
+                        .unwrap_or(&whole[a as usize + 1..b as usize - 1]);
                     if is_relative_reference(reference) {
                         out.extend_from_slice(&json[at..a as usize]);
                         write_str(&(splice.resolve)(reference), out);
@@ -1610,7 +1625,7 @@ mod tests {
         assert_eq!(v.clinical_date.as_deref(), Some("\"2024-04-30\""));
         assert_ne!(v.sort_start, i64::MIN);
         assert_eq!(
-            v.references,
+            item.references().collect::<Vec<_>>(),
             vec![
                 "Patient/p1",
                 "Practitioner/pr1",
@@ -1618,7 +1633,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            v.relative_references().collect::<Vec<_>>(),
+            item.relative_references().collect::<Vec<_>>(),
             vec![("Patient", "p1"), ("Practitioner", "pr1")]
         );
     }
@@ -1687,6 +1702,42 @@ mod tests {
     }
 
     #[test]
+    fn references_are_read_in_place_and_escaped_ones_unescaped() {
+        let text = r#"{"resourceType":"Observation","performer":[{"reference":"Practitioner\/p1"},{"reference":"Organization/o"}],"note":[{"reference":"https://x/Location/\u006c"}]}"#;
+        let item = Item::parse(text).unwrap();
+        assert_eq!(
+            item.references().collect::<Vec<_>>(),
+            ["Practitioner/p1", "Organization/o", "https://x/Location/l"]
+        );
+        assert_eq!(
+            item.relative_references().collect::<Vec<_>>(),
+            [("Practitioner", "p1"), ("Organization", "o")]
+        );
+        // Both relative references are rewritten where they lie, the absolute one left.
+        let mut out = Vec::new();
+        let meta = MetaEdit::default();
+        item.write_spliced(
+            &Splice {
+                id: "x",
+                patient: None,
+                meta: &meta,
+                resolve: &|r| format!("https://gw/{r}"),
+            },
+            &mut out,
+        );
+        let written: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            written["performer"][0]["reference"],
+            "https://gw/Practitioner/p1"
+        );
+        assert_eq!(
+            written["performer"][1]["reference"],
+            "https://gw/Organization/o"
+        );
+        assert_eq!(written["note"][0]["reference"], "https://x/Location/l");
+    }
+
+    #[test]
     fn odd_shapes_are_read_as_trees_and_escaped_keys_written_by_reading_again() {
         let text = r#"{"resourceType":"Condition","id":"c","meta":"x","identifier":{"system":"a","value":"b"},"subject":{"reference":null,"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9000000009"}},"code":{"coding":[{"system":1,"code":"x"},{"system":"s","code":"c"}]},"no\u0074e":[{"reference":"Practitioner/p"}]}"#;
         let item = Item::parse(text).unwrap();
@@ -1695,7 +1746,7 @@ mod tests {
         assert!(v.identifiers.is_empty());
         assert_eq!(v.patient, Some(PatientLink::Nhs("9000000009".into())));
         assert_eq!(v.concept.as_deref(), Some("s|c"));
-        assert_eq!(v.references, vec!["Practitioner/p"]);
+        assert_eq!(item.references().collect::<Vec<_>>(), ["Practitioner/p"]);
         let mut out = Vec::new();
         item.write_spliced(
             &Splice {

@@ -188,7 +188,7 @@ fn screen_included(
     let referenced: std::collections::HashSet<(&str, &str)> = items
         .iter()
         .chain(&included)
-        .flat_map(|i| i.view().relative_references())
+        .flat_map(|i| i.relative_references())
         .chain(
             patients
                 .iter()

@@ -111,14 +111,11 @@ pub fn referenced_elsewhere(items: &[Item], patients: &[Value]) -> Vec<(String, 
         items.iter().map(|i| (i.rtype(), i.id())).collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    let referenced = items
-        .iter()
-        .flat_map(|i| i.view().relative_references())
-        .chain(
-            patients
-                .iter()
-                .flat_map(crate::fhir::reference::relative_references),
-        );
+    let referenced = items.iter().flat_map(|i| i.relative_references()).chain(
+        patients
+            .iter()
+            .flat_map(crate::fhir::reference::relative_references),
+    );
     for (t, id) in referenced {
         if t != "Patient" && !held.contains(&(t, id)) && seen.insert((t, id)) {
             out.push((t.to_owned(), id.to_owned()));
