@@ -1407,7 +1407,7 @@ pub struct BundleText<'a> {
 /// One entry: its `search.mode` and its resource's text.
 #[derive(Debug)]
 pub struct EntryText<'a> {
-    pub mode: Option<String>,
+    pub mode: Option<Cow<'a, str>>,
     pub resource: Option<&'a RawValue>,
 }
 
@@ -1432,6 +1432,27 @@ struct EntryShape<'a> {
     resource: Option<&'a RawValue>,
     #[serde(borrow, default)]
     search: Option<&'a RawValue>,
+}
+
+/// `entry.search` as the reader wants it: its mode.
+#[derive(serde::Deserialize)]
+struct SearchShape<'a> {
+    #[serde(borrow, default)]
+    mode: Option<Cow<'a, str>>,
+}
+
+/// `entry.search.mode` from its text: typed (borrowed) when it has FHIR's shape, else read
+/// from a tree with the same leniency (a mode that is not a string is none).
+fn mode_of(search: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let text = search?.get();
+    match serde_json::from_str::<SearchShape<'_>>(text) {
+        Ok(shape) => shape.mode,
+        Err(_) => serde_json::from_str::<Value>(text)
+            .ok()?
+            .get("mode")?
+            .as_str()
+            .map(|m| Cow::Owned(m.to_owned())),
+    }
 }
 
 impl<'a> BundleText<'a> {
@@ -1464,8 +1485,7 @@ impl<'a> BundleText<'a> {
             .unwrap_or_default()
             .into_iter()
             .map(|e| EntryText {
-                mode: tree(e.search)
-                    .and_then(|s| s.get("mode").and_then(Value::as_str).map(str::to_owned)),
+                mode: mode_of(e.search),
                 resource: e.resource.filter(|r| r.get().starts_with('{')),
             })
             .collect();
@@ -1503,9 +1523,7 @@ impl<'a> BundleText<'a> {
                     };
                 };
                 EntryText {
-                    mode: entry
-                        .tree("search")
-                        .and_then(|s| s.get("mode").and_then(Value::as_str).map(str::to_owned)),
+                    mode: mode_of(entry.get("search")),
                     resource: entry.get("resource").filter(|r| r.get().starts_with('{')),
                 }
             })
@@ -1699,6 +1717,31 @@ mod tests {
         edit.apply(&mut want["meta"]);
         qualify_references(&mut want, &|r| format!("https://gw/{r}"));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn entry_modes_are_read_from_text_with_the_trees_leniency() {
+        let searches = [
+            (json!({"mode": "match", "score": 1}), Some("match")),
+            (json!({"mode": "a\"b"}), Some("a\"b")),
+            (json!({"mode": 5}), None),
+            (json!("match"), None),
+            (json!(null), None),
+            (json!({}), None),
+        ];
+        for (search, want) in searches {
+            let text = json!({"resourceType": "Bundle", "entry": [
+                {"resource": {"resourceType": "Patient"}, "search": search}]})
+            .to_string();
+            let bundle = BundleText::parse(&text).unwrap();
+            assert_eq!(bundle.entries[0].mode.as_deref(), want, "{search}");
+        }
+        // A repeated mode keeps its last, as a tree does.
+        let text = r#"{"resourceType":"Bundle","entry":[{"resource":{},"search":{"mode":"match","mode":"include"}}]}"#;
+        assert_eq!(
+            BundleText::parse(text).unwrap().entries[0].mode.as_deref(),
+            Some("include")
+        );
     }
 
     #[test]
