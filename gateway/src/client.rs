@@ -143,7 +143,7 @@ pub fn bundle_to_answer(body: &crate::fhir::item::Source) -> Result<RecordAnswer
     }
     let mut answer = RecordAnswer::default();
     for entry in &bundle.entries {
-        let Some(resource) = entry.resource else {
+        let Some(resource) = &entry.resource else {
             continue;
         };
         let mode = entry.mode.as_deref();
@@ -164,7 +164,7 @@ pub fn bundle_to_answer(body: &crate::fhir::item::Source) -> Result<RecordAnswer
         let include = mode == Some("include");
         // Each item keeps its place in the one body rather than a copy.
         let item =
-            Item::parse_in(body, resource.get()).map_err(|e| FetchError::Json(e.to_string()))?;
+            Item::parse_entry(body, resource).map_err(|e| FetchError::Json(e.to_string()))?;
         match item.rtype() {
             "Patient" => answer.patients.push(item.to_value()),
             "OperationOutcome" | "" => {}

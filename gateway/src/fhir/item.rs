@@ -127,11 +127,27 @@ impl Item {
     /// Reads a resource whose text `json` is part of `source` (an answer's body): the item
     /// keeps its place in the shared text rather than a copy of its own.
     pub fn parse_in(source: &Source, json: &str) -> Result<Item, NotAResource> {
+        Item::of_members(source, json, &Members::parse(json)?)
+    }
+
+    /// [`Item::parse_in`] of a Bundle entry's resource, whose members the Bundle's reading
+    /// already found (the text is not read a second time for them).
+    pub fn parse_entry(source: &Source, resource: &ResourceText<'_>) -> Result<Item, NotAResource> {
+        match &resource.members {
+            Some(members) => Item::of_members(source, resource.text, members),
+            None => Item::parse_in(source, resource.text),
+        }
+    }
+
+    fn of_members(
+        source: &Source,
+        json: &str,
+        members: &Members<'_>,
+    ) -> Result<Item, NotAResource> {
         let offset = (json.as_ptr() as usize)
             .checked_sub(source.as_ptr() as usize)
             .filter(|o| o + json.len() <= source.len())
             .ok_or_else(|| NotAResource("not part of its answer".into()))?;
-        let members = Members::parse(json)?;
         let at = |part: &str| (part.as_ptr() as usize - json.as_ptr() as usize) as u32;
         let range = |part: &str| (at(part), at(part) + part.len() as u32);
         let spans: Option<Box<[Span]>> = members
@@ -159,7 +175,7 @@ impl Item {
                 }
             }
         }
-        let view = ItemView::read(&members);
+        let view = ItemView::read(members);
         Ok(Item(Arc::new(Inner {
             source: source.clone(),
             at: (offset as u32, (offset + json.len()) as u32),
@@ -406,11 +422,11 @@ pub fn items_of(values: impl IntoIterator<Item = Value>) -> Vec<Item> {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a key")
             }
@@ -421,30 +437,30 @@ impl<'de> Deserialize<'de> for Key<'de> {
                 Ok(Key(Cow::Owned(v.to_owned())))
             }
         }
-        d.deserialize_str(V)
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
 /// An object's members, in order, each value left as text.
 pub(crate) struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for Members<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                while let Some((k, v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(Members(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -1408,7 +1424,73 @@ pub struct BundleText<'a> {
 #[derive(Debug)]
 pub struct EntryText<'a> {
     pub mode: Option<Cow<'a, str>>,
-    pub resource: Option<&'a RawValue>,
+    pub resource: Option<ResourceText<'a>>,
+}
+
+/// An entry's resource (a JSON object): its text and, when the Bundle's one pass found them,
+/// its members.
+pub struct ResourceText<'a> {
+    text: &'a str,
+    members: Option<Members<'a>>,
+}
+
+impl<'a> ResourceText<'a> {
+    fn of_raw(raw: &'a RawValue) -> Self {
+        ResourceText {
+            text: raw.get(),
+            members: None,
+        }
+    }
+
+    pub fn get(&self) -> &'a str {
+        self.text
+    }
+}
+
+impl std::fmt::Debug for ResourceText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Its length only: a resource's text is patient data.
+        f.debug_struct("ResourceText")
+            .field("bytes", &self.text.len())
+            .finish()
+    }
+}
+
+/// Where an object whose members are `members` lies in `json`: from the `{` before its first
+/// key to the `}` after its last value (JSON whitespace between). `None` when that cannot be
+/// told from the members (no members, or a first key with escapes, not borrowed).
+fn object_text<'a>(json: &'a str, members: &Members<'a>) -> Option<&'a str> {
+    let (Key(Cow::Borrowed(first)), _) = members.0.first()? else {
+        return None;
+    };
+    let (_, last) = members.0.last()?;
+    let base = json.as_ptr() as usize;
+    let bytes = json.as_bytes();
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // The key's text starts after its opening quote.
+    let mut start = (first.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_sub(1)?;
+    if bytes.get(start) != Some(&b'"') {
+        return None;
+    }
+    loop {
+        start = start.checked_sub(1)?;
+        match bytes[start] {
+            b'{' => break,
+            b if is_space(b) => {}
+            _ => return None,
+        }
+    }
+    let mut end = (last.get().as_ptr() as usize).checked_sub(base)? + last.get().len();
+    loop {
+        match *bytes.get(end)? {
+            b'}' => break,
+            b if is_space(b) => end += 1,
+            _ => return None,
+        }
+    }
+    json.get(start..end + 1)
 }
 
 /// A Bundle's shape, read in one pass (each resource left as text).
@@ -1428,8 +1510,10 @@ struct BundleShape<'a> {
 
 #[derive(serde::Deserialize)]
 struct EntryShape<'a> {
+    /// Read as an object's members in the Bundle's one pass (another shape reads the
+    /// Bundle leniently).
     #[serde(borrow, default)]
-    resource: Option<&'a RawValue>,
+    resource: Option<Members<'a>>,
     #[serde(borrow, default)]
     search: Option<&'a RawValue>,
 }
@@ -1459,15 +1543,20 @@ impl<'a> BundleText<'a> {
     /// Reads a JSON object's envelope; `Err` when the text is not one. Elements of the wrong
     /// shape read as missing.
     pub fn parse(json: &'a str) -> Result<BundleText<'a>, NotAResource> {
-        match serde_json::from_str::<BundleShape<'a>>(json) {
-            Ok(shape) => Ok(BundleText::of_shape(shape)),
+        match serde_json::from_str::<BundleShape<'a>>(json)
+            .ok()
+            .and_then(|shape| BundleText::of_shape(json, shape))
+        {
+            Some(bundle) => Ok(bundle),
             // Something of an unexpected shape (an entry that is not an object, a repeated
             // key): read again, element by element, leniently.
-            Err(_) => BundleText::parse_leniently(json),
+            None => BundleText::parse_leniently(json),
         }
     }
 
-    fn of_shape(shape: BundleShape<'a>) -> BundleText<'a> {
+    /// The Bundle from its shape; `None` when a resource's text cannot be told from its
+    /// members (then it is read leniently).
+    fn of_shape(json: &'a str, shape: BundleShape<'a>) -> Option<BundleText<'a>> {
         let tree = |raw: Option<&RawValue>| -> Option<Value> {
             raw.and_then(|r| serde_json::from_str(r.get()).ok())
         };
@@ -1484,18 +1573,27 @@ impl<'a> BundleText<'a> {
             .entry
             .unwrap_or_default()
             .into_iter()
-            .map(|e| EntryText {
-                mode: mode_of(e.search),
-                resource: e.resource.filter(|r| r.get().starts_with('{')),
+            .map(|e| {
+                let resource = match e.resource {
+                    Some(members) => Some(ResourceText {
+                        text: object_text(json, &members)?,
+                        members: Some(members),
+                    }),
+                    None => None,
+                };
+                Some(EntryText {
+                    mode: mode_of(e.search),
+                    resource,
+                })
             })
-            .collect();
-        BundleText {
+            .collect::<Option<Vec<_>>>()?;
+        Some(BundleText {
             resource_type: shape.resource_type.map(Cow::into_owned),
             bundle_type: shape.bundle_type.map(Cow::into_owned),
             total: tree(shape.total).and_then(|t| t.as_u64()),
             next,
             entries,
-        }
+        })
     }
 
     fn parse_leniently(json: &'a str) -> Result<BundleText<'a>, NotAResource> {
@@ -1524,7 +1622,10 @@ impl<'a> BundleText<'a> {
                 };
                 EntryText {
                     mode: mode_of(entry.get("search")),
-                    resource: entry.get("resource").filter(|r| r.get().starts_with('{')),
+                    resource: entry
+                        .get("resource")
+                        .filter(|r| r.get().starts_with('{'))
+                        .map(ResourceText::of_raw),
                 }
             })
             .collect();
@@ -1717,6 +1818,56 @@ mod tests {
         edit.apply(&mut want["meta"]);
         qualify_references(&mut want, &|r| format!("https://gw/{r}"));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_resource_read_in_the_bundles_pass_is_its_whole_text() {
+        let resources = [
+            json!({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p"}}),
+            json!({"resourceType": "Patient", "name": [{"family": "Q"}], "n": 1.5}),
+        ];
+        let bundle = json!({"resourceType": "Bundle", "entry": [
+            {"resource": resources[0]}, {"fullUrl": "x", "resource": resources[1], "search": {"mode": "include"}}]});
+        for text in [
+            bundle.to_string(),
+            serde_json::to_string_pretty(&bundle).unwrap(),
+        ] {
+            let read = BundleText::parse(&text).unwrap();
+            for (entry, want) in read.entries.iter().zip(&resources) {
+                let resource = entry.resource.as_ref().unwrap();
+                assert!(resource.members.is_some(), "read in one pass");
+                let got: Value = serde_json::from_str(resource.get()).unwrap();
+                assert_eq!(&got, want);
+                // The item read from the members is the item read from the text.
+                let source: Source = Arc::new(text.clone());
+                let at = resource.get().as_ptr() as usize - text.as_ptr() as usize;
+                let same = &source[at..at + resource.get().len()];
+                let a = Item::parse_entry(
+                    &source,
+                    &ResourceText {
+                        text: same,
+                        members: Members::parse(same).ok(),
+                    },
+                )
+                .unwrap();
+                let b = Item::parse_in(&source, same).unwrap();
+                assert_eq!((a.json(), a.view()), (b.json(), b.view()));
+            }
+        }
+        // An empty resource, or one whose first key has escapes, is read leniently: the
+        // same texts.
+        for text in [
+            r#"{"resourceType":"Bundle","entry":[{"resource":{ }},{"resource":{"id":"a"}}]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"\u0069d":"a","x":1}}]}"#,
+        ] {
+            let read = BundleText::parse(text).unwrap();
+            let tree: Value = serde_json::from_str(text).unwrap();
+            for (entry, want) in read.entries.iter().zip(tree["entry"].as_array().unwrap()) {
+                let got: Value =
+                    serde_json::from_str(entry.resource.as_ref().unwrap().get()).unwrap();
+                assert_eq!(got, want["resource"]);
+            }
+        }
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl Page {
         }
         let (mut matches, mut includes) = (Vec::new(), Vec::new());
         for entry in &bundle.entries {
-            let Some(resource) = entry.resource else {
+            let Some(resource) = &entry.resource else {
                 continue;
             };
             let list = match entry.mode.as_deref().unwrap_or("match") {
@@ -356,7 +356,7 @@ impl Page {
                 "include" => &mut includes,
                 _ => continue,
             };
-            list.push(Item::parse_in(&source, resource.get()).ok()?);
+            list.push(Item::parse_entry(&source, resource).ok()?);
         }
         Some(Page {
             matches,
