@@ -38,8 +38,12 @@ struct Inner {
     /// Every `reference` string, in document order: where its literal lies in `json`
     /// (quotes included), and its value when the literal had escapes (else the value is the
     /// text between the quotes, and nothing is copied).
-    references: Box<[(u32, u32, Option<Box<str>>)]>,
+    references: Box<[FoundReference]>,
 }
+
+/// A `reference` string: where its literal lies (quotes included), and its value when the
+/// literal had escapes.
+type FoundReference = (u32, u32, Option<Box<str>>);
 
 /// A top-level member: its key's text (without quotes) and its value's, as byte ranges.
 #[derive(Debug, Clone, Copy)]
@@ -858,7 +862,7 @@ pub fn references_in(json: &str) -> Vec<String> {
 /// offsets from `base`, the start of the resource's text the value is part of).
 struct ReferenceFinder<'o> {
     base: usize,
-    out: &'o mut Vec<(u32, u32, Option<Box<str>>)>,
+    out: &'o mut Vec<FoundReference>,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ReferenceFinder<'_> {
