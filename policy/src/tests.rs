@@ -191,41 +191,33 @@ fn remembered_decisions_are_the_decisions() {
     assert!(cases::run(&strict, &files).iter().any(|o| !o.passed));
 }
 
+/// A set of one policy, permitting everything when `body` holds.
+fn permit_when(body: &str) -> PolicySet {
+    PolicySet::from_sources(
+        &schema(),
+        vec![(
+            "a.cedar".to_owned(),
+            format!("@id(\"a\")\npermit (principal, action, resource) when {{ {body} }};\n"),
+        )],
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_set_reads_the_time_only_when_a_policy_can() {
-    let set = |body: &str| {
-        PolicySet::from_sources(
-            &schema(),
-            vec![(
-                "a.cedar".to_owned(),
-                format!("@id(\"a\")\npermit (principal, action, resource) when {{ {body} }};\n"),
-            )],
-        )
-        .unwrap()
-    };
     // The shipped set never reads the time.
     assert!(!PolicySet::load(&repo_policies()).unwrap().reads_time());
-    assert!(!set("context.purpose_of_use == \"TREAT\"").reads_time());
-    assert!(!set("context has break_glass_reason && context.break_glass").reads_time());
-    assert!(set("context.time > 1700000000").reads_time());
-    assert!(set("context has time").reads_time());
-    assert!(set("context.purpose_of_use == \"TREAT\" || context.time < 0").reads_time());
+    assert!(!permit_when("context.purpose_of_use == \"TREAT\"").reads_time());
+    assert!(!permit_when("context has break_glass_reason && context.break_glass").reads_time());
+    assert!(permit_when("context.time > 1700000000").reads_time());
+    assert!(permit_when("context has time").reads_time());
+    assert!(permit_when("context.purpose_of_use == \"TREAT\" || context.time < 0").reads_time());
     // `context` used whole: any attribute may matter, the time among them.
-    assert!(set("context == context").reads_time());
+    assert!(permit_when("context == context").reads_time());
 }
 
 #[test]
 fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
-    let set = |body: &str| {
-        PolicySet::from_sources(
-            &schema(),
-            vec![(
-                "a.cedar".to_owned(),
-                format!("@id(\"a\")\npermit (principal, action, resource) when {{ {body} }};\n"),
-            )],
-        )
-        .unwrap()
-    };
     let (p, i, mut c) = question_parts("Observation");
     let at = |set: &PolicySet, c: &Circumstances| {
         set.decide(&Question {
@@ -236,7 +228,7 @@ fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
         .allowed
     };
     // A set that cannot read the time: a later second finds the decision remembered.
-    let timeless = set("context.purpose_of_use == \"TREAT\"");
+    let timeless = permit_when("context.purpose_of_use == \"TREAT\"");
     assert!(at(&timeless, &c));
     c.time += 7;
     assert!(at(&timeless, &c));
@@ -244,7 +236,7 @@ fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
     // A set that reads it decides each second anew: the later second is refused.
     let (_, _, mut c) = question_parts("Observation");
     let cutoff = c.time;
-    let timed = set(&format!("context.time <= {cutoff}"));
+    let timed = permit_when(&format!("context.time <= {cutoff}"));
     assert!(at(&timed, &c));
     c.time += 1;
     assert!(!at(&timed, &c));
