@@ -11,6 +11,11 @@ fn user(role: &str, purpose: &str, break_glass: Option<&str>) -> UserContext {
     }
 }
 
+/// The view decision point of a Dorset user asking of Dorset's record.
+fn in_dorset<'a>(set: &'a policy::PolicySet, user: &UserContext) -> Gatekeeper<'a> {
+    Gatekeeper::new(set, user, "dorset", DecisionPoint::View, "dorset")
+}
+
 fn item(t: &str, security: serde_json::Value) -> Value {
     json!({"resourceType": t, "id": "x", "meta": {"security": security}})
 }
@@ -88,13 +93,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
         ..RecordAnswer::default()
     };
     let mut report = Filtered::default();
-    let mut clinician = Gatekeeper::new(
-        &set,
-        &user("R8000", "TREAT", None),
-        "dorset",
-        DecisionPoint::View,
-        "dorset",
-    );
+    let mut clinician = in_dorset(&set, &user("R8000", "TREAT", None));
     let kept = clinician.filter(answer.clone(), "dorset", &mut report);
     assert_eq!((kept.patients.len(), kept.items.len()), (1, 4));
     assert_eq!(
@@ -104,13 +103,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
     );
 
     let mut report = Filtered::default();
-    let mut student = Gatekeeper::new(
-        &set,
-        &user("R8004", "TREAT", None),
-        "dorset",
-        DecisionPoint::View,
-        "dorset",
-    );
+    let mut student = in_dorset(&set, &user("R8004", "TREAT", None));
     let kept = student.filter(answer.clone(), "dorset", &mut report);
     assert_eq!(
         kept.items.len(),
@@ -123,12 +116,9 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
     assert!(report.policies.contains("sensitive-legally-restricted"));
 
     let mut report = Filtered::default();
-    let mut emergency = Gatekeeper::new(
+    let mut emergency = in_dorset(
         &set,
         &user("R8000", "TREAT", Some("collapsed, unable to consent")),
-        "dorset",
-        DecisionPoint::View,
-        "dorset",
     );
     let kept = emergency.filter(answer.clone(), "dorset", &mut report);
     assert_eq!(
@@ -138,13 +128,7 @@ fn filtering_keeps_what_policy_releases_and_memoises_per_class() {
     );
 
     let mut report = Filtered::default();
-    let mut research = Gatekeeper::new(
-        &set,
-        &user("R8000", "HRESCH", None),
-        "dorset",
-        DecisionPoint::View,
-        "dorset",
-    );
+    let mut research = in_dorset(&set, &user("R8000", "HRESCH", None));
     let kept = research.filter(answer, "dorset", &mut report);
     assert_eq!(kept.patients.len() + kept.items.len(), 0);
     assert!(report.policies.contains("purpose-direct-care-only"));
@@ -228,14 +212,8 @@ fn items_of_one_type_are_decided_apart_when_a_directive_reads_their_categories()
     };
     let set = embedded_policy_set().unwrap();
     let mut report = Filtered::default();
-    let mut clinician = Gatekeeper::new(
-        &set,
-        &user("R8000", "TREAT", None),
-        "dorset",
-        DecisionPoint::View,
-        "dorset",
-    )
-    .with_consent(directives, "dorset");
+    let mut clinician =
+        in_dorset(&set, &user("R8000", "TREAT", None)).with_consent(directives, "dorset");
     let kept = clinician.filter(answer, "dorset", &mut report);
     let ids: Vec<&str> = kept.items.iter().map(|i| i.id()).collect();
     assert_eq!(ids, ["a", "c"]);
