@@ -181,7 +181,7 @@ mod tests {
             &[("self", "https://s".into())],
             2000,
             &first,
-            &[],
+            &[] as &[serde_json::Value],
         );
         let want = bundle.clone().into_vec();
         assert!(want.len() > 3 * 64 * 1024, "several chunks: {}", want.len());

@@ -301,7 +301,7 @@ async fn read(
     let entries = crate::pipeline::federation::answer_entries(base, &kept);
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     let id = uuid::Uuid::new_v4().to_string();
-    let body = fhir::write_searchset(&id, &now, base, 1, &entries, &[]);
+    let body = fhir::write_searchset(&id, &now, base, 1, &entries, &[] as &[serde_json::Value]);
     let mut response = crate::error::fhir_bytes_response(StatusCode::OK, body);
     response.headers_mut().insert(
         http::header::CACHE_CONTROL,

@@ -216,6 +216,31 @@ pub fn searchset(
     bundle
 }
 
+/// An entry written after the shared ones: a tree, or an entry already written as text.
+pub trait EntryJson {
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl EntryJson for Value {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing a Value to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+}
+
+/// An entry's JSON text.
+impl EntryJson for str {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl<T: EntryJson + ?Sized> EntryJson for &T {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        (**self).write_json(out)
+    }
+}
+
 /// Entries written once, to be written into many Bundles: each entry's JSON text, shared
 /// (a kept view and the Bundle being written hold the same texts, not copies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -268,7 +293,7 @@ pub fn write_searchset(
     self_link: &str,
     total: usize,
     first: &SerializedEntries,
-    rest: &[Value],
+    rest: &[impl EntryJson],
 ) -> Vec<u8> {
     searchset_bytes(
         id,
@@ -291,7 +316,7 @@ pub fn searchset_bytes(
     links: &[(&str, String)],
     total: usize,
     first: &SerializedEntries,
-    rest: &[Value],
+    rest: &[impl EntryJson],
 ) -> BundleBytes {
     let self_link = links.first().map_or("", |(_, u)| u.as_str());
     let mut envelope = searchset(id, timestamp, self_link, total, Vec::new());
@@ -314,7 +339,7 @@ pub fn searchset_bytes(
         if i > 0 || !first.is_empty() {
             tail.push(b',');
         }
-        let _ = serde_json::to_writer(&mut tail, e);
+        e.write_json(&mut tail);
     }
     tail.extend_from_slice(b"]}");
     BundleBytes {
@@ -600,7 +625,14 @@ mod tests {
             );
         }
         // No entries at all: no "entry" element, as searchset makes it.
-        let none = write_searchset("b1", "t", link, 0, &SerializedEntries::default(), &[]);
+        let none = write_searchset(
+            "b1",
+            "t",
+            link,
+            0,
+            &SerializedEntries::default(),
+            &[] as &[Value],
+        );
         assert_eq!(
             none,
             serde_json::to_vec(&searchset("b1", "t", link, 0, Vec::new())).unwrap()

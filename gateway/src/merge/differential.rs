@@ -202,3 +202,37 @@ fn the_byte_path_answers_the_realistic_records_as_the_tree_path_did() {
         }
     }
 }
+
+/// A region's Provenance written as text is the tree the old merge built, for a fresh answer
+/// and for a stale one, with targets whose addresses need escaping.
+#[test]
+fn provenance_text_is_the_old_tree() {
+    let envelope = Envelope {
+        bundle_id: "b-1",
+        now: "2026-01-01T00:00:00Z",
+        self_link: "https://gw/fhir/x",
+    };
+    for (targets, stale) in [
+        (vec![], None),
+        (
+            vec![
+                "https://gw/fhir/Observation/a".to_owned(),
+                "urn:uuid:\"quoted\"\\é".to_owned(),
+            ],
+            Some(3_700),
+        ),
+    ] {
+        let c = Contribution {
+            region: region("dorset"),
+            targets,
+            stale_seconds: stale,
+            elapsed_ms: 12,
+        };
+        let text = provenance(&c, 12, &envelope);
+        assert_eq!(text.mode, SearchMode::Include);
+        assert_eq!(
+            text.to_value(),
+            super::oracle::provenance(&c, 12, &envelope)
+        );
+    }
+}

@@ -379,7 +379,11 @@ impl View {
             .chain(&self.includes)
             .map(Written::to_value)
             .collect();
-        entries.extend(self.request_entries(envelope, |c| c.elapsed_ms));
+        entries.extend(
+            self.request_entries(envelope, |c| c.elapsed_ms)
+                .iter()
+                .map(RequestEntry::to_value),
+        );
         let bundle = fhir::searchset(
             envelope.bundle_id,
             envelope.now,
@@ -418,55 +422,100 @@ impl View {
         &self,
         envelope: &Envelope<'_>,
         elapsed: impl Fn(&Contribution) -> u64,
-    ) -> Vec<Value> {
-        let mut entries: Vec<Value> = self
+    ) -> Vec<RequestEntry> {
+        let mut entries: Vec<RequestEntry> = self
             .contributions
             .iter()
             .map(|c| provenance(c, elapsed(c), envelope))
             .collect();
         if !self.issues.is_empty() {
             let oo_url = format!("urn:uuid:{}", envelope.bundle_id);
-            entries.push(fhir::entry(
-                &oo_url,
-                operation_outcome(&self.issues),
-                SearchMode::Outcome,
-            ));
+            let outcome = operation_outcome(&self.issues);
+            entries.push(RequestEntry::of(&oo_url, SearchMode::Outcome, |out| {
+                let _ = serde_json::to_writer(out, &outcome);
+            }));
         }
         entries
     }
 }
 
-/// A region's Provenance entry in a Bundle: what it contributed, and when.
-fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Value {
-    let region = &c.region;
-    let targets: Vec<Value> = c.targets.iter().map(|u| json!({"reference": u})).collect();
-    let mut p = json!({
-        "resourceType": "Provenance",
-        "id": format!("{}-{}", region.code, envelope.bundle_id),
-        "target": [],
-        "recorded": envelope.now,
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
-                     "text": format!("answered the federated query in {elapsed_ms} ms")},
-        "agent": [{
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
-            "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
-        }],
-    });
-    p["target"] = Value::Array(targets);
-    if let Some(age) = c.stale_seconds {
-        p["activity"]["text"] = json!(format!(
-            "could not answer; its answer of {} ago is shown",
-            crate::fhir::describe_age(age)
-        ));
+/// An entry that names the request (a region's Provenance, the OperationOutcome), written as
+/// text: a Provenance targets every entry its region gave, thousands for a long record, and no
+/// tree is built of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestEntry {
+    pub mode: SearchMode,
+    pub json: String,
+}
+
+impl RequestEntry {
+    fn of(full_url: &str, mode: SearchMode, resource: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut out = Vec::with_capacity(512);
+        crate::fhir::item::write_entry(full_url, mode, resource, &mut out);
+        RequestEntry {
+            mode,
+            // Written from strings and serde_json: UTF-8.
+            json: String::from_utf8(out).unwrap_or_default(),
+        }
     }
-    fhir::entry(
-        &format!(
-            "urn:uuid:{}",
-            provenance_uuid(&region.code, envelope.bundle_id)
-        ),
-        p,
-        SearchMode::Include,
-    )
+
+    /// The entry as a tree (answers built as one, tests).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+impl fhir::EntryJson for RequestEntry {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.json.as_bytes());
+    }
+}
+
+/// A region's Provenance entry in a Bundle: what it contributed, and when.
+fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> RequestEntry {
+    let region = &c.region;
+    let activity = json!({
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
+        "text": match c.stale_seconds {
+            Some(age) => format!(
+                "could not answer; its answer of {} ago is shown",
+                crate::fhir::describe_age(age)
+            ),
+            None => format!("answered the federated query in {elapsed_ms} ms"),
+        },
+    });
+    let agent = json!([{
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
+        "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
+    }]);
+    let string = |s: &str, out: &mut Vec<u8>| {
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    };
+    let full_url = format!(
+        "urn:uuid:{}",
+        provenance_uuid(&region.code, envelope.bundle_id)
+    );
+    RequestEntry::of(&full_url, SearchMode::Include, |out| {
+        out.extend_from_slice(br#"{"resourceType":"Provenance","id":"#);
+        string(&format!("{}-{}", region.code, envelope.bundle_id), out);
+        out.extend_from_slice(br#","target":["#);
+        for (i, target) in c.targets.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"reference":"#);
+            string(target, out);
+            out.push(b'}');
+        }
+        out.extend_from_slice(br#"],"recorded":"#);
+        string(envelope.now, out);
+        out.extend_from_slice(br#","activity":"#);
+        let _ = serde_json::to_writer(&mut *out, &activity);
+        out.extend_from_slice(br#","agent":"#);
+        let _ = serde_json::to_writer(&mut *out, &agent);
+        out.push(b'}');
+    })
 }
 
 /// What the regions' answers give the merge once screened: each region's Patient resources,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::{
     Contribution, Envelope, FailureKind, MergeContext, Merged, MismatchPolicy, RegionFailure,
     RegionInfo, ViewContext, demographic_conflicts, id_of, key_of, last_updated, merge_patients,
-    newest_patient_region, provenance, set_gateway_id,
+    newest_patient_region, provenance_uuid, set_gateway_id,
 };
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::types::{ResourceType, element, resource_type};
@@ -957,4 +957,37 @@ fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
         crate::fhir::canonical_json(date)
     );
     Some(key_of(&text))
+}
+
+/// A region's Provenance entry as a tree, as the merge wrote it before it wrote it as text.
+pub(super) fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Value {
+    let region = &c.region;
+    let targets: Vec<Value> = c.targets.iter().map(|u| json!({"reference": u})).collect();
+    let mut p = json!({
+        "resourceType": "Provenance",
+        "id": format!("{}-{}", region.code, envelope.bundle_id),
+        "target": [],
+        "recorded": envelope.now,
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
+                     "text": format!("answered the federated query in {elapsed_ms} ms")},
+        "agent": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
+            "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
+        }],
+    });
+    p["target"] = Value::Array(targets);
+    if let Some(age) = c.stale_seconds {
+        p["activity"]["text"] = json!(format!(
+            "could not answer; its answer of {} ago is shown",
+            crate::fhir::describe_age(age)
+        ));
+    }
+    fhir::entry(
+        &format!(
+            "urn:uuid:{}",
+            provenance_uuid(&region.code, envelope.bundle_id)
+        ),
+        p,
+        SearchMode::Include,
+    )
 }

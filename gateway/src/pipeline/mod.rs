@@ -503,10 +503,10 @@ async fn write_count(gateway: &Gateway, ask: &Ask, view: &View) -> Result<Bundle
     });
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = ask.envelope(&now);
-    let outcome: Vec<Value> = view
+    let outcome: Vec<_> = view
         .request_entries(&envelope, |c| c.elapsed_ms)
         .into_iter()
-        .filter(|e| e["search"]["mode"] == "outcome")
+        .filter(|e| e.mode == crate::fhir::SearchMode::Outcome)
         .collect();
     let (body, ()) = audited(gateway, ask, || {
         let body = searchset_bytes(

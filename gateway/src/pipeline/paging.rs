@@ -9,8 +9,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::app::Gateway;
 use crate::auth::UserContext;
 use crate::fhir::{BundleBytes, SerializedEntries};
@@ -28,7 +26,7 @@ pub struct Paged {
     matches: Vec<Written>,
     includes: Vec<Written>,
     /// Provenance and the outcome, repeated on every page.
-    tail: Vec<Value>,
+    tail: Vec<crate::merge::RequestEntry>,
     count: usize,
     pub bundle_id: String,
 }
@@ -56,7 +54,7 @@ impl Paged {
         user: &UserContext,
         nhs: &str,
         view: View,
-        tail: Vec<Value>,
+        tail: Vec<crate::merge::RequestEntry>,
         count: usize,
         bundle_id: &str,
     ) -> Paged {
@@ -195,7 +193,7 @@ mod tests {
     #[test]
     fn a_page_carries_the_includes_its_matches_reference_and_what_those_reference() {
         let role = |refs: &[&str]| {
-            let r: Vec<Value> = refs
+            let r: Vec<serde_json::Value> = refs
                 .iter()
                 .map(|r| serde_json::json!({"reference": r}))
                 .collect();

@@ -1,0 +1,108 @@
+//! Issue 16's memory bound on the data path alone: one region's answer of about 30 MB, read
+//! from its text, filtered, merged and written, with the peak of live heap bytes above the
+//! text counted (peak_alloc: live bytes do not depend on the allocator; what mimalloc keeps
+//! beyond them shows in `bench/run`'s resident figure).
+//! `cargo run --release -p gateway --example answer_memory -- 30` (MiB of answer).
+
+#[path = "../benches/common/answers.rs"]
+mod answers;
+
+use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
+use gateway::auth::UserContext;
+use gateway::merge::{MismatchPolicy, RegionResult, ViewContext, merge_view};
+use policy::DecisionPoint;
+
+#[global_allocator]
+static PEAK: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
+
+fn main() {
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let (query, mut results) = answers::large_answers(mib * 1024 * 1024);
+    results.truncate(1);
+    let region = results[0].region.clone();
+    let text: gateway::fhir::item::Source = {
+        let a = results[0].outcome.as_ref().expect("an answer");
+        let mut entries: Vec<serde_json::Value> = a
+            .patients
+            .iter()
+            .map(|p| serde_json::json!({"resource": p, "search": {"mode": "match"}}))
+            .collect();
+        entries.extend(a.items.iter().map(|i| {
+            serde_json::json!({"fullUrl": format!("https://x/fhir/{}/{}", i.rtype(), i.id()), "resource": i.to_value(), "search": {"mode": "match"}})
+        }));
+        serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+            .to_string()
+            .into()
+    };
+    drop(results);
+    let set = embedded_policy_set().unwrap();
+    let user = UserContext {
+        user_id: "bench".into(),
+        role: "R8000".into(),
+        organisation: "RBD".into(),
+        purpose_of_use: Some("TREAT".into()),
+        break_glass: None,
+    };
+    PEAK.reset_peak_usage();
+    let before = PEAK.current_usage();
+    let mut gk = Gatekeeper::new(&set, &user, "bench", DecisionPoint::View, "bench");
+    let mut report = Filtered::default();
+    let answer = gateway::client::bundle_to_answer(&text).expect("a Bundle");
+    let after_read = PEAK.current_usage() - before;
+    let results = vec![RegionResult {
+        region: region.clone(),
+        outcome: Ok(gk.filter(answer, &region.code, &mut report)),
+        elapsed_ms: 1,
+    }];
+    let view = merge_view(
+        &query,
+        results,
+        ViewContext {
+            gateway_base: "https://gw/fhir",
+            issues: vec![],
+            on_mismatch: MismatchPolicy::Warn,
+        },
+    );
+    let after_merge = PEAK.current_usage() - before;
+    let entries = view.written();
+    let tail = view.request_entries(
+        &gateway::merge::Envelope {
+            bundle_id: "b",
+            now: "2026-01-01T00:00:00Z",
+            self_link: "https://gw/fhir/x",
+        },
+        |c| c.elapsed_ms,
+    );
+    let after_entries = PEAK.current_usage() - before;
+    // As the gateway writes it: the shared entries and the envelope, joined only as the body
+    // is sent.
+    let body = gateway::fhir::searchset_bytes(
+        "b",
+        "now",
+        &[("self", "https://gw/fhir/x".to_owned())],
+        view.total,
+        &entries,
+        &tail,
+    );
+    let after_write = PEAK.current_usage() - before;
+    let peak = PEAK.peak_usage() - before;
+    let mb = |n: usize| n as f64 / (1024.0 * 1024.0);
+    println!(
+        "answer {:.1} MiB, {} entries, Bundle written {:.1} MiB",
+        mb(text.len()),
+        view.total,
+        mb(body.len())
+    );
+    println!(
+        "live above the text: read {:.1}, merged {:.1}, with the request entries {:.1}, written {:.1}; peak {:.1} MiB ({:.2} times the answer)",
+        mb(after_read),
+        mb(after_merge),
+        mb(after_entries),
+        mb(after_write),
+        mb(peak),
+        peak as f64 / text.len() as f64
+    );
+}
