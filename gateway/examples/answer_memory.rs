@@ -52,6 +52,7 @@ fn main() {
     let mut report = Filtered::default();
     let answer = gateway::client::bundle_to_answer(&text).expect("a Bundle");
     let after_read = PEAK.current_usage() - before;
+    let peak_read = PEAK.peak_usage() - before;
     let results = vec![RegionResult {
         region: region.clone(),
         outcome: Ok(gk.filter(answer, &region.code, &mut report)),
@@ -67,6 +68,7 @@ fn main() {
         },
     );
     let after_merge = PEAK.current_usage() - before;
+    let peak_merge = PEAK.peak_usage() - before;
     let entries = view.written();
     let tail = view.request_entries(
         &gateway::merge::Envelope {
@@ -95,6 +97,11 @@ fn main() {
         mb(text.len()),
         view.total,
         mb(body.len())
+    );
+    println!(
+        "peak while reading {:.1} MiB, while merging {:.1} MiB",
+        mb(peak_read),
+        mb(peak_merge)
     );
     println!(
         "live above the text: read {:.1}, merged {:.1}, with the request entries {:.1}, written {:.1}; peak {:.1} MiB ({:.2} times the answer)",

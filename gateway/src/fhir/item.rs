@@ -143,8 +143,8 @@ impl Item {
     /// [`Item::parse_in`] of a Bundle entry's resource, whose members the Bundle's reading
     /// already found (the text is not read a second time for them).
     pub fn parse_entry(source: &Source, resource: &ResourceText<'_>) -> Result<Item, NotAResource> {
-        match &resource.members {
-            Some(members) => Item::of_members(source, resource.text, members),
+        match &resource.item {
+            Some(made) => made.clone(),
             None => Item::parse_in(source, resource.text),
         }
     }
@@ -1433,18 +1433,18 @@ pub struct EntryText<'a> {
     pub resource: Option<ResourceText<'a>>,
 }
 
-/// An entry's resource (a JSON object): its text and, when the Bundle's one pass found them,
-/// its members.
+/// An entry's resource (a JSON object): its text and, when the Bundle's one pass read it, the
+/// item made of it then (or why none could be).
 pub struct ResourceText<'a> {
     text: &'a str,
-    members: Option<Members<'a>>,
+    item: Option<Result<Item, NotAResource>>,
 }
 
 impl<'a> ResourceText<'a> {
     fn of_raw(raw: &'a RawValue) -> Self {
         ResourceText {
             text: raw.get(),
-            members: None,
+            item: None,
         }
     }
 
@@ -1499,29 +1499,150 @@ fn object_text<'a>(json: &'a str, members: &Members<'a>) -> Option<&'a str> {
     json.get(start..end + 1)
 }
 
-/// A Bundle's shape, read in one pass (each resource left as text).
-#[derive(serde::Deserialize)]
+/// A Bundle's shape, read in one pass. Each entry's resource is made into its item as soon as
+/// it is read, so the members of one resource only are held at a time: a 30 MB answer's
+/// members, all held until its last entry was read, were a third of its reading's peak heap.
+#[derive(Default)]
 struct BundleShape<'a> {
-    #[serde(rename = "resourceType", borrow, default)]
     resource_type: Option<Cow<'a, str>>,
-    #[serde(rename = "type", borrow, default)]
     bundle_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     total: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     link: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    entry: Option<Vec<EntryShape<'a>>>,
+    entry: Option<Vec<EntryText<'a>>>,
 }
 
-#[derive(serde::Deserialize)]
-struct EntryShape<'a> {
-    /// Read as an object's members in the Bundle's one pass (another shape reads the
-    /// Bundle leniently).
-    #[serde(borrow, default)]
-    resource: Option<Members<'a>>,
-    #[serde(borrow, default)]
-    search: Option<&'a RawValue>,
+/// Reads a [`BundleShape`] whose items share `source`. A member given twice is an error (the
+/// Bundle is then read leniently), as serde's derived readers have it.
+struct BundleSeed<'a>(&'a Source);
+
+impl<'a> serde::de::DeserializeSeed<'a> for BundleSeed<'a> {
+    type Value = BundleShape<'a>;
+    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'a> Visitor<'a> for BundleSeed<'a> {
+    type Value = BundleShape<'a>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Bundle")
+    }
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut shape = BundleShape::default();
+        let mut seen = [false; 5];
+        while let Some(key) = map.next_key::<Key<'a>>()? {
+            let at = match key.0.as_ref() {
+                "resourceType" => 0,
+                "type" => 1,
+                "total" => 2,
+                "link" => 3,
+                "entry" => 4,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(serde::de::Error::custom("a member given twice"));
+            }
+            match at {
+                0 => shape.resource_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0),
+                1 => shape.bundle_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0),
+                2 => shape.total = map.next_value()?,
+                3 => shape.link = map.next_value()?,
+                _ => shape.entry = map.next_value_seed(EntriesSeed(self.0))?,
+            }
+        }
+        Ok(shape)
+    }
+}
+
+/// `Bundle.entry`: absent or null is none.
+struct EntriesSeed<'a>(&'a Source);
+
+impl<'a> serde::de::DeserializeSeed<'a> for EntriesSeed<'a> {
+    type Value = Option<Vec<EntryText<'a>>>;
+    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'a> Visitor<'a> for EntriesSeed<'a> {
+    type Value = Option<Vec<EntryText<'a>>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of entries")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64));
+        while let Some(entry) = seq.next_element_seed(EntrySeed(self.0))? {
+            out.push(entry);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// One entry: its resource read as an object's members and made into its item at once; its
+/// search read as text. A resource whose text cannot be told from its members is an error
+/// (the Bundle is then read leniently).
+struct EntrySeed<'a>(&'a Source);
+
+impl<'a> serde::de::DeserializeSeed<'a> for EntrySeed<'a> {
+    type Value = EntryText<'a>;
+    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'a> Visitor<'a> for EntrySeed<'a> {
+    type Value = EntryText<'a>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an entry")
+    }
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut resource, mut search) = (None, None);
+        let mut seen = [false; 2];
+        while let Some(key) = map.next_key::<Key<'a>>()? {
+            let at = match key.0.as_ref() {
+                "resource" => 0,
+                "search" => 1,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(serde::de::Error::custom("a member given twice"));
+            }
+            if at == 1 {
+                search = map.next_value::<Option<&'a RawValue>>()?;
+                continue;
+            }
+            resource = match map.next_value::<Option<Members<'a>>>()? {
+                None => None,
+                Some(members) => {
+                    let text = object_text(self.0.as_str(), &members)
+                        .ok_or_else(|| serde::de::Error::custom("a resource's text"))?;
+                    Some(ResourceText {
+                        text,
+                        item: Some(Item::of_members(self.0, text, &members)),
+                    })
+                }
+            };
+        }
+        Ok(EntryText {
+            mode: mode_of(search),
+            resource,
+        })
+    }
 }
 
 /// `entry.search` as the reader wants it: its mode.
@@ -1546,12 +1667,16 @@ fn mode_of(search: Option<&RawValue>) -> Option<Cow<'_, str>> {
 }
 
 impl<'a> BundleText<'a> {
-    /// Reads a JSON object's envelope; `Err` when the text is not one. Elements of the wrong
+    /// Reads a JSON object's envelope, and its entries' items (which share `source`); `Err`
+    /// when the text is not an object. Elements of the wrong
     /// shape read as missing.
-    pub fn parse(json: &'a str) -> Result<BundleText<'a>, NotAResource> {
-        match serde_json::from_str::<BundleShape<'a>>(json)
+    pub fn parse(source: &'a Source) -> Result<BundleText<'a>, NotAResource> {
+        let json = source.as_str();
+        let mut de = serde_json::Deserializer::from_str(json);
+        match serde::de::DeserializeSeed::deserialize(BundleSeed(source), &mut de)
+            .and_then(|shape| de.end().map(|()| shape))
             .ok()
-            .and_then(|shape| BundleText::of_shape(json, shape))
+            .map(BundleText::of_shape)
         {
             Some(bundle) => Ok(bundle),
             // Something of an unexpected shape (an entry that is not an object, a repeated
@@ -1560,9 +1685,8 @@ impl<'a> BundleText<'a> {
         }
     }
 
-    /// The Bundle from its shape; `None` when a resource's text cannot be told from its
-    /// members (then it is read leniently).
-    fn of_shape(json: &'a str, shape: BundleShape<'a>) -> Option<BundleText<'a>> {
+    /// The Bundle from its shape.
+    fn of_shape(shape: BundleShape<'a>) -> BundleText<'a> {
         let tree = |raw: Option<&RawValue>| -> Option<Value> {
             raw.and_then(|r| serde_json::from_str(r.get()).ok())
         };
@@ -1575,31 +1699,13 @@ impl<'a> BundleText<'a> {
                 .as_str()
                 .map(str::to_owned)
         });
-        let entries = shape
-            .entry
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| {
-                let resource = match e.resource {
-                    Some(members) => Some(ResourceText {
-                        text: object_text(json, &members)?,
-                        members: Some(members),
-                    }),
-                    None => None,
-                };
-                Some(EntryText {
-                    mode: mode_of(e.search),
-                    resource,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(BundleText {
+        BundleText {
             resource_type: shape.resource_type.map(Cow::into_owned),
             bundle_type: shape.bundle_type.map(Cow::into_owned),
             total: tree(shape.total).and_then(|t| t.as_u64()),
             next,
-            entries,
-        })
+            entries: shape.entry.unwrap_or_default(),
+        }
     }
 
     fn parse_leniently(json: &'a str) -> Result<BundleText<'a>, NotAResource> {
@@ -1842,7 +1948,7 @@ mod tests {
             let read = BundleText::parse(&source).unwrap();
             for (entry, want) in read.entries.iter().zip(&resources) {
                 let resource = entry.resource.as_ref().unwrap();
-                assert!(resource.members.is_some(), "read in one pass");
+                assert!(resource.item.is_some(), "read in one pass");
                 let got: Value = serde_json::from_str(resource.get()).unwrap();
                 assert_eq!(&got, want);
                 // The item made from the Bundle pass's members is the item read from its
@@ -1859,7 +1965,8 @@ mod tests {
             r#"{"resourceType":"Bundle","entry":[{"resource":{ }},{"resource":{"id":"a"}}]}"#,
             r#"{"resourceType":"Bundle","entry":[{"resource":{"\u0069d":"a","x":1}}]}"#,
         ] {
-            let read = BundleText::parse(text).unwrap();
+            let source: Source = Arc::new(text.to_owned());
+            let read = BundleText::parse(&source).unwrap();
             let tree: Value = serde_json::from_str(text).unwrap();
             for (entry, want) in read.entries.iter().zip(tree["entry"].as_array().unwrap()) {
                 let got: Value =
@@ -1883,13 +1990,18 @@ mod tests {
             let text = json!({"resourceType": "Bundle", "entry": [
                 {"resource": {"resourceType": "Patient"}, "search": search}]})
             .to_string();
-            let bundle = BundleText::parse(&text).unwrap();
+            let source: Source = Arc::new(text);
+            let bundle = BundleText::parse(&source).unwrap();
             assert_eq!(bundle.entries[0].mode.as_deref(), want, "{search}");
         }
         // A repeated mode keeps its last, as a tree does.
         let text = r#"{"resourceType":"Bundle","entry":[{"resource":{},"search":{"mode":"match","mode":"include"}}]}"#;
         assert_eq!(
-            BundleText::parse(text).unwrap().entries[0].mode.as_deref(),
+            BundleText::parse(&Arc::new(text.to_owned()))
+                .unwrap()
+                .entries[0]
+                .mode
+                .as_deref(),
             Some("include")
         );
     }
