@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use policy::{Circumstances, Decision, DecisionPoint, ItemClass, PolicySet, Principal};
 use serde_json::Value;
 
-use crate::fhir::item::{Item, ItemView};
+use crate::fhir::item::{Coded, Item, ItemView};
 
 use crate::auth::UserContext;
 use crate::consent::ConsentView;
@@ -83,16 +83,17 @@ pub const EMBEDDED_SCHEMA: &str = include_str!("../../../policies/schema.cedarsc
 /// Confidentiality and sensitivity labels from `meta.security`. Unlabelled items are "N".
 /// Of several confidentiality codes, the most restrictive counts.
 pub fn labels(resource: &Value) -> (String, BTreeSet<String>) {
-    labels_of(&crate::fhir::item::security_of(resource.get("meta")))
+    let security = crate::fhir::item::security_of(resource.get("meta"));
+    labels_of(security.iter().map(|(s, c)| (s.as_deref(), c.as_str())))
 }
 
 /// [`labels`] from `meta.security`'s (system, code) pairs.
-pub fn labels_of(security: &[(Option<String>, String)]) -> (String, BTreeSet<String>) {
+pub fn labels_of<'s>(security: impl IntoIterator<Item = Coded<'s>>) -> (String, BTreeSet<String>) {
     const ORDER: [&str; 6] = ["U", "L", "M", "N", "R", "V"];
     let mut confidentiality = "N";
     let mut sensitivity = BTreeSet::new();
     for (system, code) in security {
-        match system.as_deref() {
+        match system {
             Some(CONFIDENTIALITY_SYSTEM) => {
                 let rank = |c: &str| ORDER.iter().position(|o| *o == c);
                 match rank(code) {
@@ -105,7 +106,7 @@ pub fn labels_of(security: &[(Option<String>, String)]) -> (String, BTreeSet<Str
                 }
             }
             Some(ACT_CODE_SYSTEM) => {
-                sensitivity.insert(code.clone());
+                sensitivity.insert(code.to_owned());
             }
             _ => {}
         }
@@ -124,13 +125,10 @@ pub fn item_class(resource: &Value, region: &str) -> ItemClass {
     )
 }
 
-/// An item's `meta.security` codings, as its view holds them.
-type Labels = Vec<(Option<String>, String)>;
-
 /// [`item_class`] from an item's view.
 pub fn view_class(view: &ItemView, region: &str) -> ItemClass {
-    let (confidentiality, sensitivity) = labels_of(&view.security);
-    class_with(&view.rtype, confidentiality, sensitivity, region)
+    let (confidentiality, sensitivity) = labels_of(view.security());
+    class_with(view.rtype(), confidentiality, sensitivity, region)
 }
 
 fn class_with(
@@ -270,9 +268,11 @@ impl<'a> Gatekeeper<'a> {
     pub fn class_of_item(&self, view: &ItemView, region: &str) -> ItemClass {
         let mut class = view_class(view, region);
         self.with_directives(&mut class);
-        (class.consent_denies, class.consent_permits) =
-            self.consent
-                .applies_to(&view.rtype, &view.categories, &self.principal.organisation);
+        (class.consent_denies, class.consent_permits) = self.consent.applies_to(
+            view.rtype(),
+            view.categories(),
+            &self.principal.organisation,
+        );
         class
     }
 
@@ -362,15 +362,17 @@ impl<'a> Gatekeeper<'a> {
             // (in this region): items that share them share the decision, found here without
             // building their class again (a profile found that per item).
             let per_item = self.consent.has_rules();
-            let mut known: Vec<(String, Labels, bool)> = Vec::new();
+            // The first item of each (type, labels) seen: its view names them.
+            let mut known: Vec<(Item, bool)> = Vec::new();
             items
                 .into_iter()
                 .filter(|r| {
                     let v = r.view();
                     if !per_item
-                        && let Some(&(_, _, allowed)) = known
-                            .iter()
-                            .find(|(t, s, _)| *t == v.rtype && *s == v.security)
+                        && let Some(&(_, allowed)) = known.iter().find(|(k, _)| {
+                            let k = k.view();
+                            k.rtype() == v.rtype() && k.security().eq(v.security())
+                        })
                     {
                         // Its policies were noted when the decision was first counted.
                         if allowed {
@@ -383,7 +385,7 @@ impl<'a> Gatekeeper<'a> {
                     let class = self.class_of_item(v, region);
                     let allowed = count(self.decide(class), report);
                     if !per_item && known.len() < 64 {
-                        known.push((v.rtype.clone(), v.security.clone(), allowed));
+                        known.push((r.clone(), allowed));
                     }
                     allowed
                 })

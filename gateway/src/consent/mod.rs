@@ -11,6 +11,7 @@
 //!
 //! Only active directives within their `provision.period` count.
 
+use crate::fhir::item::Coded;
 use serde_json::Value;
 
 use crate::fhir::date;
@@ -92,10 +93,10 @@ impl Rule {
         !(self.types.is_empty() && self.categories.is_empty() && self.organisations.is_empty())
     }
 
-    fn matches(
+    fn matches<'c>(
         &self,
         rtype: &str,
-        categories: &[(Option<String>, String)],
+        categories: impl Iterator<Item = Coded<'c>> + Clone,
         user_org: &str,
     ) -> bool {
         let type_ok = self.types.is_empty() || self.types.iter().any(|t| t == rtype);
@@ -106,9 +107,9 @@ impl Rule {
                 .any(|o| o.eq_ignore_ascii_case(user_org));
         let category_ok = self.categories.is_empty()
             || self.categories.iter().any(|(s, c)| {
-                categories.iter().any(|(is, ic)| {
-                    ic == c && (s.is_none() || is.is_none() || s.as_deref() == is.as_deref())
-                })
+                categories
+                    .clone()
+                    .any(|(is, ic)| ic == c && (s.is_none() || is.is_none() || s.as_deref() == is))
             });
         type_ok && org_ok && category_ok
     }
@@ -160,20 +161,24 @@ impl ConsentView {
             .get("category")
             .map(crate::fhir::item::categories_of)
             .unwrap_or_default();
-        self.applies_to(rtype, &categories, user_org)
+        self.applies_to(
+            rtype,
+            categories.iter().map(|(s, c)| (s.as_deref(), c.as_str())),
+            user_org,
+        )
     }
 
     /// [`ConsentView::applies`] to an item of type `rtype` with these `category` codes.
-    pub fn applies_to(
+    pub fn applies_to<'c>(
         &self,
         rtype: &str,
-        categories: &[(Option<String>, String)],
+        categories: impl Iterator<Item = Coded<'c>> + Clone,
         user_org: &str,
     ) -> (bool, bool) {
         let matching = self
             .rules
             .iter()
-            .filter(|r| r.matches(rtype, categories, user_org));
+            .filter(|r| r.matches(rtype, categories.clone(), user_org));
         let (mut denies, mut permits) = (false, false);
         for r in matching {
             if r.permit {

@@ -63,8 +63,8 @@ impl std::fmt::Debug for Item {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The view only: an item's text is patient data.
         f.debug_struct("Item")
-            .field("type", &self.0.view.rtype)
-            .field("id", &self.0.view.id)
+            .field("type", &self.0.view.rtype())
+            .field("id", &self.0.view.id())
             .field("bytes", &self.bytes())
             .finish()
     }
@@ -76,33 +76,160 @@ impl PartialEq for Item {
     }
 }
 
-/// What decisions read of a resource.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What decisions read of a resource. Its strings lie one after another in one text: one
+/// allocation an item rather than one a string (a 30 MB answer has 48,000 items, and their
+/// views were most of the heap a request held beyond the answer's text).
+#[derive(Clone, Default)]
 pub struct ItemView {
+    /// The view's strings, each where its [`Str`] says.
+    text: Box<str>,
     /// `resourceType` ("" when missing).
-    pub rtype: String,
+    rtype: Str,
     /// The federated type, when it is one.
     pub kind: Option<ResourceType>,
-    pub id: Option<String>,
+    id: Option<Str>,
     /// `meta.lastUpdated` as written.
-    pub last_updated: Option<String>,
+    last_updated: Option<Str>,
     /// `meta.lastUpdated` as a time (Unix seconds of its start; `i64::MIN` when none).
     pub updated_at: i64,
     /// `meta.security` codings: (system, code).
-    pub security: Vec<(Option<String>, String)>,
+    security: Box<[(Option<Str>, Str)]>,
     /// `category` codes: (system, code); a bare string category has no system.
-    pub categories: Vec<(Option<String>, String)>,
+    categories: Box<[(Option<Str>, Str)]>,
     /// What the patient reference (`subject` or `patient`) points at.
     pub patient: Option<PatientLink>,
     /// Business identifiers: (system, value).
-    pub identifiers: Vec<(String, String)>,
+    identifiers: Box<[(Str, Str)]>,
     /// The first coded concept (`system|code`) of `code`, `medicationCodeableConcept`,
     /// `vaccineCode` or `type`.
-    pub concept: Option<String>,
+    concept: Option<Str>,
     /// The canonical JSON of the first clinical date element present.
-    pub clinical_date: Option<String>,
+    clinical_date: Option<Str>,
     /// The start of the first clinical date that parses (`i64::MIN` when none): newest first.
     pub sort_start: i64,
+}
+
+/// Where one of a view's strings lies in its text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Str(u32, u32);
+
+/// A (system, code) pair as a view reads it.
+pub type Coded<'v> = (Option<&'v str>, &'v str);
+
+impl ItemView {
+    fn str(&self, s: Str) -> &str {
+        &self.text[s.0 as usize..s.1 as usize]
+    }
+
+    fn pairs<'v>(
+        &'v self,
+        list: &'v [(Option<Str>, Str)],
+    ) -> impl ExactSizeIterator<Item = Coded<'v>> + Clone + 'v {
+        list.iter()
+            .map(move |(system, code)| (system.map(|s| self.str(s)), self.str(*code)))
+    }
+
+    /// `resourceType` ("" when missing).
+    pub fn rtype(&self) -> &str {
+        self.str(self.rtype)
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.id.map(|s| self.str(s))
+    }
+
+    /// `meta.lastUpdated` as written.
+    pub fn last_updated(&self) -> Option<&str> {
+        self.last_updated.map(|s| self.str(s))
+    }
+
+    /// `meta.security` codings: (system, code).
+    pub fn security(&self) -> impl ExactSizeIterator<Item = Coded<'_>> + Clone {
+        self.pairs(&self.security)
+    }
+
+    /// `category` codes: (system, code); a bare string category has no system.
+    pub fn categories(&self) -> impl ExactSizeIterator<Item = Coded<'_>> + Clone {
+        self.pairs(&self.categories)
+    }
+
+    /// Business identifiers: (system, value).
+    pub fn identifiers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
+        self.identifiers
+            .iter()
+            .map(|(system, value)| (self.str(*system), self.str(*value)))
+    }
+
+    /// The first coded concept (`system|code`) of `code`, `medicationCodeableConcept`,
+    /// `vaccineCode` or `type`.
+    pub fn concept(&self) -> Option<&str> {
+        self.concept.map(|s| self.str(s))
+    }
+
+    /// The canonical JSON of the first clinical date element present.
+    pub fn clinical_date(&self) -> Option<&str> {
+        self.clinical_date.map(|s| self.str(s))
+    }
+}
+
+impl PartialEq for ItemView {
+    fn eq(&self, other: &Self) -> bool {
+        self.rtype() == other.rtype()
+            && self.kind == other.kind
+            && self.id() == other.id()
+            && self.last_updated() == other.last_updated()
+            && self.updated_at == other.updated_at
+            && self.security().eq(other.security())
+            && self.categories().eq(other.categories())
+            && self.patient == other.patient
+            && self.identifiers().eq(other.identifiers())
+            && self.concept() == other.concept()
+            && self.clinical_date() == other.clinical_date()
+            && self.sort_start == other.sort_start
+    }
+}
+
+impl std::fmt::Debug for ItemView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What a derived Debug would show, each string read from the text.
+        f.debug_struct("ItemView")
+            .field("rtype", &self.rtype())
+            .field("kind", &self.kind)
+            .field("id", &self.id())
+            .field("last_updated", &self.last_updated())
+            .field("security", &self.security().collect::<Vec<_>>())
+            .field("categories", &self.categories().collect::<Vec<_>>())
+            .field("patient", &self.patient)
+            .field("identifiers", &self.identifiers().collect::<Vec<_>>())
+            .field("concept", &self.concept())
+            .field("clinical_date", &self.clinical_date())
+            .field("sort_start", &self.sort_start)
+            .finish()
+    }
+}
+
+/// A view's text as it is written: each string put after the last.
+#[derive(Default)]
+struct Packer(String);
+
+impl Packer {
+    fn put(&mut self, s: &str) -> Str {
+        let start = self.0.len() as u32;
+        self.0.push_str(s);
+        Str(start, self.0.len() as u32)
+    }
+
+    fn pairs<S: AsRef<str>>(
+        &mut self,
+        list: impl IntoIterator<Item = (Option<S>, S)>,
+    ) -> Box<[(Option<Str>, Str)]> {
+        list.into_iter()
+            .map(|(system, code)| {
+                let system = system.map(|s| self.put(s.as_ref()));
+                (system, self.put(code.as_ref()))
+            })
+            .collect()
+    }
 }
 
 impl Item {
@@ -220,12 +347,12 @@ impl Item {
 
     /// `resourceType`.
     pub fn rtype(&self) -> &str {
-        &self.0.view.rtype
+        self.0.view.rtype()
     }
 
     /// `id` ("" when missing).
     pub fn id(&self) -> &str {
-        self.0.view.id.as_deref().unwrap_or("")
+        self.0.view.id().unwrap_or("")
     }
 }
 
@@ -521,38 +648,62 @@ impl<'a> Members<'a> {
         self.get(name)
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
     }
+
+    /// A string member, borrowed from the text when it has no escapes.
+    fn str(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.get(name)
+            .and_then(|raw| serde_json::from_str::<Key<'a>>(raw.get()).ok())
+            .map(|k| k.0)
+    }
+}
+
+/// `meta.lastUpdated` as a time (Unix seconds of its start; `i64::MIN` when none).
+fn updated_at_of(last_updated: Option<&str>) -> i64 {
+    last_updated
+        .and_then(|s| super::date::parse_interval(s).ok())
+        .map_or(i64::MIN, |i| i.start)
 }
 
 impl ItemView {
     fn read(members: &Members<'_>) -> ItemView {
-        let rtype = members.string("resourceType").unwrap_or_default();
-        let kind = ResourceType::parse(&rtype);
+        let mut p = Packer(String::with_capacity(160));
+        let rtype_text = members.str("resourceType");
+        let rtype_text = rtype_text.as_deref().unwrap_or("");
+        let rtype = p.put(rtype_text);
+        let kind = ResourceType::parse(rtype_text);
         // Each element read into a small typed shape (borrowing its strings); an element of
         // another shape than FHIR's is read as a tree instead, with the same leniency.
-        let (last_updated, security) = match members.typed::<MetaShape<'_>>("meta") {
+        let (last_updated, updated_at, security) = match members.typed::<MetaShape<'_>>("meta") {
             Some(meta) => (
-                meta.last_updated.map(Cow::into_owned),
-                meta.security
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|c| Some((c.system.map(Cow::into_owned), c.code?.into_owned())))
-                    .collect(),
+                meta.last_updated.as_deref().map(|s| p.put(s)),
+                updated_at_of(meta.last_updated.as_deref()),
+                p.pairs(
+                    meta.security
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|c| Some((c.system, c.code?))),
+                ),
             ),
-            None => meta_of_tree(members.tree("meta")),
+            None => {
+                let (last_updated, security) = meta_of_tree(members.tree("meta"));
+                (
+                    last_updated.as_deref().map(|s| p.put(s)),
+                    updated_at_of(last_updated.as_deref()),
+                    p.pairs(security),
+                )
+            }
         };
-        let updated_at = last_updated
-            .as_deref()
-            .and_then(|s| super::date::parse_interval(s).ok())
-            .map_or(i64::MIN, |i| i.start);
-        let categories = members
-            .get("category")
-            .map(|raw| match read_categories(raw.get()) {
-                Some(list) => list,
-                None => serde_json::from_str(raw.get())
-                    .map(|c| categories_of(&c))
-                    .unwrap_or_default(),
-            })
-            .unwrap_or_default();
+        let categories = match members.get("category").map(|raw| raw.get()) {
+            None => Box::default(),
+            Some(text) => match read_categories(text) {
+                Some(list) => p.pairs(list),
+                None => p.pairs(
+                    serde_json::from_str(text)
+                        .map(|c| categories_of(&c))
+                        .unwrap_or_default(),
+                ),
+            },
+        };
         let patient = kind.and_then(|k| {
             let element = k.patient_element();
             match members.typed::<ReferenceShape<'_>>(element) {
@@ -566,7 +717,8 @@ impl ItemView {
         let identifiers = match members.typed::<Vec<IdentifierShape<'_>>>("identifier") {
             Some(list) => list
                 .into_iter()
-                .filter_map(|i| Some((i.system?.into_owned(), i.value?.into_owned())))
+                .filter_map(|i| Some((i.system?, i.value?)))
+                .map(|(system, value)| (p.put(&system), p.put(&value)))
                 .collect(),
             None => members
                 .tree("identifier")
@@ -575,8 +727,8 @@ impl ItemView {
                 .flatten()
                 .filter_map(|i| {
                     Some((
-                        i.get("system")?.as_str()?.to_owned(),
-                        i.get("value")?.as_str()?.to_owned(),
+                        p.put(i.get("system")?.as_str()?),
+                        p.put(i.get("value")?.as_str()?),
                     ))
                 })
                 .collect(),
@@ -603,13 +755,17 @@ impl ItemView {
                     Some(found) => found,
                     None => members.tree(e).and_then(|c| first_coding(&c)),
                 }
-            });
+            })
+            .map(|c| p.put(&c));
         let (clinical_date, sort_start) =
             kind.map_or((None, i64::MIN), |k| Self::clinical_date_of(members, k));
+        let clinical_date = clinical_date.map(|d| p.put(&d));
+        let id = members.str("id").map(|id| p.put(&id));
         ItemView {
+            text: p.0.into_boxed_str(),
             rtype,
             kind,
-            id: members.string("id"),
+            id,
             last_updated,
             updated_at,
             security,
@@ -626,7 +782,10 @@ impl ItemView {
     /// first that parses (`i64::MIN` when none). The first, when it is a plain string (the
     /// usual case) that parses, is read from its text; any other shape, or a path into an
     /// element, as trees.
-    fn clinical_date_of(members: &Members<'_>, kind: ResourceType) -> (Option<String>, i64) {
+    fn clinical_date_of<'a>(
+        members: &Members<'a>,
+        kind: ResourceType,
+    ) -> (Option<Cow<'a, str>>, i64) {
         let first_plain = kind.sort_elements().iter().find_map(|p| {
             if p.contains('.') {
                 return Some(None);
@@ -637,14 +796,17 @@ impl ItemView {
         if let Some(Some(text)) = first_plain
             && let Ok(interval) = super::date::parse_interval(&text[1..text.len() - 1])
         {
-            return (Some(text.to_owned()), interval.start);
+            return (Some(Cow::Borrowed(text)), interval.start);
         }
         let dates = Self::dates_of(members, kind);
         let start = dates
             .iter()
             .find_map(super::date::element_interval)
             .map_or(i64::MIN, |i| i.start);
-        (dates.first().map(super::canonical_json), start)
+        (
+            dates.first().map(|d| Cow::Owned(super::canonical_json(d))),
+            start,
+        )
     }
 
     /// The clinical date elements present, in the type's order, as trees.
@@ -666,23 +828,21 @@ impl ItemView {
 
 /// `category` read from its text as [`categories_of`] reads its tree; `None` when it has
 /// another shape than FHIR's (then the tree is read).
-fn read_categories(text: &str) -> Option<Vec<(Option<String>, String)>> {
-    let own = |list: Vec<(Option<Cow<'_, str>>, Cow<'_, str>)>| {
-        list.into_iter()
-            .map(|(s, c)| (s.map(Cow::into_owned), c.into_owned()))
-            .collect::<Vec<_>>()
-    };
+fn read_categories(text: &str) -> Option<Vec<CodedText<'_>>> {
     if text.starts_with('[') {
         let list: Vec<CategoryShape<'_>> = serde_json::from_str(text).ok()?;
-        Some(list.into_iter().flat_map(|c| own(c.0)).collect())
+        Some(list.into_iter().flat_map(|c| c.0).collect())
     } else {
         let one: CategoryShape<'_> = serde_json::from_str(text).ok()?;
-        Some(own(one.0))
+        Some(one.0)
     }
 }
 
+/// A (system, code) pair as the text gives it.
+type CodedText<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
+
 /// One category as the view reads it: a bare code, or a CodeableConcept's codes.
-struct CategoryShape<'a>(Vec<(Option<Cow<'a, str>>, Cow<'a, str>)>);
+struct CategoryShape<'a>(Vec<CodedText<'a>>);
 
 impl<'de> Deserialize<'de> for CategoryShape<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -1790,13 +1950,25 @@ mod tests {
             let item =
                 Item::parse(&json!({"resourceType": "Observation", "category": c}).to_string())
                     .unwrap();
-            assert_eq!(item.view().categories, categories_of(&c), "{c}");
+            assert_eq!(
+                item.view()
+                    .categories()
+                    .map(|(s, c)| (s.map(str::to_owned), c.to_owned()))
+                    .collect::<Vec<_>>(),
+                categories_of(&c),
+                "{c}"
+            );
         }
         // A repeated `coding` keeps its last, as a tree does.
         let text = r#"{"resourceType":"Observation","category":{"coding":[{"code":"first"}],"coding":[{"code":"last"}]}}"#;
         let tree: Value = serde_json::from_str(text).unwrap();
         assert_eq!(
-            Item::parse(text).unwrap().view().categories,
+            Item::parse(text)
+                .unwrap()
+                .view()
+                .categories()
+                .map(|(s, c)| (s.map(str::to_owned), c.to_owned()))
+                .collect::<Vec<_>>(),
             categories_of(&tree["category"])
         );
         let dates = [
@@ -1819,7 +1991,7 @@ mod tests {
                 .collect();
             let v = item.view();
             assert_eq!(
-                v.clinical_date,
+                v.clinical_date().map(str::to_owned),
                 trees.first().map(super::super::canonical_json),
                 "{d}"
             );
@@ -1832,10 +2004,7 @@ mod tests {
         // A path into an element (DocumentReference's `context.period`) is read as a tree.
         let doc = json!({"resourceType": "DocumentReference", "context": {"period": {"start": "2023-03-03"}}});
         let v = Item::parse(&doc.to_string()).unwrap().view().clone();
-        assert_eq!(
-            v.clinical_date.as_deref(),
-            Some(r#"{"start":"2023-03-03"}"#)
-        );
+        assert_eq!(v.clinical_date(), Some(r#"{"start":"2023-03-03"}"#));
         assert_ne!(v.sort_start, i64::MIN);
     }
 
@@ -1843,17 +2012,17 @@ mod tests {
     fn the_view_holds_what_decisions_read() {
         let item = Item::from_value(&obs()).unwrap();
         let v = item.view();
-        assert_eq!(v.rtype, "Observation");
+        assert_eq!(v.rtype(), "Observation");
         assert_eq!(v.kind, Some(ResourceType::Observation));
-        assert_eq!(v.id.as_deref(), Some("o1"));
-        assert_eq!(v.last_updated.as_deref(), Some("2024-05-01T10:00:00Z"));
+        assert_eq!(v.id(), Some("o1"));
+        assert_eq!(v.last_updated(), Some("2024-05-01T10:00:00Z"));
         assert_ne!(v.updated_at, i64::MIN);
-        assert_eq!(v.security.len(), 1);
-        assert_eq!(v.categories[0].1, "laboratory");
+        assert_eq!(v.security().len(), 1);
+        assert_eq!(v.categories().next().unwrap().1, "laboratory");
         assert_eq!(v.patient, Some(PatientLink::Local("p1".into())));
-        assert_eq!(v.identifiers, vec![("urn:lab".into(), "L-1".into())]);
-        assert_eq!(v.concept.as_deref(), Some("http://snomed.info/sct|1234"));
-        assert_eq!(v.clinical_date.as_deref(), Some("\"2024-04-30\""));
+        assert!(v.identifiers().eq([("urn:lab", "L-1")]));
+        assert_eq!(v.concept(), Some("http://snomed.info/sct|1234"));
+        assert_eq!(v.clinical_date(), Some("\"2024-04-30\""));
         assert_ne!(v.sort_start, i64::MIN);
         assert_eq!(
             item.references().collect::<Vec<_>>(),
@@ -2047,10 +2216,10 @@ mod tests {
         let text = r#"{"resourceType":"Condition","id":"c","meta":"x","identifier":{"system":"a","value":"b"},"subject":{"reference":null,"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9000000009"}},"code":{"coding":[{"system":1,"code":"x"},{"system":"s","code":"c"}]},"no\u0074e":[{"reference":"Practitioner/p"}]}"#;
         let item = Item::parse(text).unwrap();
         let v = item.view();
-        assert_eq!(v.last_updated, None);
-        assert!(v.identifiers.is_empty());
+        assert_eq!(v.last_updated(), None);
+        assert_eq!(v.identifiers().len(), 0);
         assert_eq!(v.patient, Some(PatientLink::Nhs("9000000009".into())));
-        assert_eq!(v.concept.as_deref(), Some("s|c"));
+        assert_eq!(v.concept(), Some("s|c"));
         assert_eq!(item.references().collect::<Vec<_>>(), ["Practitioner/p"]);
         let mut out = Vec::new();
         item.write_spliced(

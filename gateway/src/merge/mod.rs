@@ -142,7 +142,7 @@ pub fn screen(answer: RecordAnswer, query: &PatientQuery) -> (RecordAnswer, usiz
         .filter(|item| {
             let v = item.view();
             v.kind.is_some_and(|rt| types.contains(&rt))
-                && v.id.is_some()
+                && v.id().is_some()
                 && v.patient.as_ref().is_some_and(|l| links.contains(l))
         })
         .collect();
@@ -199,14 +199,14 @@ fn screen_included(
         .iter()
         .filter(|r| {
             let v = r.view();
-            let Some(id) = v.id.as_deref() else {
+            let Some(id) = v.id() else {
                 return false;
             };
             let about_patient = match v.kind {
                 Some(_) => v.patient.as_ref().is_some_and(|l| links.contains(l)),
-                None => !v.rtype.is_empty() && v.rtype != "Patient",
+                None => !v.rtype().is_empty() && v.rtype() != "Patient",
             };
-            about_patient && referenced.contains(&(v.rtype.as_str(), id))
+            about_patient && referenced.contains(&(v.rtype(), id))
         })
         .cloned()
         .collect();
@@ -691,15 +691,14 @@ fn keyed(region: usize, item: Item, hasher: &foldhash::fast::RandomState) -> Opt
     let v = item.view();
     let rtype = v.kind?;
     let idents = v
-        .identifiers
-        .iter()
-        .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
+        .identifiers()
+        .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype())))
         .collect();
     let cheap = {
         use std::hash::BuildHasher;
-        hasher.hash_one((&v.rtype, &v.concept, &v.clinical_date))
+        hasher.hash_one((v.rtype(), v.concept(), v.clinical_date()))
     };
-    let clinical = match (&v.concept, &v.clinical_date) {
+    let clinical = match (v.concept(), v.clinical_date()) {
         (Some(concept), Some(date)) => Some(key_of(&format!(
             "clinical:{}:{concept}:{date}",
             rtype.as_str()
@@ -930,7 +929,7 @@ fn fold_into(s: &mut Slot, ri: usize, version: Version, patient_url: &str, nhs: 
         let old = view_of(s.shown);
         let other = OtherVersion {
             region: s.origin,
-            updated: old.last_updated.clone(),
+            updated: old.last_updated().map(str::to_owned),
             at: old.updated_at,
             content: shown_key,
         };
@@ -941,7 +940,7 @@ fn fold_into(s: &mut Slot, ri: usize, version: Version, patient_url: &str, nhs: 
         let v = view_of(at);
         OtherVersion {
             region: ri,
-            updated: v.last_updated.clone(),
+            updated: v.last_updated().map(str::to_owned),
             at: v.updated_at,
             content: item_key,
         }
@@ -1221,11 +1220,10 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
     for (ri, resources) in by_region {
         for item in resources {
             let v = item.view();
-            let local = format!("{}/{}", v.rtype, item.id());
+            let local = format!("{}/{}", v.rtype(), item.id());
             let keys: Vec<ContentKey> = v
-                .identifiers
-                .iter()
-                .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype)))
+                .identifiers()
+                .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype())))
                 .chain(digest.then(|| item.content_digest(&["id", "meta"], None)))
                 .collect();
             let found = keys.iter().find_map(|k| {
