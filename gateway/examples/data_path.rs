@@ -1,6 +1,7 @@
 //! The data path alone, in a loop, for a profiler: each region's answer read from its text
 //! (as a peer sends it), the view policy, the merge and the Bundle written.
-//! `cargo run --release -p gateway --example data_path -- d 20` (scenario, iterations).
+//! `cargo run --release -p gateway --example data_path -- d 20` (scenario a, b, d or m as in
+//! `bench/run`, iterations).
 
 #[path = "../benches/common/answers.rs"]
 mod answers;
@@ -40,6 +41,7 @@ fn main() {
     let scenario = args.next().unwrap_or_else(|| "d".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
     let (query, results) = match scenario.as_str() {
+        "a" => answers::regions_answers(1, 20 * 1024),
         "b" => answers::regions_answers(8, 20 * 1024),
         "m" => answers::large_answers(11 * 1024 * 1024),
         _ => answers::large_answers(2 * 1024 * 1024),

@@ -185,7 +185,7 @@ fn screen_included(
             offered,
         };
     }
-    let referenced: std::collections::HashSet<(&str, &str)> = items
+    let referenced: FastSet<(&str, &str)> = items
         .iter()
         .chain(&included)
         .flat_map(|i| i.relative_references())
@@ -692,17 +692,21 @@ fn keyed(region: usize, item: Item, hasher: &foldhash::fast::RandomState) -> Opt
     let rtype = v.kind?;
     let idents = v
         .identifiers()
-        .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype())))
+        .map(|(system, value)| identifier_key(v.rtype(), system, value))
         .collect();
     let cheap = {
         use std::hash::BuildHasher;
         hasher.hash_one((v.rtype(), v.concept(), v.clinical_date()))
     };
     let clinical = match (v.concept(), v.clinical_date()) {
-        (Some(concept), Some(date)) => Some(key_of(&format!(
-            "clinical:{}:{concept}:{date}",
-            rtype.as_str()
-        ))),
+        (Some(concept), Some(date)) => Some(key_of(&[
+            "clinical:",
+            rtype.as_str(),
+            ":",
+            concept,
+            ":",
+            date,
+        ])),
         _ => None,
     };
     Some(Keyed {
@@ -727,6 +731,7 @@ struct Folded {
 /// foldhash, seeded per process, rather than SipHash, which a profile found costing more
 /// than the lookups it served.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// What a region's local reference (`Type/id`) stands for, looked up without copying it.
 #[derive(Default)]
@@ -1114,8 +1119,7 @@ pub fn merge_view(
         matches.truncate(count as usize);
     }
     // Phase seven: one Provenance per region that answered: what it contributed.
-    let shown: std::collections::HashSet<&str> =
-        matches.iter().map(|e| e.full_url.as_str()).collect();
+    let shown: FastSet<&str> = matches.iter().map(|e| e.full_url.as_str()).collect();
     let mut contributions = Vec::new();
     for (ri, result) in results.iter().enumerate() {
         let Ok(answer) = &result.outcome else {
@@ -1216,14 +1220,14 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
     by_region.sort_by_key(|(ri, _)| *ri);
     let digest = by_region.iter().filter(|(_, r)| !r.is_empty()).count() > 1;
     let mut out: Vec<Included> = Vec::new();
-    let mut index: std::collections::HashMap<ContentKey, Vec<usize>> = Default::default();
+    let mut index: FastMap<ContentKey, Vec<usize>> = Default::default();
     for (ri, resources) in by_region {
         for item in resources {
             let v = item.view();
             let local = format!("{}/{}", v.rtype(), item.id());
             let keys: Vec<ContentKey> = v
                 .identifiers()
-                .map(|(system, value)| key_of(&format!("id:{}:{system}|{value}", v.rtype())))
+                .map(|(system, value)| identifier_key(v.rtype(), system, value))
                 .chain(digest.then(|| item.content_digest(&["id", "meta"], None)))
                 .collect();
             let found = keys.iter().find_map(|k| {
@@ -1276,11 +1280,7 @@ fn newest_patient_region(patients: &[(usize, Value)]) -> Option<usize> {
 }
 
 /// Notes that `slot` holds an item with key `k` (once).
-fn note_slot<K: std::hash::Hash + Eq>(
-    index: &mut std::collections::HashMap<K, Vec<usize>>,
-    k: K,
-    slot: usize,
-) {
+fn note_slot<K: std::hash::Hash + Eq>(index: &mut FastMap<K, Vec<usize>>, k: K, slot: usize) {
     let slots = index.entry(k).or_default();
     if !slots.contains(&slot) {
         slots.push(slot);
@@ -1406,11 +1406,20 @@ fn other_version(region: &RegionInfo, updated: Option<&str>) -> Value {
     json!({"url": OTHER_VERSION_EXTENSION, "extension": parts})
 }
 
-fn key_of(text: &str) -> ContentKey {
-    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-        text.as_bytes(),
-    ))
-    .into()
+/// SHA-256 of the parts, one after another (the digest of their concatenation, which is not
+/// built).
+fn key_of(parts: &[&str]) -> ContentKey {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// The identity of a business identifier of a type: `id:{type}:{system}|{value}` digested.
+fn identifier_key(rtype: &str, system: &str, value: &str) -> ContentKey {
+    key_of(&["id:", rtype, ":", system, "|", value])
 }
 
 /// The demographics compared across regions: date of birth, sex, family name.

@@ -773,7 +773,7 @@ fn identifier_keys(rtype: &str, resource: &Value) -> Vec<ContentKey> {
         .filter_map(|i| {
             let system = i.get("system")?.as_str()?;
             let value = i.get("value")?.as_str()?;
-            Some(key_of(&format!("id:{rtype}:{system}|{value}")))
+            Some(key_of(&[&format!("id:{rtype}:{system}|{value}")]))
         })
         .collect()
 }
@@ -956,7 +956,7 @@ fn clinical_key(rtype: ResourceType, item: &Value) -> Option<ContentKey> {
         rtype.as_str(),
         crate::fhir::canonical_json(date)
     );
-    Some(key_of(&text))
+    Some(key_of(&[&text]))
 }
 
 /// A region's Provenance entry as a tree, as the merge wrote it before it wrote it as text.

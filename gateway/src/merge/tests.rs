@@ -982,3 +982,14 @@ fn region_tags_of(resource: &Value) -> Vec<String> {
         .map(|t| t["code"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A key digested from its parts is the digest of the parts joined: identities stay what
+/// they were when keys were digested from one formatted string.
+#[test]
+fn keys_of_parts_are_digests_of_the_joined_text() {
+    use sha2::Digest;
+    let joined = "id:Observation:urn:lab|L-1";
+    let want: [u8; 32] = sha2::Sha256::digest(joined.as_bytes()).into();
+    assert_eq!(identifier_key("Observation", "urn:lab", "L-1"), want);
+    assert_ne!(identifier_key("Observation", "urn:lab", "L-2"), want);
+}
