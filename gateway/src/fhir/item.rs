@@ -557,7 +557,24 @@ pub fn items_of(values: impl IntoIterator<Item = Value>) -> Vec<Item> {
 
 /// An object's key, borrowed unless it had escapes.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
+///
+/// Also a string element of the typed shapes: serde's derived readers borrow a `Cow<str>`
+/// field only when it is not inside an `Option`, so an `Option<Cow<str>>` was a `String`
+/// made for every string read (a profile found seven an item).
 struct Key<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Key<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Key<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -871,7 +888,7 @@ impl<'de> Deserialize<'de> for CategoryShape<'de> {
                 Ok(CategoryShape(
                     coding
                         .into_iter()
-                        .filter_map(|c| Some((c.system, c.code?)))
+                        .filter_map(|c| Some((c.system.map(|k| k.0), c.code?.0)))
                         .collect(),
                 ))
             }
@@ -884,7 +901,7 @@ impl<'de> Deserialize<'de> for CategoryShape<'de> {
 #[derive(serde::Deserialize)]
 struct MetaShape<'a> {
     #[serde(rename = "lastUpdated", borrow, default)]
-    last_updated: Option<Cow<'a, str>>,
+    last_updated: Option<Key<'a>>,
     #[serde(borrow, default)]
     security: Option<Vec<CodingShape<'a>>>,
 }
@@ -892,17 +909,17 @@ struct MetaShape<'a> {
 #[derive(serde::Deserialize)]
 struct CodingShape<'a> {
     #[serde(borrow, default)]
-    system: Option<Cow<'a, str>>,
+    system: Option<Key<'a>>,
     #[serde(borrow, default)]
-    code: Option<Cow<'a, str>>,
+    code: Option<Key<'a>>,
 }
 
 #[derive(serde::Deserialize)]
 struct IdentifierShape<'a> {
     #[serde(borrow, default)]
-    system: Option<Cow<'a, str>>,
+    system: Option<Key<'a>>,
     #[serde(borrow, default)]
-    value: Option<Cow<'a, str>>,
+    value: Option<Key<'a>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -915,7 +932,7 @@ impl ConceptShape<'_> {
     fn first(self) -> Option<String> {
         self.coding?
             .into_iter()
-            .find_map(|c| Some(format!("{}|{}", c.system?, c.code?)))
+            .find_map(|c| Some(format!("{}|{}", &*c.system?, &*c.code?)))
     }
 }
 
@@ -923,7 +940,7 @@ impl ConceptShape<'_> {
 #[derive(serde::Deserialize)]
 struct ReferenceShape<'a> {
     #[serde(borrow, default)]
-    reference: Option<Cow<'a, str>>,
+    reference: Option<Key<'a>>,
     #[serde(borrow, default)]
     identifier: Option<IdentifierShape<'a>>,
 }
@@ -939,7 +956,7 @@ impl ReferenceShape<'_> {
         }
         let ident = self.identifier?;
         (ident.system.as_deref() == Some(crate::fhir::nhs::NHS_NUMBER_SYSTEM))
-            .then(|| ident.value.map(|v| PatientLink::Nhs(v.into_owned())))
+            .then(|| ident.value.map(|v| PatientLink::Nhs(v.0.into_owned())))
             .flatten()
     }
 }
@@ -1285,17 +1302,17 @@ impl MetaEdit<'_> {
                 }
             }
         }
-        let mut added: Vec<Value> = Vec::new();
+        let mut added: Vec<TagText<'_>> = Vec::new();
         for &(system, code, display) in &self.tags {
             let exists = present
                 .iter()
                 .any(|c| c.system.as_deref() == Some(system) && c.code.as_deref() == Some(code));
             if !exists {
                 present.push(CodingShape {
-                    system: Some(Cow::Borrowed(system)),
-                    code: Some(Cow::Borrowed(code)),
+                    system: Some(Key(Cow::Borrowed(system))),
+                    code: Some(Key(Cow::Borrowed(code))),
                 });
-                added.push(serde_json::json!({"system": system, "code": code, "display": display}));
+                added.push(TagText(system, code, display));
             }
         }
         append_to_list(list.unwrap_or("[]"), added.iter(), out);
@@ -1304,7 +1321,11 @@ impl MetaEdit<'_> {
 }
 
 /// A JSON list's text with `more` appended (the list's own elements copied as they came).
-fn append_to_list<'v>(list: &str, more: impl Iterator<Item = &'v Value>, out: &mut Vec<u8>) {
+fn append_to_list(
+    list: &str,
+    more: impl Iterator<Item = impl super::EntryJson>,
+    out: &mut Vec<u8>,
+) {
     let inner = list.trim_end().strip_suffix(']').unwrap_or("[");
     let empty = inner.trim_end() == "[";
     out.extend_from_slice(if empty { b"[" } else { inner.as_bytes() });
@@ -1312,9 +1333,25 @@ fn append_to_list<'v>(list: &str, more: impl Iterator<Item = &'v Value>, out: &m
         if i > 0 || !empty {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut *out, v);
+        v.write_json(out);
     }
     out.push(b']');
+}
+
+/// A tag the gateway adds, written as text (as serde_json writes the tree
+/// `{"system": .., "code": .., "display": ..}`): one a written item.
+struct TagText<'a>(&'a str, &'a str, &'a str);
+
+impl super::EntryJson for TagText<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"system":"#);
+        write_str(self.0, out);
+        out.extend_from_slice(br#","code":"#);
+        write_str(self.1, out);
+        out.extend_from_slice(br#","display":"#);
+        write_str(self.2, out);
+        out.push(b'}');
+    }
 }
 
 /// How an item is written: what changes, everything else copied.
@@ -1809,7 +1846,7 @@ impl<'a> Visitor<'a> for EntrySeed<'a> {
 #[derive(serde::Deserialize)]
 struct SearchShape<'a> {
     #[serde(borrow, default)]
-    mode: Option<Cow<'a, str>>,
+    mode: Option<Key<'a>>,
 }
 
 /// `entry.search.mode` from its text: typed (borrowed) when it has FHIR's shape, else read
@@ -1817,7 +1854,7 @@ struct SearchShape<'a> {
 fn mode_of(search: Option<&RawValue>) -> Option<Cow<'_, str>> {
     let text = search?.get();
     match serde_json::from_str::<SearchShape<'_>>(text) {
-        Ok(shape) => shape.mode,
+        Ok(shape) => shape.mode.map(|k| k.0),
         Err(_) => serde_json::from_str::<Value>(text)
             .ok()?
             .get("mode")?
@@ -1930,6 +1967,17 @@ mod tests {
             "valueQuantity": {"value": 1.50, "unit": "mmol/L"},
             "_unknownElement": {"kept": [1, 2.0, "\\u00e9"]}
         })
+    }
+
+    #[test]
+    fn a_tag_written_as_text_is_the_tree_serde_writes() {
+        use super::super::EntryJson;
+        for (system, code, display) in [("s", "c", "d"), ("urn:\"q\"", "é\n", "")] {
+            let mut out = Vec::new();
+            TagText(system, code, display).write_json(&mut out);
+            let tree = json!({"system": system, "code": code, "display": display});
+            assert_eq!(String::from_utf8(out).unwrap(), tree.to_string());
+        }
     }
 
     #[test]
