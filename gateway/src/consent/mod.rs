@@ -11,10 +11,10 @@
 //!
 //! Only active directives within their `provision.period` count.
 
-use crate::fhir::item::Coded;
 use serde_json::Value;
 
 use crate::fhir::date;
+use crate::fhir::item::Coded;
 
 pub const CONSENT_SCOPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
 pub const RESOURCE_TYPES_SYSTEM: &str = "http://hl7.org/fhir/resource-types";
