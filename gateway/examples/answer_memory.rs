@@ -8,7 +8,6 @@
 mod answers;
 
 use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
-use gateway::auth::UserContext;
 use gateway::merge::{MismatchPolicy, RegionResult, ViewContext, merge_view};
 use policy::DecisionPoint;
 
@@ -23,29 +22,10 @@ fn main() {
     let (query, mut results) = answers::large_answers(mib * 1024 * 1024);
     results.truncate(1);
     let region = results[0].region.clone();
-    let text: gateway::fhir::item::Source = {
-        let a = results[0].outcome.as_ref().expect("an answer");
-        let mut entries: Vec<serde_json::Value> = a
-            .patients
-            .iter()
-            .map(|p| serde_json::json!({"resource": p, "search": {"mode": "match"}}))
-            .collect();
-        entries.extend(a.items.iter().map(|i| {
-            serde_json::json!({"fullUrl": format!("https://x/fhir/{}/{}", i.rtype(), i.id()), "resource": i.to_value(), "search": {"mode": "match"}})
-        }));
-        serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries})
-            .to_string()
-            .into()
-    };
+    let text = answers::searchset_text(&results[0]);
     drop(results);
     let set = embedded_policy_set().unwrap();
-    let user = UserContext {
-        user_id: "bench".into(),
-        role: "R8000".into(),
-        organisation: "RBD".into(),
-        purpose_of_use: Some("TREAT".into()),
-        break_glass: None,
-    };
+    let user = answers::clinician();
     PEAK.reset_peak_usage();
     let before = PEAK.current_usage();
     let mut gk = Gatekeeper::new(&set, &user, "bench", DecisionPoint::View, "bench");

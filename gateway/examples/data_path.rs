@@ -20,19 +20,7 @@ fn as_text(
 ) -> Vec<(gateway::merge::RegionInfo, gateway::fhir::item::Source)> {
     results
         .iter()
-        .map(|r| {
-            let a = r.outcome.as_ref().expect("an answer");
-            let mut entries: Vec<serde_json::Value> = a
-                .patients
-                .iter()
-                .map(|p| serde_json::json!({"resource": p, "search": {"mode": "match"}}))
-                .collect();
-            entries.extend(a.items.iter().map(|i| {
-                serde_json::json!({"fullUrl": format!("https://x/fhir/{}/{}", i.rtype(), i.id()), "resource": i.to_value(), "search": {"mode": "match"}})
-            }));
-            let text = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries}).to_string();
-            (r.region.clone(), text.into())
-        })
+        .map(|r| (r.region.clone(), answers::searchset_text(r)))
         .collect()
 }
 
@@ -49,13 +37,7 @@ fn main() {
     let texts = as_text(&results);
     let bytes: usize = texts.iter().map(|(_, t)| t.len()).sum();
     let set = embedded_policy_set().unwrap();
-    let user = UserContext {
-        user_id: "bench".into(),
-        role: "R8000".into(),
-        organisation: "RBD".into(),
-        purpose_of_use: Some("TREAT".into()),
-        break_glass: None,
-    };
+    let user = answers::clinician();
     let started = std::time::Instant::now();
     let mut out_bytes = 0;
     for _ in 0..n {

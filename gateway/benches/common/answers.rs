@@ -116,3 +116,31 @@ pub fn regions_answers(n: usize, bytes: usize) -> (PatientQuery, Vec<RegionResul
     }
     (query, results(answers))
 }
+
+/// A region's answer as the searchset text a peer sends (the examples read it as the gateway
+/// reads a peer's body).
+pub fn searchset_text(result: &RegionResult) -> gateway::fhir::item::Source {
+    let a = result.outcome.as_ref().expect("an answer");
+    let mut entries: Vec<Value> = a
+        .patients
+        .iter()
+        .map(|p| serde_json::json!({"resource": p, "search": {"mode": "match"}}))
+        .collect();
+    entries.extend(a.items.iter().map(|i| {
+        serde_json::json!({"fullUrl": format!("https://x/fhir/{}/{}", i.rtype(), i.id()), "resource": i.to_value(), "search": {"mode": "match"}})
+    }));
+    serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+        .to_string()
+        .into()
+}
+
+/// The user the examples ask as: a clinician treating the patient.
+pub fn clinician() -> gateway::auth::UserContext {
+    gateway::auth::UserContext {
+        user_id: "bench".into(),
+        role: "R8000".into(),
+        organisation: "RBD".into(),
+        purpose_of_use: Some("TREAT".into()),
+        break_glass: None,
+    }
+}
