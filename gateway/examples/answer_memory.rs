@@ -8,7 +8,7 @@
 mod answers;
 
 use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
-use gateway::merge::{MismatchPolicy, RegionResult, ViewContext, merge_view};
+use gateway::merge::{RegionResult, merge_view};
 use policy::DecisionPoint;
 
 #[global_allocator]
@@ -38,26 +38,11 @@ fn main() {
         outcome: Ok(gk.filter(answer, &region.code, &mut report)),
         elapsed_ms: 1,
     }];
-    let view = merge_view(
-        &query,
-        results,
-        ViewContext {
-            gateway_base: "https://gw/fhir",
-            issues: vec![],
-            on_mismatch: MismatchPolicy::Warn,
-        },
-    );
+    let view = merge_view(&query, results, answers::view_context());
     let after_merge = PEAK.current_usage() - before;
     let peak_merge = PEAK.peak_usage() - before;
     let entries = view.written();
-    let tail = view.request_entries(
-        &gateway::merge::Envelope {
-            bundle_id: "b",
-            now: "2026-01-01T00:00:00Z",
-            self_link: "https://gw/fhir/x",
-        },
-        |c| c.elapsed_ms,
-    );
+    let tail = view.request_entries(&answers::envelope(), |c| c.elapsed_ms);
     let after_entries = PEAK.current_usage() - before;
     // As the gateway writes it: the shared entries and the envelope, joined only as the body
     // is sent.

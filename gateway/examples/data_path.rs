@@ -8,7 +8,7 @@ mod answers;
 
 use gateway::access::{Filtered, Gatekeeper, embedded_policy_set};
 use gateway::auth::UserContext;
-use gateway::merge::{MismatchPolicy, RegionResult, ViewContext, merge_view};
+use gateway::merge::{RegionResult, merge_view};
 use policy::DecisionPoint;
 
 #[global_allocator]
@@ -73,24 +73,9 @@ fn one_request(
             }
         })
         .collect();
-    let view = merge_view(
-        query,
-        results,
-        ViewContext {
-            gateway_base: "https://gw/fhir",
-            issues: vec![],
-            on_mismatch: MismatchPolicy::Warn,
-        },
-    );
+    let view = merge_view(query, results, answers::view_context());
     let entries = view.written();
-    let tail = view.request_entries(
-        &gateway::merge::Envelope {
-            bundle_id: "b",
-            now: "2026-01-01T00:00:00Z",
-            self_link: "https://gw/fhir/x",
-        },
-        |c| c.elapsed_ms,
-    );
+    let tail = view.request_entries(&answers::envelope(), |c| c.elapsed_ms);
     gateway::fhir::write_searchset("b", "now", "https://gw/fhir/x", view.total, &entries, &tail)
         .len()
 }

@@ -144,3 +144,21 @@ pub fn clinician() -> gateway::auth::UserContext {
         break_glass: None,
     }
 }
+
+/// How the examples merge: as the gateway does, under the benchmarks' base.
+pub fn view_context() -> gateway::merge::ViewContext<'static> {
+    gateway::merge::ViewContext {
+        gateway_base: "https://gw/fhir",
+        issues: vec![],
+        on_mismatch: MismatchPolicy::Warn,
+    }
+}
+
+/// What names the examples' requests in their Bundles.
+pub fn envelope() -> gateway::merge::Envelope<'static> {
+    gateway::merge::Envelope {
+        bundle_id: "b",
+        now: "2026-01-01T00:00:00Z",
+        self_link: "https://gw/fhir/x",
+    }
+}

@@ -556,11 +556,11 @@ pub fn items_of(values: impl IntoIterator<Item = Value>) -> Vec<Item> {
 }
 
 /// An object's key, borrowed unless it had escapes.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
 ///
 /// Also a string element of the typed shapes: serde's derived readers borrow a `Cow<str>`
 /// field only when it is not inside an `Option`, so an `Option<Cow<str>>` was a `String`
 /// made for every string read (a profile found seven an item).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Key<'a>(Cow<'a, str>);
 
 impl std::ops::Deref for Key<'_> {
@@ -659,11 +659,6 @@ impl<'a> Members<'a> {
     fn tree(&self, name: &str) -> Option<Value> {
         self.get(name)
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-
-    fn string(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
     }
 
     /// A string member, borrowed from the text when it has no escapes.
@@ -1708,8 +1703,7 @@ struct BundleShape<'a> {
     entry: Option<Vec<EntryText<'a>>>,
 }
 
-/// Reads a [`BundleShape`] whose items share `source`. A member given twice is an error (the
-/// Bundle is then read leniently), as serde's derived readers have it.
+/// Reads a [`BundleShape`] whose items share `source` (a member given twice: see [`once`]).
 struct BundleSeed<'a>(&'a Source);
 
 impl<'a> serde::de::DeserializeSeed<'a> for BundleSeed<'a> {
@@ -1728,30 +1722,43 @@ impl<'a> Visitor<'a> for BundleSeed<'a> {
         let mut shape = BundleShape::default();
         let mut seen = [false; 5];
         while let Some(key) = map.next_key::<Key<'a>>()? {
-            let at = match key.0.as_ref() {
-                "resourceType" => 0,
-                "type" => 1,
-                "total" => 2,
-                "link" => 3,
-                "entry" => 4,
+            match &*key {
+                "resourceType" => {
+                    once(&mut seen[0])?;
+                    shape.resource_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0);
+                }
+                "type" => {
+                    once(&mut seen[1])?;
+                    shape.bundle_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0);
+                }
+                "total" => {
+                    once(&mut seen[2])?;
+                    shape.total = map.next_value()?;
+                }
+                "link" => {
+                    once(&mut seen[3])?;
+                    shape.link = map.next_value()?;
+                }
+                "entry" => {
+                    once(&mut seen[4])?;
+                    shape.entry = map.next_value_seed(EntriesSeed(self.0))?;
+                }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
-                    continue;
                 }
-            };
-            if std::mem::replace(&mut seen[at], true) {
-                return Err(serde::de::Error::custom("a member given twice"));
-            }
-            match at {
-                0 => shape.resource_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0),
-                1 => shape.bundle_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0),
-                2 => shape.total = map.next_value()?,
-                3 => shape.link = map.next_value()?,
-                _ => shape.entry = map.next_value_seed(EntriesSeed(self.0))?,
             }
         }
         Ok(shape)
     }
+}
+
+/// A member read for the first time; one given twice is an error (the Bundle is then read
+/// leniently), as serde's derived readers have it.
+fn once<E: serde::de::Error>(seen: &mut bool) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(E::custom("a member given twice"));
+    }
+    Ok(())
 }
 
 /// `Bundle.entry`: absent or null is none.
@@ -1808,32 +1815,29 @@ impl<'a> Visitor<'a> for EntrySeed<'a> {
         let (mut resource, mut search) = (None, None);
         let mut seen = [false; 2];
         while let Some(key) = map.next_key::<Key<'a>>()? {
-            let at = match key.0.as_ref() {
-                "resource" => 0,
-                "search" => 1,
+            match &*key {
+                "resource" => {
+                    once(&mut seen[0])?;
+                    resource = match map.next_value::<Option<Members<'a>>>()? {
+                        None => None,
+                        Some(members) => {
+                            let text = object_text(self.0.as_str(), &members)
+                                .ok_or_else(|| serde::de::Error::custom("a resource's text"))?;
+                            Some(ResourceText {
+                                text,
+                                item: Some(Item::of_members(self.0, text, &members)),
+                            })
+                        }
+                    };
+                }
+                "search" => {
+                    once(&mut seen[1])?;
+                    search = map.next_value::<Option<&'a RawValue>>()?;
+                }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
-                    continue;
                 }
-            };
-            if std::mem::replace(&mut seen[at], true) {
-                return Err(serde::de::Error::custom("a member given twice"));
             }
-            if at == 1 {
-                search = map.next_value::<Option<&'a RawValue>>()?;
-                continue;
-            }
-            resource = match map.next_value::<Option<Members<'a>>>()? {
-                None => None,
-                Some(members) => {
-                    let text = object_text(self.0.as_str(), &members)
-                        .ok_or_else(|| serde::de::Error::custom("a resource's text"))?;
-                    Some(ResourceText {
-                        text,
-                        item: Some(Item::of_members(self.0, text, &members)),
-                    })
-                }
-            };
         }
         Ok(EntryText {
             mode: mode_of(search),
@@ -1865,8 +1869,7 @@ fn mode_of(search: Option<&RawValue>) -> Option<Cow<'_, str>> {
 
 impl<'a> BundleText<'a> {
     /// Reads a JSON object's envelope, and its entries' items (which share `source`); `Err`
-    /// when the text is not an object. Elements of the wrong
-    /// shape read as missing.
+    /// when the text is not an object. Elements of the wrong shape read as missing.
     pub fn parse(source: &'a Source) -> Result<BundleText<'a>, NotAResource> {
         let json = source.as_str();
         let mut de = serde_json::Deserializer::from_str(json);
@@ -1939,8 +1942,8 @@ impl<'a> BundleText<'a> {
             })
             .collect();
         Ok(BundleText {
-            resource_type: members.string("resourceType"),
-            bundle_type: members.string("type"),
+            resource_type: members.str("resourceType").map(Cow::into_owned),
+            bundle_type: members.str("type").map(Cow::into_owned),
             total: members.tree("total").and_then(|t| t.as_u64()),
             next,
             entries,
@@ -2190,6 +2193,21 @@ mod tests {
                     serde_json::from_str(entry.resource.as_ref().unwrap().get()).unwrap();
                 assert_eq!(got, want["resource"]);
             }
+        }
+    }
+
+    #[test]
+    fn a_member_given_twice_sends_the_bundle_to_the_lenient_reader() {
+        for text in [
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"a"}}],"entry":[]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"a"},"resource":{"id":"b"}}]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"a"},"search":{},"search":{}}]}"#,
+        ] {
+            let source: Source = Arc::new(text.to_owned());
+            let read = BundleText::parse(&source).unwrap();
+            let resource = read.entries[0].resource.as_ref().unwrap();
+            assert!(resource.item.is_none(), "read leniently: {text}");
+            assert_eq!(resource.get(), r#"{"id":"a"}"#, "{text}");
         }
     }
 
