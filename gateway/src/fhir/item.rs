@@ -191,7 +191,13 @@ impl PartialEq for ItemView {
 
 impl std::fmt::Debug for ItemView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // What a derived Debug would show, each string read from the text.
+        // Each string read from the text, except what names the patient: the patient link
+        // (an NHS number, perhaps) and business identifiers are shown by kind and count only,
+        // as an item's text is never shown.
+        let patient = self.patient.as_ref().map(|l| match l {
+            PatientLink::Local(_) => "a local Patient",
+            PatientLink::Nhs(_) => "an NHS number",
+        });
         f.debug_struct("ItemView")
             .field("rtype", &self.rtype())
             .field("kind", &self.kind)
@@ -199,8 +205,8 @@ impl std::fmt::Debug for ItemView {
             .field("last_updated", &self.last_updated())
             .field("security", &self.security().collect::<Vec<_>>())
             .field("categories", &self.categories().collect::<Vec<_>>())
-            .field("patient", &self.patient)
-            .field("identifiers", &self.identifiers().collect::<Vec<_>>())
+            .field("patient", &patient)
+            .field("identifiers", &self.identifiers.len())
             .field("concept", &self.concept())
             .field("clinical_date", &self.clinical_date())
             .field("sort_start", &self.sort_start)
@@ -1498,7 +1504,8 @@ impl Splice<'_> {
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+/// A JSON string literal of `s`.
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
@@ -2194,6 +2201,17 @@ mod tests {
                 assert_eq!(got, want["resource"]);
             }
         }
+    }
+
+    #[test]
+    fn a_views_debug_names_no_patient() {
+        let text = r#"{"resourceType":"Condition","id":"c","identifier":[{"system":"urn:x","value":"MRN-77"}],"subject":{"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9000000009"}}}"#;
+        let shown = format!("{:?}", Item::parse(text).unwrap().view());
+        assert!(shown.contains("an NHS number"), "{shown}");
+        assert!(
+            !shown.contains("9000000009") && !shown.contains("MRN-77"),
+            "{shown}"
+        );
     }
 
     #[test]

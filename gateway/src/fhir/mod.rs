@@ -216,7 +216,8 @@ pub fn searchset(
     bundle
 }
 
-/// An entry written after the shared ones: a tree, or an entry already written as text.
+/// An entry (or an element of a list) written after what is already written: a tree, or
+/// something that writes its own text (`merge::RequestEntry`, a tag).
 pub trait EntryJson {
     fn write_json(&self, out: &mut Vec<u8>);
 }
@@ -225,13 +226,6 @@ impl EntryJson for Value {
     fn write_json(&self, out: &mut Vec<u8>) {
         // Writing a Value to a Vec cannot fail.
         let _ = serde_json::to_writer(out, self);
-    }
-}
-
-/// An entry's JSON text.
-impl EntryJson for str {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_bytes());
     }
 }
 

@@ -488,10 +488,7 @@ fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Req
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
         "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
     }]);
-    let string = |s: &str, out: &mut Vec<u8>| {
-        // Writing a string to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    };
+    let string = crate::fhir::item::write_str;
     let full_url = format!(
         "urn:uuid:{}",
         provenance_uuid(&region.code, envelope.bundle_id)
