@@ -14,6 +14,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::spliced::Writer;
 use super::types::ResourceType;
 use crate::record::PatientLink;
 
@@ -1370,31 +1371,46 @@ pub struct Splice<'a> {
 impl Item {
     /// Appends the item, spliced, to `out`.
     pub fn write_spliced(&self, splice: &Splice<'_>, out: &mut Vec<u8>) {
+        let mut w = Writer::new(Some(&self.0.source));
+        self.write_spliced_runs(splice, &mut w);
+        w.finish().write_to(out);
+    }
+
+    /// The item, spliced, written to `out`, whose source must be this item's for its
+    /// unchanged text to be taken as runs of it rather than copied.
+    pub fn write_spliced_runs(&self, splice: &Splice<'_>, out: &mut Writer<'_>) {
         match &self.0.spans {
             Some(spans) => self.write_from_spans(spans, splice, out),
             None => self.write_reread(splice, out),
         }
     }
 
-    /// [`Item::write_spliced`] from where the members and references lie: bytes copied, the
-    /// few changes written in between; nothing read again but `meta` and the patient element.
-    fn write_from_spans(&self, spans: &[Span], splice: &Splice<'_>, out: &mut Vec<u8>) {
+    /// The answer's text the item is part of.
+    pub fn source(&self) -> &Source {
+        &self.0.source
+    }
+
+    /// [`Item::write_spliced`] from where the members and references lie: unchanged text taken
+    /// as runs of the source, the few changes written in between; nothing read again but
+    /// `meta` and the patient element.
+    fn write_from_spans(&self, spans: &[Span], splice: &Splice<'_>, out: &mut Writer<'_>) {
         let whole = self.json();
-        let json = whole.as_bytes();
         let text = |(a, b): (u32, u32)| &whole[a as usize..b as usize];
         let refs = &self.0.references;
         let mut next_ref = 0;
-        out.reserve(json.len() + 256);
-        out.push(b'{');
+        match whole.get(..1) {
+            Some("{") => out.copy(&whole[..1]),
+            _ => out.push(b"{"),
+        }
         let mut wrote = Wrote::default();
         for (i, span) in spans.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.push(b",");
             }
             let key = text(span.key);
-            out.push(b'"');
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
+            out.push(b"\"");
+            out.copy(key);
+            out.push(b"\":");
             let (start, end) = span.value;
             // The references inside this member, in order (a changed member's are not used).
             let first = next_ref;
@@ -1408,33 +1424,33 @@ impl Item {
                     let (a, b, _) = refs[r];
                     let reference = reference_value(whole, &refs[r]);
                     if is_relative_reference(reference) {
-                        out.extend_from_slice(&json[at..a as usize]);
-                        write_str(&(splice.resolve)(reference), out);
+                        out.copy(&whole[at..a as usize]);
+                        write_str(&(splice.resolve)(reference), out.own());
                         at = b as usize;
                     }
                 }
-                out.extend_from_slice(&json[at..end as usize]);
+                out.copy(&whole[at..end as usize]);
             });
         }
         splice.finish(!spans.is_empty(), wrote, out);
     }
 
     /// [`Item::write_spliced`] by reading the item again (an item whose keys had escapes).
-    fn write_reread(&self, splice: &Splice<'_>, out: &mut Vec<u8>) {
+    fn write_reread(&self, splice: &Splice<'_>, out: &mut Writer<'_>) {
         let Ok(members) = Members::parse(self.json()) else {
-            out.extend_from_slice(b"null");
+            out.push(b"null");
             return;
         };
-        out.push(b'{');
+        out.push(b"{");
         let mut wrote = Wrote::default();
         for (i, (k, v)) in members.0.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.push(b",");
             }
-            write_str(&k.0, out);
-            out.push(b':');
+            write_str(&k.0, out.own());
+            out.push(b":");
             splice.member(&k.0, v.get(), &mut wrote, out, |out| {
-                write_rewritten(v, splice.resolve, out)
+                write_rewritten(v, splice.resolve, out.own())
             });
         }
         splice.finish(!members.0.is_empty(), wrote, out);
@@ -1451,38 +1467,38 @@ struct Wrote {
 impl Splice<'_> {
     /// Writes one member's value (its key is written): the id, `meta` and the patient element
     /// as they change, any other as `other` writes it.
-    fn member(
+    fn member<'s>(
         &self,
         key: &str,
         value: &str,
         wrote: &mut Wrote,
-        out: &mut Vec<u8>,
-        other: impl FnOnce(&mut Vec<u8>),
+        out: &mut Writer<'s>,
+        other: impl FnOnce(&mut Writer<'s>),
     ) {
         match key {
             "id" => {
                 wrote.id = true;
-                write_str(self.id, out);
+                write_str(self.id, out.own());
             }
             "meta" => {
                 wrote.meta = true;
-                if !self.meta.write(Some(value), out) {
+                if !self.meta.write(Some(value), out.own()) {
                     let mut meta: Value = serde_json::from_str(value).unwrap_or(Value::Null);
                     self.meta.apply(&mut meta);
                     qualify_references(&mut meta, self.resolve);
-                    let _ = serde_json::to_writer(&mut *out, &meta);
+                    let _ = serde_json::to_writer(out.own(), &meta);
                 }
             }
             name if self.patient.is_some_and(|(e, _)| e == name) && value.starts_with('{') => {
                 let (_, replace) = self.patient.expect("checked");
-                replace(value, out);
+                replace(value, out.own());
             }
             _ => other(out),
         }
     }
 
     /// Adds `meta` and `id` when the item had none, and closes it.
-    fn finish(&self, any: bool, wrote: Wrote, out: &mut Vec<u8>) {
+    fn finish(&self, any: bool, wrote: Wrote, out: &mut Writer<'_>) {
         let mut more = any;
         let mut sep = |out: &mut Vec<u8>| {
             if more {
@@ -1491,16 +1507,16 @@ impl Splice<'_> {
             more = true;
         };
         if !wrote.meta {
-            sep(out);
-            out.extend_from_slice(b"\"meta\":");
-            self.meta.write(None, out);
+            sep(out.own());
+            out.own().extend_from_slice(b"\"meta\":");
+            self.meta.write(None, out.own());
         }
         if !wrote.id {
-            sep(out);
-            out.extend_from_slice(b"\"id\":");
-            write_str(self.id, out);
+            sep(out.own());
+            out.own().extend_from_slice(b"\"id\":");
+            write_str(self.id, out.own());
         }
-        out.push(b'}');
+        out.push(b"}");
     }
 }
 
@@ -1598,20 +1614,22 @@ pub fn qualify_references(value: &mut Value, resolve: &dyn Fn(&str) -> String) {
     }
 }
 
-/// A searchset entry around bytes already written: `{"fullUrl":…,"resource":…,"search":…}`.
-pub fn write_entry(
+/// A searchset entry around its resource: `{"fullUrl":…,"resource":…,"search":…}`, the
+/// resource as `resource` writes it (its unchanged text taken as runs of its source).
+pub fn write_entry<'s>(
     full_url: &str,
     mode: super::SearchMode,
-    resource: impl FnOnce(&mut Vec<u8>),
-    out: &mut Vec<u8>,
+    resource: impl FnOnce(&mut Writer<'s>),
+    out: &mut Writer<'s>,
 ) {
-    out.extend_from_slice(b"{\"fullUrl\":");
-    write_str(full_url, out);
-    out.extend_from_slice(b",\"resource\":");
+    out.own().extend_from_slice(b"{\"fullUrl\":");
+    write_str(full_url, out.own());
+    out.own().extend_from_slice(b",\"resource\":");
     resource(out);
-    out.extend_from_slice(b",\"search\":{\"mode\":\"");
-    out.extend_from_slice(mode.as_str().as_bytes());
-    out.extend_from_slice(b"\"}}");
+    let tail = out.own();
+    tail.extend_from_slice(b",\"search\":{\"mode\":\"");
+    tail.extend_from_slice(mode.as_str().as_bytes());
+    tail.extend_from_slice(b"\"}}");
 }
 
 /// A Bundle as the gateway reads it: its envelope, and each entry's resource left as text.

@@ -8,9 +8,12 @@ pub mod item;
 pub mod nhs;
 pub mod outcome;
 pub mod reference;
+pub mod spliced;
 pub mod types;
 
 use serde_json::{Value, json};
+
+use spliced::Spliced;
 
 /// The media type of FHIR JSON.
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -239,7 +242,7 @@ impl<T: EntryJson + ?Sized> EntryJson for &T {
 /// (a kept view and the Bundle being written hold the same texts, not copies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SerializedEntries {
-    parts: Vec<std::sync::Arc<str>>,
+    parts: Vec<Spliced>,
     bytes: usize,
 }
 
@@ -248,18 +251,18 @@ impl SerializedEntries {
         // Each entry apart (on every core when there are many).
         let parts = crate::parallel::map(entries.iter().collect(), |e: &Value| {
             // Writing a Value to a String cannot fail.
-            std::sync::Arc::<str>::from(serde_json::to_string(e).unwrap_or_default())
+            Spliced::text(serde_json::to_string(e).unwrap_or_default())
         });
         Self::from_shared(parts)
     }
 
     /// Entries already written as JSON texts (copied).
     pub fn from_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
-        Self::from_shared(texts.into_iter().map(std::sync::Arc::from).collect())
+        Self::from_shared(texts.into_iter().map(Spliced::from).collect())
     }
 
     /// Entries already written as shared JSON texts (not copied).
-    pub fn from_shared(parts: Vec<std::sync::Arc<str>>) -> Self {
+    pub fn from_shared(parts: Vec<Spliced>) -> Self {
         let bytes = parts.iter().map(|p| p.len()).sum();
         SerializedEntries { parts, bytes }
     }
@@ -272,9 +275,14 @@ impl SerializedEntries {
         self.parts.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes of the entries' texts (what they would hold, written out whole).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The entries' texts.
+    pub fn texts(&self) -> &[Spliced] {
+        &self.parts
     }
 }
 
@@ -347,7 +355,7 @@ pub fn searchset_bytes(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BundleBytes {
     head: Vec<u8>,
-    entries: Vec<std::sync::Arc<str>>,
+    entries: Vec<Spliced>,
     tail: Vec<u8>,
 }
 
@@ -379,7 +387,7 @@ impl BundleBytes {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(e.as_bytes());
+            e.write_to(&mut out);
         }
         out.extend_from_slice(&self.tail);
         out
@@ -403,7 +411,7 @@ impl BundleBytes {
                 if next > 0 {
                     chunk.push(b',');
                 }
-                chunk.extend_from_slice(entries[next].as_bytes());
+                entries[next].write_to(&mut chunk);
                 next += 1;
             }
             if next == entries.len()
@@ -530,7 +538,7 @@ mod tests {
             let mut all: Vec<Value> = first
                 .parts
                 .iter()
-                .map(|p| serde_json::from_str(p).unwrap())
+                .map(|p| serde_json::from_str(&p.as_text()).unwrap())
                 .collect();
             all.extend(rest.iter().cloned());
             let want = serde_json::to_vec(&searchset("b", "t", "https://s", 7, all)).unwrap();

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::fhir::item::{Item, Splice, qualify_references};
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
+use crate::fhir::spliced::{Spliced, Writer};
 use crate::fhir::types::{ResourceType, resource_type};
 use crate::fhir::{self, REGION_TAG_SYSTEM, SearchMode, date};
 use crate::query::{Operation, PatientQuery};
@@ -342,31 +343,48 @@ pub struct View {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     pub full_url: String,
-    /// Shared: a kept view and the Bundles written from it hold the same text.
-    pub json: std::sync::Arc<str>,
+    /// Shared: a kept view and the Bundles written from it hold the same text, which holds
+    /// the resource's unchanged text as runs of its answer, not a copy.
+    pub json: Spliced,
 }
 
 impl Written {
-    fn of(full_url: String, mode: SearchMode, resource: impl FnOnce(&mut Vec<u8>)) -> Written {
-        let mut out = Vec::with_capacity(1024);
+    /// An entry of `item` as `resource` writes it (its unchanged text taken as runs of the
+    /// item's answer).
+    fn of(
+        full_url: String,
+        mode: SearchMode,
+        item: &Item,
+        resource: impl FnOnce(&mut Writer<'_>),
+    ) -> Written {
+        let mut out = Writer::new(Some(item.source()));
         crate::fhir::item::write_entry(&full_url, mode, resource, &mut out);
         Written {
             full_url,
-            // Written from text and serde_json: UTF-8.
-            json: String::from_utf8(out).unwrap_or_default().into(),
+            json: out.finish(),
         }
     }
 
     /// An entry of a resource given as a tree (the merged Patient).
     fn of_value(full_url: &str, resource: &Value, mode: SearchMode) -> Written {
-        Written::of(full_url.to_owned(), mode, |out| {
-            let _ = serde_json::to_writer(out, resource);
-        })
+        let mut out = Writer::new(None);
+        crate::fhir::item::write_entry(
+            full_url,
+            mode,
+            |w| {
+                let _ = serde_json::to_writer(w.own(), resource);
+            },
+            &mut out,
+        );
+        Written {
+            full_url: full_url.to_owned(),
+            json: out.finish(),
+        }
     }
 
     /// The entry as a tree (for the few answers built as one: pages, counts).
     pub fn to_value(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+        serde_json::from_str(&self.json.as_text()).unwrap_or(Value::Null)
     }
 }
 
@@ -450,12 +468,12 @@ pub struct RequestEntry {
 
 impl RequestEntry {
     fn of(full_url: &str, mode: SearchMode, resource: impl FnOnce(&mut Vec<u8>)) -> Self {
-        let mut out = Vec::with_capacity(512);
-        crate::fhir::item::write_entry(full_url, mode, resource, &mut out);
+        let mut out = Writer::new(None);
+        crate::fhir::item::write_entry(full_url, mode, |w| resource(w.own()), &mut out);
         RequestEntry {
             mode,
             // Written from strings and serde_json: UTF-8.
-            json: String::from_utf8(out).unwrap_or_default(),
+            json: String::from_utf8(out.into_written()).unwrap_or_default(),
         }
     }
 
@@ -1062,8 +1080,8 @@ pub fn merge_view(
                 meta: &region_edit(&results[inc.origin].region.base_url, regions()),
                 resolve: &|local| resolve_from(inc.origin, local),
             };
-            Written::of(inc.url.clone(), SearchMode::Include, |out| {
-                inc.item.write_spliced(&splice, out)
+            Written::of(inc.url.clone(), SearchMode::Include, &inc.item, |out| {
+                inc.item.write_spliced_runs(&splice, out)
             })
         })
         .collect();
@@ -1102,8 +1120,8 @@ pub fn merge_view(
             meta: &meta,
             resolve: &|local| resolve_from(slot.origin, local),
         };
-        Written::of(full_url.clone(), SearchMode::Match, |out| {
-            slot.item().write_spliced(&splice, out)
+        Written::of(full_url.clone(), SearchMode::Match, slot.item(), |out| {
+            slot.item().write_spliced_runs(&splice, out)
         })
     });
     let mut matches: Vec<Written> = Vec::new();

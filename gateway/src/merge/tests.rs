@@ -993,3 +993,44 @@ fn keys_of_parts_are_digests_of_the_joined_text() {
     assert_eq!(identifier_key("Observation", "urn:lab", "L-1"), want);
     assert_ne!(identifier_key("Observation", "urn:lab", "L-2"), want);
 }
+
+#[test]
+fn a_views_entries_hold_their_resources_unchanged_text_by_reference_not_as_copies() {
+    // An allergy with a long note the gateway never changes: its entry takes it as a run of
+    // the region's answer, so a kept view holds the few bytes the gateway wrote, not a second
+    // copy of the record.
+    let note = "n".repeat(4000);
+    let mut item = allergy("a1", "p1", "2020-01-01");
+    item["note"] = json!([{"text": note}]);
+    let results = vec![answered(
+        "dorset",
+        vec![patient("p1", "2020-01-01T00:00:00Z", "Smith")],
+        vec![item],
+    )];
+    let view = merge_view(
+        &allergy_query(),
+        results,
+        ViewContext {
+            gateway_base: "https://gw.example/fhir",
+            issues: vec![],
+            on_mismatch: MismatchPolicy::Warn,
+        },
+    );
+    let entry = view
+        .matches
+        .iter()
+        .find(|w| w.full_url.ends_with("/AllergyIntolerance/dorset.a1"))
+        .expect("the allergy's entry");
+    let written: Value = serde_json::from_str(&entry.json.as_text()).unwrap();
+    assert_eq!(written["resource"]["note"][0]["text"], note.as_str());
+    assert_eq!(
+        written["resource"]["patient"]["reference"],
+        format!("https://gw.example/fhir/Patient/{NHS}")
+    );
+    assert!(
+        entry.json.held() < 1000,
+        "the entry holds {} of its {} bytes itself",
+        entry.json.held(),
+        entry.json.len()
+    );
+}

@@ -190,31 +190,37 @@ fn write(gateway: &Gateway, local: RecordAnswer, report: &Filtered) -> fhir::Bun
 /// `match` (their bytes as the record gave them); the patient's Patient resources and what the
 /// items reference (`$everything`) as `include`.
 pub fn answer_entries(base: &str, answer: &RecordAnswer) -> fhir::SerializedEntries {
-    let mut texts: Vec<std::sync::Arc<str>> =
-        Vec::with_capacity(answer.items.len() + answer.included.len());
-    let mut write = |rtype: &str, id: &str, mode: SearchMode, json: &str| {
-        let mut out = Vec::with_capacity(json.len() + 128);
+    use crate::fhir::spliced::Writer;
+    let entry = |rtype: &str, id: &str, mode: SearchMode, out: Writer<'_>, json: &str| {
+        let mut out = out;
         crate::fhir::item::write_entry(
             &format!("{base}/{rtype}/{id}"),
             mode,
-            |out| out.extend_from_slice(json.as_bytes()),
+            |w| w.copy(json),
             &mut out,
         );
-        texts.push(String::from_utf8(out).unwrap_or_default().into());
+        out.finish()
     };
-    for item in &answer.items {
-        write(item.rtype(), item.id(), SearchMode::Match, item.json());
-    }
+    // An item's text is taken as a run of the record's answer, not copied.
+    let item = |item: &crate::fhir::item::Item, mode| {
+        entry(
+            item.rtype(),
+            item.id(),
+            mode,
+            Writer::new(Some(item.source())),
+            item.json(),
+        )
+    };
+    let mut texts = Vec::with_capacity(answer.items.len() + answer.included.len());
+    texts.extend(answer.items.iter().map(|i| item(i, SearchMode::Match)));
     for p in &answer.patients {
         let json = serde_json::to_string(p).unwrap_or_default();
         let (t, id) = (
             p["resourceType"].as_str().unwrap_or(""),
             p["id"].as_str().unwrap_or(""),
         );
-        write(t, id, SearchMode::Include, &json);
+        texts.push(entry(t, id, SearchMode::Include, Writer::new(None), &json));
     }
-    for item in &answer.included {
-        write(item.rtype(), item.id(), SearchMode::Include, item.json());
-    }
+    texts.extend(answer.included.iter().map(|i| item(i, SearchMode::Include)));
     fhir::SerializedEntries::from_shared(texts)
 }

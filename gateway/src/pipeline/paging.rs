@@ -94,7 +94,7 @@ impl Paged {
 fn page_includes<'a>(page: &[Written], includes: &'a [Written]) -> Vec<&'a Written> {
     let mut wanted: HashSet<String> = page
         .iter()
-        .flat_map(|w| crate::fhir::item::references_in(&w.json))
+        .flat_map(|w| crate::fhir::item::references_in(&w.json.as_text()))
         .collect();
     let mut kept = vec![false; includes.len()];
     // Includes reference one another (a role names its practitioner): follow until nothing new.
@@ -103,7 +103,7 @@ fn page_includes<'a>(page: &[Written], includes: &'a [Written]) -> Vec<&'a Writt
         for (i, inc) in includes.iter().enumerate() {
             if !kept[i] && wanted.contains(&inc.full_url) {
                 kept[i] = true;
-                wanted.extend(crate::fhir::item::references_in(&inc.json));
+                wanted.extend(crate::fhir::item::references_in(&inc.json.as_text()));
                 grew = true;
             }
         }
