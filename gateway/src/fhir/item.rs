@@ -1162,7 +1162,7 @@ fn collect_references(raw: &RawValue, out: &mut Vec<String>) {
 }
 
 /// Writes what a patient reference becomes, given its text (an object).
-pub type Replace<'a> = dyn Fn(&str, &mut Vec<u8>) + 'a;
+pub type Replace<'a> = dyn Fn(&str, &mut Writer<'_>) + 'a;
 
 /// What changes in an item's `meta`: its source set, tags added unless one of the same system
 /// and code is there, and extensions appended. Written from `meta`'s text where it has a plain
@@ -1174,6 +1174,17 @@ pub struct MetaEdit<'a> {
     pub tags: Vec<(&'a str, &'a str, &'a str)>,
     /// Appended to `meta.extension` when it is a list (or missing).
     pub extensions: Vec<Value>,
+    /// `source` as a JSON string, and each of `tags` as its JSON object, when they are
+    /// written once in a text the entries share (the writer then takes them as runs of it
+    /// rather than writing them into every entry); empty: written each time.
+    pub written: Option<WrittenMeta<'a>>,
+}
+
+/// [`MetaEdit::written`]: texts of a shared text, each as the gateway writes it.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenMeta<'a> {
+    pub source: &'a str,
+    pub tags: Vec<&'a str>,
 }
 
 impl MetaEdit<'_> {
@@ -1208,10 +1219,11 @@ impl MetaEdit<'_> {
         }
     }
 
-    /// The edit written from `meta`'s text (`None`: the item has none). `false`, having
-    /// written nothing, when `meta` has a shape only a tree reads safely (repeated or escaped
-    /// keys, references, tags that are not plain codings).
-    fn write(&self, meta: Option<&str>, out: &mut Vec<u8>) -> bool {
+    /// The edit written from `meta`'s text (`None`: the item has none), its unchanged
+    /// members taken as runs of the item's text. `false`, having written nothing, when `meta`
+    /// has a shape only a tree reads safely (repeated or escaped keys, references, tags that
+    /// are not plain codings).
+    fn write(&self, meta: Option<&str>, out: &mut Writer<'_>) -> bool {
         let members = match meta {
             Some(text) if text.starts_with('{') => {
                 if text.contains("\"reference\"") {
@@ -1230,82 +1242,88 @@ impl MetaEdit<'_> {
         if !members.iter().all(|(k, _)| plain(k)) || names.windows(2).any(|w| w[0] == w[1]) {
             return false;
         }
-        let start = out.len();
-        out.push(b'{');
-        let (mut tagged, mut extended) = (false, false);
-        let sep = |out: &mut Vec<u8>| {
-            if out.len() > start + 1 {
-                out.push(b',');
+        // The tags to add, worked out before anything is written.
+        let listed = members
+            .iter()
+            .find(|(k, _)| k.0 == "tag")
+            .map(|(_, v)| v.get());
+        let Some(added) = self.tags_to_add(listed.filter(|l| l.starts_with('['))) else {
+            return false;
+        };
+        out.push(b"{");
+        let mut first = true;
+        let mut sep = |out: &mut Writer<'_>| {
+            if !std::mem::take(&mut first) {
+                out.push(b",");
             }
         };
+        let (mut tagged, mut extended, mut sourced) = (false, false, false);
         for (k, v) in &members {
             sep(out);
-            out.push(b'"');
-            out.extend_from_slice(k.0.as_bytes());
-            out.extend_from_slice(b"\":");
+            out.push(b"\"");
+            out.copy(&k.0);
+            out.push(b"\":");
             match k.0.as_ref() {
-                "source" => write_str(self.source, out),
+                "source" => {
+                    sourced = true;
+                    self.write_source(out);
+                }
                 "tag" => {
                     tagged = true;
-                    let list = if v.get().starts_with('[') {
-                        Some(v.get())
-                    } else {
-                        None
-                    };
-                    if !self.write_tags(list, out) {
-                        out.truncate(start);
-                        return false;
-                    }
+                    let list = v.get().starts_with('[').then(|| v.get());
+                    self.write_tags(list, &added, out);
                 }
                 "extension" if !self.extensions.is_empty() => {
                     extended = true;
                     if v.get().starts_with('[') {
-                        append_to_list(v.get(), self.extensions.iter(), out);
+                        append_to_list(v.get(), self.extensions.iter(), out.own());
                     } else {
-                        out.extend_from_slice(v.get().as_bytes());
+                        out.copy(v.get());
                     }
                 }
-                _ => out.extend_from_slice(v.get().as_bytes()),
+                _ => out.copy(v.get()),
             }
         }
-        if members.iter().all(|(k, _)| k.0 != "source") {
+        if !sourced {
             sep(out);
-            out.extend_from_slice(b"\"source\":");
-            write_str(self.source, out);
+            out.own().extend_from_slice(b"\"source\":");
+            self.write_source(out);
         }
         if !tagged {
             sep(out);
-            out.extend_from_slice(b"\"tag\":");
-            self.write_tags(None, out);
+            out.own().extend_from_slice(b"\"tag\":");
+            self.write_tags(None, &added, out);
         }
         if !extended && !self.extensions.is_empty() {
             sep(out);
-            out.extend_from_slice(b"\"extension\":");
-            append_to_list("[]", self.extensions.iter(), out);
+            out.own().extend_from_slice(b"\"extension\":");
+            append_to_list("[]", self.extensions.iter(), out.own());
         }
-        out.push(b'}');
+        out.push(b"}");
         true
     }
 
-    /// `meta.tag` with the tags it lacks appended (`None`: there is no list); `false` when
-    /// a tag is not a plain coding.
-    fn write_tags(&self, list: Option<&str>, out: &mut Vec<u8>) -> bool {
+    fn write_source(&self, out: &mut Writer<'_>) {
+        match &self.written {
+            Some(w) => out.copy(w.source),
+            None => write_str(self.source, out.own()),
+        }
+    }
+
+    /// Which of `tags` `meta.tag` lacks (`None`: there is no list); `None` when a tag is not
+    /// a plain coding.
+    fn tags_to_add(&self, list: Option<&str>) -> Option<Vec<usize>> {
         let mut present: Vec<CodingShape<'_>> = Vec::new();
         if let Some(text) = list {
-            let Ok(elements) = serde_json::from_str::<Elements<'_>>(text) else {
-                return false;
-            };
+            let elements = serde_json::from_str::<Elements<'_>>(text).ok()?;
             for e in elements.0 {
                 if e.get().starts_with('{') {
-                    match serde_json::from_str::<CodingShape<'_>>(e.get()) {
-                        Ok(c) => present.push(c),
-                        Err(_) => return false,
-                    }
+                    present.push(serde_json::from_str::<CodingShape<'_>>(e.get()).ok()?);
                 }
             }
         }
-        let mut added: Vec<TagText<'_>> = Vec::new();
-        for &(system, code, display) in &self.tags {
+        let mut added = Vec::new();
+        for (i, &(system, code, _)) in self.tags.iter().enumerate() {
             let exists = present
                 .iter()
                 .any(|c| c.system.as_deref() == Some(system) && c.code.as_deref() == Some(code));
@@ -1314,11 +1332,36 @@ impl MetaEdit<'_> {
                     system: Some(Key(Cow::Borrowed(system))),
                     code: Some(Key(Cow::Borrowed(code))),
                 });
-                added.push(TagText(system, code, display));
+                added.push(i);
             }
         }
-        append_to_list(list.unwrap_or("[]"), added.iter(), out);
-        true
+        Some(added)
+    }
+
+    /// `meta.tag` (`None`: there is none) with the tags `added` appended, its own elements
+    /// taken as they came.
+    fn write_tags(&self, list: Option<&str>, added: &[usize], out: &mut Writer<'_>) {
+        let list = list.unwrap_or("[]");
+        let inner = list.trim_end().strip_suffix(']').unwrap_or("[");
+        let empty = inner.trim_end() == "[";
+        if empty {
+            out.push(b"[");
+        } else {
+            out.copy(inner);
+        }
+        for (n, &i) in added.iter().enumerate() {
+            if n > 0 || !empty {
+                out.push(b",");
+            }
+            match self.written.as_ref().and_then(|w| w.tags.get(i)) {
+                Some(json) => out.copy(json),
+                None => {
+                    let (system, code, display) = self.tags[i];
+                    write_tag(system, code, display, out.own());
+                }
+            }
+        }
+        out.push(b"]");
     }
 }
 
@@ -1482,7 +1525,7 @@ impl Splice<'_> {
             }
             "meta" => {
                 wrote.meta = true;
-                if !self.meta.write(Some(value), out.own()) {
+                if !self.meta.write(Some(value), out) {
                     let mut meta: Value = serde_json::from_str(value).unwrap_or(Value::Null);
                     self.meta.apply(&mut meta);
                     qualify_references(&mut meta, self.resolve);
@@ -1491,7 +1534,7 @@ impl Splice<'_> {
             }
             name if self.patient.is_some_and(|(e, _)| e == name) && value.starts_with('{') => {
                 let (_, replace) = self.patient.expect("checked");
-                replace(value, out.own());
+                replace(value, out);
             }
             _ => other(out),
         }
@@ -1509,7 +1552,7 @@ impl Splice<'_> {
         if !wrote.meta {
             sep(out.own());
             out.own().extend_from_slice(b"\"meta\":");
-            self.meta.write(None, out.own());
+            self.meta.write(None, out);
         }
         if !wrote.id {
             sep(out.own());
@@ -1518,6 +1561,11 @@ impl Splice<'_> {
         }
         out.push(b"}");
     }
+}
+
+/// A tag as the gateway writes it: `{"system":…,"code":…,"display":…}`.
+pub(crate) fn write_tag(system: &str, code: &str, display: &str, out: &mut Vec<u8>) {
+    super::EntryJson::write_json(&TagText(system, code, display), out)
 }
 
 /// A JSON string literal of `s`.
@@ -2150,13 +2198,14 @@ mod tests {
     fn spliced_equals_the_tree_edit() {
         let item = Item::from_value(&obs()).unwrap();
         let replace = |old: &Value| json!({"reference": "https://gw/Patient/9", "display": old["display"].clone()});
-        let write = |old: &str, out: &mut Vec<u8>| {
-            let _ = serde_json::to_writer(out, &replace(&serde_json::from_str(old).unwrap()));
+        let write = |old: &str, out: &mut Writer<'_>| {
+            let _ = serde_json::to_writer(out.own(), &replace(&serde_json::from_str(old).unwrap()));
         };
         let edit = MetaEdit {
             source: "https://d.example",
             tags: vec![("urn:r", "r", "R")],
             extensions: vec![json!({"url": "urn:x", "valueCode": "y"})],
+            written: None,
         };
         let mut out = Vec::new();
         item.write_spliced(
@@ -2392,6 +2441,15 @@ mod tests {
     /// shapes left to the tree (escaped or repeated keys, references, odd tags).
     #[test]
     fn meta_written_from_text_equals_the_tree_edit() {
+        let shared = concat!(
+            r#""https://b""#,
+            r#"{"system":"urn:region","code":"dorset","display":"Dorset"}"#,
+            r#"{"system":"urn:region","code":"wessex","display":"Wessex"}"#
+        );
+        assert_eq!(
+            &shared[11..69],
+            r#"{"system":"urn:region","code":"dorset","display":"Dorset"}"#
+        );
         let edits = [
             MetaEdit {
                 source: "https://a",
@@ -2406,6 +2464,21 @@ mod tests {
                 extensions: vec![
                     json!({"url": "urn:other", "extension": [{"url": "region", "valueCode": "w"}]}),
                 ],
+                written: None,
+            },
+            // The same edit with its source and tags written once in a shared text (as a merge
+            // writes them): the same result.
+            MetaEdit {
+                source: "https://b",
+                tags: vec![
+                    ("urn:region", "dorset", "Dorset"),
+                    ("urn:region", "wessex", "Wessex"),
+                ],
+                extensions: Vec::new(),
+                written: Some(WrittenMeta {
+                    source: &shared[..11],
+                    tags: vec![&shared[11..69], &shared[69..]],
+                }),
             },
         ];
         let metas = [

@@ -21,6 +21,8 @@ pub struct Spliced(Arc<Parts>);
 struct Parts {
     /// The text the runs are taken from (none when everything was written).
     source: Option<Source>,
+    /// A second text runs are taken from: what many entries share (see [`Writer::sharing`]).
+    shared: Option<Source>,
     /// The bytes written, in order; the runs go between them.
     own: Box<[u8]>,
     runs: Box<[Run]>,
@@ -28,7 +30,8 @@ struct Parts {
     len: usize,
 }
 
-/// A run of the source: it goes after the first `own_at` written bytes.
+/// A run of the source (or, with [`SHARED`] set in `at`, of the shared text): it goes after
+/// the first `own_at` written bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
     own_at: u32,
@@ -36,12 +39,17 @@ struct Run {
     len: u32,
 }
 
+/// The bit of [`Run::at`] that says the run is of the shared text (answers are far smaller
+/// than 2 GiB: the client refuses any larger than its limit).
+const SHARED: u32 = 1 << 31;
+
 impl Spliced {
     /// A text written whole.
     pub fn text(text: String) -> Spliced {
         let len = text.len();
         Spliced(Arc::new(Parts {
             source: None,
+            shared: None,
             own: text.into_bytes().into_boxed_slice(),
             runs: Box::new([]),
             len,
@@ -66,18 +74,25 @@ impl Spliced {
     /// Appends the text to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let parts = &*self.0;
-        let Some(source) = &parts.source else {
+        if parts.runs.is_empty() {
             out.extend_from_slice(&parts.own);
             return;
-        };
-        let source = source.as_bytes();
+        }
+        fn bytes(text: &Option<Source>) -> &[u8] {
+            text.as_deref().map_or(&[], |t| t.as_bytes())
+        }
+        let (source, shared) = (bytes(&parts.source), bytes(&parts.shared));
         out.reserve(parts.len);
         let mut written = 0;
         for run in parts.runs.iter() {
             let own_at = run.own_at as usize;
             out.extend_from_slice(&parts.own[written..own_at]);
             written = own_at;
-            out.extend_from_slice(&source[run.at as usize..(run.at + run.len) as usize]);
+            let (from, at) = match run.at & SHARED {
+                0 => (source, run.at),
+                _ => (shared, run.at & !SHARED),
+            };
+            out.extend_from_slice(&from[at as usize..(at + run.len) as usize]);
         }
         out.extend_from_slice(&parts.own[written..]);
     }
@@ -132,6 +147,7 @@ impl std::fmt::Debug for Spliced {
 /// sit side by side in its answer is a few runs, not one per member.
 pub struct Writer<'s> {
     source: Option<&'s Source>,
+    shared: Option<&'s Source>,
     own: Vec<u8>,
     runs: Vec<Run>,
     len: usize,
@@ -142,10 +158,18 @@ impl<'s> Writer<'s> {
     pub fn new(source: Option<&'s Source>) -> Writer<'s> {
         Writer {
             source,
+            shared: None,
             own: Vec::with_capacity(256),
             runs: Vec::with_capacity(8),
             len: 0,
         }
+    }
+
+    /// Runs may also be taken of `shared`: a text written once for many entries (what the
+    /// gateway puts in every entry of a region: its tag, the merged Patient's reference).
+    pub fn sharing(mut self, shared: &'s Source) -> Writer<'s> {
+        self.shared = Some(shared);
+        self
     }
 
     /// The written bytes, to write more to (what is written here is not a run).
@@ -153,13 +177,17 @@ impl<'s> Writer<'s> {
         &mut self.own
     }
 
-    /// Writes `bytes`: as a longer last run when the source goes on with them.
+    /// Writes `bytes`: as a longer last run when its text goes on with them.
     pub fn push(&mut self, bytes: &[u8]) {
-        if let (Some(source), Some(last)) = (self.source, self.runs.last_mut())
+        if let Some(last) = self.runs.last_mut()
             && last.own_at as usize == self.own.len()
         {
-            let end = (last.at + last.len) as usize;
-            if source.as_bytes()[end..].starts_with(bytes) {
+            let (from, at) = match last.at & SHARED {
+                0 => (self.source, last.at),
+                _ => (self.shared, last.at & !SHARED),
+            };
+            let end = (at + last.len) as usize;
+            if from.is_some_and(|t| t.as_bytes()[end..].starts_with(bytes)) {
                 last.len += bytes.len() as u32;
                 self.len += bytes.len();
                 return;
@@ -168,15 +196,17 @@ impl<'s> Writer<'s> {
         self.own.extend_from_slice(bytes);
     }
 
-    /// Takes `part` as a run when it lies in the source (else writes it).
+    /// Takes `part` as a run when it lies in the source or the shared text (else writes it).
     pub fn copy(&mut self, part: &str) {
-        let Some(source) = self.source else {
-            self.own.extend_from_slice(part.as_bytes());
-            return;
+        let within = |text: Option<&Source>| {
+            let text = text?;
+            (part.as_ptr() as usize)
+                .checked_sub(text.as_ptr() as usize)
+                .filter(|at| at + part.len() <= text.len())
+                .and_then(|at| u32::try_from(at).ok())
+                .filter(|at| at & SHARED == 0)
         };
-        let Some(at) = (part.as_ptr() as usize)
-            .checked_sub(source.as_ptr() as usize)
-            .filter(|at| at + part.len() <= source.len())
+        let Some(at) = within(self.source).or_else(|| within(self.shared).map(|at| at | SHARED))
         else {
             self.own.extend_from_slice(part.as_bytes());
             return;
@@ -187,14 +217,14 @@ impl<'s> Writer<'s> {
         self.len += part.len();
         if let Some(last) = self.runs.last_mut()
             && last.own_at as usize == self.own.len()
-            && (last.at + last.len) as usize == at
+            && last.at + last.len == at
         {
             last.len += part.len() as u32;
             return;
         }
         self.runs.push(Run {
             own_at: self.own.len() as u32,
-            at: at as u32,
+            at,
             len: part.len() as u32,
         });
     }
@@ -211,13 +241,17 @@ impl<'s> Writer<'s> {
         if self.runs.is_empty() {
             return Spliced(Arc::new(Parts {
                 source: None,
+                shared: None,
                 own: self.own.into_boxed_slice(),
                 runs: Box::new([]),
                 len,
             }));
         }
+        let shared_runs = self.runs.iter().any(|r| r.at & SHARED != 0);
+        let source_runs = self.runs.iter().any(|r| r.at & SHARED == 0);
         Spliced(Arc::new(Parts {
-            source: self.source.cloned(),
+            source: self.source.filter(|_| source_runs).cloned(),
+            shared: self.shared.filter(|_| shared_runs).cloned(),
             own: self.own.into_boxed_slice(),
             runs: self.runs.into_boxed_slice(),
             len,
@@ -302,6 +336,28 @@ mod tests {
         w.copy(&s);
         assert_eq!(w.finish(), Spliced::from(r#"{"a":1}"#));
         assert_ne!(Spliced::from("{}"), Spliced::from(r#"{"a":1}"#));
+    }
+
+    #[test]
+    fn runs_of_the_shared_text_join_with_the_sources() {
+        let s = source(r#"{"a":1,"subject":{"reference":"Patient/1"}}"#);
+        let shared = source(r#"{"reference":"https://gw/Patient/9"}"#);
+        let mut w = Writer::new(Some(&s)).sharing(&shared);
+        w.copy(&s[..17]);
+        w.copy(&shared);
+        w.push(b"}");
+        let text = w.finish();
+        assert_eq!(
+            text.as_text(),
+            r#"{"a":1,"subject":{"reference":"https://gw/Patient/9"}}"#
+        );
+        assert_eq!(text.0.runs.len(), 2, "{text:?}");
+        assert_eq!(text.0.own.len(), 1, "only the closing brace is written");
+        // A writer that took nothing of a text does not hold it.
+        let mut w = Writer::new(Some(&s)).sharing(&shared);
+        w.copy(&shared);
+        let text = w.finish();
+        assert!(text.0.source.is_none() && text.0.shared.is_some());
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn provenance_text_is_the_old_tree() {
     ] {
         let c = Contribution {
             region: region("dorset"),
-            targets,
+            targets: targets.into_iter().map(Into::into).collect(),
             stale_seconds: stale,
             elapsed_ms: 12,
         };

@@ -6,6 +6,7 @@
 //! had to be screened, is named in an `OperationOutcome` entry.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -245,13 +246,42 @@ impl Version {
     }
 }
 
+/// The regions holding an item: a sorted set of their indices, kept inline (no allocation a
+/// slot) for the few regions an item is ever told by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct RegionSet(smallvec::SmallVec<[u16; 4]>);
+
+impl RegionSet {
+    fn one(ri: usize) -> Self {
+        let mut set = RegionSet::default();
+        set.insert(ri);
+        set
+    }
+
+    fn insert(&mut self, ri: usize) {
+        // A region's index is its place in the federation's list of regions.
+        let ri = u16::try_from(ri).expect("fewer than 65,536 regions");
+        if let Err(at) = self.0.binary_search(&ri) {
+            self.0.insert(at, ri);
+        }
+    }
+
+    fn contains(&self, ri: usize) -> bool {
+        u16::try_from(ri).is_ok_and(|ri| self.0.contains(&ri))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().map(|&r| usize::from(r))
+    }
+}
+
 /// One merged entry before it is written.
 struct Slot {
     rtype: ResourceType,
     /// Every version folded in; `shown` is the one written.
     versions: Vec<Version>,
     shown: usize,
-    regions: BTreeSet<usize>,
+    regions: RegionSet,
     /// The region whose version is shown.
     origin: usize,
     /// Regions holding another version of the item: the region, when it last updated it,
@@ -313,7 +343,8 @@ impl Envelope<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
     pub region: RegionInfo,
-    pub targets: Vec<String>,
+    /// The entries' addresses, shared with the entries.
+    pub targets: Vec<Arc<str>>,
     pub stale_seconds: Option<u64>,
     pub elapsed_ms: u64,
 }
@@ -342,7 +373,8 @@ pub struct View {
 /// An entry written once: its `fullUrl` and its JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
-    pub full_url: String,
+    /// Shared with the view's Provenance, which names it.
+    pub full_url: Arc<str>,
     /// Shared: a kept view and the Bundles written from it hold the same text, which holds
     /// the resource's unchanged text as runs of its answer, not a copy.
     pub json: Spliced,
@@ -352,12 +384,13 @@ impl Written {
     /// An entry of `item` as `resource` writes it (its unchanged text taken as runs of the
     /// item's answer).
     fn of(
-        full_url: String,
+        full_url: Arc<str>,
         mode: SearchMode,
         item: &Item,
+        shared: &fhir::item::Source,
         resource: impl FnOnce(&mut Writer<'_>),
     ) -> Written {
-        let mut out = Writer::new(Some(item.source()));
+        let mut out = Writer::new(Some(item.source())).sharing(shared);
         crate::fhir::item::write_entry(&full_url, mode, resource, &mut out);
         Written {
             full_url,
@@ -377,7 +410,7 @@ impl Written {
             &mut out,
         );
         Written {
-            full_url: full_url.to_owned(),
+            full_url: full_url.into(),
             json: out.finish(),
         }
     }
@@ -702,9 +735,24 @@ struct Keyed {
     clinical: Option<ContentKey>,
 }
 
-fn keyed(region: usize, item: Item, hasher: &foldhash::fast::RandomState) -> Option<Keyed> {
+fn keyed(
+    region: usize,
+    item: Item,
+    hasher: &foldhash::fast::RandomState,
+    keys_needed: bool,
+) -> Option<Keyed> {
     let v = item.view();
     let rtype = v.kind?;
+    if !keys_needed {
+        return Some(Keyed {
+            region,
+            item,
+            rtype,
+            idents: Vec::new(),
+            cheap: 0,
+            clinical: None,
+        });
+    }
     let idents = v
         .identifiers()
         .map(|(system, value)| identifier_key(v.rtype(), system, value))
@@ -767,7 +815,7 @@ impl RefIndex {
 /// region knows them as two). The same business identifier, the same content or the same
 /// clinical identity, in that order, make two regions' items one entry.
 fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
-    let mut slots: Vec<Slot> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
     let (mut by_ident, mut by_clinical, mut by_digest): (
         Index<ContentKey>,
         Index<ContentKey>,
@@ -776,17 +824,33 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
     let mut by_cheap: FastMap<u64, CheapGroup> = Default::default();
     let mut local_refs = RefIndex::default();
     let mut deduplicated = 0;
+    // Items come region by region, in code order (see `account`), and an item folds only
+    // into another region's slot. So the first region's items have nothing to fold into and
+    // look nothing up, and the last region's are looked up by no later item and are noted in
+    // no index: one region's answer is neither keyed nor indexed.
+    debug_assert!(
+        items.windows(2).all(|w| w[0].0 <= w[1].0),
+        "items by region"
+    );
+    let first = items.first().map(|(ri, _)| *ri);
+    let last = items.last().map(|(ri, _)| *ri);
+    let keys_needed = first != last;
     // One seed for the request's cheap keys: equal items must get equal keys.
     let hasher = foldhash::fast::RandomState::default();
-    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item, &hasher));
+    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item, &hasher, keys_needed));
     for k in keyed.into_iter().flatten() {
         let ri = k.region;
+        let (looks, notes) = (Some(ri) != first, Some(ri) != last);
         let version = Version::new(k.item);
-        let mut found = k
-            .idents
-            .iter()
-            .find_map(|key| by_ident.first_elsewhere(key, ri, &slots));
-        if found.is_none()
+        let mut found = None;
+        if looks {
+            found = k
+                .idents
+                .iter()
+                .find_map(|key| by_ident.first_elsewhere(key, ri, &slots));
+        }
+        if looks
+            && found.is_none()
             && let Some(group) = by_cheap.get_mut(&k.cheap)
             && group.elsewhere(ri)
         {
@@ -795,7 +859,7 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
             group.digest(&slots, &mut by_digest, patient_url, nhs);
             found = by_digest.first_elsewhere(&version.digest(patient_url, nhs), ri, &slots);
         }
-        if found.is_none() {
+        if looks && found.is_none() {
             found = k
                 .clinical
                 .and_then(|key| by_clinical.first_elsewhere(&key, ri, &slots));
@@ -812,7 +876,7 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
                     rtype: k.rtype,
                     versions: vec![version],
                     shown: 0,
-                    regions: BTreeSet::from([ri]),
+                    regions: RegionSet::one(ri),
                     origin: ri,
                     other_versions: Vec::new(),
                     key: slots.len(),
@@ -821,6 +885,9 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
             }
         };
         local_refs.insert(ri, local_ref, slots[at].key);
+        if !notes {
+            continue;
+        }
         for key in k.idents {
             by_ident.note(key, at);
         }
@@ -858,7 +925,8 @@ impl<K> Default for Index<K> {
 }
 
 struct Listed {
-    slots: Vec<usize>,
+    /// Inline for the one slot most keys ever name.
+    slots: smallvec::SmallVec<[usize; 1]>,
     /// The region the cursor is for, and where its search stopped.
     region: usize,
     cursor: usize,
@@ -867,7 +935,7 @@ struct Listed {
 impl<K: std::hash::Hash + Eq> Index<K> {
     fn note(&mut self, key: K, slot: usize) {
         let listed = self.lists.entry(key).or_insert(Listed {
-            slots: Vec::new(),
+            slots: smallvec::SmallVec::new(),
             region: usize::MAX,
             cursor: 0,
         });
@@ -884,7 +952,7 @@ impl<K: std::hash::Hash + Eq> Index<K> {
             listed.cursor = 0;
         }
         while listed.cursor < listed.slots.len()
-            && slots[listed.slots[listed.cursor]].regions.contains(&ri)
+            && slots[listed.slots[listed.cursor]].regions.contains(ri)
         {
             listed.cursor += 1;
         }
@@ -897,15 +965,15 @@ impl<K: std::hash::Hash + Eq> Index<K> {
 /// placement order, into the content index.
 #[derive(Default)]
 struct CheapGroup {
-    placed: Vec<(usize, usize)>,
-    regions: BTreeSet<usize>,
+    placed: smallvec::SmallVec<[(usize, usize); 1]>,
+    regions: RegionSet,
     digested: bool,
 }
 
 impl CheapGroup {
     /// Whether another region than `ri` placed an item under this key.
     fn elsewhere(&self, ri: usize) -> bool {
-        self.regions.iter().any(|&r| r != ri)
+        self.regions.iter().any(|r| r != ri)
     }
 
     fn digest(
@@ -989,6 +1057,12 @@ pub fn merge_view(
     results.sort_by(|a, b| a.region.code.cmp(&b.region.code));
     let nhs = query.nhs_number.as_str();
     let patient_url = format!("{}/Patient/{}", ctx.gateway_base, nhs);
+    // What every entry would otherwise write again: taken as runs of one text.
+    let shared = SharedTexts::new(
+        &patient_url,
+        nhs,
+        &results.iter().map(|r| &r.region).collect::<Vec<_>>(),
+    );
     let mut issues = ctx.issues;
     let mut acc = account(&mut results, query, &mut issues);
     let withheld_regions = check_demographics(&mut acc, &results, ctx.on_mismatch, &mut issues);
@@ -1011,14 +1085,17 @@ pub fn merge_view(
         .then(|| merge_patients(&patients, |i| &results[i].region, nhs, ctx.gateway_base));
 
     // Phase four: newest first.
-    slots.sort_by_cached_key(|s| {
+    // Compared in place: no key is made (or allocated) a slot.
+    fn order(s: &Slot) -> (std::cmp::Reverse<i64>, ResourceType, &RegionSet, &str) {
+        let item = s.item();
         (
-            std::cmp::Reverse(s.item().view().sort_start),
+            std::cmp::Reverse(item.view().sort_start),
             s.rtype,
-            s.regions.clone(),
-            s.item().id().to_owned(),
+            &s.regions,
+            item.id(),
         )
-    });
+    }
+    slots.sort_by(|a, b| order(a).cmp(&order(b)));
 
     // Phase five: every resource is addressed at this gateway, under an id naming its region,
     // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
@@ -1031,9 +1108,10 @@ pub fn merge_view(
         }
     };
     // Each slot's address, by the index it was made under.
-    let mut url_by_key = vec![String::new(); slots.len()];
+    // Shared by the slot's entry and its region's Provenance, not copied into each.
+    let mut url_by_key: Vec<Arc<str>> = vec![Arc::from(""); slots.len()];
     for s in &slots {
-        url_by_key[s.key] = gateway_url(s.origin, s.rtype.as_str(), s.item().id());
+        url_by_key[s.key] = gateway_url(s.origin, s.rtype.as_str(), s.item().id()).into();
     }
     // What the items reference, included beside them (`$everything`), each shown once.
     let mut includes = merge_included(std::mem::take(&mut acc.included));
@@ -1056,7 +1134,7 @@ pub fn merge_view(
             .get(origin, local)
             .and_then(|k| url_by_key.get(k))
         {
-            return url.clone();
+            return url.to_string();
         }
         if let Some(i) = include_refs.get(origin, local) {
             return includes[i].url.clone();
@@ -1073,16 +1151,22 @@ pub fn merge_view(
         .iter()
         .map(|inc| {
             let id = last_segment(&inc.url);
-            let regions = || inc.regions.iter().map(|&i| &results[i].region);
+            let regions = || inc.regions.iter().map(|i| &results[i].region);
+            let mut meta = region_edit(&results[inc.origin].region.base_url, regions());
+            meta.written = Some(shared.meta(inc.origin, inc.regions.iter()));
             let splice = Splice {
                 id,
                 patient: None,
-                meta: &region_edit(&results[inc.origin].region.base_url, regions()),
+                meta: &meta,
                 resolve: &|local| resolve_from(inc.origin, local),
             };
-            Written::of(inc.url.clone(), SearchMode::Include, &inc.item, |out| {
-                inc.item.write_spliced_runs(&splice, out)
-            })
+            Written::of(
+                inc.url.as_str().into(),
+                SearchMode::Include,
+                &inc.item,
+                &shared.text,
+                |out| inc.item.write_spliced_runs(&splice, out),
+            )
         })
         .collect();
     let patient = patient.map(|mut p| {
@@ -1094,21 +1178,22 @@ pub fn merge_view(
         p
     });
     // Per region: the entries it contributed to (for its Provenance).
-    let mut contributed: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    let mut contributed: BTreeMap<usize, Vec<&Arc<str>>> = BTreeMap::new();
     for slot in &slots {
-        for &ri in &slot.regions {
+        for ri in slot.regions.iter() {
             contributed
                 .entry(ri)
                 .or_default()
-                .push(url_by_key[slot.key].as_str());
+                .push(&url_by_key[slot.key]);
         }
     }
-    let pointed = |old: &str, out: &mut Vec<u8>| write_pointed(old, &patient_url, nhs, out);
+    let pointed = |old: &str, out: &mut Writer<'_>| write_pointed(old, shared.pointer(), out);
     let finished = crate::parallel::map(slots, |slot: Slot| {
         let origin = &results[slot.origin].region;
         let full_url = &url_by_key[slot.key];
-        let regions = || slot.regions.iter().map(|&i| &results[i].region);
+        let regions = || slot.regions.iter().map(|i| &results[i].region);
         let mut meta = region_edit(&origin.base_url, regions());
+        meta.written = Some(shared.meta(slot.origin, slot.regions.iter()));
         meta.extensions = slot
             .other_versions
             .iter()
@@ -1120,9 +1205,13 @@ pub fn merge_view(
             meta: &meta,
             resolve: &|local| resolve_from(slot.origin, local),
         };
-        Written::of(full_url.clone(), SearchMode::Match, slot.item(), |out| {
-            slot.item().write_spliced_runs(&splice, out)
-        })
+        Written::of(
+            full_url.clone(),
+            SearchMode::Match,
+            slot.item(),
+            &shared.text,
+            |out| slot.item().write_spliced_runs(&splice, out),
+        )
     });
     let mut matches: Vec<Written> = Vec::new();
     if wants_patient && let Some(p) = &patient {
@@ -1134,7 +1223,7 @@ pub fn merge_view(
         matches.truncate(count as usize);
     }
     // Phase seven: one Provenance per region that answered: what it contributed.
-    let shown: FastSet<&str> = matches.iter().map(|e| e.full_url.as_str()).collect();
+    let shown: FastSet<&str> = matches.iter().map(|e| &*e.full_url).collect();
     let mut contributions = Vec::new();
     for (ri, result) in results.iter().enumerate() {
         let Ok(answer) = &result.outcome else {
@@ -1143,16 +1232,16 @@ pub fn merge_view(
         if withheld_regions.contains(&ri) {
             continue;
         }
-        let mut targets: Vec<String> = contributed
+        let mut targets: Vec<Arc<str>> = contributed
             .get(&ri)
             .into_iter()
             .flatten()
-            .filter(|u| shown.contains(*u))
-            .map(|u| (*u).to_owned())
+            .filter(|u| shown.contains(u.as_ref()))
+            .map(|u| Arc::clone(u))
             .collect();
         if targets.is_empty() {
             // A region that contributed nothing shown still answered about the patient.
-            targets.push(patient_url.clone());
+            targets.push(patient_url.as_str().into());
         }
         contributions.push(Contribution {
             region: result.region.clone(),
@@ -1219,7 +1308,7 @@ pub fn present_read(
 /// A resource the items reference, shown once however many regions hold it.
 struct Included {
     item: Item,
-    regions: BTreeSet<usize>,
+    regions: RegionSet,
     origin: usize,
     /// (region, its local `Type/id`) of every copy folded in.
     local_refs: Vec<(usize, String)>,
@@ -1248,7 +1337,7 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
             let found = keys.iter().find_map(|k| {
                 index
                     .get(k)
-                    .and_then(|v| v.iter().copied().find(|&i| !out[i].regions.contains(&ri)))
+                    .and_then(|v| v.iter().copied().find(|&i| !out[i].regions.contains(ri)))
             });
             let at = match found {
                 Some(i) => {
@@ -1259,7 +1348,7 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
                 None => {
                     out.push(Included {
                         item,
-                        regions: BTreeSet::from([ri]),
+                        regions: RegionSet::one(ri),
                         origin: ri,
                         local_refs: vec![(ri, local)],
                         url: String::new(),
@@ -1319,10 +1408,11 @@ fn content_key(item: &Item, patient_url: &str, nhs: &str) -> ContentKey {
 
 /// [`write_pointed`] of the reference `old` (its text), in canonical JSON.
 fn write_pointed_canonical(old: &str, patient_url: &str, nhs: &str, out: &mut String) {
-    let mut pointed = Vec::with_capacity(256);
-    write_pointed(old, patient_url, nhs, &mut pointed);
+    let pointer = pointer_text(patient_url, nhs);
+    let mut pointed = Writer::new(None);
+    write_pointed(old, &pointer, &mut pointed);
     // Written from text and serde_json: UTF-8, and JSON.
-    let text = String::from_utf8(pointed).unwrap_or_default();
+    let text = String::from_utf8(pointed.into_written()).unwrap_or_default();
     if crate::fhir::item::write_canonical_text(&text, out).is_none() {
         out.push_str("null");
     }
@@ -1332,22 +1422,94 @@ fn write_pointed_canonical(old: &str, patient_url: &str, nhs: &str, out: &mut St
 /// identifier.
 type ContentKey = [u8; 32];
 
+/// The reference to the merged Patient, as every item's patient element begins:
+/// `{"reference":…,"identifier":{"system":…,"value":…}}`.
+fn pointer_text(patient_url: &str, nhs: &str) -> String {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"{\"reference\":");
+    let _ = serde_json::to_writer(&mut out, patient_url);
+    out.extend_from_slice(b",\"identifier\":{\"system\":");
+    let _ = serde_json::to_writer(&mut out, crate::fhir::nhs::NHS_NUMBER_SYSTEM);
+    out.extend_from_slice(b",\"value\":");
+    let _ = serde_json::to_writer(&mut out, nhs);
+    out.extend_from_slice(b"}}");
+    // Written from strings and serde_json: UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The region-local patient reference becomes the merged Patient's, so the reference resolves
 /// inside the Bundle (or at this gateway) and identical items from two regions compare equal:
-/// written from the old reference's text, whose `display` is kept as it came.
-fn write_pointed(old: &str, patient_url: &str, nhs: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"reference\":");
-    let _ = serde_json::to_writer(&mut *out, patient_url);
-    out.extend_from_slice(b",\"identifier\":{\"system\":");
-    let _ = serde_json::to_writer(&mut *out, crate::fhir::nhs::NHS_NUMBER_SYSTEM);
-    out.extend_from_slice(b",\"value\":");
-    let _ = serde_json::to_writer(&mut *out, nhs);
-    out.push(b'}');
-    if let Some(display) = crate::fhir::item::member_text(old, "display") {
-        out.extend_from_slice(b",\"display\":");
-        out.extend_from_slice(display.as_bytes());
+/// `pointer` ([`pointer_text`]), with the old reference's `display` kept as it came.
+fn write_pointed(old: &str, pointer: &str, out: &mut Writer<'_>) {
+    match crate::fhir::item::member_text(old, "display") {
+        None => out.copy(pointer),
+        Some(display) => {
+            out.copy(&pointer[..pointer.len() - 1]);
+            out.own().extend_from_slice(b",\"display\":");
+            out.copy(display);
+            out.push(b"}");
+        }
     }
-    out.push(b'}');
+}
+
+/// What every entry of a merge may share rather than write: the reference to the merged
+/// Patient, and each region's `meta.source` and tag, written once into one text that the
+/// entries take runs of.
+struct SharedTexts {
+    text: fhir::item::Source,
+    pointer: (usize, usize),
+    /// Per region: its base address as a JSON string, and its tag as a JSON object.
+    regions: Vec<((usize, usize), (usize, usize))>,
+}
+
+impl SharedTexts {
+    fn new(patient_url: &str, nhs: &str, regions: &[&RegionInfo]) -> Self {
+        let mut out = Vec::with_capacity(256 * (regions.len() + 1));
+        let span = |out: &mut Vec<u8>, write: &dyn Fn(&mut Vec<u8>)| {
+            let start = out.len();
+            write(out);
+            (start, out.len())
+        };
+        let pointer = span(&mut out, &|o| {
+            o.extend_from_slice(pointer_text(patient_url, nhs).as_bytes())
+        });
+        let regions = regions
+            .iter()
+            .map(|r| {
+                let source = span(&mut out, &|o| crate::fhir::item::write_str(&r.base_url, o));
+                let tag = span(&mut out, &|o| {
+                    crate::fhir::item::write_tag(REGION_TAG_SYSTEM, &r.code, &r.name, o)
+                });
+                (source, tag)
+            })
+            .collect();
+        SharedTexts {
+            // Written from strings and serde_json: UTF-8.
+            text: Arc::new(String::from_utf8(out).unwrap_or_default()),
+            pointer,
+            regions,
+        }
+    }
+
+    fn at(&self, (a, b): (usize, usize)) -> &str {
+        &self.text[a..b]
+    }
+
+    fn pointer(&self) -> &str {
+        self.at(self.pointer)
+    }
+
+    /// The written form of [`region_edit`]`(origin's base, regions)`.
+    fn meta(
+        &self,
+        origin: usize,
+        regions: impl Iterator<Item = usize>,
+    ) -> fhir::item::WrittenMeta<'_> {
+        fhir::item::WrittenMeta {
+            source: self.at(self.regions[origin].0),
+            tags: regions.map(|r| self.at(self.regions[r].1)).collect(),
+        }
+    }
 }
 
 /// Adds `meta.source` and one `meta.tag` per region, keeping whatever meta the region sent.
@@ -1370,6 +1532,7 @@ fn region_edit<'a>(
             .map(|r| (REGION_TAG_SYSTEM, r.code.as_str(), r.name.as_str()))
             .collect(),
         extensions: Vec::new(),
+        written: None,
     }
 }
 

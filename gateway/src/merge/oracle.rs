@@ -685,7 +685,7 @@ pub fn merge_view(
         }
         contributions.push(Contribution {
             region: result.region.clone(),
-            targets,
+            targets: targets.into_iter().map(Into::into).collect(),
             stale_seconds: answer.stale_seconds,
             elapsed_ms: result.elapsed_ms,
         });

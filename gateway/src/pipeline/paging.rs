@@ -101,7 +101,7 @@ fn page_includes<'a>(page: &[Written], includes: &'a [Written]) -> Vec<&'a Writt
     loop {
         let mut grew = false;
         for (i, inc) in includes.iter().enumerate() {
-            if !kept[i] && wanted.contains(&inc.full_url) {
+            if !kept[i] && wanted.contains(&*inc.full_url) {
                 kept[i] = true;
                 wanted.extend(crate::fhir::item::references_in(&inc.json.as_text()));
                 grew = true;
@@ -185,7 +185,7 @@ mod tests {
     fn written(url: &str, resource: serde_json::Value) -> Written {
         let json = serde_json::json!({"fullUrl": url, "resource": resource}).to_string();
         Written {
-            full_url: url.to_owned(),
+            full_url: url.into(),
             json: json.into(),
         }
     }
@@ -211,7 +211,7 @@ mod tests {
         )];
         let urls: Vec<&str> = page_includes(&page, &includes)
             .iter()
-            .map(|w| w.full_url.as_str())
+            .map(|w| &*w.full_url)
             .collect();
         assert_eq!(
             urls,
