@@ -837,8 +837,19 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
     let keys_needed = first != last;
     // One seed for the request's cheap keys: equal items must get equal keys.
     let hasher = foldhash::fast::RandomState::default();
-    let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item, &hasher, keys_needed));
-    for k in keyed.into_iter().flatten() {
+    // Keys are worked out on every core; without keys, each item is taken as it comes (no
+    // vector of them all is made beside the slots).
+    let keyed: Box<dyn Iterator<Item = Keyed>> = if keys_needed {
+        let keyed = crate::parallel::map(items, |(ri, item)| keyed(ri, item, &hasher, true));
+        Box::new(keyed.into_iter().flatten())
+    } else {
+        Box::new(
+            items
+                .into_iter()
+                .filter_map(|(ri, item)| keyed(ri, item, &hasher, false)),
+        )
+    };
+    for k in keyed {
         let ri = k.region;
         let (looks, notes) = (Some(ri) != first, Some(ri) != last);
         let version = Version::new(k.item);
@@ -1084,18 +1095,28 @@ pub fn merge_view(
     let patient = (!patients.is_empty())
         .then(|| merge_patients(&patients, |i| &results[i].region, nhs, ctx.gateway_base));
 
-    // Phase four: newest first.
-    // Compared in place: no key is made (or allocated) a slot.
-    fn order(s: &Slot) -> (std::cmp::Reverse<i64>, ResourceType, &RegionSet, &str) {
+    // Phase four: newest first. Compared in place (no key is made, or allocated, a slot), and
+    // ending on the order the slots were made in, so that the order is total and the sort
+    // needs no buffer of its own.
+    fn order(
+        s: &Slot,
+    ) -> (
+        std::cmp::Reverse<i64>,
+        ResourceType,
+        &RegionSet,
+        &str,
+        usize,
+    ) {
         let item = s.item();
         (
             std::cmp::Reverse(item.view().sort_start),
             s.rtype,
             &s.regions,
             item.id(),
+            s.key,
         )
     }
-    slots.sort_by(|a, b| order(a).cmp(&order(b)));
+    slots.sort_unstable_by(|a, b| order(a).cmp(&order(b)));
 
     // Phase five: every resource is addressed at this gateway, under an id naming its region,
     // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
