@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //! - [`fhir`]: the FHIR R4 pieces the gateway reads and builds (NHS number, dates, outcomes,
-//!   the `{region}.{id}` ids every reference is addressed by, and `fhir::item`: a resource
-//!   held as the bytes it came in with a small view of what decisions read) — pure
+//!   the `{region}.{id}` ids every reference is addressed by, `fhir::item`: a resource
+//!   held as the bytes it came in with a small view of what decisions read, and
+//!   `fhir::spliced`: an entry as the bytes written and runs of its answer's text) — pure
 //! - [`query`]: a request becomes a typed patient query, or an error naming the parameter — pure
 //! - [`access`]: per-item policy decisions at both decision points, memoised per class — pure
 //! - [`merge`]: the regions' answers become one tagged, deduplicated Bundle — pure
