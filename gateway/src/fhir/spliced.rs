@@ -203,8 +203,9 @@ impl<'s> Writer<'s> {
             (part.as_ptr() as usize)
                 .checked_sub(text.as_ptr() as usize)
                 .filter(|at| at + part.len() <= text.len())
-                .and_then(|at| u32::try_from(at).ok())
-                .filter(|at| at & SHARED == 0)
+                // A run lies wholly below the bit that marks the shared text.
+                .filter(|at| at + part.len() < SHARED as usize)
+                .map(|at| at as u32)
         };
         let Some(at) = within(self.source).or_else(|| within(self.shared).map(|at| at | SHARED))
         else {
@@ -238,15 +239,7 @@ impl<'s> Writer<'s> {
     /// The text written.
     pub fn finish(self) -> Spliced {
         let len = self.len + self.own.len();
-        if self.runs.is_empty() {
-            return Spliced(Arc::new(Parts {
-                source: None,
-                shared: None,
-                own: self.own.into_boxed_slice(),
-                runs: Box::new([]),
-                len,
-            }));
-        }
+        // A text is held only when a run was taken of it.
         let shared_runs = self.runs.iter().any(|r| r.at & SHARED != 0);
         let source_runs = self.runs.iter().any(|r| r.at & SHARED == 0);
         Spliced(Arc::new(Parts {

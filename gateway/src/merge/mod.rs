@@ -1172,9 +1172,7 @@ pub fn merge_view(
         .iter()
         .map(|inc| {
             let id = last_segment(&inc.url);
-            let regions = || inc.regions.iter().map(|i| &results[i].region);
-            let mut meta = region_edit(&results[inc.origin].region.base_url, regions());
-            meta.written = Some(shared.meta(inc.origin, inc.regions.iter()));
+            let meta = shared.edit(&results, inc.origin, &inc.regions);
             let splice = Splice {
                 id,
                 patient: None,
@@ -1210,11 +1208,8 @@ pub fn merge_view(
     }
     let pointed = |old: &str, out: &mut Writer<'_>| write_pointed(old, shared.pointer(), out);
     let finished = crate::parallel::map(slots, |slot: Slot| {
-        let origin = &results[slot.origin].region;
         let full_url = &url_by_key[slot.key];
-        let regions = || slot.regions.iter().map(|i| &results[i].region);
-        let mut meta = region_edit(&origin.base_url, regions());
-        meta.written = Some(shared.meta(slot.origin, slot.regions.iter()));
+        let mut meta = shared.edit(&results, slot.origin, &slot.regions);
         meta.extensions = slot
             .other_versions
             .iter()
@@ -1520,16 +1515,24 @@ impl SharedTexts {
         self.at(self.pointer)
     }
 
-    /// The written form of [`region_edit`]`(origin's base, regions)`.
-    fn meta(
-        &self,
+    /// [`region_edit`] of an item shown from region `origin` and held by `regions`, with its
+    /// source and tags in their written form here (the two lists made from one set, so that
+    /// they line up).
+    fn edit<'a>(
+        &'a self,
+        results: &'a [RegionResult],
         origin: usize,
-        regions: impl Iterator<Item = usize>,
-    ) -> fhir::item::WrittenMeta<'_> {
-        fhir::item::WrittenMeta {
+        regions: &RegionSet,
+    ) -> fhir::item::MetaEdit<'a> {
+        let mut edit = region_edit(
+            &results[origin].region.base_url,
+            regions.iter().map(|r| &results[r].region),
+        );
+        edit.written = Some(fhir::item::WrittenMeta {
             source: self.at(self.regions[origin].0),
-            tags: regions.map(|r| self.at(self.regions[r].1)).collect(),
-        }
+            tags: regions.iter().map(|r| self.at(self.regions[r].1)).collect(),
+        });
+        edit
     }
 }
 
