@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Checks docker/compose.yaml without a Docker engine: it parses; every service it depends on
 exists; every local path it names (build context, Dockerfile, bind mounts, the configuration
-files its commands name) exists; the Dockerfile's COPY sources exist; and the gateway image
-runs as a non-root user with no keys copied in. Exits 1 naming each problem."""
+files its commands name) exists; the Dockerfile's COPY sources exist; the gateway image
+runs as a non-root user with no keys copied in, has a HEALTHCHECK on /readyz and a volume for
+what it writes; and every gateway container mounts its configuration read-only while every
+path its configuration writes (audit.checkpoint_file, store.sqlite) lies on a writable volume
+of that container. Exits 1 naming each problem."""
 import pathlib
 import re
 import sys
+import tomllib
 
 import yaml
 
@@ -56,7 +60,67 @@ for name, svc in services.items():
     ):
         problems.append(f"{name}: the gateway image is never built")
 
+def mounts(svc):
+    """(source, target, read_only) of each of a service's volumes."""
+    out = []
+    for mount in svc.get("volumes") or []:
+        parts = mount.split(":")
+        out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def written_paths(config_file):
+    """The absolute paths a gateway configuration writes, as the container sees them."""
+    config = tomllib.loads(config_file.read_text())
+    here = pathlib.PurePosixPath("/etc/gateway/config")
+    paths = []
+    store = config.get("store", {})
+    audit = config.get("audit", {})
+    if "sqlite" in store or "postgres" not in store:
+        code = config["region"]["code"]
+        paths.append(("store.sqlite", store.get("sqlite", f"{code}.sqlite")))
+    code = config["region"]["code"]
+    paths.append(("audit.checkpoint_file", audit.get("checkpoint_file", f"{code}.checkpoints.jsonl")))
+    resolved = []
+    for key, p in paths:
+        p = pathlib.PurePosixPath(p)
+        resolved.append((key, p if p.is_absolute() else here / p))
+    return resolved
+
+
+for name, svc in services.items():
+    if not svc.get("image", "").startswith("regional-federation-gateway") or svc.get("build"):
+        continue
+    command = svc.get("command") or []
+    configs = re.findall(r"/etc/gateway/config/([\w.-]+\.toml)", " ".join(map(str, command)))
+    if not configs:
+        continue
+    ms = mounts(svc)
+    for source, target, ro in ms:
+        if target == "/etc/gateway/config" and not ro:
+            problems.append(f"{name}: the configuration must be mounted read-only")
+    for cfg in configs:
+        path = base / "config" / cfg
+        if not path.is_file():
+            continue
+        for key, written in written_paths(path):
+            on = [
+                (target, ro)
+                for _, target, ro in ms
+                if written.is_relative_to(pathlib.PurePosixPath(target))
+            ]
+            # The deepest mount holding the path decides.
+            on.sort(key=lambda m: len(m[0]))
+            if not on or on[-1][1]:
+                problems.append(
+                    f"{name}: {cfg} {key} = {written} is not on a writable volume"
+                )
+
 dockerfile = (base / "Dockerfile").read_text()
+if not re.search(r"^HEALTHCHECK .*\n?.*/readyz", dockerfile, re.M):
+    problems.append("Dockerfile: the runtime stage needs a HEALTHCHECK on /readyz")
+if not re.search(r"^VOLUME /var/lib/gateway", dockerfile, re.M):
+    problems.append("Dockerfile: what the gateway writes needs a VOLUME (/var/lib/gateway)")
 for src in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
     for part in src.split():
         if not (root / part).exists():

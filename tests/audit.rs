@@ -87,6 +87,67 @@ async fn a_query_is_recorded_by_the_asking_and_every_answering_region_under_one_
 }
 
 #[tokio::test]
+async fn the_gateway_mints_every_request_id_and_keeps_the_clients_as_its_correlation_id() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let url = format!(
+        "{}/AllergyIntolerance?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+        fed.base(0),
+        fed.everywhere()
+    );
+    // Two users send the same X-Request-Id.
+    let mut ids = Vec::new();
+    for user in ["alice", "bob"] {
+        let token = fed.token_with(|c| c.sub = user.into());
+        let r = fed
+            .client()
+            .get(&url)
+            .bearer_auth(token)
+            .header("x-request-id", "shared-123")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, "shared-123", "the client's id is not the request's id");
+        assert_eq!(r.headers()["x-client-request-id"], "shared-123");
+        ids.push((user, id));
+    }
+    assert_ne!(ids[0].1, ids[1].1);
+    for (user, id) in &ids {
+        let events = fed.audit_events(0, &format!("request-id={id}"), 1).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "one record under each minted id: {events:#?}"
+        );
+        assert_eq!(events[0]["agent"][0]["who"]["identifier"]["value"], *user);
+        assert_eq!(
+            audit_detail(&events[0], "client_request_id").as_deref(),
+            Some("shared-123"),
+            "the client's own id kept beside the gateway's"
+        );
+    }
+    // The answering region's record joins on the minted id (the second user was answered
+    // from the cache: one peer query in all).
+    let answered = fed
+        .audit_events(1, &format!("request-id={}", ids[0].1), 1)
+        .await;
+    assert_eq!(answered.len(), 1, "{answered:#?}");
+    assert_eq!(
+        answered[0]["agent"][0]["who"]["identifier"]["value"],
+        "alice"
+    );
+    for region in [0, 1] {
+        assert!(
+            fed.audit_events(region, "request-id=shared-123", 0)
+                .await
+                .is_empty(),
+            "no record is named by the client's id"
+        );
+    }
+}
+
+#[tokio::test]
 async fn only_governance_roles_read_the_trail_and_every_reading_is_recorded() {
     let fed = Builder::new(&["dorset", "hampshire"]).start().await;
     let nosy = fed.token_with(|c| c.sub = "nosy-clinician".into());

@@ -35,8 +35,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The compose configuration of `code`, with loopback listeners and the test PostgreSQL.
-fn local_config(compose: &str, schema: &str) -> (String, u16) {
+/// The compose configuration of `code`, with loopback listeners, the test PostgreSQL, and the
+/// container's writable volume (`/var/lib/gateway`) at `state`.
+fn local_config(compose: &str, schema: &str, state: &Path) -> (String, u16) {
     let conninfo = std::env::var("GATEWAY_TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
     let ops = free_port();
@@ -49,6 +50,13 @@ fn local_config(compose: &str, schema: &str) -> (String, u16) {
             Some(("postgres", _)) => format!("postgres = \"{conninfo}\""),
             Some(("postgres_schema", _)) => format!("postgres_schema = \"{schema}\""),
             Some(("postgres_ca", _)) => continue,
+            Some(("checkpoint_file", path)) => {
+                let path = path.trim_matches('"');
+                let on_volume = path
+                    .strip_prefix("/var/lib/gateway/")
+                    .expect("the compose configuration writes on the state volume");
+                format!("checkpoint_file = {:?}", state.join(on_volume))
+            }
             _ => line.to_owned(),
         };
         text.push_str(&line);
@@ -85,7 +93,9 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
         let compose =
             std::fs::read_to_string(root.join(format!("docker/config/{code}.toml"))).unwrap();
         assert!(compose.contains("../demo/certs/ca.pem"), "paths as mounted");
-        let (text, ops) = local_config(&compose, &format!("{schema}_{code}"));
+        let state = dir.path().join(format!("state-{name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let (text, ops) = local_config(&compose, &format!("{schema}_{code}"), &state);
         let path = dir.path().join(format!("config/{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let child = gateway_bin()
@@ -124,6 +134,23 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    for (name, _, ops) in &children {
+        // The image's HEALTHCHECK.
+        run(gateway_bin().args(["probe", &format!("http://127.0.0.1:{ops}/readyz")]));
+        // What each replica writes is on its own volume, found writable at start.
+        assert!(
+            dir.path()
+                .join(format!("state-{name}/checkpoints.jsonl"))
+                .is_file(),
+            "{name}"
+        );
+    }
+    let dead = free_port();
+    let out = gateway_bin()
+        .args(["probe", &format!("http://127.0.0.1:{dead}/readyz")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a probe of nothing fails");
     for (_, child, _) in &mut children {
         Command::new("kill")
             .arg(child.id().to_string())
@@ -142,4 +169,34 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
             .await
             .unwrap();
     }
+}
+
+#[test]
+fn a_gateway_whose_checkpoint_file_cannot_be_written_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    run(gateway_bin()
+        .args(["demo", "--prepare-only", "--patients", "5", "--dir"])
+        .arg(dir.path()));
+    let config = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "toml"))
+        .unwrap();
+    // A directory that is a file: not writable even for root (as a read-only mount is not).
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[audit]\ncheckpoint_file = \"not-a-dir/checkpoints.jsonl\"\n");
+    assert!(!text.contains("\n[audit]\n[audit]"));
+    std::fs::write(&config, text).unwrap();
+    let out = gateway_bin()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checkpoint_file") && err.contains("writable volume"),
+        "{err}"
+    );
 }

@@ -36,6 +36,14 @@ enum Command {
         #[arg(long, env = "GATEWAY_CONFIG")]
         config: PathBuf,
     },
+    /// Ask a health endpoint (the image's HEALTHCHECK: the operations listener's `/readyz`);
+    /// exit 0 when it answers 2xx within the timeout, 1 otherwise.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9100/readyz")]
+        url: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -222,6 +230,20 @@ async fn main() -> anyhow::Result<()> {
             });
             running.wait().await;
             tracing::info!("stopped");
+        }
+        Command::Probe { url, timeout_ms } => {
+            let answer = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_millis(timeout_ms))
+                .no_proxy()
+                .build()?
+                .get(&url)
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => println!("{url}: {}", r.status()),
+                Ok(r) => anyhow::bail!("{url}: {}", r.status()),
+                Err(e) => anyhow::bail!("{url}: {e}"),
+            }
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)

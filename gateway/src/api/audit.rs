@@ -49,6 +49,13 @@ fn request_id(request: &Request) -> String {
         .map_or_else(String::new, |r| r.0.clone())
 }
 
+/// A new event for `request`, under the gateway's request id.
+fn event_for(kind: EventKind, request: &Request) -> AuditEvent {
+    let mut event = AuditEvent::new(kind, now(), &request_id(request));
+    event.detail = describe(request);
+    event
+}
+
 fn fill_user(e: &mut AuditEvent, user: &UserContext) {
     e.user_id.clone_from(&user.user_id);
     e.role.clone_from(&user.role);
@@ -59,12 +66,17 @@ fn fill_user(e: &mut AuditEvent, user: &UserContext) {
 
 /// What the request asked, as method and path with query (this is the audit store, where the
 /// NHS number in a query belongs).
+/// The client's correlation id (its own `X-Request-Id`) is kept beside the gateway's.
 fn describe(request: &Request) -> Value {
     let query = request.uri().path_and_query().map_or_else(
         || request.uri().path().to_owned(),
         |p| p.as_str().to_owned(),
     );
-    json!({"method": request.method().as_str(), "query": query})
+    let mut detail = json!({"method": request.method().as_str(), "query": query});
+    if let Some(c) = request.extensions().get::<super::ClientRequestId>() {
+        detail["client_request_id"] = json!(c.0);
+    }
+    detail
 }
 
 /// Completes the event from the response and writes it; the response leaves only after.
@@ -96,11 +108,10 @@ pub async fn audit_clinician(
         http::Method::POST | http::Method::PUT => EventKind::ConsentChange,
         _ => EventKind::ClinicianQuery,
     };
-    let mut event = AuditEvent::new(kind, now(), &request_id(&request));
+    let mut event = event_for(kind, &request);
     if let Some(user) = request.extensions().get::<UserContext>() {
         fill_user(&mut event, user);
     }
-    event.detail = describe(&request);
     let slot = AuditSlot::new(event);
     request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
@@ -113,10 +124,12 @@ pub async fn audit_federation(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let mut event = AuditEvent::new(EventKind::FederationQuery, now(), &request_id(&request));
-    event.detail = describe(&request);
+    let mut event = event_for(EventKind::FederationQuery, &request);
     if let Some(context) = request.extensions().get::<ForwardedContext>() {
         fill_user(&mut event, &context.user);
+        // Named by the id the calling gateway minted, as its signed context carries it (not
+        // by a header anyone could set), so both regions' records join on one id.
+        event.request_id.clone_from(&context.request_id);
         event.detail["calling_request_id"] = json!(context.request_id);
     }
     if let Some(peer) = request.extensions().get::<super::federation::PeerRegion>() {

@@ -40,13 +40,22 @@ pub fn outer_layers(
         .layer(axum::middleware::from_fn(request_context))
 }
 
-/// The request id, as a request extension.
+/// The request id the gateway minted for this request, as a request extension. It names the
+/// request in the audit trail, the log and the peers' audit trails (in the forwarded context);
+/// a client never chooses it, so no two users' records can share one.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The client's own `X-Request-Id`, when it sent a short, plain one: its correlation id, kept
+/// in the audit record beside the gateway's (`detail.client_request_id`) and echoed back.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub String);
 
-/// A caller's request id is kept when it is short and plain; otherwise a new one is made.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The response header echoing the client's own request id.
+pub const CLIENT_REQUEST_ID_HEADER: &str = "x-client-request-id";
+
+/// A caller's request id is kept (as its correlation id) when it is short and plain.
 fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     (!s.is_empty()
@@ -56,15 +65,19 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     .then(|| s.to_owned())
 }
 
-/// Gives every request an id (echoed in the response) and writes one access-log line.
+/// Gives every request an id of the gateway's own (echoed in the response, with the client's
+/// correlation id when it sent one) and writes one access-log line.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request
+    let id = uuid::Uuid::new_v4().to_string();
+    let client_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
-        .and_then(acceptable_request_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .and_then(acceptable_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
+    if let Some(c) = &client_id {
+        request.extensions_mut().insert(ClientRequestId(c.clone()));
+    }
     let method = request.method().clone();
     let route = request
         .extensions()
@@ -96,6 +109,9 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(v) = client_id.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(CLIENT_REQUEST_ID_HEADER, v);
     }
     tracing::info!(request_id = %id, %method, %route, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     response

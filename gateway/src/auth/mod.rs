@@ -53,6 +53,10 @@ pub enum AuthError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    #[error("the token says it was issued in the future")]
+    IssuedInFuture,
+    #[error("the token's lifetime (exp - iat) is longer than this gateway accepts")]
+    TooLong,
     #[error("the token was issued by an issuer this gateway does not trust")]
     WrongIssuer,
     #[error("the token is meant for another audience")]
@@ -487,15 +491,33 @@ pub struct ForwardedContext {
     pub request_id: String,
 }
 
+/// What a forwarded token is checked against, besides its signature: who sent it, who it is
+/// for, the time now and the longest lifetime (`exp - iat`) accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardedCheck<'a> {
+    /// The identity configured for the peer the certificate was mapped to.
+    pub peer_identity: &'a str,
+    /// This region's identity (the token's audience).
+    pub own_identity: &'a str,
+    pub now: i64,
+    pub max_lifetime_s: i64,
+}
+
 /// Verifies a forwarded token against the public key of the client certificate that carried it.
-/// `peer_identity` is the identity configured for the peer the certificate was mapped to;
-/// `own_identity` is this region's (the token's audience).
+/// Besides the signature, issuer, audience and `exp`: `iat` may not be in the future beyond the
+/// leeway, and `exp - iat` may not exceed the configured lifetime, so that a holder of a peer's
+/// key cannot mint a context that stays good for long.
 pub fn verify_forwarded(
     token: &str,
     certificate: &CertIdentity,
-    peer_identity: &str,
-    own_identity: &str,
+    check: ForwardedCheck<'_>,
 ) -> Result<ForwardedContext, AuthError> {
+    let ForwardedCheck {
+        peer_identity,
+        own_identity,
+        now,
+        max_lifetime_s,
+    } = check;
     let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
     let (key, allowed): (DecodingKey, &[Algorithm]) = match &certificate.public_key {
         PublicKey::EcP256(point) => (DecodingKey::from_ec_der(point), &[Algorithm::ES256]),
@@ -523,8 +545,11 @@ pub fn verify_forwarded(
             certified: peer_identity.to_owned(),
         });
     }
-    if c.exp - c.iat > FORWARD_TTL_SECONDS * 5 {
-        return Err(AuthError::Expired);
+    if c.iat > now + LEEWAY_SECONDS as i64 {
+        return Err(AuthError::IssuedInFuture);
+    }
+    if c.exp - c.iat > max_lifetime_s {
+        return Err(AuthError::TooLong);
     }
     Ok(ForwardedContext {
         user: UserContext {

@@ -176,6 +176,15 @@ fn jwks_keys_are_chosen_by_kid() {
     assert_eq!(v.verify(&t), Err(AuthError::NoKey));
 }
 
+fn check<'a>(peer_identity: &'a str, own_identity: &'a str) -> ForwardedCheck<'a> {
+    ForwardedCheck {
+        peer_identity,
+        own_identity,
+        now: now(),
+        max_lifetime_s: FORWARD_TTL_SECONDS,
+    }
+}
+
 #[test]
 fn forwarded_context_binds_to_the_certificate() {
     let ca = DevCa::new("ca").unwrap();
@@ -203,8 +212,7 @@ fn forwarded_context_binds_to_the_certificate() {
     let ok = verify_forwarded(
         &t,
         &dorset_id,
-        "urn:gateway:region:dorset",
-        "urn:gateway:region:hampshire",
+        check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
     )
     .unwrap();
     assert_eq!(ok.user, user);
@@ -214,8 +222,10 @@ fn forwarded_context_binds_to_the_certificate() {
         verify_forwarded(
             &t,
             &wilts_id,
-            "urn:gateway:region:wiltshire",
-            "urn:gateway:region:hampshire"
+            check(
+                "urn:gateway:region:wiltshire",
+                "urn:gateway:region:hampshire"
+            ),
         ),
         Err(AuthError::BadSignature)
     );
@@ -224,8 +234,7 @@ fn forwarded_context_binds_to_the_certificate() {
         verify_forwarded(
             &t,
             &dorset_id,
-            "urn:gateway:region:dorset",
-            "urn:gateway:region:wiltshire"
+            check("urn:gateway:region:dorset", "urn:gateway:region:wiltshire"),
         ),
         Err(AuthError::WrongAudience)
     );
@@ -243,8 +252,7 @@ fn forwarded_context_binds_to_the_certificate() {
         verify_forwarded(
             &t,
             &dorset_id,
-            "urn:gateway:region:dorset",
-            "urn:gateway:region:hampshire"
+            check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
         ),
         Err(AuthError::RegionMismatch { .. })
     ));
@@ -256,10 +264,71 @@ fn forwarded_context_binds_to_the_certificate() {
         verify_forwarded(
             &t,
             &dorset_id,
-            "urn:gateway:region:dorset",
-            "urn:gateway:region:hampshire"
+            check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
         ),
         Err(AuthError::Expired)
+    );
+    // Issued in the future (beyond the leeway), with the usual lifetime: refused, so that a
+    // holder of the key cannot mint contexts that stay good for a year.
+    let t = signer
+        .sign(
+            &user,
+            "urn:gateway:region:hampshire",
+            "r",
+            now() + 365 * 86_400,
+        )
+        .unwrap();
+    assert_eq!(
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
+        ),
+        Err(AuthError::IssuedInFuture)
+    );
+    // Within the leeway it is clock skew, and accepted.
+    let t = signer
+        .sign(&user, "urn:gateway:region:hampshire", "r", now() + 20)
+        .unwrap();
+    assert!(
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
+        )
+        .is_ok()
+    );
+    // A lifetime longer than the one configured: refused, though it has not expired.
+    #[derive(serde::Serialize)]
+    struct Long<'a> {
+        iss: &'a str,
+        aud: &'a str,
+        sub: &'a str,
+        role: &'a str,
+        org: &'a str,
+        iat: i64,
+        exp: i64,
+        jti: &'a str,
+    }
+    let t = signer
+        .sign_claims(&Long {
+            iss: "urn:gateway:region:dorset",
+            aud: "urn:gateway:region:hampshire",
+            sub: "u",
+            role: "R8000",
+            org: "RBD",
+            iat: now(),
+            exp: now() + 3600,
+            jti: "r",
+        })
+        .unwrap();
+    assert_eq!(
+        verify_forwarded(
+            &t,
+            &dorset_id,
+            check("urn:gateway:region:dorset", "urn:gateway:region:hampshire"),
+        ),
+        Err(AuthError::TooLong)
     );
 }
 
