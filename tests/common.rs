@@ -59,6 +59,108 @@ pub struct TestFederation {
     pub data: DemoData,
     /// Realistic patients (years of care, hundreds of items in every region), when asked for.
     pub realistic: Vec<gateway::demo::data::DemoPatient>,
+    /// Balanced regions: code, the balancer's clinician port and federation port.
+    pub balancers: Vec<(String, u16, u16)>,
+}
+
+/// A port free now (for a process that binds it later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx as a round-robin TCP load balancer (the stream module; TLS passes through, so client
+/// certificates reach the gateways), stopped when dropped. `GATEWAY_TEST_NGINX` names the
+/// binary (default `/usr/sbin/nginx`) and `GATEWAY_TEST_NGINX_STREAM` its stream module
+/// (default Debian's); `scripts/test` installs both. A missing nginx fails the test.
+pub struct Balancer {
+    child: std::process::Child,
+    pub clinician: u16,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Balancer {
+    pub async fn start(
+        dir: &Path,
+        name: &str,
+        clinician: (u16, &[u16]),
+        federation: (u16, &[u16]),
+    ) -> Balancer {
+        let nginx =
+            std::env::var("GATEWAY_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        let module = std::env::var("GATEWAY_TEST_NGINX_STREAM")
+            .unwrap_or_else(|_| "/usr/lib/nginx/modules/ngx_stream_module.so".into());
+        assert!(
+            Path::new(&nginx).is_file() && Path::new(&module).is_file(),
+            "nginx ({nginx}) with its stream module ({module}) is needed: scripts/test installs them"
+        );
+        let prefix = dir.join(format!("nginx-{name}"));
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let servers = |ports: &[u16]| -> String {
+            ports
+                .iter()
+                .map(|p| format!("server 127.0.0.1:{p};"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let conf = format!(
+            "load_module {module};
+daemon off;
+worker_processes 1;
+pid {pid};
+error_log {log} warn;
+events {{ worker_connections 4096; }}
+stream {{
+  upstream clinician {{ {c} }}
+  upstream federation {{ {f} }}
+  server {{ listen 127.0.0.1:{cp}; proxy_pass clinician; }}
+  server {{ listen 127.0.0.1:{fp}; proxy_pass federation; }}
+}}
+",
+            pid = prefix.join("nginx.pid").display(),
+            log = prefix.join("logs/error.log").display(),
+            c = servers(clinician.1),
+            f = servers(federation.1),
+            cp = clinician.0,
+            fp = federation.0,
+        );
+        let path = prefix.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(&nginx)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{nginx}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for port in [clinician.0, federation.0] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nginx did not listen on {port}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Balancer {
+            child,
+            clinician: clinician.0,
+        }
+    }
 }
 
 pub fn install() {
@@ -152,6 +254,9 @@ pub struct Builder {
     realistic: Option<(usize, usize)>,
     /// Keys added to the first region's `[record]` table when its record is a FHIR server.
     record_extra: String,
+    /// Regions whose faces are reached through a TCP load balancer ([`Balancer`]): their
+    /// `base_url` and their neighbours' peer URLs name the balancer's ports.
+    balanced: Vec<String>,
 }
 
 impl Builder {
@@ -170,7 +275,16 @@ impl Builder {
             crl_at: None,
             realistic: None,
             record_extra: String::new(),
+            balanced: Vec::new(),
         }
+    }
+
+    /// Region `code` is reached through a round-robin TCP balancer (both faces): start its
+    /// replicas with [`TestFederation::start_replica`] and the balancer with
+    /// [`TestFederation::balance`].
+    pub fn balanced(mut self, code: &str) -> Self {
+        self.balanced.push(code.to_owned());
+        self
     }
 
     /// Adds `n` realistic patients to every region's record (see `gateway::demo::realistic`).
@@ -276,9 +390,21 @@ impl Builder {
             let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listeners.push((code.clone(), c, f));
         }
+        // A balanced region's ports are the balancer's, reserved now.
+        let balancers: Vec<(String, u16, u16)> = self
+            .balanced
+            .iter()
+            .map(|code| (code.clone(), free_port(), free_port()))
+            .collect();
         let addrs: Vec<(String, SocketAddr, SocketAddr)> = listeners
             .iter()
-            .map(|(c, l, f)| (c.clone(), l.local_addr().unwrap(), f.local_addr().unwrap()))
+            .map(|(c, l, f)| {
+                let mut fed = f.local_addr().unwrap();
+                if let Some((_, _, p)) = balancers.iter().find(|(b, _, _)| b == c) {
+                    fed.set_port(*p);
+                }
+                (c.clone(), l.local_addr().unwrap(), fed)
+            })
             .collect();
         let mut regions = Vec::new();
         let mut pg_schemas = Vec::new();
@@ -304,6 +430,14 @@ impl Builder {
                 &peers,
                 self.deadline_ms,
             );
+            if let Some((_, cp, _)) = balancers.iter().find(|(b, _, _)| *b == code) {
+                let own = format!(
+                    "base_url = \"https://localhost:{}/fhir\"",
+                    c.local_addr().unwrap().port()
+                );
+                assert!(text.contains(&own));
+                text = text.replace(&own, &format!("base_url = \"https://localhost:{cp}/fhir\""));
+            }
             if let (0, Some((url, timeout))) = (i, &self.local_record) {
                 text = text.replace(
                     &format!("directory = \"data/{code}\""),
@@ -373,6 +507,7 @@ impl Builder {
             regions,
             data,
             realistic,
+            balancers,
         }
     }
 }
@@ -460,6 +595,26 @@ impl TestFederation {
             _running: running,
         });
         self.regions.len() - 1
+    }
+
+    /// Starts the balancer of region `code` (made balanced by [`Builder::balanced`]) in front
+    /// of the replicas at `replicas` (indices into `regions`), round robin.
+    pub async fn balance(&self, code: &str, replicas: &[usize]) -> Balancer {
+        let (_, cp, fp) = self
+            .balancers
+            .iter()
+            .find(|(c, _, _)| c == code)
+            .unwrap_or_else(|| panic!("{code} was not built balanced"))
+            .clone();
+        let clinician: Vec<u16> = replicas
+            .iter()
+            .map(|&i| self.regions[i].clinician.port())
+            .collect();
+        let federation: Vec<u16> = replicas
+            .iter()
+            .map(|&i| self.regions[i].federation.port())
+            .collect();
+        Balancer::start(self.dir.path(), code, (cp, &clinician), (fp, &federation)).await
     }
 
     /// Drops the PostgreSQL schemas this federation made.

@@ -45,6 +45,13 @@ pub enum StartError {
     Policy(#[from] policy::PolicyError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "audit.checkpoint_file {path} cannot be written ({source}); put it on a writable volume"
+    )]
+    CheckpointFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Everything a request handler needs.
@@ -67,7 +74,13 @@ pub struct Gateway {
     pub policy_schema: String,
     /// The version applied in this process.
     pub(crate) applied: std::sync::Mutex<crate::governance::Applied>,
-    /// Merged results kept for paging (`next` links).
+    /// Paging cursors, shared by every replica of the region.
+    pub cursors: Arc<dyn crate::store::cursors::CursorStore>,
+    /// The change log every replica follows ([`crate::replicas`]), and the newest change
+    /// applied here.
+    pub changes: Arc<dyn crate::store::changes::ChangeStore>,
+    pub(crate) changes_seen: std::sync::atomic::AtomicI64,
+    /// Merged results kept for paging (`next` links), in this replica.
     pub pages: crate::pipeline::paging::PageCache,
     /// Load shedding and rate limits.
     pub guard: crate::api::guard::Guard,
@@ -76,6 +89,10 @@ pub struct Gateway {
 
     /// Requests being handled, both faces.
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each face's connection counts.
+    pub connections: FacesStats,
+    /// Refusals counted since the last were recorded ([`crate::audit::refusals`]).
+    pub refusals: crate::audit::refusals::RefusalLedger,
     /// Regions' answers (None when `cache.enabled` is false).
     pub cache: Option<crate::cache::ResponseCache>,
     /// The tamper-evident audit trail; a record is written before any response leaves.
@@ -84,6 +101,27 @@ pub struct Gateway {
     last_checkpoint: std::sync::atomic::AtomicU64,
     /// Certificates, keys and what is built from them; swapped whole on reload.
     pub tls: ArcSwap<TlsState>,
+}
+
+/// Each face's connection counts (see [`crate::connection`]).
+#[derive(Debug, Default)]
+pub struct FacesStats {
+    pub clinician: Arc<crate::connection::FaceStats>,
+    pub federation: Arc<crate::connection::FaceStats>,
+}
+
+impl Gateway {
+    /// What a face's connections are allowed, counted in `stats`.
+    pub fn connection_limits(
+        &self,
+        stats: &Arc<crate::connection::FaceStats>,
+    ) -> crate::connection::ConnectionLimits {
+        crate::connection::ConnectionLimits {
+            idle_timeout: Duration::from_millis(self.config.limits.idle_timeout_ms),
+            max_connections: self.config.limits.max_connections,
+            stats: stats.clone(),
+        }
+    }
 }
 
 /// The TLS files, read and checked.
@@ -203,6 +241,14 @@ impl TlsState {
 impl Gateway {
     /// Loads every file the configuration names and builds the gateway.
     pub async fn from_config(config: Config) -> Result<Self, StartError> {
+        // Every checkpoint is appended there: a file that cannot be written is found now, not
+        // at the first checkpoint (when it could only be logged).
+        if let Some(path) = &config.audit.checkpoint_file {
+            writable(path).map_err(|source| StartError::CheckpointFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
         let material = TlsMaterial::load(&config)?;
         let identity = config.identity();
         let tls = ArcSwap::from_pointee(TlsState::build(&material, &identity)?);
@@ -210,8 +256,12 @@ impl Gateway {
         let Stores {
             consents,
             audit,
+            cursors,
+            changes,
             governance,
         } = open_stores(&config).await?;
+        // Changes made before this replica started made nothing of its stale.
+        let changes_seen = std::sync::atomic::AtomicI64::new(changes.change_head().await?);
         let guard = crate::api::guard::Guard::new(&config.limits);
         let cache = config
             .cache
@@ -275,8 +325,13 @@ impl Gateway {
             cache,
             metrics: crate::metrics::Metrics::new(),
             guard,
+            cursors,
+            changes,
+            changes_seen,
             pages: crate::pipeline::paging::new_cache(),
             in_flight: Arc::default(),
+            connections: FacesStats::default(),
+            refusals: Default::default(),
             last_checkpoint: std::sync::atomic::AtomicU64::new(0),
             tls,
         })
@@ -396,6 +451,15 @@ fn certificate_expiry(
 }
 
 /// Appends one line to a file and waits until it is on disk.
+/// Opens `path` for appending (creating it, empty, if it is not there) and closes it.
+fn writable(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+}
+
 fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -411,6 +475,8 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
 pub struct Stores {
     pub consents: Arc<dyn crate::store::ConsentStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub cursors: Arc<dyn crate::store::cursors::CursorStore>,
+    pub changes: Arc<dyn crate::store::changes::ChangeStore>,
     pub governance: Arc<dyn crate::store::governance::GovernanceStore>,
 }
 
@@ -425,11 +491,14 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StoreError> {
                 &store.postgres_schema,
                 store.postgres_ca.as_deref(),
             )?;
-            let consents = Arc::new(PostgresStore::with(connector.clone()).await?);
+            let consents =
+                Arc::new(PostgresStore::with(connector.clone(), store.postgres_pool_size).await?);
             let audit: Arc<dyn AuditStore> = Arc::new(PostgresAudit::connect(connector).await?);
             return Ok(Stores {
                 consents: consents.clone(),
                 audit,
+                cursors: consents.clone(),
+                changes: consents.clone(),
                 governance: consents,
             });
         }
@@ -446,6 +515,8 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StoreError> {
     Ok(Stores {
         consents: consents.clone(),
         audit: Arc::new(audit),
+        cursors: consents.clone(),
+        changes: consents.clone(),
         governance: consents,
     })
 }

@@ -204,6 +204,15 @@ pub struct ConfigAudit {
     /// machine: a trail cut short in the database is then still caught. Default
     /// `{region.code}.checkpoints.jsonl` beside the configuration file.
     pub checkpoint_file: Option<PathBuf>,
+    /// Refused tokens, certificates and rate-limited requests: the first from a source is
+    /// recorded at once, the rest of this interval in one record with their count, in
+    /// milliseconds. Default 10000.
+    #[serde(default = "default_refusal_interval")]
+    pub refusal_interval_ms: u64,
+}
+
+fn default_refusal_interval() -> u64 {
+    10_000
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -220,6 +229,7 @@ impl Default for ConfigAudit {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_s: default_checkpoint_interval(),
             checkpoint_file: None,
+            refusal_interval_ms: default_refusal_interval(),
         }
     }
 }
@@ -323,16 +333,25 @@ pub struct ConfigFanout {
     /// The whole query's deadline, in milliseconds; every region's timeout fits inside it.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
+    /// The longest lifetime (`exp - iat`) of a user context accepted from a peer, in seconds.
+    /// Gateways sign theirs for 60 seconds (the default), so a lower value refuses them all.
+    #[serde(default = "default_context_lifetime")]
+    pub forwarded_context_lifetime_s: i64,
 }
 
 fn default_deadline() -> u64 {
     5000
 }
 
+fn default_context_lifetime() -> i64 {
+    crate::auth::FORWARD_TTL_SECONDS
+}
+
 impl Default for ConfigFanout {
     fn default() -> Self {
         ConfigFanout {
             deadline_ms: default_deadline(),
+            forwarded_context_lifetime_s: default_context_lifetime(),
         }
     }
 }
@@ -353,10 +372,18 @@ pub struct ConfigStore {
     /// the connection uses TLS and the certificate is verified; a server on another host
     /// requires it.
     pub postgres_ca: Option<PathBuf>,
+    /// Connections each replica keeps to PostgreSQL for reads and writes (besides the audit
+    /// trail's writer and the change listener, which keep one each). Default 8.
+    #[serde(default = "default_pg_pool")]
+    pub postgres_pool_size: usize,
 }
 
 fn default_pg_schema() -> String {
     "gateway".into()
+}
+
+fn default_pg_pool() -> usize {
+    crate::store::postgres::DEFAULT_POOL_SIZE
 }
 
 impl Default for ConfigStore {
@@ -366,6 +393,7 @@ impl Default for ConfigStore {
             postgres: None,
             postgres_schema: default_pg_schema(),
             postgres_ca: None,
+            postgres_pool_size: default_pg_pool(),
         }
     }
 }
@@ -414,6 +442,41 @@ pub struct ConfigLimits {
     /// Requests a second from one neighbouring region; beyond it, 429 with Retry-After.
     #[serde(default = "default_per_peer")]
     pub per_peer_per_second: u32,
+    /// Requests a second from one source address, before any authentication (bursts of
+    /// twice as many); beyond it, 429 with Retry-After. Behind a TCP balancer every client
+    /// shares the balancer's address: set it for the balancer's whole traffic.
+    #[serde(default = "default_per_address")]
+    pub per_address_per_second: u32,
+    /// A connection (either face, HTTP/1.1 or HTTP/2) with no request in flight and nothing
+    /// sent either way for this long is closed, in milliseconds. Default 60000.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Connections each face holds at once; beyond it new ones are closed at once (and
+    /// counted in `gateway_connections_refused_total`). Default 2048.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The longest request target (path and query) accepted, in bytes; beyond it, 414.
+    #[serde(default = "default_max_uri")]
+    pub max_uri_bytes: usize,
+    /// The most header bytes (names and values) accepted; beyond it, 431.
+    #[serde(default = "default_max_headers")]
+    pub max_header_bytes: usize,
+}
+
+fn default_per_address() -> u32 {
+    1000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    2048
+}
+fn default_max_uri() -> usize {
+    8 * 1024
+}
+fn default_max_headers() -> usize {
+    32 * 1024
 }
 
 fn default_max_request() -> usize {
@@ -442,6 +505,11 @@ impl Default for ConfigLimits {
             max_concurrent_requests: default_max_concurrent(),
             per_user_per_minute: default_per_user(),
             per_peer_per_second: default_per_peer(),
+            per_address_per_second: default_per_address(),
+            idle_timeout_ms: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_uri_bytes: default_max_uri(),
+            max_header_bytes: default_max_headers(),
         }
     }
 }
@@ -603,6 +671,40 @@ impl Config {
             return Err(invalid(
                 "fanout.deadline_ms",
                 "must be between 1 and 120000",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.audit.refusal_interval_ms) {
+            return Err(invalid(
+                "audit.refusal_interval_ms",
+                "must be between 100 and 3600000",
+            ));
+        }
+        if self.limits.idle_timeout_ms < 100 {
+            return Err(invalid("limits.idle_timeout_ms", "must be at least 100"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.limits.max_uri_bytes < 256
+            || self.limits.max_header_bytes < 1024
+            || self.limits.max_uri_bytes.max(self.limits.max_header_bytes)
+                > crate::server::MAX_HEAD_BYTES
+        {
+            return Err(invalid(
+                "limits.max_uri_bytes",
+                "max_uri_bytes (at least 256) and max_header_bytes (at least 1024) must fit the 1.06 MiB head buffer",
+            ));
+        }
+        if !(1..=3600).contains(&self.fanout.forwarded_context_lifetime_s) {
+            return Err(invalid(
+                "fanout.forwarded_context_lifetime_s",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=256).contains(&self.store.postgres_pool_size) {
+            return Err(invalid(
+                "store.postgres_pool_size",
+                "must be between 1 and 256",
             ));
         }
         if self.store.sqlite.is_some() && self.store.postgres.is_some() {

@@ -157,8 +157,15 @@ impl Gateway {
         }
     }
 
+    /// Tells every replica that the active version changed (they also poll for it).
+    async fn announce_policy(&self) {
+        if let Err(e) = self.announce(crate::store::changes::Change::Policy).await {
+            tracing::warn!(error = %e, "could not announce a policy activation; other replicas apply it at their next poll");
+        }
+    }
+
     /// Activates a stored version (a rollback when it is an earlier one): it must pass its
-    /// checks; it applies here at once and on other replicas at their next poll.
+    /// checks; it applies here at once, and on every other replica before its next answer.
     pub async fn activate_version(
         &self,
         id: i64,
@@ -181,6 +188,7 @@ impl Gateway {
             },
         );
         tracing::info!(version = id, policies = n, "policy version activated");
+        self.announce_policy().await;
         Ok((activation, n))
     }
 
@@ -200,6 +208,7 @@ impl Gateway {
         {
             let (set, applied) = load_active(&*self.governance, &self.policy_schema).await?;
             self.apply(set, applied);
+            self.announce_policy().await;
         }
         Ok(self.policies.load().policy_ids().len())
     }
@@ -217,34 +226,6 @@ impl Gateway {
         let (set, applied) = load_active(&*self.governance, &self.policy_schema).await?;
         self.apply(set, applied.clone());
         Ok(Some(applied))
-    }
-}
-
-/// Applies activations made elsewhere, every `policy.poll_interval_ms`, until `stop`.
-pub async fn follow_policy_store(
-    gateway: Arc<Gateway>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let period = std::time::Duration::from_millis(gateway.config.policy.poll_interval_ms.max(100));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        match gateway.follow_store().await {
-            Ok(Some(a)) => tracing::info!(
-                version = a.version,
-                activation = a.activation,
-                "applied a policy version activated elsewhere"
-            ),
-            Ok(None) => {}
-            Err(e) => tracing::error!(
-                error = %e,
-                "could not apply the store's newest policy activation; the current set stays"
-            ),
-        }
     }
 }
 

@@ -26,14 +26,17 @@
 //!   kept view, fan out, view policy, merge, audit, write, keep); a peer's query on the
 //!   federation face likewise
 //! - [`store`]: the gateway's own store (consent directives, the audit trail, policy versions
-//!   and break-glass reviews): one trait each, SQLite and PostgreSQL, one shared test suite each
-//! - [`governance`]: policy versions read from files, activated, rolled back and followed
-//!   across replicas
+//!   and break-glass reviews, paging cursors, the change log): one trait each, SQLite and
+//!   PostgreSQL, one shared test suite each, versioned by migrations
+//! - [`governance`]: policy versions read from files, activated and rolled back
+//! - [`replicas`]: the replicas of a region kept in step through the store's change log
+//!   (consent changes, policy activations), woken by PostgreSQL `LISTEN/NOTIFY`
 //! - [`api`]: the clinician and federation faces (axum routers), and the governance API
 //! - [`console`]: the governance console's page, embedded
 //! - [`error`]: the one place errors become HTTP statuses and OperationOutcomes
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz` on the operations listener
 //! - [`server`]: TLS accept loop, peer identity into the request, graceful shutdown
+//! - [`connection`]: a connection's idle timeout, the cap per face, a lingering close
 //! - [`app`]: the gateway built from its configuration
 //! - [`demo`]: synthetic regional records and the local three-region federation
 
@@ -45,6 +48,7 @@ pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod consent;
 pub mod console;
 pub mod demo;
@@ -58,6 +62,7 @@ pub mod peers;
 pub mod pipeline;
 pub mod query;
 pub mod record;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -99,6 +99,18 @@ impl Metrics {
 
     /// The text exposition, with the gauges read at this moment set first.
     pub async fn render(&self, gateway: &Gateway) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (face, stats) in [
+            ("clinician", &gateway.connections.clinician),
+            ("federation", &gateway.connections.federation),
+        ] {
+            self.gauge("gateway_connections_open", &[("face", face)])
+                .set(stats.open.load(Relaxed) as f64);
+            self.counter("gateway_connections_refused_total", &[("face", face)])
+                .absolute(stats.refused.load(Relaxed));
+            self.counter("gateway_connections_idle_closed_total", &[("face", face)])
+                .absolute(stats.idle_closed.load(Relaxed));
+        }
         for p in &gateway.peers {
             self.gauge("gateway_peer_circuit_state", &[("peer", &p.info.code)])
                 .set(f64::from(p.breaker.state().level()));

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::Gateway;
+use crate::connection::{Activity, ConnectionLimits, Tracked};
 use crate::tls::identity::{CertIdentity, parse_certificate};
 
 /// How long a client has to complete the TLS handshake.
@@ -58,28 +59,70 @@ pub fn fixed_tls(config: Arc<rustls::ServerConfig>) -> TlsSource {
     Arc::new(move || config.clone())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains.
+/// The largest request head (request line and headers) read: room for a 1 MB token, so that
+/// the API can answer 414 or 431 with an OperationOutcome (see `api::guard::limit_size`);
+/// beyond it hyper answers 431 itself.
+pub const MAX_HEAD_BYTES: usize = 1024 * 1024 + 64 * 1024;
+
+/// The address a request came from (the TCP peer: a TCP balancer in front shows as itself).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves `app` over TLS on `listener` until `shutdown` turns true, then drains; no cap on
+/// connections and a 60-second idle timeout (test peers, the benchmark's peers).
 pub async fn serve_tls(
     name: &'static str,
     listener: TcpListener,
     tls: TlsSource,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     on_refused: Option<CertificateRefused>,
     in_flight: Arc<AtomicUsize>,
 ) {
+    let face = Face {
+        name,
+        tls,
+        app,
+        on_refused,
+        in_flight,
+        limits: ConnectionLimits::default(),
+    };
+    serve_face(listener, face, shutdown).await
+}
+
+/// A face as served: its TLS, its routes, and what its connections are allowed.
+pub struct Face {
+    pub name: &'static str,
+    pub tls: TlsSource,
+    pub app: Router,
+    pub on_refused: Option<CertificateRefused>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub limits: ConnectionLimits,
+}
+
+/// Serves a face over TLS on `listener` until `shutdown` turns true, then drains.
+pub async fn serve_face(listener: TcpListener, face: Face, mut shutdown: watch::Receiver<bool>) {
+    let Face {
+        name,
+        tls,
+        app,
+        on_refused,
+        in_flight,
+        limits,
+    } = face;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let builder = Arc::new(builder);
     // Shutdown waits for requests, not connections: a neighbour's pooled connection can stay
     // open indefinitely, so once no request is in flight the remaining connections are closed.
@@ -97,6 +140,13 @@ pub async fn serve_tls(
             },
             _ = shutdown.changed() => break,
         };
+        // Beyond the cap a connection is closed before its handshake costs anything.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            limits.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(face = name, %remote, "connection refused: the face is at its cap");
+            drop(stream);
+            continue;
+        };
         // Without it, Nagle's algorithm holds a response's last TLS record until the client's
         // delayed ACK (tens of milliseconds on every answer).
         if let Err(e) = stream.set_nodelay(true) {
@@ -108,7 +158,13 @@ pub async fn serve_tls(
         let watcher = graceful.watcher();
         let in_flight = in_flight.clone();
         let on_refused = on_refused.clone();
+        let limits = limits.clone();
         connections.spawn(async move {
+            let _slot = slot;
+            limits.stats.open.fetch_add(1, Ordering::Relaxed);
+            let _open = Open(limits.stats.clone());
+            let activity = Arc::new(Activity::default());
+            let stream = Tracked::new(stream, activity.clone());
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -124,12 +180,14 @@ pub async fn serve_tls(
                 }
             };
             let peer = peer_certificate(&tls);
+            let on_connection = activity.clone();
             let service =
                 tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                     if let Some(p) = &peer {
                         request.extensions_mut().insert(p.clone());
                     }
-                    let guard = InFlight::enter(&in_flight);
+                    request.extensions_mut().insert(ClientAddr(remote));
+                    let guard = (InFlight::enter(&in_flight), on_connection.request());
                     let response = app.clone().oneshot(request);
                     async move {
                         let r = response.await;
@@ -141,8 +199,14 @@ pub async fn serve_tls(
                 TokioIo::new(tls),
                 TowerToHyperService::new(service),
             );
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(face = name, %remote, error = %e, "connection ended with an error");
+            tokio::select! {
+                served = watcher.watch(connection.into_owned()) => if let Err(e) = served {
+                    tracing::debug!(face = name, %remote, error = %e, "connection ended with an error");
+                },
+                () = crate::connection::idle(&activity, limits.idle_timeout) => {
+                    limits.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(face = name, %remote, "idle connection closed");
+                }
             }
         });
     }
@@ -173,6 +237,7 @@ fn record_refused_certificates(gateway: Arc<Gateway>) -> CertificateRefused {
             crate::api::audit::record_refusal(
                 &gateway,
                 crate::audit::EventKind::RefusedCertificate,
+                &remote.ip().to_string(),
                 &uuid::Uuid::new_v4().to_string(),
                 http::StatusCode::FORBIDDEN,
                 format!("TLS handshake refused: {reason}"),
@@ -181,6 +246,15 @@ fn record_refused_certificates(gateway: Arc<Gateway>) -> CertificateRefused {
             .await;
         });
     })
+}
+
+/// Counts a connection as open until dropped.
+struct Open(Arc<crate::connection::FaceStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a request as in flight until dropped.
@@ -200,7 +274,7 @@ impl Drop for InFlight {
 }
 
 fn peer_certificate(
-    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tls: &tokio_rustls::server::TlsStream<Tracked<tokio::net::TcpStream>>,
 ) -> Option<PeerCertificate> {
     let der = tls.get_ref().1.peer_certificates()?.first()?;
     match parse_certificate(der.as_ref()) {
@@ -299,29 +373,32 @@ pub fn start_on(
     })?;
     let operations_addr = operations.as_ref().and_then(|l| l.local_addr().ok());
     let mut tasks = vec![
-        tokio::spawn(serve_tls(
-            "clinician",
+        tokio::spawn(serve_face(
             clinician,
-            clinician_tls,
-            crate::api::clinician::router(gateway.clone()),
+            Face {
+                name: "clinician",
+                tls: clinician_tls,
+                app: crate::api::clinician::router(gateway.clone()),
+                on_refused: None,
+                in_flight: gateway.in_flight.clone(),
+                limits: gateway.connection_limits(&gateway.connections.clinician),
+            },
             rx.clone(),
-            None,
-            gateway.in_flight.clone(),
         )),
-        tokio::spawn(serve_tls(
-            "federation",
+        tokio::spawn(serve_face(
             federation,
-            federation_tls,
-            crate::api::federation::router(gateway.clone()),
+            Face {
+                name: "federation",
+                tls: federation_tls,
+                app: crate::api::federation::router(gateway.clone()),
+                on_refused: Some(record_refused_certificates(gateway.clone())),
+                in_flight: gateway.in_flight.clone(),
+                limits: gateway.connection_limits(&gateway.connections.federation),
+            },
             rx.clone(),
-            Some(record_refused_certificates(gateway.clone())),
-            gateway.in_flight.clone(),
         )),
         tokio::spawn(crate::app::watch_policies(gateway.clone(), rx.clone())),
-        tokio::spawn(crate::governance::follow_policy_store(
-            gateway.clone(),
-            rx.clone(),
-        )),
+        tokio::spawn(crate::replicas::follow_changes(gateway.clone(), rx.clone())),
         tokio::spawn(crate::metrics::upkeep_periodically(
             gateway.clone(),
             rx.clone(),
@@ -331,6 +408,10 @@ pub fn start_on(
             rx.clone(),
         )),
         tokio::spawn(crate::app::watch_tls(gateway.clone(), rx.clone())),
+        tokio::spawn(crate::api::audit::record_refusals_periodically(
+            gateway.clone(),
+            rx.clone(),
+        )),
     ];
     if let Some(listener) = operations {
         // Plain HTTP: bind it to a loopback or cluster-internal address only.

@@ -24,6 +24,7 @@ use super::RequestId;
 use super::clinician::ask;
 use crate::access::Gatekeeper;
 use crate::app::Gateway;
+use crate::audit::refusals::Noted;
 use crate::audit::{AuditEvent, EventKind};
 use crate::auth::{ForwardedContext, UserContext};
 use crate::error::{ApiError, Refusal, fhir_response};
@@ -141,39 +142,113 @@ pub async fn audit_federation(
     finish(&gateway, slot, response).await
 }
 
-/// Records a refused token or certificate. The refusal is answered whether or not the record
-/// could be written (it releases nothing); a failed write is logged.
+/// Records a refused token, certificate or rate-limited request from `source` (an address):
+/// the first of its interval at once, the rest counted into one record when the interval ends
+/// ([`crate::audit::refusals`]). The refusal is answered whether or not the record could be
+/// written (it releases nothing); a failed write is logged.
 pub async fn record_refusal(
     gateway: &Gateway,
     kind: EventKind,
+    source: &str,
     request_id: &str,
     status: StatusCode,
     outcome: String,
     detail: Value,
 ) {
-    let mut event = AuditEvent::new(kind, now(), request_id);
+    gateway
+        .metrics
+        .counter("gateway_refusals_total", &[("kind", kind.as_str())])
+        .increment(1);
+    let at = now();
+    if gateway.refusals.note(kind, source, &outcome, &at) == Noted::Counted {
+        return;
+    }
+    let mut event = AuditEvent::new(kind, at, request_id);
     event.status = status.as_u16();
     event.outcome = outcome;
     event.detail = detail;
+    event.detail["source"] = json!(source);
     if let Err(e) = gateway.record(event).await {
         tracing::error!(error = %e, kind = kind.as_str(), "could not record a refusal in the audit trail");
     }
 }
 
-/// What a refused request was (its id, method and path), taken before the request is
+/// Writes a record for each kind and source with refusals counted in the interval now ending.
+pub async fn record_refusal_summaries(gateway: &Gateway) {
+    for s in gateway.refusals.close_interval() {
+        let mut event = AuditEvent::new(s.kind, now(), &uuid::Uuid::new_v4().to_string());
+        event.outcome = format!(
+            "{} more refusals of this kind from {}, after the one recorded at {}",
+            s.tally.count, s.source, s.tally.first_at
+        );
+        event.detail = json!({
+            "aggregated": true,
+            "count": s.tally.count,
+            "outcomes": s.tally.outcomes,
+            "source": s.source,
+            "from": s.tally.first_at,
+            "until": s.tally.last_at,
+        });
+        if let Err(e) = gateway.record(event).await {
+            tracing::error!(error = %e, kind = s.kind.as_str(), count = s.tally.count, "could not record counted refusals in the audit trail");
+        }
+    }
+}
+
+/// Writes the counted refusals every `audit.refusal_interval_ms`, and once more at `stop`.
+pub async fn record_refusals_periodically(
+    gateway: Arc<Gateway>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_millis(gateway.config.audit.refusal_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => record_refusal_summaries(&gateway).await,
+        }
+    }
+    record_refusal_summaries(&gateway).await;
+}
+
+/// The source address a request came from, as refusals are counted by.
+pub fn source_of(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<crate::server::ClientAddr>()
+        .map_or_else(|| "unknown".to_owned(), |a| a.0.ip().to_string())
+}
+
+/// What a refused request was (its id, source, method and path), taken before the request is
 /// answered: a request's body cannot be held across an await.
-pub fn refused_request(request: &Request) -> (String, Value) {
-    (request_id(request), describe(request))
+pub struct RefusedRequest {
+    request_id: String,
+    source: String,
+    detail: Value,
+}
+
+pub fn refused_request(request: &Request) -> RefusedRequest {
+    RefusedRequest {
+        request_id: request_id(request),
+        source: source_of(request),
+        detail: describe(request),
+    }
 }
 
 /// Records a refused request from what [`refused_request`] took and the refusal answered.
 pub async fn record_refused_request(
     gateway: &Gateway,
     kind: EventKind,
-    (request_id, mut detail): (String, Value),
+    what: RefusedRequest,
     response: Response,
     extra: Value,
 ) -> Response {
+    let RefusedRequest {
+        request_id,
+        source,
+        mut detail,
+    } = what;
     if let (Some(d), Some(x)) = (detail.as_object_mut(), extra.as_object()) {
         d.extend(x.clone());
     }
@@ -182,7 +257,7 @@ pub async fn record_refused_request(
         || status.to_string(),
         |r| format!("{}: {}", status.as_u16(), r.0),
     );
-    record_refusal(gateway, kind, &request_id, status, outcome, detail).await;
+    record_refusal(gateway, kind, &source, &request_id, status, outcome, detail).await;
     response
 }
 

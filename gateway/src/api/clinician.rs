@@ -206,6 +206,8 @@ pub(super) fn ask(
         lenient: lenient(&request.headers),
         pairs,
         self_link,
+        path: path.to_owned(),
+        raw_query: raw.unwrap_or_default().to_owned(),
         audit,
     })
 }

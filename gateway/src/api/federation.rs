@@ -17,11 +17,12 @@ use serde_json::Value;
 use super::{RequestId, check_accept, lenient, query_pairs};
 use crate::access::Gatekeeper;
 use crate::app::Gateway;
-use crate::auth::{AuthError, ForwardedContext, verify_forwarded};
+use crate::auth::{AuthError, ForwardedCheck, ForwardedContext, verify_forwarded};
 use crate::error::ApiError;
 use crate::fhir;
 use crate::query::{self, Parsed};
 use crate::server::PeerCertificate;
+use crate::store::changes::Change;
 use policy::DecisionPoint;
 
 /// Which peer is asking, as established from its certificate.
@@ -92,19 +93,38 @@ async fn consent_changed(
         .and_then(|p| p["valueIdentifier"]["value"].as_str())
         .and_then(|v| crate::fhir::nhs::NhsNumber::parse(v).ok())
         .ok_or_else(bad)?;
-    if let Some(cache) = &gateway.cache {
-        cache.invalidate_patient(nhs.as_str(), Some(&peer.info.code));
-    }
+    // Dropped here at once, and by every other replica of this region before its next answer.
+    gateway
+        .announce(Change::Consent {
+            nhs: nhs.as_str().to_owned(),
+            region: Some(peer.info.code.clone()),
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the change could not be passed to every replica of this region; send it again",
+            )
+            .internal(format!("change log: {e}"))
+        })?;
     tracing::info!(peer = %peer.info.code, "a peer's consent change: its cached answers for the patient dropped");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// After a consent change here: drops the patient's cached answers here, and asks every peer
+/// After a consent change here: drops the patient's cached answers and kept pages here and on
+/// every replica of this region ([`crate::replicas`]), and asks every peer
 /// to drop this region's answers for the patient (each within two seconds; a peer that cannot
 /// be told keeps them at most `cache.federation_max_age_s`, the age this region allows).
 pub async fn announce_consent_change(gateway: &Gateway, nhs: &crate::fhir::nhs::NhsNumber) {
-    if let Some(cache) = &gateway.cache {
-        cache.invalidate_patient(nhs.as_str(), None);
+    let change = Change::Consent {
+        nhs: nhs.as_str().to_owned(),
+        region: None,
+    };
+    if let Err(e) = gateway.announce(change).await {
+        // Applied here; the other replicas read consent for every request, and their cached
+        // answers age out within `cache.ttl_s`.
+        tracing::error!(error = %e, "could not record a consent change in the change log");
     }
     let notices = gateway.peers.iter().map(|p| async move {
         (
@@ -194,7 +214,16 @@ async fn authenticate_peer(
         .map(str::trim);
     let context = match token {
         None => Err(AuthError::Missing),
-        Some(t) => verify_forwarded(t, &cert.identity, &peer.identity, &gateway.identity),
+        Some(t) => verify_forwarded(
+            t,
+            &cert.identity,
+            ForwardedCheck {
+                peer_identity: &peer.identity,
+                own_identity: &gateway.identity,
+                now,
+                max_lifetime_s: gateway.config.fanout.forwarded_context_lifetime_s,
+            },
+        ),
     };
     match context {
         Ok(context) => {

@@ -22,7 +22,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::error::ApiError;
 
 /// What both faces put around their routes, outermost last: FHIR fallbacks, the body limit,
-/// load shedding, then the request id and access log.
+/// load shedding, the rate limit per source address, the size limits, then the request id and
+/// access log.
 pub fn outer_layers(
     router: axum::Router<std::sync::Arc<crate::app::Gateway>>,
     gateway: &std::sync::Arc<crate::app::Gateway>,
@@ -36,6 +37,14 @@ pub fn outer_layers(
         .layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
             guard::shed_load,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            guard::limit_address,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            guard::limit_size,
         ))
         .layer(axum::middleware::from_fn(request_context))
 }

@@ -132,6 +132,7 @@ pub async fn read_resource(
         ));
     }
     let (region_code, local_id) = parse_federated_id(&id).map_err(|_| not_here())?;
+    crate::pipeline::current(&gateway).await?;
     let policies = gateway.policies.load_full();
     let gatekeeper = crate::pipeline::admit(&gateway, &ask, &policies)?;
     let region: RegionInfo;

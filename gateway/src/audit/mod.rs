@@ -5,6 +5,7 @@
 //! Stores and the request path use this module; it does no I/O.
 
 pub mod fhir;
+pub mod refusals;
 pub mod slot;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     ClinicianQuery,
@@ -25,6 +26,8 @@ pub enum EventKind {
     PolicyActivation,
     RefusedToken,
     RefusedCertificate,
+    /// A request from a source address over its rate, refused before authentication.
+    RefusedRateLimit,
     /// Governance staff reading the trail itself.
     AuditRead,
     /// Governance staff emptying the response cache.
@@ -36,7 +39,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::ClinicianQuery,
         EventKind::FederationQuery,
         EventKind::ConsentChange,
@@ -44,6 +47,7 @@ impl EventKind {
         EventKind::PolicyActivation,
         EventKind::RefusedToken,
         EventKind::RefusedCertificate,
+        EventKind::RefusedRateLimit,
         EventKind::AuditRead,
         EventKind::CachePurge,
         EventKind::GovernanceRead,
@@ -59,6 +63,7 @@ impl EventKind {
             EventKind::PolicyActivation => "policy-activation",
             EventKind::RefusedToken => "refused-token",
             EventKind::RefusedCertificate => "refused-certificate",
+            EventKind::RefusedRateLimit => "refused-rate-limit",
             EventKind::AuditRead => "audit-read",
             EventKind::CachePurge => "cache-purge",
             EventKind::GovernanceRead => "governance-read",

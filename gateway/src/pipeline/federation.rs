@@ -48,6 +48,7 @@ pub async fn release(
     parsed: Parsed,
 ) -> Result<Released, ApiError> {
     asked.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
+    super::current(gateway).await?;
     let local = local_answer(gateway, asked, &parsed).await?;
     let consent = crate::api::read_consent(gateway, &parsed.query.nhs_number).await?;
     // The version in force when the request started, whatever a reload does meanwhile.

@@ -3,6 +3,7 @@
 //! model). `api/` turns HTTP into an [`Ask`] and a [`crate::query::Parsed`], and the bytes or
 //! error this gives back into HTTP; nothing here knows about routes or headers.
 //!
+//! 0. [`current`]: every change another replica recorded (consent, policy) applied here.
 //! 1. [`admit`]: may this user search here at all (the view decision point, before anything
 //!    is asked of anyone)?
 //! 2. [`kept_view`]: a view kept from an identical request answers it, when every input is the
@@ -50,6 +51,10 @@ pub struct Ask {
     pub pairs: Vec<(String, String)>,
     /// The request's own address (the Bundle's `self` link).
     pub self_link: String,
+    /// The request's path under the FHIR base and its raw query (a paging cursor keeps them,
+    /// to make its pages again).
+    pub path: String,
+    pub raw_query: String,
     /// The request's audit event.
     pub audit: Option<AuditSlot>,
 }
@@ -110,6 +115,7 @@ pub async fn search(
     };
     let nhs = parsed.query.nhs_number.as_str().to_owned();
     ask.note(|e| e.patient = Some(nhs.clone()));
+    current(gateway).await?;
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
     let gatekeeper = admit(gateway, ask, &policies)?;
@@ -158,7 +164,14 @@ pub async fn search(
             }
             Ok(body)
         }
-        Shape::Page(count) => write_page(gateway, ask, &nhs, view, count).await,
+        Shape::Page(count) => {
+            let rules = paging::Rules {
+                consent: made.consent,
+                policy: policies.clone(),
+                break_glass: ask.user.break_glass.is_some(),
+            };
+            write_page(gateway, ask, &nhs, view, count, rules).await
+        }
         Shape::Count => write_count(gateway, ask, &view).await,
     }
 }
@@ -171,6 +184,7 @@ pub async fn patient(
     parsed: Parsed,
 ) -> Result<(Value, usize), ApiError> {
     ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
+    current(gateway).await?;
     let policies = gateway.policies.load_full();
     let gatekeeper = admit(gateway, ask, &policies)?;
     let tls = gateway.tls.load();
@@ -217,6 +231,21 @@ async fn make(
         regions,
         consent: fanned.consent,
         identities: fanned.identities,
+    })
+}
+
+/// Phase 0: every change recorded by another replica of this region (a consent change here or
+/// at a peer, a policy activation) applied here before anything is decided or read from a
+/// cache ([`crate::replicas`]). A change log that cannot be read is a store that cannot be
+/// read: nothing is released (503).
+pub async fn current(gateway: &Gateway) -> Result<(), ApiError> {
+    gateway.catch_up().await.map(drop).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the region's shared state cannot be read just now",
+        )
+        .internal(format!("change log: {e}"))
     })
 }
 
@@ -471,17 +500,30 @@ async fn write(
     .await
 }
 
-/// Phase 7 for a paged answer: the first page; the rest kept under a cursor.
+/// Phase 7 for a paged answer: the first page; the rest kept under a cursor that any replica
+/// can serve (stored before the first page leaves).
 async fn write_page(
     gateway: &Gateway,
     ask: &Ask,
     nhs: &str,
     view: View,
     count: usize,
+    rules: paging::Rules,
 ) -> Result<BundleBytes, ApiError> {
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
+    let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
     let tail = view.request_entries(&ask.envelope(&now), |c| c.elapsed_ms);
-    let paged = paging::Paged::new(&ask.user, nhs, view, tail, count, &ask.request_id);
+    let asked = paging::Asked {
+        user: &ask.user,
+        nhs,
+        path: &ask.path,
+        query: &ask.raw_query,
+        lenient: ask.lenient,
+        count,
+        bundle_id: &ask.request_id,
+    };
+    let paged = paging::Paged::first(&gateway.region.base_url, asked, view, tail, rules, now_s);
+    let paged = paging::keep(gateway, paged, now_s).await?;
     ask.note(|e| e.released = paged.shown(0));
     let (body, ()) = audited(gateway, ask, || {
         (
@@ -490,7 +532,6 @@ async fn write_page(
         )
     })
     .await?;
-    paging::keep(gateway, paged).await;
     Ok(body)
 }
 

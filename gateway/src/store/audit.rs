@@ -231,41 +231,6 @@ pub(crate) fn reply(batch: Vec<Pending>, result: Result<(), String>) {
     }
 }
 
-const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit (
-    seq                INTEGER PRIMARY KEY,
-    prev_hash          TEXT NOT NULL,
-    hash               TEXT NOT NULL,
-    time               TEXT NOT NULL,
-    kind               TEXT NOT NULL,
-    request_id         TEXT NOT NULL,
-    user_id            TEXT NOT NULL,
-    role               TEXT NOT NULL,
-    organisation       TEXT NOT NULL,
-    purpose_of_use     TEXT NOT NULL,
-    patient            TEXT,
-    regions            TEXT NOT NULL,
-    released           INTEGER NOT NULL,
-    withheld           INTEGER NOT NULL,
-    policies           TEXT NOT NULL,
-    break_glass_reason TEXT,
-    status             INTEGER NOT NULL,
-    outcome            TEXT NOT NULL,
-    detail             TEXT NOT NULL,
-    at_unix            INTEGER NOT NULL,
-    region_codes       TEXT NOT NULL,
-    outcome_code       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_patient ON audit (patient, seq);
-CREATE INDEX IF NOT EXISTS audit_by_user ON audit (user_id, seq);
-CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at_unix);
-CREATE INDEX IF NOT EXISTS audit_by_request ON audit (request_id);
-CREATE TABLE IF NOT EXISTS audit_checkpoint (
-    seq INTEGER PRIMARY KEY,
-    jws TEXT NOT NULL
-);
-";
-
 /// The audit trail in SQLite (WAL, `synchronous=FULL`): one writer thread doing group commit,
 /// and a reader connection of its own so that reading the trail never waits for an fsync.
 pub struct SqliteAudit {
@@ -387,7 +352,7 @@ impl SqliteAudit {
             let _ = std::fs::create_dir_all(parent);
         }
         let writer = open_connection(path)?;
-        writer.execute_batch(SQLITE_SCHEMA)?;
+        super::migrate::sqlite(&writer)?;
         let reader = open_connection(path)?;
         Ok(Self::start(
             Arc::new(Mutex::new(writer)),
@@ -399,7 +364,7 @@ impl SqliteAudit {
     /// database cannot be shared between two connections, so reader and writer share one.
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SQLITE_SCHEMA)?;
+        super::migrate::sqlite(&conn)?;
         let shared = Arc::new(Mutex::new(conn));
         Ok(Self::start(shared.clone(), shared))
     }

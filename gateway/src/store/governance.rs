@@ -4,7 +4,7 @@
 //!
 //! Versions and activations are only ever added: a rollback is a new activation of an
 //! earlier version, so the history stays whole. With PostgreSQL every replica of a region
-//! reads the same activations and applies the newest one (see `app::follow_policy_store`).
+//! reads the same activations and applies the newest one (see [`crate::replicas`]).
 
 use futures::future::BoxFuture;
 use policy::version::SourceFile;
@@ -97,60 +97,6 @@ pub trait GovernanceStore: Send + Sync {
     /// Records a review; `false` when the access had been reviewed already (the first stays).
     fn review(&self, r: Review) -> BoxFuture<'_, Result<bool, StoreError>>;
     fn reviews(&self) -> BoxFuture<'_, Result<Vec<Review>, StoreError>>;
-}
-
-pub(crate) const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS policy_version (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    based_on   INTEGER,
-    files      TEXT NOT NULL,
-    digest     TEXT NOT NULL,
-    author     TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    comment    TEXT NOT NULL,
-    origin     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS policy_activation (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    version      INTEGER NOT NULL REFERENCES policy_version (id),
-    activated_by TEXT NOT NULL,
-    activated_at TEXT NOT NULL,
-    reason       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS break_glass_review (
-    audit_seq   INTEGER PRIMARY KEY,
-    reviewer    TEXT NOT NULL,
-    reviewed_at TEXT NOT NULL,
-    note        TEXT NOT NULL
-);
-";
-
-pub(crate) fn postgres_schema(s: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {s}.policy_version (
-             id         BIGSERIAL PRIMARY KEY,
-             based_on   BIGINT,
-             files      TEXT NOT NULL,
-             digest     TEXT NOT NULL,
-             author     TEXT NOT NULL,
-             created_at TEXT NOT NULL,
-             comment    TEXT NOT NULL,
-             origin     TEXT NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS {s}.policy_activation (
-             seq          BIGSERIAL PRIMARY KEY,
-             version      BIGINT NOT NULL REFERENCES {s}.policy_version (id),
-             activated_by TEXT NOT NULL,
-             activated_at TEXT NOT NULL,
-             reason       TEXT NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS {s}.break_glass_review (
-             audit_seq   BIGINT PRIMARY KEY,
-             reviewer    TEXT NOT NULL,
-             reviewed_at TEXT NOT NULL,
-             note        TEXT NOT NULL
-         );"
-    )
 }
 
 fn files_json(files: &[SourceFile]) -> String {
@@ -352,8 +298,7 @@ fn pg_activation(r: &tokio_postgres::Row) -> Activation {
 impl GovernanceStore for PostgresStore {
     fn add_version(&self, v: NewVersion) -> BoxFuture<'_, Result<i64, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "INSERT INTO {}.policy_version (based_on, files, digest, author, created_at, comment, origin)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -380,8 +325,7 @@ impl GovernanceStore for PostgresStore {
 
     fn version(&self, id: i64) -> BoxFuture<'_, Result<Option<PolicyVersion>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "SELECT {VERSION_COLUMNS} FROM {}.policy_version WHERE id = $1",
                 self.schema()
@@ -416,8 +360,7 @@ impl GovernanceStore for PostgresStore {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<Activation, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "INSERT INTO {s}.policy_activation (version, activated_by, activated_at, reason)
                  SELECT id, $2, $3, $4 FROM {s}.policy_version WHERE id = $1 RETURNING seq",
@@ -454,8 +397,7 @@ impl GovernanceStore for PostgresStore {
 
     fn review(&self, r: Review) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "INSERT INTO {}.break_glass_review (audit_seq, reviewer, reviewed_at, note) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (audit_seq) DO NOTHING",

@@ -1,9 +1,14 @@
-//! The gateway's own store. Here: patients' consent directives recorded through the gateway.
-//! One trait, two implementations with one shared test suite: SQLite (embedded, WAL; the
-//! default) and PostgreSQL (for several replicas of one region sharing their directives).
+//! The gateway's own store. Here: patients' consent directives recorded through the gateway;
+//! beside it the audit trail, governance (policy versions, reviews) and paging cursors. One
+//! trait each, two implementations with one shared test suite: SQLite (embedded, WAL; the
+//! default) and PostgreSQL (for several replicas of one region sharing them). Both schemas
+//! are versioned ([`migrate`]).
 
 pub mod audit;
+pub mod changes;
+pub mod cursors;
 pub mod governance;
+pub mod migrate;
 pub mod postgres;
 
 use std::path::Path;
@@ -100,18 +105,6 @@ pub struct SqliteStore {
     conn: SqliteConn,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS consent (
-    id          TEXT PRIMARY KEY,
-    nhs         TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    resource    TEXT NOT NULL,
-    recorded_by TEXT NOT NULL,
-    recorded_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS consent_by_patient ON consent (nhs);
-";
-
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent() {
@@ -120,8 +113,7 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(governance::SQLITE_SCHEMA)?;
+        migrate::sqlite(&conn)?;
         Ok(SqliteStore {
             conn: SqliteConn::new(Arc::new(Mutex::new(conn))),
         })
@@ -129,8 +121,7 @@ impl SqliteStore {
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(governance::SQLITE_SCHEMA)?;
+        migrate::sqlite(&conn)?;
         Ok(SqliteStore {
             conn: SqliteConn::new(Arc::new(Mutex::new(conn))),
         })

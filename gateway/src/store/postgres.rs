@@ -1,12 +1,13 @@
 //! The PostgreSQL store, for several replicas of one region. Tables live in a schema of their
-//! own (`store.postgres_schema`), created on first connection. The connection is re-opened
-//! when the server drops it.
+//! own (`store.postgres_schema`), brought up to date at start ([`super::migrate`]). Reads
+//! and writes take a connection from a pool (deadpool-postgres, statements prepared once per
+//! connection); the audit trail's writer and the change listener keep one of their own.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use super::audit::{AuditStore, COLUMNS, Pending, Row, Stored, StoredCheckpoint};
@@ -102,173 +103,148 @@ impl Connector {
         &self.schema
     }
 
-    /// Connects, and creates the schema and tables if they do not exist.
-    pub async fn open(&self) -> Result<Client, StoreError> {
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut config: tokio_postgres::Config =
             self.conninfo.parse().map_err(|e: tokio_postgres::Error| {
                 StoreError::Config(format!("the PostgreSQL connection string: {e}"))
             })?;
-        let client = match &self.tls {
+        if self.tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        Ok(config)
+    }
+
+    /// A connection of its own; its notifications (`LISTEN`) are sent to `notes`.
+    pub async fn connect(
+        &self,
+        notes: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<Client, StoreError> {
+        let config = self.config()?;
+        Ok(match &self.tls {
             None => {
                 let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "PostgreSQL connection ended");
-                    }
-                });
+                tokio::spawn(drive(connection, notes));
                 client
             }
             Some(tls) => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let connect = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 let (client, connection) = config.connect(connect).await.map_err(pg)?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "PostgreSQL connection ended");
-                    }
-                });
+                tokio::spawn(drive(connection, notes));
                 client
             }
-        };
-        let s = &self.schema;
-        // Replicas starting together would race on CREATE ... IF NOT EXISTS (PostgreSQL can
-        // then fail with a unique violation): one at a time, under an advisory lock.
-        client
-            .batch_execute(&format!(
-                "BEGIN;
-                 SELECT pg_advisory_xact_lock(hashtext('gateway schema {s}'));
-                 CREATE SCHEMA IF NOT EXISTS {s};
-                 CREATE TABLE IF NOT EXISTS {s}.consent (
-                     seq         BIGSERIAL,
-                     id          TEXT PRIMARY KEY,
-                     nhs         TEXT NOT NULL,
-                     version     BIGINT NOT NULL,
-                     resource    JSONB NOT NULL,
-                     recorded_by TEXT NOT NULL,
-                     recorded_at TEXT NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS consent_by_patient ON {s}.consent (nhs);
-                 CREATE TABLE IF NOT EXISTS {s}.audit (
-                     seq                BIGINT PRIMARY KEY,
-                     prev_hash          TEXT NOT NULL,
-                     hash               TEXT NOT NULL,
-                     time               TEXT NOT NULL,
-                     kind               TEXT NOT NULL,
-                     request_id         TEXT NOT NULL,
-                     user_id            TEXT NOT NULL,
-                     role               TEXT NOT NULL,
-                     organisation       TEXT NOT NULL,
-                     purpose_of_use     TEXT NOT NULL,
-                     patient            TEXT,
-                     regions            TEXT NOT NULL,
-                     released           BIGINT NOT NULL,
-                     withheld           BIGINT NOT NULL,
-                     policies           TEXT NOT NULL,
-                     break_glass_reason TEXT,
-                     status             BIGINT NOT NULL,
-                     outcome            TEXT NOT NULL,
-                     detail             TEXT NOT NULL,
-                     at_unix            BIGINT NOT NULL,
-                     region_codes       TEXT NOT NULL,
-                     outcome_code       BIGINT NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS audit_by_patient ON {s}.audit (patient, seq);
-                 CREATE INDEX IF NOT EXISTS audit_by_user ON {s}.audit (user_id, seq);
-                 CREATE INDEX IF NOT EXISTS audit_by_time ON {s}.audit (at_unix);
-                 CREATE INDEX IF NOT EXISTS audit_by_request ON {s}.audit (request_id);
-                 CREATE TABLE IF NOT EXISTS {s}.audit_checkpoint (
-                     seq BIGINT PRIMARY KEY,
-                     jws TEXT NOT NULL
-                 );"
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .batch_execute(&format!(
-                "{}\nCOMMIT;",
-                super::governance::postgres_schema(s)
-            ))
-            .await
-            .map_err(pg)?;
+        })
+    }
+
+    /// Connects, and brings the schema up to date ([`super::migrate`]).
+    pub async fn open(&self) -> Result<Client, StoreError> {
+        let mut client = self.connect(None).await?;
+        let applied = super::migrate::postgres(&mut client, &self.schema).await?;
+        if !applied.is_empty() {
+            tracing::info!(schema = %self.schema, versions = ?applied, "store schema upgraded");
+        }
         Ok(client)
     }
-}
 
-/// A client that reconnects when the server has dropped it.
-struct Reconnecting {
-    connector: Connector,
-    client: Mutex<Option<Client>>,
-    /// Statements prepared on the live client, by their text (emptied on reconnecting).
-    statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
-}
-
-impl Reconnecting {
-    fn new(connector: Connector) -> Self {
-        Reconnecting {
-            connector,
-            client: Mutex::new(None),
-            statements: Default::default(),
-        }
-    }
-
-    /// The live client, reconnecting if the last one was closed.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            self.statements.lock().expect("not poisoned").clear();
-            *guard = Some(self.connector.open().await?);
-        }
-        Ok(guard)
-    }
-
-    /// `sql` prepared on `client` (the live client, held): once per connection.
-    async fn prepared(
-        &self,
-        client: &Client,
-        sql: &str,
-    ) -> Result<tokio_postgres::Statement, StoreError> {
-        if let Some(st) = self.statements.lock().expect("not poisoned").get(sql) {
-            return Ok(st.clone());
-        }
-        let st = client.prepare(sql).await.map_err(pg)?;
-        self.statements
-            .lock()
-            .expect("not poisoned")
-            .insert(sql.to_owned(), st.clone());
-        Ok(st)
+    /// A pool of up to `size` connections. A connection is checked with an empty query when it
+    /// is taken again (deadpool's `Verified`), so one the server dropped is replaced rather than
+    /// failing a request; statements are prepared once per connection (`prepare_cached`).
+    pub fn pool(&self, size: usize) -> Result<Pool, StoreError> {
+        use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+        let config = self.config()?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match &self.tls {
+            None => Manager::from_config(config, NoTls, manager_config),
+            Some(tls) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()),
+                manager_config,
+            ),
+        };
+        Pool::builder(manager)
+            .max_size(size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(5)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Config(format!("the PostgreSQL pool: {e}")))
     }
 }
 
-/// Consent directives in PostgreSQL.
+/// Drives a connection, handing its notifications to `notes`.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notes: Option<mpsc::UnboundedSender<String>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if let Some(notes) = &notes {
+                    let _ = notes.send(n.payload().to_owned());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+                return;
+            }
+        }
+    }
+}
+
+pub use deadpool_postgres::{Object as Pooled, Pool};
+
+/// A connection taken from the pool.
+pub(crate) async fn take(pool: &Pool) -> Result<Pooled, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
+    })
+}
+
+/// Connections a replica's store keeps open by default (consent reads, governance, cursors).
+pub const DEFAULT_POOL_SIZE: usize = 8;
+
+/// Consent directives, governance and cursors in PostgreSQL.
 pub struct PostgresStore {
     schema: String,
-    conn: Reconnecting,
+    pool: Pool,
+    connector: Connector,
 }
 
 impl PostgresStore {
-    /// Connects over plain TCP (tests and loopback servers) and creates the tables.
+    /// Connects over plain TCP (tests and loopback servers) and brings the schema up to date.
     pub async fn connect(conninfo: &str, schema: &str) -> Result<Self, StoreError> {
-        Self::with(Connector::new(conninfo, schema, None)?).await
+        Self::with(Connector::new(conninfo, schema, None)?, DEFAULT_POOL_SIZE).await
     }
 
-    /// Connects with `connector` and creates the tables.
-    pub async fn with(connector: Connector) -> Result<Self, StoreError> {
-        let store = PostgresStore {
+    /// Connects with `connector`, brings the schema up to date, and keeps a pool of `size`.
+    pub async fn with(connector: Connector, size: usize) -> Result<Self, StoreError> {
+        drop(connector.open().await?);
+        Ok(PostgresStore {
             schema: connector.schema().to_owned(),
-            conn: Reconnecting::new(connector),
-        };
-        drop(store.conn.client().await?);
-        Ok(store)
+            pool: connector.pool(size)?,
+            connector,
+        })
     }
 
-    pub(crate) async fn client(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
-        self.conn.client().await
+    pub(crate) async fn client(&self) -> Result<Pooled, StoreError> {
+        take(&self.pool).await
     }
 
     pub(crate) fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// How to open a connection of its own (the change listener's).
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// Every row of a query without parameters, mapped; `{s}` in `sql` stands for the
@@ -278,8 +254,7 @@ impl PostgresStore {
         sql: &str,
         map: impl Fn(&tokio_postgres::Row) -> T,
     ) -> Result<Vec<T>, StoreError> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected");
+        let client = self.client().await?;
         Ok(client
             .query(&sql.replace("{s}", &self.schema), &[])
             .await
@@ -291,8 +266,7 @@ impl PostgresStore {
 
     /// Drops the schema and everything in it (tests clean up with it).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected");
+        let client = self.client().await?;
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .await
@@ -314,8 +288,7 @@ fn from_row(row: &tokio_postgres::Row) -> StoredConsent {
 impl ConsentStore for PostgresStore {
     fn put(&self, c: StoredConsent) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "INSERT INTO {}.consent (id, nhs, version, resource, recorded_by, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET nhs = EXCLUDED.nhs, version = EXCLUDED.version, resource = EXCLUDED.resource,
@@ -342,8 +315,7 @@ impl ConsentStore for PostgresStore {
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredConsent>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "SELECT id, nhs, version, resource, recorded_by, recorded_at FROM {}.consent WHERE id = $1",
                 self.schema
@@ -362,14 +334,13 @@ impl ConsentStore for PostgresStore {
         nhs: &'a str,
     ) -> BoxFuture<'a, Result<Vec<StoredConsent>, StoreError>> {
         Box::pin(async move {
-            let guard = self.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = self.client().await?;
             let sql = format!(
                 "SELECT id, nhs, version, resource, recorded_by, recorded_at FROM {}.consent WHERE nhs = $1 ORDER BY seq",
                 self.schema
             );
             // On the hot path (every request reads the patient's consent): prepared once.
-            let statement = self.conn.prepared(client, &sql).await?;
+            let statement = client.prepare_cached(&sql).await.map_err(pg)?;
             Ok(client
                 .query(&statement, &[&nhs])
                 .await
@@ -387,7 +358,7 @@ impl ConsentStore for PostgresStore {
 pub struct PostgresAudit {
     schema: String,
     writer: mpsc::Sender<Pending>,
-    reader: Reconnecting,
+    reader: Pool,
 }
 
 fn pg_row(r: &tokio_postgres::Row) -> Row {
@@ -419,6 +390,7 @@ fn pg_row(r: &tokio_postgres::Row) -> Row {
 
 async fn write_pg_batch(
     client: &mut Client,
+    insert: &mut Option<tokio_postgres::Statement>,
     s: &str,
     batch: &mut [Pending],
 ) -> Result<(), StoreError> {
@@ -435,12 +407,19 @@ async fn write_pg_batch(
         .map_err(pg)?
         .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)));
     super::audit::chain_batch(head, batch);
-    let insert = tx
-        .prepare(&format!(
-            "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
-        ))
-        .await
-        .map_err(pg)?;
+    // Prepared once per connection.
+    let insert = match insert {
+        Some(st) => st.clone(),
+        None => {
+            let st = tx
+                .prepare(&format!(
+                    "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+                ))
+                .await
+                .map_err(pg)?;
+            insert.insert(st).clone()
+        }
+    };
     let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
     type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
     let params: Vec<[P<'_>; 22]> = rows
@@ -480,19 +459,23 @@ async fn write_pg_batch(
     Ok(())
 }
 
+/// The trail's one writer: a connection of its own (each group commit locks the table), opened
+/// again when the server drops it.
 async fn pg_writer(
     connector: Connector,
     mut client: Option<Client>,
     mut rx: mpsc::Receiver<Pending>,
 ) {
+    let mut insert = None;
     while let Some(first) = rx.recv().await {
         let mut batch = super::audit::drain(first, &mut rx);
         let result = async {
             if client.as_ref().is_none_or(Client::is_closed) {
-                client = Some(connector.open().await?);
+                insert = None;
+                client = Some(connector.connect(None).await?);
             }
             let c = client.as_mut().expect("connected");
-            write_pg_batch(c, connector.schema(), &mut batch).await
+            write_pg_batch(c, &mut insert, connector.schema(), &mut batch).await
         }
         .await
         .map_err(|e| format!("audit write failed: {e}"));
@@ -510,11 +493,11 @@ const PG_WHERE: &str = "($1::text IS NULL OR patient = $1) AND ($2::text IS NULL
     AND ($9::text IS NULL OR request_id = $9)";
 
 impl PostgresAudit {
-    /// Connects (a writer connection and a reader connection) and creates the tables.
+    /// Connects (a writer connection, and a small pool for reading) and brings the schema up
+    /// to date.
     pub async fn connect(connector: Connector) -> Result<Self, StoreError> {
         let writer_client = connector.open().await?;
-        let reader = Reconnecting::new(connector.clone());
-        drop(reader.client().await?);
+        let reader = connector.pool(2)?;
         let (tx, rx) = mpsc::channel(super::audit::MAX_BATCH * 4);
         let schema = connector.schema().to_owned();
         tokio::spawn(pg_writer(connector, Some(writer_client), rx));
@@ -537,8 +520,7 @@ impl AuditStore for PostgresAudit {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Stored>, StoreError>> {
         Box::pin(async move {
-            let guard = self.reader.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = take(&self.reader).await?;
             let sql = format!(
                 "SELECT {COLUMNS} FROM {}.audit WHERE seq > $1 ORDER BY seq LIMIT $2",
                 self.schema
@@ -553,8 +535,7 @@ impl AuditStore for PostgresAudit {
 
     fn search<'a>(&'a self, f: &'a Filter) -> BoxFuture<'a, Result<Page, StoreError>> {
         Box::pin(async move {
-            let guard = self.reader.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = take(&self.reader).await?;
             let kind = f.kind.map(EventKind::as_str);
             let outcome = f.outcome.map(i64::from);
             let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
@@ -601,8 +582,7 @@ impl AuditStore for PostgresAudit {
 
     fn head(&self) -> BoxFuture<'_, Result<Option<(u64, String)>, StoreError>> {
         Box::pin(async move {
-            let guard = self.reader.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = take(&self.reader).await?;
             Ok(client
                 .query_opt(
                     &format!(
@@ -619,8 +599,7 @@ impl AuditStore for PostgresAudit {
 
     fn put_checkpoint(&self, c: StoredCheckpoint) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let guard = self.reader.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = take(&self.reader).await?;
             client
                 .execute(
                     &format!(
@@ -637,8 +616,7 @@ impl AuditStore for PostgresAudit {
 
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>, StoreError>> {
         Box::pin(async move {
-            let guard = self.reader.client().await?;
-            let client = guard.as_ref().expect("connected");
+            let client = take(&self.reader).await?;
             Ok(client
                 .query(
                     &format!(
@@ -693,6 +671,118 @@ mod tests {
     async fn postgres_passes_the_governance_suite() {
         let store = fresh_store().await;
         crate::store::governance::governance_suite(&store).await;
+        store.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_cursor_suite() {
+        let store = fresh_store().await;
+        crate::store::cursors::shared_suite(&store).await;
+        store.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_made_before_migrations_is_upgraded_with_its_data_intact() {
+        use crate::store::cursors::CursorStore;
+        let schema = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&test_conninfo(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // What the gateway made before migrations were recorded: version 1's tables, alone.
+        let v1 = crate::store::migrate::MIGRATIONS[0]
+            .postgres
+            .replace("{s}", &schema);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}; {v1}"))
+            .await
+            .unwrap();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.consent (id, nhs, version, resource, recorded_by, recorded_at)
+                     VALUES ('c1', '9000000009', 3, '{{\"resourceType\":\"Consent\"}}'::jsonb, 'po', 't')"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        // Two replicas start together on it.
+        let conninfo = test_conninfo();
+        let (a, b) = futures::join!(
+            PostgresStore::connect(&conninfo, &schema),
+            PostgresStore::connect(&conninfo, &schema)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let c = a.get("c1").await.unwrap().unwrap();
+        assert_eq!((c.version, c.nhs.as_str()), (3, "9000000009"));
+        assert!(
+            b.cursor("x", 0).await.unwrap().is_none(),
+            "version 2 is there"
+        );
+        let versions: Vec<i64> = client
+            .query(
+                &format!("SELECT version FROM {schema}.schema_migrations ORDER BY version"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let all: Vec<i64> = crate::store::migrate::MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, all, "each version once");
+        // A version this gateway does not know: refused, not guessed at.
+        client
+            .execute(
+                &format!("INSERT INTO {schema}.schema_migrations VALUES (99, 'future', 'x', 't')"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let err = PostgresStore::connect(&test_conninfo(), &schema)
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
+        a.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_each_hold_a_connection_of_their_own() {
+        let store = fresh_store().await;
+        // Every caller holds its connection while the others take theirs: with one connection
+        // behind a lock (before the pool) the second would wait for the first forever.
+        let held: Vec<Pooled> =
+            futures::future::try_join_all((0..DEFAULT_POOL_SIZE).map(|_| store.client()))
+                .await
+                .unwrap();
+        let mut pids = std::collections::BTreeSet::new();
+        for c in &held {
+            let pid: i32 = c
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            pids.insert(pid);
+        }
+        assert_eq!(pids.len(), DEFAULT_POOL_SIZE, "a server session each");
+        drop(held);
+        // A connection the server ended is replaced when next taken.
+        let c = store.client().await.unwrap();
+        c.execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+            .await
+            .ok();
+        drop(c);
+        let fresh = futures::future::try_join_all((0..DEFAULT_POOL_SIZE).map(|_| async {
+            let c = store.client().await?;
+            c.query_one("SELECT 1", &[]).await.map_err(pg)
+        }))
+        .await;
+        assert!(fresh.is_ok(), "{:?}", fresh.err());
         store.drop_schema().await.unwrap();
     }
 
