@@ -77,16 +77,15 @@ pub async fn follow_changes(gateway: Arc<Gateway>, mut stop: tokio::sync::watch:
     let period = std::time::Duration::from_millis(gateway.config.policy.poll_interval_ms.max(100));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut notes = None;
+    let mut listening: Option<crate::store::changes::Subscription> = None;
+    // SQLite announces nothing; PostgreSQL's listener is opened again when it drops.
+    let mut can_listen = true;
     let mut retry_at = tokio::time::Instant::now();
     loop {
-        if notes.is_none() && tokio::time::Instant::now() >= retry_at {
+        if listening.is_none() && can_listen && tokio::time::Instant::now() >= retry_at {
             match gateway.changes.subscribe().await {
-                Ok(Some(rx)) => notes = Some(rx),
-                Ok(None) => {
-                    retry_at = tokio::time::Instant::now()
-                        + std::time::Duration::from_secs(3600 * 24 * 365)
-                }
+                Ok(Some(s)) => listening = Some(s),
+                Ok(None) => can_listen = false,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for changes; polling meanwhile");
                     retry_at = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -94,8 +93,8 @@ pub async fn follow_changes(gateway: Arc<Gateway>, mut stop: tokio::sync::watch:
             }
         }
         let woke = async {
-            match notes.as_mut() {
-                Some(rx) => rx.recv().await.is_some(),
+            match listening.as_mut() {
+                Some(s) => s.next().await.is_some(),
                 None => std::future::pending().await,
             }
         };
@@ -104,7 +103,7 @@ pub async fn follow_changes(gateway: Arc<Gateway>, mut stop: tokio::sync::watch:
             _ = tick.tick() => {}
             alive = woke => if !alive {
                 tracing::warn!("the change listener's connection ended; listening again");
-                notes = None;
+                listening = None;
             },
         }
         if let Err(e) = gateway.catch_up().await {

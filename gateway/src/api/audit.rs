@@ -160,7 +160,11 @@ pub async fn record_refusal(
         .counter("gateway_refusals_total", &[("kind", kind.as_str())])
         .increment(1);
     let at = now();
-    if gateway.refusals.note(kind, source, &outcome, &at) == Noted::Counted {
+    if gateway
+        .refusals
+        .note(kind, source, (status.as_u16(), &outcome), &at)
+        == Noted::Counted
+    {
         return;
     }
     let mut event = AuditEvent::new(kind, at, request_id);
@@ -173,18 +177,19 @@ pub async fn record_refusal(
     }
 }
 
-/// Writes a record for each kind and source with refusals counted in the interval now ending.
+/// Writes a record for each kind, source and outcome with refusals counted in the interval now
+/// ending.
 pub async fn record_refusal_summaries(gateway: &Gateway) {
     for s in gateway.refusals.close_interval() {
         let mut event = AuditEvent::new(s.kind, now(), &uuid::Uuid::new_v4().to_string());
+        event.status = s.tally.status;
         event.outcome = format!(
-            "{} more refusals of this kind from {}, after the one recorded at {}",
-            s.tally.count, s.source, s.tally.first_at
+            "{} more like the one recorded at {}: {}",
+            s.tally.count, s.tally.first_at, s.outcome
         );
         event.detail = json!({
             "aggregated": true,
             "count": s.tally.count,
-            "outcomes": s.tally.outcomes,
             "source": s.source,
             "from": s.tally.first_at,
             "until": s.tally.last_at,

@@ -1,13 +1,13 @@
 //! Refusals without a flood: a refused token, certificate or rate-limited request is recorded
-//! in the audit trail, but a flood of them costs a bounded number of rows. Per kind and source
-//! address, the first refusal of an interval is recorded at once (with everything known of
-//! it); the rest of the interval are counted, and written when it ends as one record with the
-//! exact count and how many of each outcome. Nothing is lost: the rows' counts add up to the
-//! refusals made.
+//! in the audit trail, but a flood of them costs a bounded number of rows. Per kind, source
+//! address and outcome (`401: the token has expired`: a fixed set of reasons), the first
+//! refusal of an interval is recorded at once, with everything known of it; the rest of the
+//! interval are counted, and written when it ends as one record with the exact count. Nothing
+//! is lost: the rows' counts add up to the refusals made.
 //!
 //! Pure: the ledger decides and counts; the caller writes the rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::EventKind;
@@ -25,35 +25,44 @@ pub enum Noted {
     Counted,
 }
 
-/// The refusals of one kind and source in the current interval, after the first.
+/// The refusals of one kind, source and outcome in the current interval, after the first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     pub count: u64,
-    /// How many of each outcome (e.g. `401: the token has expired`).
-    pub outcomes: BTreeMap<String, u64>,
+    /// The HTTP status the refusals were answered with (0 for a handshake).
+    pub status: u16,
     /// When the interval's first refusal came, and the last counted one.
     pub first_at: String,
     pub last_at: String,
 }
 
-/// One record to write for an interval: its kind, source and tally.
+/// One record to write for an interval: its kind, source, outcome and tally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub kind: EventKind,
     pub source: String,
+    pub outcome: String,
     pub tally: Tally,
 }
 
+type Key = (EventKind, String, String);
+
 #[derive(Default)]
 pub struct RefusalLedger {
-    open: Mutex<HashMap<(EventKind, String), Tally>>,
+    open: Mutex<HashMap<Key, Tally>>,
 }
 
 impl RefusalLedger {
-    /// Notes a refusal of `kind` from `source` at `now` with `outcome`.
-    pub fn note(&self, kind: EventKind, source: &str, outcome: &str, now: &str) -> Noted {
+    /// Notes a refusal of `kind` from `source` at `now`, answered `status` with `outcome`.
+    pub fn note(
+        &self,
+        kind: EventKind,
+        source: &str,
+        (status, outcome): (u16, &str),
+        now: &str,
+    ) -> Noted {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let mut key = (kind, source.to_owned());
+        let mut key = (kind, source.to_owned(), outcome.to_owned());
         if !open.contains_key(&key) && open.len() >= MAX_SOURCES {
             key.1 = "*".to_owned();
         }
@@ -62,6 +71,7 @@ impl RefusalLedger {
                 open.insert(
                     key,
                     Tally {
+                        status,
                         first_at: now.to_owned(),
                         ..Tally::default()
                     },
@@ -70,7 +80,6 @@ impl RefusalLedger {
             }
             Some(t) => {
                 t.count += 1;
-                *t.outcomes.entry(outcome.to_owned()).or_default() += 1;
                 t.last_at = now.to_owned();
                 Noted::Counted
             }
@@ -84,13 +93,16 @@ impl RefusalLedger {
         let mut out: Vec<Summary> = open
             .drain()
             .filter(|(_, t)| t.count > 0)
-            .map(|((kind, source), tally)| Summary {
+            .map(|((kind, source, outcome), tally)| Summary {
                 kind,
                 source,
+                outcome,
                 tally,
             })
             .collect();
-        out.sort_by(|a, b| (a.kind.as_str(), &a.source).cmp(&(b.kind.as_str(), &b.source)));
+        out.sort_by(|a, b| {
+            (a.kind.as_str(), &a.source, &a.outcome).cmp(&(b.kind.as_str(), &b.source, &b.outcome))
+        });
         out
     }
 }
@@ -100,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_costs_two_rows_per_source_and_interval_and_the_counts_add_up() {
+    fn a_flood_costs_two_rows_per_source_outcome_and_interval_and_the_counts_add_up() {
         let ledger = RefusalLedger::default();
         let mut rows = 0u64;
         let mut refused = 0u64;
@@ -112,39 +124,43 @@ mod tests {
                     "401: forged"
                 };
                 refused += 1;
-                if ledger.note(EventKind::RefusedToken, "10.0.0.1", outcome, "t") == Noted::First {
+                if ledger.note(EventKind::RefusedToken, "10.0.0.1", (401, outcome), "t")
+                    == Noted::First
+                {
                     rows += 1;
                 }
             }
             let summaries = ledger.close_interval();
-            assert_eq!(summaries.len(), 1, "interval {interval}");
-            let t = &summaries[0].tally;
-            assert_eq!(t.count, 999);
-            assert_eq!(t.outcomes.values().sum::<u64>(), 999);
-            rows += 1;
-            refused -= 1 + t.count;
+            assert_eq!(summaries.len(), 2, "interval {interval}: one per outcome");
+            let counts: Vec<(&str, u64)> = summaries
+                .iter()
+                .map(|s| (s.outcome.as_str(), s.tally.count))
+                .collect();
+            assert_eq!(counts, vec![("401: expired", 333), ("401: forged", 665)]);
+            rows += 2;
+            refused -= 2 + 333 + 665;
         }
         assert_eq!(refused, 0, "every refusal is in a row");
-        assert_eq!(rows, 6);
+        assert_eq!(rows, 12);
     }
 
     #[test]
     fn kinds_and_sources_are_counted_apart_and_a_lone_refusal_is_one_row() {
         let ledger = RefusalLedger::default();
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "a", "x", "t"),
+            ledger.note(EventKind::RefusedToken, "a", (401, "x"), "t"),
             Noted::First
         );
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "b", "x", "t"),
+            ledger.note(EventKind::RefusedToken, "b", (401, "x"), "t"),
             Noted::First
         );
         assert_eq!(
-            ledger.note(EventKind::RefusedCertificate, "a", "x", "t"),
+            ledger.note(EventKind::RefusedCertificate, "a", (401, "x"), "t"),
             Noted::First
         );
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "a", "x", "t2"),
+            ledger.note(EventKind::RefusedToken, "a", (401, "x"), "t2"),
             Noted::Counted
         );
         let s = ledger.close_interval();
@@ -152,7 +168,7 @@ mod tests {
         assert_eq!((s[0].source.as_str(), s[0].tally.count), ("a", 1));
         assert_eq!(s[0].tally.last_at, "t2");
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "a", "x", "t"),
+            ledger.note(EventKind::RefusedToken, "a", (401, "x"), "t"),
             Noted::First
         );
     }
@@ -161,14 +177,14 @@ mod tests {
     fn beyond_the_sources_followed_new_ones_are_counted_together() {
         let ledger = RefusalLedger::default();
         for i in 0..MAX_SOURCES {
-            ledger.note(EventKind::RefusedToken, &format!("s{i}"), "x", "t");
+            ledger.note(EventKind::RefusedToken, &format!("s{i}"), (401, "x"), "t");
         }
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "new-1", "x", "t"),
+            ledger.note(EventKind::RefusedToken, "new-1", (401, "x"), "t"),
             Noted::First
         );
         assert_eq!(
-            ledger.note(EventKind::RefusedToken, "new-2", "x", "t"),
+            ledger.note(EventKind::RefusedToken, "new-2", (401, "x"), "t"),
             Noted::Counted
         );
         let s = ledger.close_interval();

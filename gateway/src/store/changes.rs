@@ -56,11 +56,23 @@ pub trait ChangeStore: Send + Sync {
     fn changes_after(&self, seq: i64) -> BoxFuture<'_, Result<Vec<(i64, Change)>, StoreError>>;
     /// The newest change's number (0 when there is none).
     fn change_head(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
-    /// A stream of wake-ups when another replica records a change; `None` when the store
-    /// cannot announce (SQLite: one replica).
-    fn subscribe(
-        &self,
-    ) -> BoxFuture<'_, Result<Option<mpsc::UnboundedReceiver<String>>, StoreError>>;
+    /// Wake-ups when another replica records a change; `None` when the store cannot announce
+    /// (SQLite: one replica).
+    fn subscribe(&self) -> BoxFuture<'_, Result<Option<Subscription>, StoreError>>;
+}
+
+/// Wake-ups from the store, while the connection that listens for them lives.
+pub struct Subscription {
+    notes: mpsc::UnboundedReceiver<String>,
+    /// The listening connection's client: dropping it would end the connection.
+    _client: Box<dyn std::any::Any + Send>,
+}
+
+impl Subscription {
+    /// The next wake-up; `None` once the listening connection has ended.
+    pub async fn next(&mut self) -> Option<String> {
+        self.notes.recv().await
+    }
 }
 
 impl ChangeStore for SqliteStore {
@@ -107,9 +119,7 @@ impl ChangeStore for SqliteStore {
         }))
     }
 
-    fn subscribe(
-        &self,
-    ) -> BoxFuture<'_, Result<Option<mpsc::UnboundedReceiver<String>>, StoreError>> {
+    fn subscribe(&self) -> BoxFuture<'_, Result<Option<Subscription>, StoreError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -180,28 +190,18 @@ impl ChangeStore for PostgresStore {
         })
     }
 
-    fn subscribe(
-        &self,
-    ) -> BoxFuture<'_, Result<Option<mpsc::UnboundedReceiver<String>>, StoreError>> {
+    fn subscribe(&self) -> BoxFuture<'_, Result<Option<Subscription>, StoreError>> {
         Box::pin(async move {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, notes) = mpsc::unbounded_channel();
             let client = self.connector().connect(Some(tx)).await?;
             client
                 .batch_execute(&format!("LISTEN {}_changes", self.schema()))
                 .await
                 .map_err(pg)?;
-            // The client is held by the stream's task: dropping it would end the connection.
-            let (forward, out) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let _client = client;
-                let mut rx = rx;
-                while let Some(note) = rx.recv().await {
-                    if forward.send(note).is_err() {
-                        break;
-                    }
-                }
-            });
-            Ok(Some(out))
+            Ok(Some(Subscription {
+                notes,
+                _client: Box::new(client),
+            }))
         })
     }
 }
