@@ -377,3 +377,35 @@ async fn a_forwarded_context_issued_in_the_future_or_for_too_long_is_refused() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_idle_after_its_requests_is_closed_on_http1_and_http2() {
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .first_region_toml("[limits]\nidle_timeout_ms = 1000\n")
+        .start()
+        .await;
+    let open = "gateway_connections_open{face=\"clinician\"}";
+    let idle = "gateway_connections_idle_closed_total{face=\"clinician\"}";
+    for h2 in [false, true] {
+        let c = client(&fed, h2);
+        let metadata = format!("{}/metadata", fed.base(0));
+        let r = c.get(&metadata).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.bytes().await.unwrap();
+        // The client keeps it for reuse; the gateway holds it until the timeout.
+        assert!(metric(&fed, 0, open).await >= 1.0, "h2: {h2}");
+        let closed_before = metric(&fed, 0, idle).await;
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(
+            metric(&fed, 0, open).await,
+            0.0,
+            "h2: {h2}: closed when idle"
+        );
+        assert!(metric(&fed, 0, idle).await > closed_before, "h2: {h2}");
+        // The client opens a new one and goes on.
+        let r = c.get(&metadata).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
+}
