@@ -406,3 +406,51 @@ async fn nothing_is_released_when_the_postgres_trail_cannot_be_written() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     fed.drop_pg_schemas().await;
 }
+
+#[tokio::test]
+async fn one_traceparent_crosses_three_regions_and_is_in_every_audit_trail() {
+    let fed = Builder::new(&["dorset", "hampshire", "wiltshire"])
+        .start()
+        .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = fed
+        .client()
+        .get(format!(
+            "{}/Condition?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
+            fed.base(0),
+            fed.everywhere()
+        ))
+        .bearer_auth(fed.token("R8000"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    for region in 0..3 {
+        let events = fed
+            .audit_events(region, &format!("request-id={id}"), 1)
+            .await;
+        assert_eq!(events.len(), 1, "region {region}: {events:#?}");
+        assert_eq!(
+            audit_detail(&events[0], "trace_id").as_deref(),
+            Some(trace),
+            "region {region}"
+        );
+    }
+    // Without one, a trace is started, and the peers continue it.
+    let r = fed.search_as_clinician("Observation").await;
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    let started = audit_detail(
+        &fed.audit_events(0, &format!("request-id={id}"), 1).await[0],
+        "trace_id",
+    )
+    .unwrap();
+    assert_eq!(started.len(), 32);
+    assert_ne!(started, trace);
+    let continued = audit_detail(
+        &fed.audit_events(1, &format!("request-id={id}"), 1).await[0],
+        "trace_id",
+    );
+    assert_eq!(continued.as_deref(), Some(started.as_str()));
+}

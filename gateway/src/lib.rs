@@ -16,6 +16,7 @@
 //! - [`cache`]: regions' answers in a moka cache bounded by bytes, keyed so nothing leaks
 //! - [`auth`]: clinician bearer tokens and the user context forwarded to peers — pure
 //! - [`tls`]: certificate identity (pure), rustls configurations, the development CA
+//! - [`trace`]: W3C trace context, continued or started, sent on to the peers — pure
 //! - [`consent`]: patients' FHIR Consent directives read into per-item flags — pure
 //! - [`config`]: the TOML configuration, parsed from text and validated
 //! - [`record`]: the region's own record (directory in memory, or a FHIR server read page by
@@ -66,3 +67,4 @@ pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod trace;

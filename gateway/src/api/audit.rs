@@ -67,7 +67,8 @@ fn fill_user(e: &mut AuditEvent, user: &UserContext) {
 
 /// What the request asked, as method and path with query (this is the audit store, where the
 /// NHS number in a query belongs).
-/// The client's correlation id (its own `X-Request-Id`) is kept beside the gateway's.
+/// The client's correlation id (its own `X-Request-Id`) is kept beside the gateway's, and the
+/// W3C trace the request belongs to.
 fn describe(request: &Request) -> Value {
     let query = request.uri().path_and_query().map_or_else(
         || request.uri().path().to_owned(),
@@ -76,6 +77,9 @@ fn describe(request: &Request) -> Value {
     let mut detail = json!({"method": request.method().as_str(), "query": query});
     if let Some(c) = request.extensions().get::<super::ClientRequestId>() {
         detail["client_request_id"] = json!(c.0);
+    }
+    if let Some(t) = request.extensions().get::<crate::trace::TraceContext>() {
+        detail["trace_id"] = json!(t.trace_id_hex());
     }
     detail
 }

@@ -208,6 +208,10 @@ pub(super) fn ask(
         self_link,
         path: path.to_owned(),
         raw_query: raw.unwrap_or_default().to_owned(),
+        traceparent: request
+            .extensions
+            .get::<crate::trace::TraceContext>()
+            .map_or_else(String::new, |t| t.header()),
         audit,
     })
 }

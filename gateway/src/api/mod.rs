@@ -84,6 +84,15 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .get(REQUEST_ID_HEADER)
         .and_then(acceptable_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
+    // This request's span: in the trace it came with, or a new one.
+    let trace = crate::trace::TraceContext::for_request(
+        request
+            .headers()
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+        crate::trace::random_ids(),
+    );
+    request.extensions_mut().insert(trace);
     if let Some(c) = &client_id {
         request.extensions_mut().insert(ClientRequestId(c.clone()));
     }
@@ -122,7 +131,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     if let Some(v) = client_id.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().insert(CLIENT_REQUEST_ID_HEADER, v);
     }
-    tracing::info!(request_id = %id, %method, %route, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    tracing::info!(request_id = %id, trace_id = %trace.trace_id_hex(), %method, %route, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     response
 }
 

@@ -217,7 +217,10 @@ async fn ask_peer(
             rtype,
             id,
             &token,
-            &ask.request_id,
+            crate::peers::Correlation {
+                request_id: &ask.request_id,
+                traceparent: &ask.traceparent,
+            },
             gateway.config.limits.max_response_bytes,
             budget,
         )

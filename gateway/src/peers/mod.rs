@@ -117,7 +117,7 @@ impl Peer {
         &self,
         query: &PatientQuery,
         token: &str,
-        request_id: &str,
+        ids: Correlation<'_>,
         max_bytes: usize,
         budget: Duration,
     ) -> Result<crate::cache::Fetched, RegionFailure> {
@@ -146,7 +146,7 @@ impl Peer {
         };
         let left = |s: Instant| budget.saturating_sub(s.elapsed());
         let mut result = self
-            .query(query, token, request_id, max_bytes, left(started))
+            .query(query, token, ids, max_bytes, left(started))
             .await;
         if self.retry_connect
             && !probe
@@ -157,7 +157,7 @@ impl Peer {
                 tokio::time::sleep(pause).await;
                 tracing::info!(peer = %self.info.code, "retrying a failed connection");
                 result = self
-                    .query(query, token, request_id, max_bytes, left(started))
+                    .query(query, token, ids, max_bytes, left(started))
                     .await;
             }
         }
@@ -178,7 +178,7 @@ impl Peer {
         &self,
         query: &PatientQuery,
         token: &str,
-        request_id: &str,
+        ids: Correlation<'_>,
         max_bytes: usize,
         budget: Duration,
     ) -> Result<crate::cache::Fetched, RegionFailure> {
@@ -189,7 +189,8 @@ impl Peer {
             .get(format!("{}/{}", self.info.base_url, path))
             .query(&params)
             .bearer_auth(token)
-            .header("x-request-id", request_id);
+            .header("x-request-id", ids.request_id)
+            .header(crate::trace::TRACEPARENT, ids.traceparent);
         let (body, directive) = get_fhir_body(request, max_bytes, budget)
             .await
             .map_err(failure_from_fetch)?;
@@ -213,7 +214,7 @@ impl Peer {
         rtype: &str,
         id: &str,
         token: &str,
-        request_id: &str,
+        ids: Correlation<'_>,
         max_bytes: usize,
         budget: Duration,
     ) -> Result<Option<crate::record::RecordAnswer>, RegionFailure> {
@@ -222,7 +223,8 @@ impl Peer {
             .load()
             .get(format!("{}/{rtype}/{id}", self.info.base_url))
             .bearer_auth(token)
-            .header("x-request-id", request_id);
+            .header("x-request-id", ids.request_id)
+            .header(crate::trace::TRACEPARENT, ids.traceparent);
         match get_fhir_body(request, max_bytes, budget).await {
             Ok((body, _)) => bundle_to_answer(&std::sync::Arc::new(body))
                 .map(Some)
@@ -351,12 +353,22 @@ pub struct Fanned {
 }
 
 /// Everything a fan-out needs.
+/// What names a request to a peer: the calling request's id (also signed into the user
+/// context) and its place in the trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Correlation<'a> {
+    pub request_id: &'a str,
+    pub traceparent: &'a str,
+}
+
 pub struct FanOut<'a> {
     pub local: (&'a RegionInfo, &'a Arc<dyn RecordSource>, Duration),
     pub peers: &'a [Peer],
     pub signer: &'a ForwardSigner,
     pub user: &'a UserContext,
     pub request_id: &'a str,
+    /// The `traceparent` sent to every peer: this request's span as their parent.
+    pub traceparent: &'a str,
     pub deadline: Duration,
     pub max_bytes: usize,
     /// The response cache; never used for break-glass requests.
@@ -401,8 +413,11 @@ impl FanOut<'_> {
                     .sign(self.user, &peer.identity, self.request_id, now)
                 {
                     Ok(token) => {
-                        peer.ask(query, &token, self.request_id, self.max_bytes, budget)
-                            .await
+                        let ids = Correlation {
+                            request_id: self.request_id,
+                            traceparent: self.traceparent,
+                        };
+                        peer.ask(query, &token, ids, self.max_bytes, budget).await
                     }
                     Err(e) => Err(RegionFailure {
                         kind: FailureKind::Invalid,

@@ -55,6 +55,8 @@ pub struct Ask {
     /// to make its pages again).
     pub path: String,
     pub raw_query: String,
+    /// The `traceparent` this request sends on (its own span as the parent).
+    pub traceparent: String,
     /// The request's audit event.
     pub audit: Option<AuditSlot>,
 }
@@ -309,6 +311,7 @@ fn fan_out_of<'a>(gateway: &'a Gateway, ask: &'a Ask, tls: &'a crate::app::TlsSt
         signer: &tls.signer,
         user: &ask.user,
         request_id: &ask.request_id,
+        traceparent: &ask.traceparent,
         deadline: std::time::Duration::from_millis(gateway.config.fanout.deadline_ms),
         max_bytes: gateway.config.limits.max_response_bytes,
         cache: gateway.cache.as_ref(),
