@@ -63,6 +63,21 @@ pub struct TestFederation {
     pub balancers: Vec<(String, u16, u16)>,
 }
 
+/// The sum of the Prometheus samples at region `region` whose line starts with `prefix`
+/// (a name, or a name with its labels).
+pub async fn metric_sum(fed: &TestFederation, region: usize, prefix: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", fed.regions[region].operations))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A port free now (for a process that binds it later).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -73,7 +88,8 @@ pub fn free_port() -> u16 {
 }
 
 /// nginx as a round-robin TCP load balancer (the stream module; TLS passes through, so client
-/// certificates reach the gateways), stopped when dropped. `GATEWAY_TEST_NGINX` names the
+/// certificates reach the gateways), stopped when dropped. One process, no master (killing a
+/// master leaves its workers running, holding the ports). `GATEWAY_TEST_NGINX` names the
 /// binary (default `/usr/sbin/nginx`) and `GATEWAY_TEST_NGINX_STREAM` its stream module
 /// (default Debian's); `scripts/test` installs both. A missing nginx fails the test.
 pub struct Balancer {
@@ -115,6 +131,7 @@ impl Balancer {
         let conf = format!(
             "load_module {module};
 daemon off;
+master_process off;
 worker_processes 1;
 pid {pid};
 error_log {log} warn;

@@ -121,19 +121,6 @@ async fn idle_connections(
     opened.into_iter().flatten().collect()
 }
 
-async fn metric(fed: &TestFederation, region: usize, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", fed.regions[region].operations))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The p99 of `n` sequential queries, each on a new connection.
 async fn p99(fed: &TestFederation, n: usize) -> Duration {
     let token = fed.token("R8000");
@@ -166,7 +153,7 @@ async fn with_thousands_of_idle_connections_a_query_answers_and_the_idle_ones_ar
     let without = p99(&fed, 100).await;
     let held = idle_connections(&fed, fed.regions[0].clinician, 2000).await;
     assert!(held.len() >= 1990, "{} connections opened", held.len());
-    let open = metric(&fed, 0, "gateway_connections_open{face=\"clinician\"}").await;
+    let open = metric_sum(&fed, 0, "gateway_connections_open{face=\"clinician\"}").await;
     assert!(open >= 1990.0, "{open} open");
     let with = p99(&fed, 100).await;
     eprintln!(
@@ -193,7 +180,7 @@ async fn with_thousands_of_idle_connections_a_query_answers_and_the_idle_ones_ar
         }
     }
     assert!(closed >= 1990, "{closed} closed by the gateway");
-    let idle_closed = metric(
+    let idle_closed = metric_sum(
         &fed,
         0,
         "gateway_connections_idle_closed_total{face=\"clinician\"}",
@@ -213,7 +200,7 @@ async fn beyond_the_cap_new_connections_are_refused_and_counted_and_the_open_one
     let refused = idle_connections(&fed, fed.regions[0].clinician, 5).await;
     assert!(refused.is_empty(), "no handshake beyond the cap");
     assert_eq!(
-        metric(
+        metric_sum(
             &fed,
             0,
             "gateway_connections_refused_total{face=\"clinician\"}"
@@ -393,15 +380,15 @@ async fn a_connection_idle_after_its_requests_is_closed_on_http1_and_http2() {
         assert_eq!(r.status(), StatusCode::OK);
         r.bytes().await.unwrap();
         // The client keeps it for reuse; the gateway holds it until the timeout.
-        assert!(metric(&fed, 0, open).await >= 1.0, "h2: {h2}");
-        let closed_before = metric(&fed, 0, idle).await;
+        assert!(metric_sum(&fed, 0, open).await >= 1.0, "h2: {h2}");
+        let closed_before = metric_sum(&fed, 0, idle).await;
         tokio::time::sleep(Duration::from_millis(1600)).await;
         assert_eq!(
-            metric(&fed, 0, open).await,
+            metric_sum(&fed, 0, open).await,
             0.0,
             "h2: {h2}: closed when idle"
         );
-        assert!(metric(&fed, 0, idle).await > closed_before, "h2: {h2}");
+        assert!(metric_sum(&fed, 0, idle).await > closed_before, "h2: {h2}");
         // The client opens a new one and goes on.
         let r = c.get(&metadata).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);

@@ -113,18 +113,8 @@ async fn a_paged_everything_is_served_to_the_end_through_a_round_robin_balancer(
     // Both replicas decided views: the one that made the cursor, and the other for the pages
     // the balancer sent it.
     for replica in [0, second] {
-        let text = reqwest::get(format!(
-            "http://{}/metrics",
-            fed.regions[replica].operations
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
         assert!(
-            text.lines()
-                .any(|l| l.starts_with("gateway_policy_items_total") && !l.ends_with(" 0")),
+            metric_sum(&fed, replica, "gateway_policy_items_total").await > 0.0,
             "replica {replica} served none of it"
         );
     }
@@ -232,23 +222,10 @@ async fn a_consent_change_at_a_neighbour_reaches_both_replicas_before_their_next
             assert!(dorset_items(&r.body) > 0, "dorset's items are shown before");
         }
     }
-    let hits = |replica: usize| {
-        let ops = fed.regions[replica].operations;
-        async move {
-            let text = reqwest::get(format!("http://{ops}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("gateway_cache_hits_total")
-                        || l.starts_with("gateway_cache_views_served_total")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
-        }
+    let fed_ref = &fed;
+    let hits = |replica: usize| async move {
+        metric_sum(fed_ref, replica, "gateway_cache_hits_total").await
+            + metric_sum(fed_ref, replica, "gateway_cache_views_served_total").await
     };
     assert!(
         hits(1).await > 0.0 && hits(second).await > 0.0,
@@ -282,63 +259,32 @@ async fn a_policy_activated_through_one_replica_applies_on_the_other_within_a_se
         c.role = "R0001".into();
         c.purpose_of_use = "HOPERAT".into();
     });
-    let client = fed.client();
-    let list = |region: usize| {
+    let admin = |region: usize, path: String, body: Option<Value>| {
         let url = format!(
-            "https://localhost:{}/admin/api/policies",
+            "https://localhost:{}/admin/api/{path}",
             fed.regions[region].clinician.port()
         );
-        let (client, token) = (client.clone(), governance.clone());
+        let (client, token) = (fed.client(), governance.clone());
         async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
+            let request = match body {
+                None => client.get(url),
+                Some(b) => client.post(url).json(&b),
+            };
+            let r = request.bearer_auth(token).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{status}: {body}");
+            body
         }
     };
+    let list = |region: usize| admin(region, "policies".into(), None);
     let active = list(0).await["active"].as_i64().unwrap();
-    let v = client
-        .get(format!(
-            "https://localhost:{}/admin/api/policies/{active}",
-            fed.regions[0].clinician.port()
-        ))
-        .bearer_auth(&governance)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    let draft: Value = client
-        .post(format!(
-            "https://localhost:{}/admin/api/policies",
-            fed.regions[0].clinician.port()
-        ))
-        .bearer_auth(&governance)
-        .json(&json!({"files": v["files"], "based_on": active, "comment": "the same rules, again"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = admin(0, format!("policies/{active}"), None).await;
+    let body = json!({"files": v["files"], "based_on": active, "comment": "the same rules, again"});
+    let draft = admin(0, "policies".into(), Some(body)).await;
     let id = draft["id"].as_i64().unwrap();
-    let r = client
-        .post(format!(
-            "https://localhost:{}/admin/api/policies/{id}/activate",
-            fed.regions[0].clinician.port()
-        ))
-        .bearer_auth(&governance)
-        .json(&json!({"reason": "the same rules, activated again"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let reason = json!({"reason": "the same rules, activated again"});
+    admin(0, format!("policies/{id}/activate"), Some(reason)).await;
     let activated = std::time::Instant::now();
     // The other replica reports it without being asked a query (nothing there catches up on
     // a request): the NOTIFY it listened for.
