@@ -78,6 +78,29 @@ pub async fn metric_sum(fed: &TestFederation, region: usize, prefix: &str) -> f6
         .sum()
 }
 
+/// A patient's objection to sharing their record (to be recorded at the region that holds it).
+pub fn objection(nhs: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+        "provision": {"type": "deny"}
+    })
+}
+
+/// An HTTPS client trusting `ca_pem`, presenting `identity` (certificate and key PEM) if given.
+pub fn mtls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .no_proxy();
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
 /// A port free now (for a process that binds it later).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,6 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::free_port;
+
 fn gateway_bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gateway"));
     c.env("RUST_LOG", "warn");
@@ -25,14 +27,6 @@ fn run(c: &mut Command) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The compose configuration of `code`, with loopback listeners, the test PostgreSQL, and the

@@ -178,16 +178,6 @@ async fn http2_and_http1_are_both_served() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-fn mtls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
-        .no_proxy();
-    if let Some((cert, key)) = identity {
-        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
-    }
-    b.build().unwrap()
-}
-
 #[tokio::test]
 async fn the_federation_face_refuses_anyone_without_a_federation_certificate() {
     let fed = Builder::new(&["dorset", "hampshire"]).start().await;

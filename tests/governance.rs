@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Builder, TestFederation, entries};
+use crate::common::{Builder, TestFederation, entries, objection};
 
 /// A rule that withholds allergies from the staff of one organisation (no test case names
 /// that organisation, so the default cases still pass).
@@ -502,14 +502,7 @@ async fn replicas_sharing_postgres_apply_one_policy_one_consent_store_and_one_tr
     // A patient's objection recorded through B: dorset's query, answered by A, gets nothing
     // of hampshire's record.
     let nhs = fed.everywhere();
-    let objection = json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
-        "provision": {"type": "deny"}
-    });
+    let objection = objection(&nhs);
     let created = fed
         .client()
         .post(format!("{}/Consent", fed.base(b)))

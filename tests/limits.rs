@@ -328,12 +328,7 @@ async fn a_forwarded_context_issued_in_the_future_or_for_too_long_is_refused() {
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
     };
-    let peer = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(fed.ca.cert_pem.as_bytes()).unwrap()])
-        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let peer = mtls_client(&fed.ca.cert_pem, Some((&cert, &key)));
     let url = format!(
         "{}/AllergyIntolerance?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{}",
         fed.fed_base(1),

@@ -468,17 +468,6 @@ async fn policies_reload_on_change_and_a_broken_set_is_refused_while_the_old_one
     );
 }
 
-fn objection(nhs: &str) -> serde_json::Value {
-    serde_json::json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
-        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
-        "provision": {"type": "deny"}
-    })
-}
-
 #[tokio::test]
 async fn consent_recorded_through_the_api_applies_from_the_next_query_and_can_be_withdrawn() {
     consent_round_trip(

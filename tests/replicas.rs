@@ -42,18 +42,6 @@ fn match_urls(bundle: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A patient's objection to sharing their record (recorded at the region that holds it).
-fn objection(nhs: &str) -> Value {
-    json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
-        "provision": {"type": "deny"}
-    })
-}
-
 async fn record_objection(fed: &TestFederation, base: &str, nhs: &str) {
     let r = fed
         .client()
@@ -67,16 +55,24 @@ async fn record_objection(fed: &TestFederation, base: &str, nhs: &str) {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
 
+/// `builder`'s federation on PostgreSQL, its region `code` (at `first`, its index) running two
+/// replicas behind a round-robin balancer: the federation, the second replica's index, the
+/// balancer.
+async fn two_replicas_of(
+    code: &str,
+    first: usize,
+    builder: Builder,
+) -> (TestFederation, usize, Balancer) {
+    let mut fed = builder.postgres().balanced(code).start().await;
+    let second = fed.start_replica(code).await;
+    let lb = fed.balance(code, &[first, second]).await;
+    (fed, second, lb)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paged_everything_is_served_to_the_end_through_a_round_robin_balancer() {
-    let mut fed = Builder::new(&["dorset", "hampshire"])
-        .realistic(1, 60)
-        .postgres()
-        .balanced("dorset")
-        .start()
-        .await;
-    let second = fed.start_replica("dorset").await;
-    let lb = fed.balance("dorset", &[0, second]).await;
+    let builder = Builder::new(&["dorset", "hampshire"]).realistic(1, 60);
+    let (fed, second, lb) = two_replicas_of("dorset", 0, builder).await;
     let base = format!("https://localhost:{}/fhir", lb.clinician);
     let nhs = fed.realistic[0].nhs.to_string();
     let token = fed.token("R8000");
@@ -124,14 +120,8 @@ async fn a_paged_everything_is_served_to_the_end_through_a_round_robin_balancer(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consent_change_withholds_from_the_open_cursor_s_later_pages_on_every_replica() {
-    let mut fed = Builder::new(&["dorset", "hampshire"])
-        .realistic(1, 60)
-        .postgres()
-        .balanced("dorset")
-        .start()
-        .await;
-    let second = fed.start_replica("dorset").await;
-    let lb = fed.balance("dorset", &[0, second]).await;
+    let builder = Builder::new(&["dorset", "hampshire"]).realistic(1, 60);
+    let (fed, _, lb) = two_replicas_of("dorset", 0, builder).await;
     let base = format!("https://localhost:{}/fhir", lb.clinician);
     let nhs = fed.realistic[0].nhs.to_string();
     let token = fed.token("R8000");
@@ -198,13 +188,8 @@ async fn a_consent_change_withholds_from_the_open_cursor_s_later_pages_on_every_
 async fn a_consent_change_at_a_neighbour_reaches_both_replicas_before_their_next_answer() {
     // Hampshire runs two replicas behind a balancer; dorset's notice of a consent change
     // reaches one of them; both must stop serving dorset's withheld record at once.
-    let mut fed = Builder::new(&["dorset", "hampshire"])
-        .postgres()
-        .balanced("hampshire")
-        .start()
-        .await;
-    let second = fed.start_replica("hampshire").await;
-    let lb = fed.balance("hampshire", &[1, second]).await;
+    let (fed, second, lb) =
+        two_replicas_of("hampshire", 1, Builder::new(&["dorset", "hampshire"])).await;
     let nhs = fed.everywhere();
     let token = fed.token("R8000");
     let path = format!("/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs}");

@@ -368,17 +368,9 @@ mod views {
             policy: p.clone(),
             entries: crate::fhir::SerializedEntries::new(&[json!({"fullUrl": "x"})]),
             view: crate::merge::View {
-                matches: Vec::new(),
-                includes: Vec::new(),
-                patient: None,
                 total: 1,
                 regions_answered: 1,
-                regions_failed: 0,
-                all_failures_timeouts: false,
-                discarded: 0,
-                deduplicated: 0,
-                issues: Vec::new(),
-                contributions: Vec::new(),
+                ..crate::merge::View::default()
             },
             released: 1,
             withheld: 0,

@@ -352,7 +352,7 @@ pub struct Contribution {
 /// A merge's result before it names a request: a pure function of the regions' results, the
 /// query and the [`ViewContext`], so that two requests with the same inputs have the same view
 /// (which the view cache relies on). `matches` are the `match` entries, Patient first.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     pub matches: Vec<Written>,
     /// What the matches reference (`search.mode = include`), each once.

@@ -467,16 +467,9 @@ mod tests {
                 .iter()
                 .map(|u| written(u, serde_json::json!({"resourceType": "Observation"})))
                 .collect(),
-            includes: Vec::new(),
-            patient: None,
             total: urls.len(),
             regions_answered: 1,
-            regions_failed: 0,
-            all_failures_timeouts: false,
-            discarded: 0,
-            deduplicated: 0,
-            issues: Vec::new(),
-            contributions: Vec::new(),
+            ..View::default()
         }
     }
 
