@@ -60,6 +60,30 @@ for name, svc in services.items():
     ):
         problems.append(f"{name}: the gateway image is never built")
 
+# Secrets: each one a service names is declared, and a file-backed one exists.
+declared = compose.get("secrets") or {}
+for name, secret in declared.items():
+    if "file" in secret and not (base / secret["file"]).is_file():
+        problems.append(f"secret {name}: file {secret['file']} is missing")
+for name, svc in services.items():
+    for secret in svc.get("secrets") or []:
+        ref = secret if isinstance(secret, str) else secret.get("source")
+        if ref not in declared:
+            problems.append(f"{name}: secret {ref} is not declared")
+    env = svc.get("environment") or {}
+    for key, value in (env.items() if isinstance(env, dict) else []):
+        if key.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+            wanted = str(value).removeprefix("/run/secrets/")
+            if wanted not in (svc.get("secrets") or []):
+                problems.append(f"{name}: {key} names secret {wanted}, which it is not given")
+
+# No password is written into a gateway configuration: it comes from a secret.
+for cfg in (base / "config").glob("*.toml"):
+    conninfo = tomllib.loads(cfg.read_text()).get("store", {}).get("postgres", "")
+    if "password" in conninfo:
+        problems.append(f"{cfg.name}: store.postgres carries a password; use GATEWAY_STORE__POSTGRES_PASSWORD_FILE")
+
+
 def mounts(svc):
     """(source, target, read_only) of each of a service's volumes."""
     out = []

@@ -4,6 +4,7 @@
 use base64::Engine;
 use gateway::config::Config;
 use http::StatusCode;
+use serde_json::Value;
 
 use crate::common::*;
 
@@ -453,4 +454,225 @@ async fn one_traceparent_crosses_three_regions_and_is_in_every_audit_trail() {
         "trace_id",
     );
     assert_eq!(continued.as_deref(), Some(started.as_str()));
+}
+
+#[tokio::test]
+async fn fhir_audit_event_searches_give_the_trails_records_as_balp_audit_events() {
+    let fed = Builder::new(&["dorset", "hampshire"]).start().await;
+    let nhs = fed.everywhere();
+    let clinician = fed.token_with(|c| c.sub = "dr-searcher".into());
+    for path in [
+        format!("/Patient/{nhs}/$everything"),
+        format!("/AllergyIntolerance?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
+        format!("/Patient/{nhs}"),
+    ] {
+        let r = fed.get(0, &path, Some(&clinician)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    assert_eq!(
+        get_json(
+            &fed.client(),
+            &format!("{}/Patient/{nhs}", fed.base(0)),
+            Some("forged")
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let officer = fed.token_with(|c| {
+        c.role = "R0001".into();
+        c.sub = "privacy-officer".into();
+        c.purpose_of_use = "HOPERAT".into();
+    });
+    let fhir = |query: String| {
+        let url = format!("{}/AuditEvent?{query}", fed.base(0));
+        let client = fed.client();
+        let officer = officer.clone();
+        async move { get_json(&client, &url, Some(&officer)).await }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        entries(body, "match")
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // The same records as the console's trail, as the same AuditEvents.
+    let by_fhir = fhir("agent=dr-searcher&_count=50".into()).await;
+    assert_eq!(by_fhir.status, StatusCode::OK, "{}", by_fhir.body);
+    crate::common::save_artifact("audit-event-search", &by_fhir.body);
+    let by_admin = fed.audit(0, "user=dr-searcher&_count=50", &officer).await;
+    assert_eq!(ids(&by_fhir.body), ids(&by_admin.body));
+    assert_eq!(ids(&by_fhir.body).len(), 3, "{}", by_fhir.body);
+    assert_eq!(by_fhir.body["total"], 3);
+    let resources = |b: &Value| -> Vec<Value> {
+        entries(b, "match")
+            .iter()
+            .map(|e| e["resource"].clone())
+            .collect()
+    };
+    assert_eq!(resources(&by_fhir.body), resources(&by_admin.body));
+
+    // Each follows the BALP pattern for what it recorded, named in meta.profile.
+    let balp = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
+    let profile_of = |subtype: &str| -> String {
+        let r = resources(&by_fhir.body)
+            .into_iter()
+            .find(|r| r["subtype"][0]["code"] == subtype)
+            .unwrap_or_else(|| panic!("no {subtype} in {}", by_fhir.body));
+        r["meta"]["profile"][0].as_str().unwrap().to_owned()
+    };
+    assert_eq!(profile_of("operation"), format!("{balp}PatientQuery"));
+    assert_eq!(profile_of("search"), format!("{balp}PatientQuery"));
+    assert_eq!(profile_of("read"), format!("{balp}PatientRead"));
+    let token_refusal = fhir("outcome=4&_count=50".into()).await;
+    let refused: Vec<Value> = resources(&token_refusal.body)
+        .into_iter()
+        .filter(|r| r["outcomeDesc"].as_str().unwrap_or("").contains("token"))
+        .collect();
+    assert!(!refused.is_empty(), "{}", token_refusal.body);
+    assert!(
+        refused.iter().all(|r| r.get("meta").is_none()),
+        "a refused token follows no BALP pattern"
+    );
+
+    // The FHIR search parameters.
+    let count = |query: &str| {
+        let q = format!("agent=dr-searcher&{query}");
+        let query = query.to_owned();
+        let fhir = &fhir;
+        async move {
+            let r = fhir(q).await;
+            assert_eq!(r.status, StatusCode::OK, "{query}: {}", r.body);
+            r.body["total"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(count("subtype=read").await, 1);
+    assert_eq!(
+        count("subtype=http://hl7.org/fhir/restful-interaction|operation").await,
+        1
+    );
+    assert_eq!(
+        count("subtype=search").await,
+        2,
+        "$everything is a search too"
+    );
+    assert_eq!(count("subtype=create").await, 0);
+    assert_eq!(count("type=rest").await, 3);
+    assert_eq!(
+        count("type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest").await,
+        3
+    );
+    assert_eq!(
+        count("type=http://dicom.nema.org/resources/ontology/DCM|110100").await,
+        0
+    );
+    assert_eq!(count(&format!("patient={nhs}")).await, 3);
+    assert_eq!(
+        count(&format!(
+            "patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+        ))
+        .await,
+        3
+    );
+    assert_eq!(
+        count(&format!(
+            "entity:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+        ))
+        .await,
+        3
+    );
+    assert_eq!(
+        count("entity=urn:gateway:region:hampshire&subtype=operation").await,
+        1
+    );
+    assert_eq!(count("outcome=0").await, 3);
+    assert_eq!(
+        count("agent:identifier=urn:gateway:user-id|dr-searcher&agent=someone-else").await,
+        0
+    );
+    let today = time::OffsetDateTime::now_utc().date();
+    assert_eq!(count(&format!("date=ge{today}")).await, 3);
+    assert_eq!(count("date=lt2020-01-01").await, 0);
+
+    // Paging follows the next link on the FHIR path.
+    let first = fhir("agent=dr-searcher&_count=2".into()).await;
+    let next = first.body["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next link")
+        .to_owned();
+    assert!(
+        next.starts_with(&format!("{}/AuditEvent?", fed.base(0))),
+        "{next}"
+    );
+    let second = get_json(&fed.client(), &next, Some(&officer)).await;
+    let mut walked = ids(&first.body);
+    walked.extend(ids(&second.body));
+    assert_eq!(walked, ids(&by_fhir.body));
+
+    // One record by its id.
+    let one = &ids(&by_fhir.body)[0];
+    let read = get_json(
+        &fed.client(),
+        &format!("{}/AuditEvent/{one}", fed.base(0)),
+        Some(&officer),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body, resources(&by_fhir.body)[0]);
+    crate::common::save_artifact("audit-event-read", &read.body);
+    let missing = get_json(
+        &fed.client(),
+        &format!("{}/AuditEvent/999999", fed.base(0)),
+        Some(&officer),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["resourceType"], "OperationOutcome");
+
+    // Bad parameters are named; a clinician's role may not read the trail.
+    for (query, named) in [
+        ("pateint=9000000009", "pateint"),
+        ("subtype=fly", "subtype"),
+        ("agent=", "agent"),
+        ("patient=123", "patient"),
+        ("entity=Location/x", "entity"),
+    ] {
+        let r = fhir(query.into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
+        let said = r.body["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(said.starts_with(named), "{query}: {said}");
+    }
+    for url in [
+        format!("{}/AuditEvent", fed.base(0)),
+        format!("{}/AuditEvent/{one}", fed.base(0)),
+    ] {
+        let r = get_json(&fed.client(), &url, Some(&clinician)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{url}");
+        assert_eq!(r.body["resourceType"], "OperationOutcome");
+    }
+    // The CapabilityStatement offers the search.
+    let cs = get_json(&fed.client(), &format!("{}/metadata", fed.base(0)), None).await;
+    let audit = cs.body["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .expect("AuditEvent in the CapabilityStatement")
+        .clone();
+    let names: Vec<&str> = audit["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "patient", "date", "agent", "entity", "type", "subtype", "outcome", "_count",
+    ] {
+        assert!(names.contains(&p), "{p}");
+    }
 }

@@ -297,6 +297,53 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
     assert!(stdout.contains("intact"), "{stdout}");
     assert!(stdout.contains("signed checkpoint(s) verified"), "{stdout}");
 
+    // Another language's RFC 8785 library (PyPI `rfc8785`) checks the same chain from the
+    // export: every record's hash, every link.
+    let export = gateway_bin()
+        .args(["audit", "export", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let records = export
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert!(records > 5, "{records} records exported");
+    let exported = dir.path().join("trail.jsonl");
+    std::fs::write(&exported, &export.stdout).unwrap();
+    let independent = |path: &std::path::Path| {
+        let out = Command::new(crate::common::python())
+            .arg(crate::common::repo_root().join("scripts/verify_audit_chain.py"))
+            .arg(path)
+            .output()
+            .expect("the Python verifier runs (scripts/test installs rfc8785 in .venv)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = independent(&exported);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("{records} records, chain intact")),
+        "{said}"
+    );
+    // It is a real check: one changed field in one exported record is found.
+    let text = String::from_utf8(export.stdout.clone()).unwrap();
+    let edited = text.replacen("\"released\":", "\"released\":1", 1);
+    assert_ne!(edited, text);
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, edited).unwrap();
+    let (ok, said) = independent(&tampered);
+    assert!(!ok && said.contains("does not match its hash"), "{said}");
+
     // Edit one row by hand: verify names it.
     let db = rusqlite::Connection::open(dir.path().join("dorset.sqlite")).unwrap();
     let (seq, user): (i64, String) = db

@@ -1091,3 +1091,16 @@ pub fn save_artifact(name: &str, body: &Value) {
     )
     .unwrap();
 }
+
+/// The repository's root (tests run from the gateway crate's directory).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with the checkers' packages (`GATEWAY_TEST_PYTHON`; `scripts/test` makes
+/// `.venv` and sets it). A missing one fails the test that needs it.
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("GATEWAY_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+}

@@ -490,7 +490,8 @@ pub async fn open_stores(config: &Config) -> Result<Stores, StoreError> {
                 conninfo,
                 &store.postgres_schema,
                 store.postgres_ca.as_deref(),
-            )?;
+            )?
+            .with_password(store.postgres_password.as_ref());
             let consents =
                 Arc::new(PostgresStore::with(connector.clone(), store.postgres_pool_size).await?);
             let audit: Arc<dyn AuditStore> = Arc::new(PostgresAudit::connect(connector).await?);
@@ -780,14 +781,9 @@ pub struct TrailReport {
     pub problems: Vec<String>,
 }
 
-/// Verifies the configured store's audit trail: the hash chain from the first record, then
-/// every signed checkpoint (in the store, and in `checkpoint_files`) against the region's
-/// client certificate and against the trail.
-pub async fn verify_trail(
-    config: &Config,
-    checkpoint_files: &[std::path::PathBuf],
-) -> Result<TrailReport, StartError> {
-    use crate::store::audit::{hash_at, verify_store};
+/// The configured store's trail, for reading; a SQLite file that is not there is an error
+/// (opening would make an empty one).
+async fn open_trail(config: &Config) -> Result<Arc<dyn AuditStore>, StartError> {
     if let (Some(path), None) = (&config.store.sqlite, &config.store.postgres) {
         if !path.exists() {
             return Err(StartError::Read {
@@ -797,7 +793,46 @@ pub async fn verify_trail(
         }
     }
     crate::tls::install_crypto_provider();
-    let audit = open_stores(config).await?.audit;
+    Ok(open_stores(config).await?.audit)
+}
+
+/// Writes the whole trail as JSON lines, oldest first, one `{"seq", "prev_hash", "hash",
+/// "event"}` object a record: what an auditor needs to check the chain with any RFC 8785
+/// library (`scripts/verify_audit_chain.py` does, in Python). Returns the number written.
+/// The export holds patient data, as the trail does: it belongs where the trail belongs.
+pub async fn export_trail(
+    config: &Config,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, StartError> {
+    let audit = open_trail(config).await?;
+    let (mut after, mut written) = (0, 0);
+    let write_error = |source| StartError::Read {
+        path: "the export".into(),
+        source,
+    };
+    loop {
+        let page = audit.read_after(after, 10_000).await?;
+        if page.is_empty() {
+            return Ok(written);
+        }
+        for s in &page {
+            serde_json::to_writer(&mut *out, &s.record).map_err(|e| write_error(e.into()))?;
+            out.write_all(b"\n").map_err(write_error)?;
+            after = s.record.seq;
+            written += 1;
+        }
+    }
+}
+
+/// Verifies the configured store's audit trail: the hash chain from the first record, then
+/// every signed checkpoint (in the store, and in `checkpoint_files`) against the region's
+/// client certificate and against the trail.
+pub async fn verify_trail(
+    config: &Config,
+    checkpoint_files: &[std::path::PathBuf],
+) -> Result<TrailReport, StartError> {
+    use crate::store::audit::{hash_at, verify_store};
+    let audit = open_trail(config).await?;
     let mut report = TrailReport::default();
     match verify_store(audit.as_ref()).await? {
         Ok((n, head)) => {

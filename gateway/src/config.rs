@@ -1,6 +1,18 @@
-//! Configuration: one TOML file. [`Config::parse`] takes text (pure, tested without files);
-//! [`Config::load`] reads a file and resolves relative paths against its directory;
+//! Configuration: one TOML file, with environment variables layered over it (twelve-factor).
+//! [`Config::parse`] takes text (pure, tested without files); [`Config::parse_layered`] adds
+//! an environment given as pairs (pure too); [`Config::load`] reads a file and the process's
+//! environment and resolves relative paths against the file's directory;
 //! [`Config::validate`] names the key at fault.
+//!
+//! Every key can be set from the environment: `GATEWAY_{SECTION}__{KEY}` (two underscores
+//! between the levels, any case), for example `GATEWAY_STORE__POSTGRES_POOL_SIZE=16` or
+//! `GATEWAY_LIMITS__PER_USER_PER_MINUTE=50`; the peers are one variable, `GATEWAY_PEERS`, an
+//! array of inline tables (`[{region = "x", name = "X", url = "https://...", identity =
+//! "urn:gateway:region:x"}]`). A variable ending in `_FILE` names a file whose content is the
+//! value (`GATEWAY_STORE__POSTGRES_PASSWORD_FILE=/run/secrets/pg`), the way container secrets
+//! are mounted. The environment wins over the file. Variables that name no section
+//! (`GATEWAY_CONFIG`, `GATEWAY_LOG_FORMAT`) are the command's own and not read here; one with
+//! `__` under an unknown section is an error, like an unknown key in the file.
 //!
 //! ```
 //! let text = r#"
@@ -376,6 +388,34 @@ pub struct ConfigStore {
     /// trail's writer and the change listener, which keep one each). Default 8.
     #[serde(default = "default_pg_pool")]
     pub postgres_pool_size: usize,
+    /// The PostgreSQL password, kept out of the connection string (and so out of the file):
+    /// best from the environment, `GATEWAY_STORE__POSTGRES_PASSWORD` or
+    /// `GATEWAY_STORE__POSTGRES_PASSWORD_FILE`.
+    pub postgres_password: Option<Secret>,
+    /// A file holding the PostgreSQL password (a mounted secret); read at start.
+    pub postgres_password_file: Option<PathBuf>,
+}
+
+/// A secret from the configuration: never shown by `Debug`, so a logged configuration or
+/// error does not carry it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
 }
 
 fn default_pg_schema() -> String {
@@ -394,6 +434,8 @@ impl Default for ConfigStore {
             postgres_schema: default_pg_schema(),
             postgres_ca: None,
             postgres_pool_size: default_pg_pool(),
+            postgres_password: None,
+            postgres_password_file: None,
         }
     }
 }
@@ -564,23 +606,217 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "GATEWAY_";
+
+/// The configuration's sections (its top-level keys), as the environment names them.
+const SECTIONS: [&str; 14] = [
+    "region",
+    "listen",
+    "tls",
+    "record",
+    "auth",
+    "fanout",
+    "limits",
+    "policy",
+    "store",
+    "audit",
+    "cache",
+    "resilience",
+    "merge",
+    "peers",
+];
+
+/// Keys whose own names end in `_file` (a path): their variables set the path, and are not
+/// read as the `_FILE` form of another key. Every such key of [`Config`] is listed here.
+const KEYS_NAMED_FILE: [&str; 2] = ["audit__checkpoint_file", "store__postgres_password_file"];
+
+/// The environment's keys as a figment provider: `GATEWAY_STORE__SQLITE` is `store.sqlite`.
+/// Values stay text, except arrays and inline tables; [`figment::Figment::extract_lossy`]
+/// reads `"16"` as a number where the key is one.
+struct EnvLayer {
+    data: figment::value::Dict,
+}
+
+impl EnvLayer {
+    fn new(
+        env: &[(String, String)],
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
+        use figment::Provider;
+        use figment::value::Value;
+        let mut layer = figment::Figment::new();
+        for (name, value) in env {
+            let Some(rest) = name
+                .get(..ENV_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| &name[ENV_PREFIX.len()..])
+            else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let (key, value) = match rest.strip_suffix("_file") {
+                Some(key)
+                    if (key.contains("__") || SECTIONS.contains(&key))
+                        && !KEYS_NAMED_FILE.contains(&rest.as_str()) =>
+                {
+                    let text = read_file(value).map_err(|source| ConfigError::Read {
+                        path: format!("{value} (named by {name})"),
+                        source,
+                    })?;
+                    (
+                        key.to_owned(),
+                        text.trim_end_matches(['\n', '\r']).to_owned(),
+                    )
+                }
+                _ => (rest.clone(), value.clone()),
+            };
+            let section = key.split("__").next().unwrap_or("");
+            if !SECTIONS.contains(&section) {
+                if key.contains("__") {
+                    return Err(invalid(
+                        name.as_str(),
+                        format!(
+                            "'{section}' is not a section of the configuration ({})",
+                            SECTIONS.join(", ")
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let parsed = if value.starts_with('[') || value.starts_with('{') {
+                value
+                    .parse::<Value>()
+                    .map_err(|e| invalid(name.as_str(), e.to_string()))?
+            } else {
+                Value::from(value)
+            };
+            let path = key.replace("__", ".");
+            layer = layer.merge(figment::providers::Serialized::default(&path, parsed));
+        }
+        let data = layer
+            .data()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?
+            .remove(&figment::Profile::Default)
+            .unwrap_or_default();
+        Ok(EnvLayer { data })
+    }
+}
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.data.clone()))
+    }
+}
+
+/// Figment's errors, each naming its key and where it came from: the variable, when the
+/// environment set the key, else the file.
+fn figment_error(e: figment::Error, env: &figment::value::Dict) -> ConfigError {
+    let text: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let mut at = Some(env);
+            let mut value = None;
+            for k in &e.path {
+                value = at.and_then(|d| d.get(k));
+                at = value.and_then(|v| v.as_dict());
+            }
+            let from = if value.is_some() {
+                format!("{ENV_PREFIX}{}", e.path.join("__").to_ascii_uppercase())
+            } else {
+                "the configuration file".to_owned()
+            };
+            format!("{}: {} (from {from})", e.path.join("."), e.kind)
+        })
+        .collect();
+    ConfigError::Parse(text.join("; "))
+}
+
+/// The TOML file's keys as a figment provider.
+struct FileLayer {
+    table: toml::Table,
+}
+
+impl figment::Provider for FileLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("the configuration file")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        figment::providers::Serialized::defaults(&self.table).data()
+    }
+}
+
 impl Config {
     /// Parses TOML text. Unknown keys are errors (a misspelt key must not be ignored silently).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
-    /// Reads, parses and validates a file; relative paths are taken from the file's directory.
+    /// Parses TOML text with the environment `env` (name, value pairs) layered over it (see
+    /// the module's documentation); `read_file` reads what a `..._FILE` variable names.
+    pub fn parse_layered(
+        text: &str,
+        env: &[(String, String)],
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let env = EnvLayer::new(env, read_file)?;
+        if env.data.is_empty() {
+            // Nothing from the environment: TOML's own errors, with line and column.
+            return Self::parse(text);
+        }
+        let set = env.data.clone();
+        figment::Figment::from(FileLayer { table })
+            .merge(env)
+            .extract_lossy()
+            .map_err(|e| figment_error(e, &set))
+    }
+
+    /// Reads, parses and validates a file with the process's environment over it; relative
+    /// paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Self::parse(&text)?;
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let mut config = Self::parse_layered(&text, &env, &|p| std::fs::read_to_string(p))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        config.read_secrets()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads the secrets kept in files of their own (`store.postgres_password_file`).
+    pub fn read_secrets(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.store.postgres_password_file {
+            if self.store.postgres_password.is_some() {
+                return Err(invalid(
+                    "store.postgres_password_file",
+                    "give the password or a file holding it, not both",
+                ));
+            }
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            self.store.postgres_password = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
+        }
+        Ok(())
     }
 
     /// Makes every relative path absolute against `base`.
@@ -620,6 +856,9 @@ impl Config {
             fix(store);
         }
         if let Some(p) = self.store.postgres_ca.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.store.postgres_password_file.as_mut() {
             fix(p);
         }
         let default_checkpoints = PathBuf::from(format!("{}.checkpoints.jsonl", self.region.code));
@@ -883,6 +1122,180 @@ timeout_ms = 3000
     #[test]
     fn the_example_is_valid() {
         with("", "").unwrap();
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn no_files(path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.to_owned(),
+        ))
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment_over_the_file() {
+        let c = Config::parse_layered(
+            GOOD,
+            &env(&[
+                ("GATEWAY_FANOUT__DEADLINE_MS", "7000"),
+                ("GATEWAY_STORE__POSTGRES", "host=localhost user=gw dbname=gw"),
+                ("GATEWAY_STORE__POSTGRES_POOL_SIZE", "16"),
+                ("gateway_region__name", "Dorset (west)"),
+                ("GATEWAY_LIMITS__PER_USER_PER_MINUTE", "50"),
+                ("GATEWAY_CACHE__ENABLED", "false"),
+                (
+                    "GATEWAY_PEERS",
+                    r#"[{region = "wiltshire", name = "Wiltshire", url = "https://w:9443/fhir", identity = "urn:gateway:region:wiltshire", timeout_ms = 2000}]"#,
+                ),
+                // The command's own variables, and other programs', are not configuration.
+                ("GATEWAY_CONFIG", "/etc/gateway/dorset.toml"),
+                ("GATEWAY_LOG_FORMAT", "json"),
+                ("GATEWAY_TEST_HFS", "/opt/hfs"),
+                ("PATH", "/usr/bin"),
+            ]),
+            &no_files,
+        )
+        .unwrap();
+        assert_eq!(c.fanout.deadline_ms, 7000);
+        assert_eq!(
+            c.store.postgres.as_deref(),
+            Some("host=localhost user=gw dbname=gw")
+        );
+        assert_eq!(c.store.postgres_pool_size, 16);
+        assert_eq!(c.region.name, "Dorset (west)");
+        assert_eq!(
+            c.region.code, "dorset",
+            "what the environment does not set stays"
+        );
+        assert_eq!(c.limits.per_user_per_minute, 50);
+        assert!(!c.cache.enabled);
+        assert_eq!(
+            c.peers.len(),
+            1,
+            "the environment's peers replace the file's"
+        );
+        assert_eq!(
+            (c.peers[0].region.as_str(), c.peers[0].timeout_ms),
+            ("wiltshire", 2000)
+        );
+        c.validate().unwrap();
+        // A key whose name ends in _file is set, not read.
+        let c = Config::parse_layered(
+            GOOD,
+            &env(&[(
+                "GATEWAY_AUDIT__CHECKPOINT_FILE",
+                "/var/lib/gateway/cp.jsonl",
+            )]),
+            &no_files,
+        )
+        .unwrap();
+        assert_eq!(
+            c.audit.checkpoint_file.as_deref(),
+            Some(Path::new("/var/lib/gateway/cp.jsonl"))
+        );
+        // With no GATEWAY_ variables the file is read as it is.
+        let plain = Config::parse_layered(GOOD, &env(&[("HOME", "/root")]), &no_files).unwrap();
+        assert_eq!(plain.fanout.deadline_ms, 4000);
+    }
+
+    #[test]
+    fn a_secret_comes_from_a_file_and_never_shows() {
+        // Any key's value from a file its _FILE variable names (a mounted secret).
+        let read = |path: &str| -> std::io::Result<String> {
+            assert_eq!(path, "/run/secrets/pg-conninfo");
+            Ok("host=db user=gw\n".into())
+        };
+        let c = Config::parse_layered(
+            GOOD,
+            &env(&[("GATEWAY_STORE__POSTGRES_FILE", "/run/secrets/pg-conninfo")]),
+            &read,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.postgres.as_deref(),
+            Some("host=db user=gw"),
+            "the file's newline is not the value's"
+        );
+        // A file that cannot be read is an error naming the variable.
+        let e = Config::parse_layered(
+            GOOD,
+            &env(&[("GATEWAY_STORE__POSTGRES_FILE", "/nope")]),
+            &no_files,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("GATEWAY_STORE__POSTGRES_FILE"),
+            "{e}"
+        );
+        // The password: from the environment, or a file the environment or the file names;
+        // Debug never shows it.
+        let c = Config::parse_layered(
+            GOOD,
+            &env(&[("GATEWAY_STORE__POSTGRES_PASSWORD", "s3cret-pa55")]),
+            &no_files,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.postgres_password.as_ref().unwrap().expose(),
+            "s3cret-pa55"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug never shows it");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg-password"), "from-a-file\n").unwrap();
+        for (text, vars) in [
+            (
+                GOOD.to_owned(),
+                vec![("GATEWAY_STORE__POSTGRES_PASSWORD_FILE", "pg-password")],
+            ),
+            (
+                GOOD.replace(
+                    "[fanout]",
+                    "[store]\npostgres_password_file = \"pg-password\"\n[fanout]",
+                ),
+                vec![],
+            ),
+        ] {
+            let mut c = Config::parse_layered(&text, &env(&vars), &no_files).unwrap();
+            c.resolve_paths(dir.path());
+            c.read_secrets().unwrap();
+            assert_eq!(c.store.postgres_password.unwrap().expose(), "from-a-file");
+        }
+    }
+
+    #[test]
+    fn every_key_named_file_is_listed() {
+        let source = include_str!("config.rs");
+        let fields = source
+            .matches(concat!("_file", ": Option<PathBuf>"))
+            .count();
+        assert_eq!(
+            fields,
+            KEYS_NAMED_FILE.len(),
+            "add the new key to KEYS_NAMED_FILE"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_an_error_like_a_misspelt_key() {
+        for (name, value, named) in [
+            ("GATEWAY_STROE__SQLITE", "x.sqlite", "GATEWAY_STROE__SQLITE"),
+            ("GATEWAY_STORE__SQLTE", "x.sqlite", "sqlte"),
+            (
+                "GATEWAY_FANOUT__DEADLINE_MS",
+                "soon",
+                "GATEWAY_FANOUT__DEADLINE_MS",
+            ),
+            ("GATEWAY_PEERS", "[{region = ", "GATEWAY_PEERS"),
+        ] {
+            let e = Config::parse_layered(GOOD, &env(&[(name, value)]), &no_files).unwrap_err();
+            assert!(e.to_string().contains(named), "{name}={value}: {e}");
+        }
     }
 
     #[test]

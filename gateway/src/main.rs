@@ -18,7 +18,7 @@ use gateway::demo::{self, DemoOptions};
 )]
 struct Cli {
     /// Log format on standard error.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -203,6 +203,13 @@ enum AuditCommand {
         #[arg(long)]
         checkpoints: Vec<PathBuf>,
     },
+    /// Write the whole trail to standard output as JSON lines, oldest first (`seq`,
+    /// `prev_hash`, `hash`, `event`), for checking the chain with another RFC 8785 library.
+    /// The export holds the patient data the trail holds.
+    Export {
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// mimalloc instead of the system allocator: a request builds and drops many small JSON
@@ -325,6 +332,17 @@ async fn main() -> anyhow::Result<()> {
                     report.problems.len()
                 );
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Export { config },
+        } => {
+            let loaded = Config::load(&config)
+                .with_context(|| format!("configuration {}", config.display()))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = gateway::app::export_trail(&loaded, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("{n} audit records written");
         }
         Command::Token {
             idp_key,

@@ -270,40 +270,130 @@ pub async fn record_refused_request(
     response
 }
 
+/// Which search of the trail a request made: the console's `GET /admin/audit`, with the
+/// gateway's own parameters, or `GET /fhir/AuditEvent`, with FHIR R4's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrailFace {
+    Admin,
+    Fhir,
+}
+
 /// `GET /admin/audit`: the trail as a Bundle of AuditEvents, newest first.
 pub async fn search_trail(
     State(gateway): State<Arc<Gateway>>,
     RawQuery(raw): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
+    search(&gateway, TrailFace::Admin, raw.as_deref(), request).await
+}
+
+/// `GET /fhir/AuditEvent`: the same records searched with FHIR R4's AuditEvent parameters
+/// (`patient`, `date`, `agent`, `entity`, `type`, `subtype`, `outcome`, `_count`), as BALP
+/// AuditEvents, for the roles allowed `read-audit`.
+pub async fn search_audit_events(
+    State(gateway): State<Arc<Gateway>>,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
+    search(&gateway, TrailFace::Fhir, raw.as_deref(), request).await
+}
+
+/// `GET /fhir/AuditEvent/{seq}`: one record.
+pub async fn read_audit_event(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     note(&parts, |e| e.kind = EventKind::AuditRead);
-    let ask = ask(&gateway, &parts, raw.as_deref())?;
+    allowed_to_read_trail(&gateway, &parts)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("AuditEvent/{id} is not in this region's trail"),
+        )
+    };
+    let seq: u64 = id.parse().ok().filter(|n| *n > 0).ok_or_else(not_found)?;
+    let found = gateway
+        .audit
+        .read_after(seq - 1, 1)
+        .await
+        .map_err(trail_unavailable)?
+        .into_iter()
+        .find(|s| s.record.seq == seq)
+        .ok_or_else(not_found)?;
+    note(&parts, |e| {
+        e.patient.clone_from(&found.record.event.patient);
+        e.released = 1;
+    });
+    let event =
+        crate::audit::fhir::to_audit_event(&found.record, &gateway.identity, &gateway.region.name);
+    Ok(fhir_response(StatusCode::OK, &event))
+}
+
+fn trail_unavailable(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the audit trail cannot be read just now",
+    )
+    .internal(e.to_string())
+}
+
+/// Refuses (403) a user whose role may not read the trail (Cedar action `read-audit`).
+fn allowed_to_read_trail(gateway: &Gateway, parts: &http::request::Parts) -> Result<(), ApiError> {
+    let ask = ask(gateway, parts, None)?;
     let policies = gateway.policies.load_full();
     let region = &gateway.region.code;
     let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
         .request_decision("read-audit", "AuditEvent", region);
-    note(&parts, |e| e.policies = d.policies.clone());
-    if !d.allowed {
-        return Err(ApiError::new(
+    note(parts, |e| e.policies = d.policies.clone());
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "your role may not read the audit trail",
-        ));
+        ))
     }
-    let filter = crate::audit::fhir::parse_filter(&ask.pairs).map_err(|e| {
+}
+
+async fn search(
+    gateway: &Gateway,
+    face: TrailFace,
+    raw: Option<&str>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    note(&parts, |e| e.kind = EventKind::AuditRead);
+    let ask = ask(gateway, &parts, raw)?;
+    allowed_to_read_trail(gateway, &parts)?;
+    let refused = |e: crate::audit::fhir::FilterError| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
             .internal(format!("audit filter refused: parameter {}", e.parameter))
-    })?;
+    };
+    let (filter, matches_nothing) = match face {
+        TrailFace::Admin => (
+            crate::audit::fhir::parse_filter(&ask.pairs).map_err(refused)?,
+            false,
+        ),
+        TrailFace::Fhir => {
+            let s = crate::audit::fhir::parse_search(&ask.pairs).map_err(refused)?;
+            (s.filter, s.matches_nothing)
+        }
+    };
     note(&parts, |e| e.patient.clone_from(&filter.patient));
-    let page = gateway.audit.search(&filter).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "transient",
-            "the audit trail cannot be read just now",
-        )
-        .internal(e.to_string())
-    })?;
+    let page = if matches_nothing {
+        crate::audit::Page::default()
+    } else {
+        gateway
+            .audit
+            .search(&filter)
+            .await
+            .map_err(trail_unavailable)?
+    };
     note(&parts, |e| e.released = page.records.len());
     let base = &gateway.region.base_url;
     let site = &gateway.region.name;
@@ -319,6 +409,10 @@ pub async fn search_trail(
         })
         .collect();
     let admin = base.strip_suffix("/fhir").unwrap_or(base);
+    let path = match face {
+        TrailFace::Admin => format!("{admin}/admin/audit"),
+        TrailFace::Fhir => format!("{base}/AuditEvent"),
+    };
     let query: Vec<(String, String)> = ask
         .pairs
         .iter()
@@ -328,15 +422,12 @@ pub async fn search_trail(
     let encode =
         |pairs: &[(String, String)]| serde_urlencoded::to_string(pairs).unwrap_or_default();
     let mut bundle = fhir::searchset(&ask.request_id, &now(), base, page.total as usize, entries);
-    let mut links = vec![
-        json!({"relation": "self", "url": format!("{admin}/admin/audit?{}", encode(&ask.pairs))}),
-    ];
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{path}?{}", encode(&ask.pairs))})];
     if let Some(next) = page.next_before {
         let mut q = query.clone();
         q.push(("before".into(), next.to_string()));
-        links.push(
-            json!({"relation": "next", "url": format!("{admin}/admin/audit?{}", encode(&q))}),
-        );
+        links.push(json!({"relation": "next", "url": format!("{path}?{}", encode(&q))}));
     }
     bundle["link"] = Value::Array(links);
     Ok(fhir_response(StatusCode::OK, &bundle))

@@ -37,6 +37,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(super::consent::read).put(super::consent::update),
         )
         .route("/fhir/_page", get(super::paging::page))
+        .route("/fhir/AuditEvent", get(super::audit::search_audit_events))
+        .route("/fhir/AuditEvent/{id}", get(super::audit::read_audit_event))
         .route("/fhir/{type}", get(search))
         .route("/fhir/{type}/{id}", get(super::read::read_resource))
         .route("/admin/audit", get(super::audit::search_trail))

@@ -12,6 +12,33 @@ use crate::fhir::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 500;
 
+/// The IHE Basic Audit Log Patterns profiles, by the interaction and whether a patient is
+/// the subject.
+const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
+
+/// The BALP profile an event follows, if any: queries (searches and `$everything`), reads,
+/// creates, updates and deletes, each in its patient form when a patient is the subject.
+/// Refusals before authentication (a token, a certificate, a rate) follow none.
+pub fn balp_profile(record: &AuditRecord) -> Option<String> {
+    let e = &record.event;
+    if matches!(
+        e.kind,
+        EventKind::RefusedToken | EventKind::RefusedCertificate | EventKind::RefusedRateLimit
+    ) {
+        return None;
+    }
+    let pattern = match e.interaction().0 {
+        "search" | "operation" => "Query",
+        "read" => "Read",
+        "create" => "Create",
+        "update" => "Update",
+        "delete" => "Delete",
+        _ => return None,
+    };
+    let patient = if e.patient.is_some() { "Patient" } else { "" };
+    Some(format!("{BALP}{patient}{pattern}"))
+}
+
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
@@ -129,6 +156,130 @@ pub fn parse_filter(pairs: &[(String, String)]) -> Result<Filter, FilterError> {
     Ok(f)
 }
 
+/// What `GET /fhir/AuditEvent` asks, as a filter; `matches_nothing` when a parameter names
+/// something no record of this gateway can be (another event `type`), so the answer is an
+/// empty searchset rather than an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    pub filter: Filter,
+    pub matches_nothing: bool,
+}
+
+/// The codes of `http://hl7.org/fhir/restful-interaction` an event's subtype can be.
+pub const SUBTYPES: [&str; 6] = ["search", "read", "operation", "create", "update", "delete"];
+const RESTFUL_INTERACTION: &str = "http://hl7.org/fhir/restful-interaction";
+const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+
+/// A token parameter's value: `code`, `system|code` or `|code`; the code when the system is
+/// absent or `system`, None when it is another system.
+fn token<'a>(value: &'a str, system: &str) -> Option<&'a str> {
+    match value.split_once('|') {
+        None => Some(value),
+        Some(("", code)) => Some(code),
+        Some((s, code)) if s == system => Some(code),
+        Some(_) => None,
+    }
+}
+
+/// Reads the FHIR R4 search parameters of `GET /fhir/AuditEvent` (`patient`, `date`,
+/// `agent`, `entity`, `type`, `subtype`, `outcome`, `_count`, and the `before` of a `next`
+/// link) into a filter. Unknown parameters are refused, as in [`parse_filter`].
+///
+/// * `patient`: the patient's NHS number (`patient=9000000009`, `patient.identifier=` or
+///   `patient:identifier=` with the NHS number system).
+/// * `agent`: the user id the identity provider issued (`agent:identifier=` with
+///   [`USER_ID_SYSTEM`], or the id alone).
+/// * `entity`: a region the query reached (`urn:gateway:region:{code}`), or the patient as
+///   an identifier (`entity:identifier=https://fhir.nhs.uk/Id/nhs-number|...`).
+/// * `type`: every record here is `rest`; another code matches nothing.
+/// * `subtype`: `search`, `read`, `operation`, `create`, `update` or `delete`.
+pub fn parse_search(pairs: &[(String, String)]) -> Result<Search, FilterError> {
+    let mut passed: Vec<(String, String)> = Vec::new();
+    let mut out = Search::default();
+    for (name, value) in pairs {
+        let v = value.trim();
+        match name.as_str() {
+            "patient" | "patient.identifier" | "patient:identifier" => {
+                passed.push(("patient".into(), v.to_owned()))
+            }
+            "date" | "outcome" | "_count" | "before" => passed.push((name.clone(), v.to_owned())),
+            "agent" | "agent:identifier" => {
+                let user = v.strip_prefix(&format!("{USER_ID_SYSTEM}|")).unwrap_or(v);
+                passed.push(("user".into(), user.to_owned()));
+            }
+            "entity" | "entity:identifier" => {
+                if let Some(code) = v.strip_prefix("urn:gateway:region:") {
+                    passed.push(("region".into(), code.to_owned()));
+                } else if v.starts_with(&format!("{NHS_NUMBER_SYSTEM}|"))
+                    || name == "entity:identifier"
+                {
+                    passed.push(("patient".into(), v.to_owned()));
+                } else {
+                    return Err(bad(
+                        name,
+                        "a region (urn:gateway:region:{code}) or the patient's identifier (entity:identifier=https://fhir.nhs.uk/Id/nhs-number|{number})",
+                    ));
+                }
+            }
+            "type" => {
+                if token(v, EVENT_TYPE) != Some("rest") {
+                    out.matches_nothing = true;
+                }
+            }
+            "subtype" => match token(v, RESTFUL_INTERACTION) {
+                Some(code) if SUBTYPES.contains(&code) => {
+                    if out.filter.subtype.as_deref().is_some_and(|s| s != code) {
+                        out.matches_nothing = true;
+                    }
+                    out.filter.subtype = Some(code.to_owned());
+                }
+                Some(_) => {
+                    return Err(bad(name, format!("one of {}", SUBTYPES.join(", "))));
+                }
+                None => out.matches_nothing = true,
+            },
+            other => {
+                return Err(bad(
+                    other,
+                    "unknown parameter (patient, date, agent, entity, type, subtype, outcome, _count)",
+                ));
+            }
+        }
+    }
+    // A repeated parameter ANDs: two patients or two users match no record; two regions
+    // cannot be asked in one search here.
+    let distinct = |key: &str| {
+        passed
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.rsplit('|').next().unwrap_or(v))
+            .collect::<std::collections::BTreeSet<&str>>()
+            .len()
+    };
+    if distinct("patient") > 1 || distinct("user") > 1 {
+        out.matches_nothing = true;
+    }
+    if passed.iter().filter(|(k, _)| k == "region").count() > 1 {
+        return Err(bad("entity", "one region per search"));
+    }
+    let subtype = out.filter.subtype.take();
+    out.filter = parse_filter(&passed).map_err(|mut e| {
+        // Name the parameter as the caller wrote it.
+        if let Some((name, _)) = pairs.iter().find(|(n, _)| {
+            n == &e.parameter
+                || (e.parameter == "user" && n.starts_with("agent"))
+                || (e.parameter == "region" && n.starts_with("entity"))
+                || (e.parameter == "patient"
+                    && (n.starts_with("patient") || n.starts_with("entity")))
+        }) {
+            e.parameter.clone_from(name);
+        }
+        e
+    })?;
+    out.filter.subtype = subtype;
+    Ok(out)
+}
+
 fn nonempty(name: &str, value: &str) -> Result<String, FilterError> {
     if value.is_empty() || value.len() > 128 {
         Err(bad(name, "1 to 128 characters"))
@@ -145,28 +296,16 @@ fn detail(kind: &str, value: impl Into<String>) -> Value {
     json!({"type": kind, "valueString": value.into()})
 }
 
-/// The FHIR interaction an event records (BALP subtype) and its action code.
-fn interaction(record: &AuditRecord) -> (&'static str, &'static str) {
-    let method = record.event.detail["method"].as_str().unwrap_or("GET");
-    let query = record.event.detail["query"].as_str().unwrap_or("");
-    match record.event.kind {
-        EventKind::ConsentChange if method == "POST" => ("create", "C"),
-        EventKind::ConsentChange => ("update", "U"),
-        EventKind::PolicyChange => ("create", "C"),
-        EventKind::PolicyActivation | EventKind::BreakGlassReview => ("update", "U"),
-        EventKind::CachePurge => ("delete", "D"),
-        _ if query.contains("$everything") => ("operation", "E"),
-        _ if method == "GET" && !query.contains('?') && query.matches('/').count() >= 2 => {
-            ("read", "R")
-        }
-        _ => ("search", "E"),
-    }
-}
-
 /// One record as a FHIR R4 AuditEvent.
 pub fn to_audit_event(record: &AuditRecord, observer: &str, site: &str) -> Value {
     let e = &record.event;
-    let (subtype, action) = interaction(record);
+    let (subtype, action) = e.interaction();
+    let mut subtypes = vec![coding(RESTFUL_INTERACTION, subtype, subtype)];
+    if subtype == "operation" {
+        // `$everything` is a search of the patient's compartment: BALP's query pattern asks
+        // for the `search` code, and a `subtype=search` search finds it.
+        subtypes.push(coding(RESTFUL_INTERACTION, "search", "search"));
+    }
     let mut purpose = Vec::new();
     if !e.purpose_of_use.is_empty() {
         purpose.push(json!({"coding": [{"system": ACT_REASON, "code": e.purpose_of_use}]}));
@@ -270,7 +409,7 @@ pub fn to_audit_event(record: &AuditRecord, observer: &str, site: &str) -> Value
         "resourceType": "AuditEvent",
         "id": format!("{}", record.seq),
         "type": coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
-        "subtype": [coding("http://hl7.org/fhir/restful-interaction", subtype, subtype)],
+        "subtype": subtypes,
         "action": action,
         "recorded": e.time,
         "outcome": e.outcome_code().to_string(),
@@ -284,6 +423,9 @@ pub fn to_audit_event(record: &AuditRecord, observer: &str, site: &str) -> Value
     });
     if e.outcome != "success" {
         event["outcomeDesc"] = json!(e.outcome);
+    }
+    if let Some(profile) = balp_profile(record) {
+        event["meta"] = json!({"profile": [profile]});
     }
     if !purpose.is_empty() {
         event["purposeOfEvent"] = json!(purpose);
@@ -380,5 +522,166 @@ mod tests {
         let text = v.to_string();
         assert!(text.contains("unconscious, allergies unknown"));
         assert!(text.contains(&r.hash));
+    }
+
+    #[test]
+    fn fhir_search_parameters_become_the_same_filter() {
+        let s = parse_search(&pairs(&[
+            (
+                "patient:identifier",
+                "https://fhir.nhs.uk/Id/nhs-number|9000000009",
+            ),
+            ("agent:identifier", "urn:gateway:user-id|u-7"),
+            ("entity", "urn:gateway:region:wessex"),
+            (
+                "type",
+                "http://terminology.hl7.org/CodeSystem/audit-event-type|rest",
+            ),
+            ("subtype", "read"),
+            ("outcome", "0"),
+            ("date", "ge2026-01-01"),
+            ("_count", "20"),
+        ]))
+        .unwrap();
+        assert!(!s.matches_nothing);
+        let f = s.filter;
+        assert_eq!(f.patient.as_deref(), Some("9000000009"));
+        assert_eq!(f.user.as_deref(), Some("u-7"));
+        assert_eq!(f.region.as_deref(), Some("wessex"));
+        assert_eq!(f.subtype.as_deref(), Some("read"));
+        assert_eq!(
+            (f.outcome, f.count, f.from),
+            (Some(0), 20, Some(1_767_225_600))
+        );
+        // What no record here can be matches nothing; it is not an error.
+        for q in [
+            [("type", "http://other|rest")],
+            [("type", "login")],
+            [("subtype", "http://other|read")],
+        ] {
+            assert!(parse_search(&pairs(&q)).unwrap().matches_nothing, "{q:?}");
+        }
+        for q in [
+            [("agent", "a"), ("agent", "b")],
+            [
+                ("patient", "9000000009"),
+                ("entity:identifier", "9434765919"),
+            ],
+            [("subtype", "read"), ("subtype", "search")],
+        ] {
+            assert!(parse_search(&pairs(&q)).unwrap().matches_nothing, "{q:?}");
+        }
+        for (name, value) in [
+            ("subtype", "vread"),
+            ("entity", "Practitioner/1"),
+            ("agent", ""),
+            ("patient", "123"),
+            ("user", "u-7"),
+            ("kind", "audit-read"),
+        ] {
+            let e = parse_search(&pairs(&[(name, value)])).unwrap_err();
+            assert_eq!(e.parameter, name, "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_record_names_the_balp_pattern_it_follows() {
+        let record = |kind, query: &str, method: &str, patient: bool| {
+            let mut e = AuditEvent::new(kind, "2026-03-01T10:00:00Z".into(), "r");
+            e.detail = json!({"query": query, "method": method});
+            e.patient = patient.then(|| "9000000009".to_owned());
+            chain(None, e)
+        };
+        let profile =
+            |r: &AuditRecord| balp_profile(r).map(|p| p.trim_start_matches(BALP).to_owned());
+        let cases = [
+            (
+                record(
+                    EventKind::ClinicianQuery,
+                    "/fhir/Patient/9000000009/$everything",
+                    "GET",
+                    true,
+                ),
+                Some("PatientQuery"),
+            ),
+            (
+                record(
+                    EventKind::FederationQuery,
+                    "/federation/Observation?patient=x",
+                    "GET",
+                    true,
+                ),
+                Some("PatientQuery"),
+            ),
+            (
+                record(
+                    EventKind::ClinicianQuery,
+                    "/fhir/Patient/9000000009",
+                    "GET",
+                    true,
+                ),
+                Some("PatientRead"),
+            ),
+            (
+                record(EventKind::ConsentChange, "/fhir/Consent", "POST", true),
+                Some("PatientCreate"),
+            ),
+            (
+                record(EventKind::ConsentChange, "/fhir/Consent/c1", "PUT", true),
+                Some("PatientUpdate"),
+            ),
+            (
+                record(EventKind::AuditRead, "/admin/audit?_count=5", "GET", false),
+                Some("Query"),
+            ),
+            (
+                record(
+                    EventKind::PolicyChange,
+                    "/admin/api/policies",
+                    "POST",
+                    false,
+                ),
+                Some("Create"),
+            ),
+            (
+                record(EventKind::CachePurge, "/admin/cache", "DELETE", false),
+                Some("Delete"),
+            ),
+            (
+                record(
+                    EventKind::RefusedToken,
+                    "/fhir/Patient/9000000009",
+                    "GET",
+                    false,
+                ),
+                None,
+            ),
+        ];
+        for (r, want) in &cases {
+            assert_eq!(
+                profile(r).as_deref(),
+                *want,
+                "{:?} {}",
+                r.event.kind,
+                r.event.detail
+            );
+            let v = to_audit_event(r, "urn:gateway:region:dorset", "Dorset");
+            assert_eq!(
+                v["meta"]["profile"][0]
+                    .as_str()
+                    .map(|p| p.trim_start_matches(BALP)),
+                *want
+            );
+        }
+        // `$everything` carries the search code BALP's query pattern asks for.
+        let v = to_audit_event(&cases[0].0, "urn:gateway:region:dorset", "Dorset");
+        assert_eq!(v["subtype"][0]["code"], "operation");
+        assert_eq!(v["subtype"][1]["code"], "search");
+        let search = Filter {
+            subtype: Some("search".into()),
+            ..Filter::default()
+        };
+        assert!(search.matches(&cases[0].0) && search.matches(&cases[1].0));
+        assert!(!search.matches(&cases[2].0));
     }
 }

@@ -1,7 +1,8 @@
 //! The audit trail's pure core: what a record holds, its canonical form, and the hash chain
-//! that makes tampering visible. Each record's hash is SHA-256 over the previous record's hash
-//! and the record's canonical JSON (keys sorted, no whitespace), so changing, deleting,
-//! reordering or inserting a record breaks the chain at that point, and [`verify`] names it.
+//! that makes tampering visible. Each record's hash is SHA-256 over the RFC 8785 (JSON
+//! Canonicalization Scheme) form of `{"event": ..., "prev_hash": ..., "seq": ...}`, so anyone
+//! can check the chain with another language's JCS library, and changing, deleting,
+//! reordering or inserting a record breaks the chain at that point; [`verify`] names it.
 //! Stores and the request path use this module; it does no I/O.
 
 pub mod fhir;
@@ -145,6 +146,25 @@ impl AuditEvent {
         }
     }
 
+    /// The FHIR RESTful interaction the event records (its BALP `subtype`, a code of
+    /// `http://hl7.org/fhir/restful-interaction`) and its action code (C, R, U, D, E).
+    pub fn interaction(&self) -> (&'static str, &'static str) {
+        let method = self.detail["method"].as_str().unwrap_or("GET");
+        let query = self.detail["query"].as_str().unwrap_or("");
+        match self.kind {
+            EventKind::ConsentChange if method == "POST" => ("create", "C"),
+            EventKind::ConsentChange => ("update", "U"),
+            EventKind::PolicyChange => ("create", "C"),
+            EventKind::PolicyActivation | EventKind::BreakGlassReview => ("update", "U"),
+            EventKind::CachePurge => ("delete", "D"),
+            _ if query.contains("$everything") => ("operation", "E"),
+            _ if method == "GET" && !query.contains('?') && query.matches('/').count() >= 2 => {
+                ("read", "R")
+            }
+            _ => ("search", "E"),
+        }
+    }
+
     /// The event's time in Unix seconds (0 when unreadable), for range filters.
     pub fn unix_time(&self) -> i64 {
         time::OffsetDateTime::parse(&self.time, &time::format_description::well_known::Rfc3339)
@@ -173,20 +193,24 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
-/// The canonical bytes hashed for a record: its sequence number, the previous hash and the
-/// event, as JSON with sorted keys (serde_json's map is ordered) and no whitespace.
+/// The canonical bytes hashed for a record: RFC 8785 JSON of its sequence number, the previous
+/// hash and the event.
 pub fn canonical(seq: u64, prev_hash: &str, event: &AuditEvent) -> String {
     canonical_with(seq, prev_hash, &canonical_event(event))
 }
 
-/// The canonical JSON of an event alone. Writers compute it before taking their turn in the
-/// chain, so that the serialisation runs in parallel and only the hashing is serial.
+/// The RFC 8785 JSON of an event alone (serde_json_canonicalizer: keys in UTF-16 order, the
+/// ECMAScript number form, the minimal string escapes). Writers compute it before taking
+/// their turn in the chain, so that the serialisation runs in parallel and only the hashing
+/// is serial.
 pub fn canonical_event(event: &AuditEvent) -> String {
-    crate::fhir::canonical_json(&serde_json::to_value(event).unwrap_or(Value::Null))
+    // An AuditEvent is strings, integers and a JSON value: nothing JCS cannot write.
+    serde_json_canonicalizer::to_string(event).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// [`canonical`] from an event's canonical JSON: the keys `event`, `prev_hash`, `seq` are
-/// already in sorted order, and a hash is plain hex.
+/// already in RFC 8785 order, a hash is plain hex and a sequence number an integer, so the
+/// whole is RFC 8785 JSON too.
 pub fn canonical_with(seq: u64, prev_hash: &str, canonical_event: &str) -> String {
     format!(r#"{{"event":{canonical_event},"prev_hash":"{prev_hash}","seq":{seq}}}"#)
 }
@@ -196,6 +220,15 @@ pub fn hash_with(seq: u64, prev_hash: &str, canonical_event: &str) -> String {
     hex(&Sha256::digest(
         canonical_with(seq, prev_hash, canonical_event).as_bytes(),
     ))
+}
+
+/// The form records were hashed in before RFC 8785: keys sorted by their UTF-8 bytes and
+/// serde_json's numbers and escapes. It agrees with RFC 8785 for every record this gateway
+/// writes unless a detail holds a fraction or a key outside the Basic Multilingual Plane;
+/// [`Verifier`] accepts it so that a trail begun before the change still verifies.
+fn legacy_hash(seq: u64, prev_hash: &str, event: &AuditEvent) -> String {
+    let event = crate::fhir::canonical_json(&serde_json::to_value(event).unwrap_or(Value::Null));
+    hash_with(seq, prev_hash, &event)
 }
 
 /// Lower-case hex of bytes (hashes in the trail, digests elsewhere).
@@ -296,7 +329,9 @@ impl Verifier {
                 missing_from: self.next_seq,
             });
         }
-        if hash(r.seq, &r.prev_hash, &r.event) != r.hash {
+        if hash(r.seq, &r.prev_hash, &r.event) != r.hash
+            && legacy_hash(r.seq, &r.prev_hash, &r.event) != r.hash
+        {
             return Err(Tamper::Modified { seq: r.seq });
         }
         if r.prev_hash != self.prev_hash {
@@ -394,6 +429,8 @@ pub struct Filter {
     /// 0, 4 or 8 (see [`AuditEvent::outcome_code`]).
     pub outcome: Option<u8>,
     pub request_id: Option<String>,
+    /// The RESTful interaction ([`AuditEvent::interaction`]): search, read, operation, ...
+    pub subtype: Option<String>,
     /// Only records before this sequence number (the next page).
     pub before_seq: Option<u64>,
     /// Page size.
@@ -420,6 +457,10 @@ impl Filter {
             && (!self.break_glass_only || e.break_glass_reason.is_some())
             && self.outcome.is_none_or(|o| e.outcome_code() == o)
             && self.request_id.as_ref().is_none_or(|q| &e.request_id == q)
+            && self.subtype.as_ref().is_none_or(|s| {
+                let own = e.interaction().0;
+                own == s || (s == "search" && own == "operation")
+            })
             && self.before_seq.is_none_or(|b| r.seq < b)
     }
 }
@@ -497,10 +538,41 @@ mod tests {
     #[test]
     fn the_fast_canonical_form_is_the_general_one() {
         let e = event(7);
-        let general = crate::fhir::canonical_json(
+        let general = serde_json_canonicalizer::to_string(
             &json!({"seq": 12, "prev_hash": GENESIS, "event": e.clone()}),
-        );
+        )
+        .unwrap();
         assert_eq!(canonical(12, GENESIS, &e), general);
+    }
+
+    #[test]
+    fn the_canonical_form_is_rfc_8785() {
+        // RFC 8785's own cases where JCS and a sorted serde_json differ: numbers in the
+        // ECMAScript form, keys in UTF-16 order (U+1F600 before U+FB33, unlike UTF-8), and
+        // only the escapes JSON requires.
+        let mut e = event(3);
+        e.detail = json!({"\u{fb33}": 1, "\u{1f600}": 2, "n": [1e21, 0.000001, -0.0, 3.5], "s": "\u{7f}/\u{1f}é"});
+        let text = canonical_event(&e);
+        let want = "\"detail\":{\"n\":[1e+21,0.000001,0,3.5],\"s\":\"\u{7f}/\\u001fé\",\"\u{1f600}\":2,\"\u{fb33}\":1}";
+        assert!(text.contains(want), "{text}");
+    }
+
+    #[test]
+    fn a_trail_hashed_before_rfc_8785_still_verifies_and_tampering_still_shows() {
+        let mut e = event(1);
+        e.detail = json!({"\u{fb33}": 1, "\u{1f600}": 2});
+        let seq = 1;
+        let legacy = legacy_hash(seq, GENESIS, &e);
+        assert_ne!(legacy, hash(seq, GENESIS, &e), "the two forms differ here");
+        let mut r = AuditRecord {
+            seq,
+            prev_hash: GENESIS.to_owned(),
+            hash: legacy,
+            event: e,
+        };
+        assert_eq!(verify([&r]), Ok(1));
+        r.event.released += 1;
+        assert_eq!(verify([&r]), Err(Tamper::Modified { seq: 1 }));
     }
 
     #[test]

@@ -497,6 +497,31 @@ pub fn capability_statement(
         "searchParam": [{"name": "patient.identifier", "type": "token", "documentation": "Required: https://fhir.nhs.uk/Id/nhs-number|{NHS number}"}],
         "documentation": "Patients' consent directives recorded through this gateway (roles allowed manage-consent).",
     }));
+    resources.push(json!({
+        "type": "AuditEvent",
+        "supportedProfile": [
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientQuery",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Query",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientCreate",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientUpdate",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Create",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Update",
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Delete",
+        ],
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": "patient", "type": "reference", "documentation": "The patient's NHS number (or patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS number})"},
+            {"name": "date", "type": "date", "documentation": "Prefixes eq, gt, lt, ge, le"},
+            {"name": "agent", "type": "reference", "documentation": "The user id the identity provider issued (agent:identifier=urn:gateway:user-id|{id})"},
+            {"name": "entity", "type": "reference", "documentation": "A region the query reached (urn:gateway:region:{code}), or entity:identifier= the patient's NHS number"},
+            {"name": "type", "type": "token", "documentation": "rest (every record)"},
+            {"name": "subtype", "type": "token", "documentation": "search, read, operation, create, update or delete (http://hl7.org/fhir/restful-interaction)"},
+            {"name": "outcome", "type": "token", "documentation": "0, 4 or 8"},
+            {"name": "_count", "type": "number", "documentation": "Page size, 1 to 500"},
+        ],
+        "documentation": "This region's audit trail, newest first, for the roles allowed read-audit; each record follows the IHE BALP profile named in its meta.profile.",
+    }));
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -681,8 +706,9 @@ mod tests {
             .collect();
         assert_eq!(
             types.len(),
-            1 + types::ResourceType::ALL.len() + reference::REFERENCE_TYPES.len() + 1
+            1 + types::ResourceType::ALL.len() + reference::REFERENCE_TYPES.len() + 2
         );
+        assert!(types.contains(&"AuditEvent"));
         assert!(types.contains(&"AllergyIntolerance"));
         assert!(types.contains(&"Consent"));
         // Every type a reference may name is listed with its read.
@@ -695,7 +721,7 @@ mod tests {
                 .any(|i| i["code"] == "read");
             assert_eq!(
                 reads,
-                t == "Patient" || t == "Consent" || reference::served_by_id(t),
+                t == "Patient" || t == "Consent" || t == "AuditEvent" || reference::served_by_id(t),
                 "{t}"
             );
         }

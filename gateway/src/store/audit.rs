@@ -58,7 +58,7 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// The columns of a record, in the order both stores' SQL uses.
-pub(crate) const COLUMNS: &str = "seq, prev_hash, hash, time, kind, request_id, user_id, role, organisation, purpose_of_use, patient, regions, released, withheld, policies, break_glass_reason, status, outcome, detail, at_unix, region_codes, outcome_code";
+pub(crate) const COLUMNS: &str = "seq, prev_hash, hash, time, kind, request_id, user_id, role, organisation, purpose_of_use, patient, regions, released, withheld, policies, break_glass_reason, status, outcome, detail, at_unix, region_codes, outcome_code, subtype";
 
 /// A record's columns as plain values, shared by both stores.
 pub(crate) struct Row {
@@ -84,6 +84,8 @@ pub(crate) struct Row {
     pub at_unix: i64,
     pub region_codes: String,
     pub outcome_code: i64,
+    /// The RESTful interaction ([`AuditEvent::interaction`]), for the `subtype` search.
+    pub subtype: String,
 }
 
 /// `,a,b,` so that one region is found with a substring search for `,a,`.
@@ -117,6 +119,7 @@ impl Row {
             at_unix: e.unix_time(),
             region_codes: region_codes_text(e),
             outcome_code: i64::from(e.outcome_code()),
+            subtype: e.interaction().0.to_owned(),
         }
     }
 
@@ -151,7 +154,8 @@ impl Row {
         let index_agrees = readable
             && self.at_unix == event.unix_time()
             && self.region_codes == region_codes_text(&event)
-            && self.outcome_code == i64::from(event.outcome_code());
+            && self.outcome_code == i64::from(event.outcome_code())
+            && self.subtype == event.interaction().0;
         Stored {
             record: AuditRecord {
                 seq: u64::try_from(self.seq).unwrap_or(0),
@@ -262,6 +266,7 @@ fn sqlite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         at_unix: r.get(19)?,
         region_codes: r.get(20)?,
         outcome_code: r.get(21)?,
+        subtype: r.get(22)?,
     })
 }
 
@@ -287,7 +292,7 @@ fn write_batch(conn: &mut Connection, batch: &mut [Pending]) -> rusqlite::Result
     chain_batch(sqlite_head(&tx)?, batch);
     {
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
         ))?;
         for p in batch.iter() {
             let w = &p.row;
@@ -313,7 +318,8 @@ fn write_batch(conn: &mut Connection, batch: &mut [Pending]) -> rusqlite::Result
                 w.detail,
                 w.at_unix,
                 w.region_codes,
-                w.outcome_code
+                w.outcome_code,
+                w.subtype
             ])?;
         }
     }
@@ -337,13 +343,53 @@ fn writer_loop(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// The subtype of an event from its stored kind and detail (the two it is derived from), for
+/// records written before the column existed.
+pub(crate) fn derived_subtype(kind: &str, detail: &str) -> &'static str {
+    let mut event = AuditEvent::new(
+        EventKind::parse(kind).unwrap_or(EventKind::ClinicianQuery),
+        String::new(),
+        "",
+    );
+    event.detail = serde_json::from_str(detail).unwrap_or_default();
+    event.interaction().0
+}
+
+/// Fills in the subtype of records written before schema version 4, in one transaction.
+fn fill_subtypes(conn: &Connection) -> Result<(), StoreError> {
+    let missing: Vec<(i64, String, String)> = conn
+        .prepare("SELECT seq, kind, detail FROM audit WHERE subtype = ''")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let mut update = conn.prepare("UPDATE audit SET subtype = ?1 WHERE seq = ?2")?;
+        for (seq, kind, detail) in &missing {
+            update.execute(params![derived_subtype(kind, detail), seq])?;
+        }
+        Ok::<_, rusqlite::Error>(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    tracing::info!(records = missing.len(), "audit records given their subtype");
+    Ok(())
+}
+
 /// The WHERE clause of a filter (without paging), with its parameters numbered from 1.
 /// Used by SQLite; PostgreSQL has its own placeholders.
 const SQLITE_WHERE: &str = "(?1 IS NULL OR patient = ?1) AND (?2 IS NULL OR user_id = ?2)
     AND (?3 IS NULL OR instr(region_codes, ',' || ?3 || ',') > 0) AND (?4 IS NULL OR kind = ?4)
     AND (?5 IS NULL OR at_unix >= ?5) AND (?6 IS NULL OR at_unix < ?6)
     AND (?7 = 0 OR break_glass_reason IS NOT NULL) AND (?8 IS NULL OR outcome_code = ?8)
-    AND (?9 IS NULL OR request_id = ?9)";
+    AND (?9 IS NULL OR request_id = ?9) AND (?10 IS NULL OR subtype = ?10 OR (?10 = 'search' AND subtype = 'operation'))";
 
 impl SqliteAudit {
     /// Opens (creating) the trail in the SQLite file at `path`.
@@ -353,6 +399,7 @@ impl SqliteAudit {
         }
         let writer = open_connection(path)?;
         super::migrate::sqlite(&writer)?;
+        fill_subtypes(&writer)?;
         let reader = open_connection(path)?;
         Ok(Self::start(
             Arc::new(Mutex::new(writer)),
@@ -432,8 +479,8 @@ impl AuditStore for SqliteAudit {
             let outcome = f.outcome.map(i64::from);
             let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
             let limit = (f.count + 1) as i64;
-            // ?1-?9 filter (SQLITE_WHERE), ?10-?11 page.
-            let values: [&dyn rusqlite::ToSql; 11] = [
+            // ?1-?10 filter (SQLITE_WHERE), ?11-?12 page.
+            let values: [&dyn rusqlite::ToSql; 12] = [
                 &f.patient,
                 &f.user,
                 &f.region,
@@ -443,16 +490,17 @@ impl AuditStore for SqliteAudit {
                 &f.break_glass_only,
                 &outcome,
                 &f.request_id,
+                &f.subtype,
                 &before,
                 &limit,
             ];
             let total: i64 = conn.query_row(
                 &format!("SELECT COUNT(*) FROM audit WHERE {SQLITE_WHERE}"),
-                &values[..9],
+                &values[..10],
                 |r| r.get(0),
             )?;
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM audit WHERE {SQLITE_WHERE} AND seq < ?10 ORDER BY seq DESC LIMIT ?11"
+                "SELECT {COLUMNS} FROM audit WHERE {SQLITE_WHERE} AND seq < ?11 ORDER BY seq DESC LIMIT ?12"
             ))?;
             let rows = stmt
                 .query_map(&values[..], sqlite_row)?
@@ -627,6 +675,19 @@ pub(crate) async fn audit_suite(
             request_id: Some("req-17".into()),
             ..Filter::default()
         },
+        Filter {
+            subtype: Some("read".into()),
+            ..Filter::default()
+        },
+        Filter {
+            subtype: Some("search".into()),
+            user: Some("user-1".into()),
+            ..Filter::default()
+        },
+        Filter {
+            subtype: Some("operation".into()),
+            ..Filter::default()
+        },
     ];
     for base in filters {
         let expected: Vec<u64> = all
@@ -712,6 +773,11 @@ pub(crate) async fn audit_suite(
         verify_store(store).await.unwrap(),
         Err(Tamper::Modified { seq: 90 })
     );
+    exec("UPDATE {audit} SET subtype = 'create' WHERE seq = 75".into()).await;
+    assert_eq!(
+        verify_store(store).await.unwrap(),
+        Err(Tamper::Modified { seq: 75 })
+    );
     exec("UPDATE {audit} SET detail = 'not json' WHERE seq = 60".into()).await;
     assert_eq!(
         verify_store(store).await.unwrap(),
@@ -765,7 +831,12 @@ pub(crate) fn sample_event(i: usize) -> AuditEvent {
     if kind == EventKind::FederationQuery {
         e.detail = json!({"calling_region": "wessex"});
     } else {
-        e.detail = json!({"query": "AllergyIntolerance", "ünï": ["cödé", 1.5, null]});
+        let query = match i % 5 {
+            0 => "/fhir/Patient/9000000009/$everything",
+            1 => "/fhir/Patient/9000000009",
+            _ => "/fhir/AllergyIntolerance?patient=9000000009",
+        };
+        e.detail = json!({"query": query, "method": "GET", "ünï": ["cödé", 1.5, null]});
     }
     e
 }
@@ -813,6 +884,40 @@ mod tests {
         let r = store.append(sample_event(3)).await.unwrap();
         assert_eq!(r.seq, 4);
         assert_eq!(verify_store(&store).await.unwrap().unwrap().0, 4);
+    }
+
+    #[tokio::test]
+    async fn records_written_before_the_subtype_column_get_theirs_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        {
+            let store = SqliteAudit::open(&path).unwrap();
+            for i in 0..10 {
+                store.append(sample_event(i)).await.unwrap();
+            }
+        }
+        // As a gateway before schema version 4 left them.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE audit SET subtype = ''")
+            .unwrap();
+        let store = SqliteAudit::open(&path).unwrap();
+        assert_eq!(verify_store(&store).await.unwrap().unwrap().0, 10);
+        let reads = Filter {
+            subtype: Some("read".into()),
+            count: 50,
+            ..Filter::default()
+        };
+        let found: Vec<u64> = store
+            .search(&reads)
+            .await
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        // Of sample_event(1) and (6), the reads by their query, (6) is a federation query.
+        assert_eq!(found, vec![2]);
     }
 
     #[tokio::test]

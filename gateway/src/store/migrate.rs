@@ -43,6 +43,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/V3__change_log.sql"),
         postgres: include_str!("migrations/postgres/V3__change_log.sql"),
     },
+    Migration {
+        version: 4,
+        name: "each audit record's RESTful interaction, for the subtype search",
+        sqlite: include_str!("migrations/sqlite/V4__audit_subtype.sql"),
+        postgres: include_str!("migrations/postgres/V4__audit_subtype.sql"),
+    },
 ];
 
 /// The checksum recorded for a migration's text.
@@ -195,10 +201,10 @@ mod tests {
             plan(applied, MIGRATIONS, |m| m.sqlite)
                 .map(|p| p.iter().map(|m| m.version).collect::<Vec<_>>())
         };
-        assert_eq!(pending(&[]).unwrap(), vec![1, 2, 3]);
-        assert_eq!(pending(&[(1, sum(0))]).unwrap(), vec![2, 3]);
+        assert_eq!(pending(&[]).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(pending(&[(1, sum(0))]).unwrap(), vec![2, 3, 4]);
         assert!(
-            pending(&[(1, sum(0)), (2, sum(1)), (3, sum(2))])
+            pending(&[(1, sum(0)), (2, sum(1)), (3, sum(2)), (4, sum(3))])
                 .unwrap()
                 .is_empty()
         );
@@ -244,7 +250,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(versions, vec![1, 2, 3, 4]);
         // Opening again applies nothing.
         assert!(sqlite(&conn).unwrap().is_empty());
     }

@@ -64,6 +64,7 @@ pub struct Connector {
     conninfo: String,
     schema: String,
     tls: Option<Arc<rustls::ClientConfig>>,
+    password: Option<crate::config::Secret>,
 }
 
 impl Connector {
@@ -96,7 +97,15 @@ impl Connector {
             conninfo: conninfo.to_owned(),
             schema: schema.to_owned(),
             tls,
+            password: None,
         })
+    }
+
+    /// Connects with this password (kept out of the connection string: from the environment
+    /// or a secret file), replacing any the string gives.
+    pub fn with_password(mut self, password: Option<&crate::config::Secret>) -> Self {
+        self.password = password.cloned();
+        self
     }
 
     pub fn schema(&self) -> &str {
@@ -110,6 +119,9 @@ impl Connector {
             })?;
         if self.tls.is_some() {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        if let Some(p) = &self.password {
+            config.password(p.expose());
         }
         Ok(config)
     }
@@ -385,6 +397,7 @@ fn pg_row(r: &tokio_postgres::Row) -> Row {
         at_unix: r.get(19),
         region_codes: r.get(20),
         outcome_code: r.get(21),
+        subtype: r.get(22),
     }
 }
 
@@ -413,7 +426,7 @@ async fn write_pg_batch(
         None => {
             let st = tx
                 .prepare(&format!(
-                    "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+                    "INSERT INTO {s}.audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
                 ))
                 .await
                 .map_err(pg)?;
@@ -422,9 +435,9 @@ async fn write_pg_batch(
     };
     let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
     type P<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let params: Vec<[P<'_>; 22]> = rows
+    let params: Vec<[P<'_>; 23]> = rows
         .iter()
-        .map(|w| -> [P<'_>; 22] {
+        .map(|w| -> [P<'_>; 23] {
             [
                 &w.seq,
                 &w.prev_hash,
@@ -448,6 +461,7 @@ async fn write_pg_batch(
                 &w.at_unix,
                 &w.region_codes,
                 &w.outcome_code,
+                &w.subtype,
             ]
         })
         .collect();
@@ -490,13 +504,50 @@ const PG_WHERE: &str = "($1::text IS NULL OR patient = $1) AND ($2::text IS NULL
     AND ($3::text IS NULL OR strpos(region_codes, ',' || $3 || ',') > 0) AND ($4::text IS NULL OR kind = $4)
     AND ($5::bigint IS NULL OR at_unix >= $5) AND ($6::bigint IS NULL OR at_unix < $6)
     AND (NOT $7::bool OR break_glass_reason IS NOT NULL) AND ($8::bigint IS NULL OR outcome_code = $8)
-    AND ($9::text IS NULL OR request_id = $9)";
+    AND ($9::text IS NULL OR request_id = $9) AND ($10::text IS NULL OR subtype = $10 OR ($10 = 'search' AND subtype = 'operation'))";
+
+/// Fills in the subtype of records written before schema version 4 (one statement per
+/// record, pipelined, in one transaction).
+async fn fill_subtypes(client: &Client, s: &str) -> Result<(), StoreError> {
+    let missing = client
+        .query(
+            &format!("SELECT seq, kind, detail FROM {s}.audit WHERE subtype = ''"),
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    client.batch_execute("BEGIN").await.map_err(pg)?;
+    let update = client
+        .prepare(&format!("UPDATE {s}.audit SET subtype = $1 WHERE seq = $2"))
+        .await
+        .map_err(pg)?;
+    let filled = futures::future::try_join_all(missing.iter().map(|r| {
+        let subtype = super::audit::derived_subtype(r.get(1), r.get(2));
+        let seq: i64 = r.get(0);
+        let update = &update;
+        async move { client.execute(update, &[&subtype, &seq]).await }
+    }))
+    .await;
+    match filled {
+        Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(pg(e));
+        }
+    }
+    tracing::info!(records = missing.len(), "audit records given their subtype");
+    Ok(())
+}
 
 impl PostgresAudit {
     /// Connects (a writer connection, and a small pool for reading) and brings the schema up
     /// to date.
     pub async fn connect(connector: Connector) -> Result<Self, StoreError> {
         let writer_client = connector.open().await?;
+        fill_subtypes(&writer_client, connector.schema()).await?;
         let reader = connector.pool(2)?;
         let (tx, rx) = mpsc::channel(super::audit::MAX_BATCH * 4);
         let schema = connector.schema().to_owned();
@@ -540,8 +591,8 @@ impl AuditStore for PostgresAudit {
             let outcome = f.outcome.map(i64::from);
             let before = f.before_seq.map_or(i64::MAX, |b| b as i64);
             let limit = (f.count + 1) as i64;
-            // $1-$9 filter (PG_WHERE), $10-$11 page.
-            let values: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            // $1-$10 filter (PG_WHERE), $11-$12 page.
+            let values: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
                 &f.patient,
                 &f.user,
                 &f.region,
@@ -551,6 +602,7 @@ impl AuditStore for PostgresAudit {
                 &f.break_glass_only,
                 &outcome,
                 &f.request_id,
+                &f.subtype,
                 &before,
                 &limit,
             ];
@@ -558,7 +610,7 @@ impl AuditStore for PostgresAudit {
             let total: i64 = client
                 .query_one(
                     &format!("SELECT COUNT(*) FROM {s}.audit WHERE {PG_WHERE}"),
-                    &values[..9],
+                    &values[..10],
                 )
                 .await
                 .map_err(pg)?
@@ -566,7 +618,7 @@ impl AuditStore for PostgresAudit {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {COLUMNS} FROM {s}.audit WHERE {PG_WHERE} AND seq < $10 ORDER BY seq DESC LIMIT $11"
+                        "SELECT {COLUMNS} FROM {s}.audit WHERE {PG_WHERE} AND seq < $11 ORDER BY seq DESC LIMIT $12"
                     ),
                     &values,
                 )
