@@ -287,6 +287,8 @@ pub struct Builder {
     postgres: bool,
     /// TOML appended to the first region's configuration.
     first_region_toml: String,
+    /// The body of the first region's `[auth]` table, instead of the test key file's.
+    first_region_auth: Option<String>,
     /// This region checks peers' certificates against `certs/{code}-crl.pem` (an empty CRL at
     /// the start).
     crl_at: Option<usize>,
@@ -312,6 +314,7 @@ impl Builder {
             extra_policy: None,
             postgres: false,
             first_region_toml: String::new(),
+            first_region_auth: None,
             crl_at: None,
             realistic: None,
             record_extra: String::new(),
@@ -348,6 +351,13 @@ impl Builder {
     }
 
     /// Appends TOML (whole tables) to the first region's configuration.
+    /// The first region's `[auth]` table (its keys, issuer, claim names), instead of the
+    /// test identity provider's key file.
+    pub fn first_region_auth(mut self, body: &str) -> Self {
+        self.first_region_auth = Some(body.to_owned());
+        self
+    }
+
     pub fn first_region_toml(mut self, text: &str) -> Self {
         self.first_region_toml.push_str(text);
         self
@@ -519,6 +529,13 @@ impl Builder {
             }
             if i == 0 {
                 text.push_str(&self.first_region_toml);
+                if let Some(body) = &self.first_region_auth {
+                    let test_idp = format!(
+                        "[auth]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\npublic_keys_pem = \"idp.pem\"\n"
+                    );
+                    assert!(text.contains(&test_idp));
+                    text = text.replace(&test_idp, &format!("[auth]\n{body}\n"));
+                }
             }
             if self.crl_at == Some(i) {
                 let crl = dir.path().join(format!("certs/{code}-crl.pem"));

@@ -248,6 +248,8 @@ async fn the_federation_face_refuses_anyone_without_a_federation_certificate() {
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
+        scope: None,
+        patient: None,
     };
     let token = signer
         .sign(

@@ -327,6 +327,8 @@ async fn a_forwarded_context_issued_in_the_future_or_for_too_long_is_refused() {
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
+        scope: None,
+        patient: None,
     };
     let peer = mtls_client(&fed.ca.cert_pem, Some((&cert, &key)));
     let url = format!(

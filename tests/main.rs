@@ -20,3 +20,4 @@ mod record_server;
 mod references;
 mod replicas;
 mod resilience;
+mod smart;

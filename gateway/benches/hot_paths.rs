@@ -45,6 +45,8 @@ fn user(role: &str) -> UserContext {
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
+        scope: None,
+        patient: None,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub local: Arc<dyn RecordSource>,
     pub peers: Vec<Peer>,
     pub verifier: ClinicianVerifier,
+    /// Fetches the identity provider's keys again, when they come by discovery.
+    pub key_fetcher: Option<Arc<crate::auth::discovery::KeyFetcher>>,
     /// The consent and role policy set; an invalid one stops the start (fail closed).
     /// Swapped whole on reload; a request holds the version it started with.
     pub policies: ArcSwap<policy::PolicySet>,
@@ -253,6 +255,8 @@ impl Gateway {
         let identity = config.identity();
         let tls = ArcSwap::from_pointee(TlsState::build(&material, &identity)?);
         let verifier = load_verifier(&config)?;
+        let metrics = crate::metrics::Metrics::new();
+        let key_fetcher = key_fetcher(&config, &verifier, &metrics).await?;
         let Stores {
             consents,
             audit,
@@ -316,6 +320,7 @@ impl Gateway {
             local,
             peers,
             verifier,
+            key_fetcher,
             policies,
             consents,
             governance,
@@ -323,7 +328,7 @@ impl Gateway {
             applied: std::sync::Mutex::new(applied),
             audit,
             cache,
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             guard,
             cursors,
             changes,
@@ -561,21 +566,67 @@ fn load_verifier(config: &Config) -> Result<ClinicianVerifier, StartError> {
             source,
         })
     };
-    Ok(match (&auth.public_keys_pem, &auth.jwks) {
-        (Some(pem), _) => ClinicianVerifier::from_pem(
-            &auth.issuer,
-            &auth.audience,
-            &read(pem)?,
-            &pem.display().to_string(),
-        )?,
-        (None, Some(jwks)) => ClinicianVerifier::from_jwks(
-            &auth.issuer,
-            &auth.audience,
-            &read(jwks)?,
-            &jwks.display().to_string(),
-        )?,
-        (None, None) => unreachable!("validate() requires one key source"),
-    })
+    let keys = match (&auth.public_keys_pem, &auth.jwks) {
+        (Some(pem), _) => crate::auth::keys_from_pem(&read(pem)?, &pem.display().to_string())?,
+        (None, Some(jwks)) => {
+            crate::auth::keys_from_jwks(&read(jwks)?, &jwks.display().to_string())?
+        }
+        // Discovery: fetched when the gateway starts ([`KeyFetcher`]).
+        (None, None) => Vec::new(),
+    };
+    Ok(ClinicianVerifier::new(
+        &auth.issuer,
+        &auth.audience,
+        keys,
+        auth.claim_rules(),
+    ))
+}
+
+/// The fetcher of the identity provider's keys, when they come by discovery; its first fetch
+/// is made here (a provider down at start is retried by [`KeyFetcher::keep_fresh`]).
+async fn key_fetcher(
+    config: &Config,
+    verifier: &ClinicianVerifier,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Option<Arc<crate::auth::discovery::KeyFetcher>>, StartError> {
+    let auth = &config.auth;
+    if !auth.discovery {
+        return Ok(None);
+    }
+    let mut client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true);
+    if let Some(ca) = &auth.ca {
+        for cert in load_certs(ca).map_err(|e| StartError::Certificate {
+            path: ca.display().to_string(),
+            message: e.to_string(),
+        })? {
+            let cert = reqwest::Certificate::from_der(cert.as_ref()).map_err(|e| {
+                StartError::Certificate {
+                    path: ca.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build().map_err(|e| StartError::Certificate {
+        path: "auth.ca".into(),
+        message: e.to_string(),
+    })?;
+    let fetcher = crate::auth::discovery::KeyFetcher::new(
+        client,
+        &auth.issuer,
+        verifier.clone(),
+        Duration::from_millis(auth.jwks_min_refresh_interval_ms),
+        Some(metrics),
+    );
+    if let Err(e) = fetcher.fetch().await {
+        tracing::error!(error = %e, "the identity provider's keys could not be fetched at start; every token is refused until they are");
+    }
+    Ok(Some(fetcher))
 }
 
 /// Reloads the policy set when its directory changes or on SIGHUP, until `stop` turns true.

@@ -337,6 +337,49 @@ pub struct ConfigAuth {
     pub public_keys_pem: Option<PathBuf>,
     /// JWKS file of the identity provider.
     pub jwks: Option<PathBuf>,
+    /// Find the provider's keys by OpenID Connect discovery (`{issuer}/.well-known/
+    /// openid-configuration`, then its `jwks_uri`), over TLS; instead of a key file.
+    #[serde(default)]
+    pub discovery: bool,
+    /// CA certificate(s) (PEM) the provider's TLS certificate may chain to, besides the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// The least time between two fetches of the provider's keys for a token naming a key
+    /// not held (a forged `kid` cannot make the gateway hammer the provider). Default 30000.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_interval_ms: u64,
+    /// How often the provider's keys are fetched again anyway, in seconds. Default 3600.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_interval_s: u64,
+    /// The SMART scopes of a token that carries none (`user/*.cruds`: whatever the role
+    /// allows). Unset: the role alone decides; empty: such a token sees nothing.
+    pub default_scopes: Option<String>,
+    /// The names of the claims the gateway reads (role, organisation, purpose of use, patient,
+    /// scope), as the region's identity provider issues them.
+    #[serde(default)]
+    pub claims: crate::auth::ClaimNames,
+    /// Where clinicians' applications get tokens, for the SMART configuration when the keys
+    /// come from files (discovery gives them otherwise).
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+}
+
+fn default_jwks_min_refresh() -> u64 {
+    30_000
+}
+
+fn default_jwks_refresh() -> u64 {
+    3600
+}
+
+impl ConfigAuth {
+    /// How the claims of a token become a user.
+    pub fn claim_rules(&self) -> crate::auth::ClaimRules {
+        crate::auth::ClaimRules {
+            names: self.claims.clone(),
+            default_scopes: self.default_scopes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -847,6 +890,9 @@ impl Config {
         if let Some(p) = self.auth.jwks.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.auth.ca.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.policy.directory.as_mut() {
             fix(p);
         }
@@ -894,10 +940,15 @@ impl Config {
                 ));
             }
         }
-        if self.auth.public_keys_pem.is_some() == self.auth.jwks.is_some() {
+        let sources = [
+            self.auth.public_keys_pem.is_some(),
+            self.auth.jwks.is_some(),
+            self.auth.discovery,
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(
                 "auth",
-                "set exactly one of 'public_keys_pem' or 'jwks'",
+                "set exactly one of 'public_keys_pem', 'jwks' or 'discovery = true'",
             ));
         }
         if self.auth.issuer.is_empty() {
@@ -905,6 +956,30 @@ impl Config {
         }
         if self.auth.audience.is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
+        }
+        if self.auth.discovery && !self.auth.issuer.starts_with("https://") {
+            return Err(invalid(
+                "auth.issuer",
+                "discovery reads the issuer's document over TLS: an https address",
+            ));
+        }
+        if self.auth.jwks_min_refresh_interval_ms == 0 {
+            return Err(invalid(
+                "auth.jwks_min_refresh_interval_ms",
+                "must be above 0 (it is what keeps forged key ids from hammering the provider)",
+            ));
+        }
+        if let Some(scopes) = &self.auth.default_scopes {
+            for s in scopes.split_ascii_whitespace() {
+                if crate::auth::scopes::Scopes::parse(s, true) == Default::default() {
+                    return Err(invalid(
+                        "auth.default_scopes",
+                        format!(
+                            "'{s}' is not a SMART scope this gateway reads (user/Type.rs, user/*.read, ...)"
+                        ),
+                    ));
+                }
+            }
         }
         if self.fanout.deadline_ms == 0 || self.fanout.deadline_ms > 120_000 {
             return Err(invalid(

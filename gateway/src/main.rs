@@ -457,6 +457,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<()> {
                     String::new()
                 },
                 time: time::OffsetDateTime::now_utc().unix_timestamp(),
+                granted_types: policy::all_types(),
             };
             let q = policy::Question {
                 principal: &principal,

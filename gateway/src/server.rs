@@ -408,6 +408,7 @@ pub fn start_on(
             rx.clone(),
         )),
         tokio::spawn(crate::app::watch_tls(gateway.clone(), rx.clone())),
+        tokio::spawn(keep_keys_fresh(gateway.clone(), rx.clone())),
         tokio::spawn(crate::api::audit::record_refusals_periodically(
             gateway.clone(),
             rx.clone(),
@@ -437,4 +438,12 @@ pub fn start_on(
         stop,
         tasks,
     })
+}
+
+/// Fetches the identity provider's keys on schedule, when they come by discovery.
+async fn keep_keys_fresh(gateway: Arc<Gateway>, stop: tokio::sync::watch::Receiver<bool>) {
+    if let Some(fetcher) = gateway.key_fetcher.clone() {
+        let every = std::time::Duration::from_secs(gateway.config.auth.jwks_refresh_interval_s);
+        fetcher.keep_fresh(every, stop).await;
+    }
 }

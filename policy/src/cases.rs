@@ -83,6 +83,8 @@ pub struct CaseContext {
     pub break_glass_reason: String,
     /// Unix seconds; default 2026-01-01T00:00:00Z.
     pub time: i64,
+    /// The types the token's SMART scopes grant; default `["*"]` (every type).
+    pub granted_types: std::collections::BTreeSet<String>,
 }
 
 impl Default for CaseContext {
@@ -94,6 +96,7 @@ impl Default for CaseContext {
             requesting_region: default_region(),
             break_glass_reason: String::new(),
             time: 1_767_225_600,
+            granted_types: crate::all_types(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Case {
             requesting_region: self.context.requesting_region.clone(),
             break_glass_reason: self.context.break_glass_reason.clone(),
             time: self.context.time,
+            granted_types: self.context.granted_types.clone(),
         };
         (p, i, c)
     }

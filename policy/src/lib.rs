@@ -119,6 +119,14 @@ pub struct Circumstances {
     pub break_glass_reason: String,
     /// Unix seconds.
     pub time: i64,
+    /// The resource types the token's SMART scopes grant, `*` for every type.
+    pub granted_types: std::collections::BTreeSet<String>,
+}
+
+/// Every type granted: what a request without scopes (or a peer's, decided by its own
+/// gateway) is decided under.
+pub fn all_types() -> std::collections::BTreeSet<String> {
+    std::collections::BTreeSet::from(["*".to_owned()])
 }
 
 /// One question: may `principal` read `item` in these circumstances?
@@ -468,6 +476,10 @@ impl PolicySet {
                     s(c.break_glass_reason.clone()),
                 ),
                 ("time".to_owned(), RestrictedExpression::new_long(c.time)),
+                (
+                    "granted_types".to_owned(),
+                    RestrictedExpression::new_set(c.granted_types.iter().map(|t| s(t.clone()))),
+                ),
             ])
             .map_err(|e| e.to_string())?;
             Ok(Fixed {

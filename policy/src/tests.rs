@@ -108,6 +108,7 @@ fn question_parts(resource_type: &str) -> (Principal, ItemClass, Circumstances) 
             requesting_region: "dorset".into(),
             break_glass_reason: String::new(),
             time: 1_767_225_600,
+            granted_types: crate::all_types(),
         },
     )
 }

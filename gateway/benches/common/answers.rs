@@ -142,6 +142,8 @@ pub fn clinician() -> gateway::auth::UserContext {
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
         break_glass: None,
+        scope: None,
+        patient: None,
     }
 }
 

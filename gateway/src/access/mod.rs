@@ -68,6 +68,10 @@ pub fn embedded_policy_files() -> Vec<(String, String)> {
             "60-governance.cedar",
             include_str!("../../../policies/default/60-governance.cedar"),
         ),
+        (
+            "70-scopes.cedar",
+            include_str!("../../../policies/default/70-scopes.cedar"),
+        ),
     ]
     .into_iter()
     .map(|(n, t)| (n.to_owned(), t.to_owned()))
@@ -219,6 +223,26 @@ impl<'a> Gatekeeper<'a> {
         point: DecisionPoint,
         requesting_region: &str,
     ) -> Self {
+        Self::for_interaction(
+            set,
+            user,
+            home_region,
+            point,
+            requesting_region,
+            crate::auth::scopes::Interaction::Search,
+        )
+    }
+
+    /// [`Gatekeeper::new`] for a request that makes `interaction` (a read by id is decided on
+    /// what the scopes grant for reading, a search on what they grant for searching).
+    pub fn for_interaction(
+        set: &'a PolicySet,
+        user: &UserContext,
+        home_region: &str,
+        point: DecisionPoint,
+        requesting_region: &str,
+        interaction: crate::auth::scopes::Interaction,
+    ) -> Self {
         let break_glass = user.break_glass.is_some();
         let principal = Principal {
             id: user.user_id.clone(),
@@ -237,6 +261,12 @@ impl<'a> Gatekeeper<'a> {
             requesting_region: requesting_region.to_owned(),
             break_glass_reason: user.break_glass.clone().unwrap_or_default(),
             time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            granted_types: match point {
+                // At release a peer's request is decided on its role; its gateway applies the
+                // scopes (a forwarded context carries none).
+                DecisionPoint::Release => policy::all_types(),
+                DecisionPoint::View => user.granted_types(interaction),
+            },
         };
         Gatekeeper {
             prepared: set.prepare(&principal, &circumstances),

@@ -8,6 +8,8 @@ fn user(role: &str, purpose: &str, break_glass: Option<&str>) -> UserContext {
         organisation: "RBD".into(),
         purpose_of_use: Some(purpose.into()),
         break_glass: break_glass.map(str::to_owned),
+        scope: None,
+        patient: None,
     }
 }
 

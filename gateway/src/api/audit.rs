@@ -307,6 +307,10 @@ pub async fn read_audit_event(
     let (parts, _) = request.into_parts();
     note(&parts, |e| e.kind = EventKind::AuditRead);
     allowed_to_read_trail(&gateway, &parts)?;
+    let user = ask(&gateway, &parts, None)?.user;
+    if !user.may("AuditEvent", crate::auth::scopes::Interaction::Read) {
+        return Err(scope_refused());
+    }
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -324,12 +328,23 @@ pub async fn read_audit_event(
         .find(|s| s.record.seq == seq)
         .ok_or_else(not_found)?;
     note(&parts, |e| {
-        e.patient.clone_from(&found.record.event.patient);
-        e.released = 1;
+        e.patient.clone_from(&found.record.event.patient)
     });
+    if user.patient.is_some() && found.record.event.patient != user.patient {
+        return Err(not_found());
+    }
+    note(&parts, |e| e.released = 1);
     let event =
         crate::audit::fhir::to_audit_event(&found.record, &gateway.identity, &gateway.region.name);
     Ok(fhir_response(StatusCode::OK, &event))
+}
+
+fn scope_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the token's scopes do not grant reading AuditEvent",
+    )
 }
 
 fn trail_unavailable(e: crate::store::StoreError) -> ApiError {
@@ -370,6 +385,13 @@ async fn search(
     note(&parts, |e| e.kind = EventKind::AuditRead);
     let ask = ask(gateway, &parts, raw)?;
     allowed_to_read_trail(gateway, &parts)?;
+    if face == TrailFace::Fhir
+        && !ask
+            .user
+            .may("AuditEvent", crate::auth::scopes::Interaction::Search)
+    {
+        return Err(scope_refused());
+    }
     let refused = |e: crate::audit::fhir::FilterError| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
             .internal(format!("audit filter refused: parameter {}", e.parameter))
@@ -385,6 +407,13 @@ async fn search(
         }
     };
     note(&parts, |e| e.patient.clone_from(&filter.patient));
+    if ask.user.patient.is_some() && filter.patient != ask.user.patient {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token is about one patient: search the trail with patient= that patient",
+        ));
+    }
     let page = if matches_nothing {
         crate::audit::Page::default()
     } else {

@@ -89,6 +89,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         ));
     let routes = Router::new()
         .route("/fhir/metadata", get(metadata))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(super::smart::smart_configuration),
+        )
         .merge(crate::console::router())
         .merge(authenticated);
     super::outer_layers(routes, &gateway).with_state(gateway)
@@ -111,7 +115,19 @@ async fn authenticate(
         .map(str::trim);
     let user = match token {
         None => Err(AuthError::Missing),
-        Some(t) => gateway.verifier.verify(t),
+        Some(t) => match gateway.verifier.verify(t) {
+            // A key not held: the provider may have rotated its keys (fetched again, at most
+            // once per minimum interval).
+            Err(AuthError::NoKey) if gateway.key_fetcher.is_some() => {
+                let fetcher = gateway.key_fetcher.as_ref().expect("checked");
+                if fetcher.refresh_for(t).await {
+                    gateway.verifier.verify(t)
+                } else {
+                    Err(AuthError::NoKey)
+                }
+            }
+            other => other,
+        },
     };
     match user {
         Ok(user) => {
@@ -142,6 +158,7 @@ async fn metadata(State(gateway): State<Arc<Gateway>>) -> Response {
             &gateway.region.base_url,
             &gateway.region.name,
             &now,
+            super::smart::oauth_endpoints(&gateway).as_ref(),
         ),
     )
 }

@@ -32,6 +32,19 @@ fn consent_ask(
     raw: Option<&str>,
 ) -> Result<Ask, ApiError> {
     let ask = ask(gateway, parts, raw)?;
+    use crate::auth::scopes::Interaction;
+    let interaction = match parts.method {
+        http::Method::POST => Interaction::Create,
+        http::Method::PUT => Interaction::Update,
+        _ => ask.interaction(),
+    };
+    if !ask.user.may("Consent", interaction) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token's scopes do not grant this on Consent ({interaction:?})"),
+        ));
+    }
     let policies = gateway.policies.load_full();
     let region = &gateway.region.code;
     let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
@@ -94,6 +107,7 @@ async fn save(
     nhs: &NhsNumber,
     mut resource: Value,
 ) -> Result<Value, ApiError> {
+    ask.within_launch(nhs.as_str())?;
     let now = fhir::instant(time::OffsetDateTime::now_utc());
     resource["id"] = Value::String(id.clone());
     resource["meta"] = serde_json::json!({"versionId": version.to_string(), "lastUpdated": now});
@@ -197,6 +211,9 @@ pub async fn read(
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found("no consent directive with this id"))?;
     ask.note(|e| e.patient = Some(found.nhs.clone()));
+    if !ask.user.may_ask_about(&found.nhs) {
+        return Err(ApiError::not_found("no consent directive with this id"));
+    }
     Ok(fhir_response(StatusCode::OK, &found.resource))
 }
 
@@ -252,6 +269,7 @@ pub async fn search(
         )
     })?;
     ask.note(|e| e.patient = Some(nhs.as_str().to_owned()));
+    ask.within_launch(nhs.as_str())?;
     let stored = gateway
         .consents
         .for_patient(nhs.as_str())

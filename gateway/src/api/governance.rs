@@ -517,6 +517,8 @@ pub async fn simulate(
         purpose_of_use: Some(sim.purpose_of_use.clone()),
         break_glass: (!sim.break_glass_reason.trim().is_empty())
             .then(|| sim.break_glass_reason.trim().to_owned()),
+        scope: None,
+        patient: None,
     };
     let region = gateway.region.code.clone();
     let gk = |set| Gatekeeper::new(set, &user, &region, DecisionPoint::View, &region);

@@ -11,6 +11,7 @@ pub mod governance;
 pub mod guard;
 pub mod paging;
 pub mod read;
+pub mod smart;
 
 use std::time::Instant;
 

@@ -152,6 +152,11 @@ pub async fn read_resource(
     };
     if let Some(nhs) = &found.nhs {
         ask.note(|e| e.patient = Some(nhs.as_str().to_owned()));
+        // A token about one patient reads nothing of another's (and learns not that it exists).
+        if !ask.user.may_ask_about(nhs.as_str()) {
+            ask.note(|e| e.detail["read"] = serde_json::json!("another patient than the token's"));
+            return Err(not_here());
+        }
     }
     let nhs = found.nhs.clone();
     let (kept, report) = decide(&gateway, gatekeeper, found, &region.code).await?;

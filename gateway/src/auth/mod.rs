@@ -7,7 +7,12 @@
 //!   certificate it presents, so the answering region verifies it with the public key from the
 //!   TLS handshake and knows the region in the token is the region on the certificate.
 //!
-//! Pure apart from reading key files: no sockets.
+//! Pure apart from reading key files: no sockets. The identity provider's keys, when they
+//! come from its OpenID discovery document, are fetched by [`discovery`]; the scopes a token
+//! grants are read by [`scopes`].
+
+pub mod discovery;
+pub mod scopes;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{
@@ -36,6 +41,128 @@ pub struct UserContext {
     /// The reason given for emergency (break-glass) access, when the clinician broke the glass.
     #[serde(default)]
     pub break_glass: Option<String>,
+    /// The SMART scopes that bound what the user may see: the token's `scope`, or the
+    /// configured default for a token without one. `None`: no bound beyond the role (a
+    /// context forwarded by a peer, whose own gateway applied them; or no default set).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The patient the token is about (its SMART launch context), by NHS number: the user may
+    /// ask about no other patient.
+    #[serde(default)]
+    pub patient: Option<String>,
+}
+
+impl UserContext {
+    /// The resource types the user's scopes grant for `interaction` (`*` for every type), as
+    /// the policies receive them.
+    pub fn granted_types(
+        &self,
+        interaction: scopes::Interaction,
+    ) -> std::collections::BTreeSet<String> {
+        match &self.scope {
+            None => std::collections::BTreeSet::from(["*".to_owned()]),
+            Some(s) => scopes::Scopes::parse(s, self.patient.is_some()).granted_types(interaction),
+        }
+    }
+
+    /// Whether the user's scopes grant `interaction` on `resource_type`.
+    pub fn may(&self, resource_type: &str, interaction: scopes::Interaction) -> bool {
+        match &self.scope {
+            None => true,
+            Some(s) => {
+                scopes::Scopes::parse(s, self.patient.is_some()).allows(resource_type, interaction)
+            }
+        }
+    }
+
+    /// Whether the user may ask about the patient with this NHS number: any, unless the token
+    /// is about one patient.
+    pub fn may_ask_about(&self, nhs: &str) -> bool {
+        self.patient.as_deref().is_none_or(|p| p == nhs)
+    }
+}
+
+/// The names of the claims the gateway reads from a clinician's token, so that a region's own
+/// identity provider can be used as it issues them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    /// The NHS national RBAC role code.
+    pub role: String,
+    /// The ODS code of the user's organisation.
+    pub organisation: String,
+    /// The HL7 v3 purpose of use.
+    pub purpose_of_use: String,
+    /// The SMART launch patient (its NHS number).
+    pub patient: String,
+    /// The SMART scopes (a space-separated string, or an array of strings).
+    pub scope: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            role: "role".into(),
+            organisation: "org".into(),
+            purpose_of_use: "purpose_of_use".into(),
+            patient: "patient".into(),
+            scope: "scope".into(),
+        }
+    }
+}
+
+/// How the claims of a verified token become a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimRules {
+    pub names: ClaimNames,
+    /// The scopes of a token that carries none; `None`: the role alone decides.
+    pub default_scopes: Option<String>,
+}
+
+impl ClaimRules {
+    /// The user a token's verified claims describe. Pure.
+    pub fn user(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<UserContext, AuthError> {
+        let text = |name: &str| {
+            claims
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let n = &self.names;
+        let scope = match claims.get(&n.scope) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(a)) => Some(
+                a.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => claims
+                .get("scp")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(serde_json::Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .or_else(|| self.default_scopes.clone()),
+        };
+        let patient = text(&n.patient).map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_owned());
+        Ok(UserContext {
+            user_id: text("sub").ok_or(AuthError::MissingClaim("sub".into()))?,
+            role: text(&n.role).ok_or_else(|| AuthError::MissingClaim(n.role.clone()))?,
+            organisation: text(&n.organisation)
+                .ok_or_else(|| AuthError::MissingClaim(n.organisation.clone()))?,
+            purpose_of_use: text(&n.purpose_of_use),
+            break_glass: None,
+            scope,
+            patient,
+        })
+    }
 }
 
 /// Why a token was refused. Never carries the token.
@@ -64,7 +191,7 @@ pub enum AuthError {
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token lacks the claim '{0}'")]
-    MissingClaim(&'static str),
+    MissingClaim(String),
     #[error("no configured key can verify this token")]
     NoKey,
     #[error(
@@ -81,26 +208,10 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
         InvalidIssuer => AuthError::WrongIssuer,
         InvalidAudience => AuthError::WrongAudience,
         InvalidSignature | InvalidEcdsaKey | InvalidRsaKey(_) => AuthError::BadSignature,
-        MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
-            "exp" => "exp",
-            "iss" => "iss",
-            "aud" => "aud",
-            "sub" => "sub",
-            _ => "nbf",
-        }),
+        MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
         InvalidAlgorithm | InvalidAlgorithmName => AuthError::Algorithm,
         _ => AuthError::Malformed,
     }
-}
-
-/// The claims of a clinician token that the gateway reads.
-#[derive(Debug, Deserialize)]
-struct ClinicianClaims {
-    sub: String,
-    exp: i64,
-    role: Option<String>,
-    org: Option<String>,
-    purpose_of_use: Option<String>,
 }
 
 const ASYMMETRIC: [Algorithm; 9] = [
@@ -117,7 +228,7 @@ const ASYMMETRIC: [Algorithm; 9] = [
 
 /// A verification key with its optional key id.
 #[derive(Clone)]
-struct VerifyKey {
+pub struct VerifyKey {
     kid: Option<String>,
     key: DecodingKey,
 }
@@ -130,12 +241,64 @@ pub enum KeyError {
     Invalid { path: String, message: String },
 }
 
+/// Keys from PEM text holding one or more `PUBLIC KEY` (or `RSA PUBLIC KEY`) blocks.
+pub fn keys_from_pem(pem_text: &str, source: &str) -> Result<Vec<VerifyKey>, KeyError> {
+    let mut keys = Vec::new();
+    for block in pem_blocks(pem_text) {
+        let key = DecodingKey::from_ec_pem(block.as_bytes())
+            .or_else(|_| DecodingKey::from_rsa_pem(block.as_bytes()))
+            .or_else(|_| DecodingKey::from_ed_pem(block.as_bytes()))
+            .map_err(|e| KeyError::Invalid {
+                path: source.to_owned(),
+                message: e.to_string(),
+            })?;
+        keys.push(VerifyKey { kid: None, key });
+    }
+    if keys.is_empty() {
+        return Err(KeyError::NoKeys(source.to_owned()));
+    }
+    Ok(keys)
+}
+
+/// Keys from a JWKS document (`{"keys": [...]}`); keys with a `kid` are chosen by the token's
+/// `kid`. Symmetric keys are refused; keys meant for encryption only (`use: enc`) are left out.
+pub fn keys_from_jwks(jwks_text: &str, source: &str) -> Result<Vec<VerifyKey>, KeyError> {
+    let invalid = |message: String| KeyError::Invalid {
+        path: source.to_owned(),
+        message,
+    };
+    let set: JwkSet = serde_json::from_str(jwks_text).map_err(|e| invalid(e.to_string()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        if matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        ) {
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
+        if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            return Err(invalid("symmetric keys are not accepted".into()));
+        }
+        keys.push(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(KeyError::NoKeys(source.to_owned()));
+    }
+    Ok(keys)
+}
+
 /// Verifies clinician tokens from one identity provider.
 #[derive(Clone)]
 pub struct ClinicianVerifier {
     issuer: String,
     audience: String,
-    keys: Vec<VerifyKey>,
+    /// The provider's keys; replaced whole when they are fetched again ([`discovery`]).
+    keys: std::sync::Arc<arc_swap::ArcSwap<Vec<VerifyKey>>>,
+    rules: ClaimRules,
     /// Tokens already verified (by SHA-256), with their `exp`: a clinician's application
     /// sends the same token with every request, and checking its signature again each time
     /// cost a tenth of the gateway's time. A hit is served only before `exp`.
@@ -154,73 +317,75 @@ fn verified_cache() -> moka::sync::Cache<[u8; 32], (UserContext, i64)> {
 }
 
 impl ClinicianVerifier {
-    /// Keys from PEM text holding one or more `PUBLIC KEY` (or `RSA PUBLIC KEY`) blocks.
+    /// A verifier of tokens from `issuer` for `audience`, checked against `keys` (which may be
+    /// empty until the provider's are fetched: every token is refused meanwhile).
+    pub fn new(issuer: &str, audience: &str, keys: Vec<VerifyKey>, rules: ClaimRules) -> Self {
+        ClinicianVerifier {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            keys: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(keys)),
+            rules,
+            verified: verified_cache(),
+        }
+    }
+
+    /// Keys from PEM text (see [`keys_from_pem`]), the default claim names.
     pub fn from_pem(
         issuer: &str,
         audience: &str,
         pem_text: &str,
         source: &str,
     ) -> Result<Self, KeyError> {
-        let mut keys = Vec::new();
-        for block in pem_blocks(pem_text) {
-            let key = DecodingKey::from_ec_pem(block.as_bytes())
-                .or_else(|_| DecodingKey::from_rsa_pem(block.as_bytes()))
-                .or_else(|_| DecodingKey::from_ed_pem(block.as_bytes()))
-                .map_err(|e| KeyError::Invalid {
-                    path: source.to_owned(),
-                    message: e.to_string(),
-                })?;
-            keys.push(VerifyKey { kid: None, key });
-        }
-        if keys.is_empty() {
-            return Err(KeyError::NoKeys(source.to_owned()));
-        }
-        Ok(ClinicianVerifier {
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            keys,
-            verified: verified_cache(),
-        })
+        Ok(Self::new(
+            issuer,
+            audience,
+            keys_from_pem(pem_text, source)?,
+            ClaimRules::default(),
+        ))
     }
 
-    /// Keys from a JWKS document (`{"keys": [...]}`); keys with a `kid` are chosen by the
-    /// token's `kid`.
+    /// Keys from a JWKS document (see [`keys_from_jwks`]), the default claim names.
     pub fn from_jwks(
         issuer: &str,
         audience: &str,
         jwks_text: &str,
         source: &str,
     ) -> Result<Self, KeyError> {
-        let set: JwkSet = serde_json::from_str(jwks_text).map_err(|e| KeyError::Invalid {
-            path: source.to_owned(),
-            message: e.to_string(),
-        })?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
-                path: source.to_owned(),
-                message: e.to_string(),
-            })?;
-            if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-                return Err(KeyError::Invalid {
-                    path: source.to_owned(),
-                    message: "symmetric keys are not accepted".into(),
-                });
-            }
-            keys.push(VerifyKey {
-                kid: jwk.common.key_id.clone(),
-                key,
-            });
-        }
-        if keys.is_empty() {
-            return Err(KeyError::NoKeys(source.to_owned()));
-        }
-        Ok(ClinicianVerifier {
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            keys,
-            verified: verified_cache(),
-        })
+        Ok(Self::new(
+            issuer,
+            audience,
+            keys_from_jwks(jwks_text, source)?,
+            ClaimRules::default(),
+        ))
+    }
+
+    /// The same keys and issuer, reading claims by `rules`.
+    pub fn with_rules(mut self, rules: ClaimRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Replaces the keys (the provider published a new set). Tokens already verified stay
+    /// verified until they expire or leave the cache.
+    pub fn replace_keys(&self, keys: Vec<VerifyKey>) {
+        self.keys.store(std::sync::Arc::new(keys));
+    }
+
+    /// How many keys are held now.
+    pub fn key_count(&self) -> usize {
+        self.keys.load().len()
+    }
+
+    /// Whether a key with this id is held.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys
+            .load()
+            .iter()
+            .any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// Checks a token and returns the user it vouches for.
@@ -250,8 +415,8 @@ impl ClinicianVerifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let candidates = self
-            .keys
+        let keys = self.keys.load();
+        let candidates = keys
             .iter()
             .filter(|k| k.key.family() == header.alg.family())
             .filter(|k| match (&header.kid, &k.kid) {
@@ -260,19 +425,14 @@ impl ClinicianVerifier {
             });
         let mut last = AuthError::NoKey;
         for k in candidates {
-            match decode::<ClinicianClaims>(token, &k.key, &validation) {
+            match decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key, &validation) {
                 Ok(data) => {
-                    let c = data.claims;
-                    return Ok((
-                        UserContext {
-                            user_id: c.sub,
-                            role: c.role.ok_or(AuthError::MissingClaim("role"))?,
-                            organisation: c.org.ok_or(AuthError::MissingClaim("org"))?,
-                            purpose_of_use: c.purpose_of_use,
-                            break_glass: None,
-                        },
-                        c.exp,
-                    ));
+                    let exp = data
+                        .claims
+                        .get("exp")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or(0);
+                    return Ok((self.rules.user(&data.claims)?, exp));
                 }
                 Err(e) => {
                     last = map_jwt_error(&e);
@@ -285,6 +445,11 @@ impl ClinicianVerifier {
         }
         Err(last)
     }
+}
+
+/// The key id a token names in its header, if it can be read.
+pub fn token_kid(token: &str) -> Option<String> {
+    decode_header(token).ok().and_then(|h| h.kid)
 }
 
 /// A header jsonwebtoken cannot read: if it names an algorithm at all (`none`, say), the
@@ -558,6 +723,8 @@ pub fn verify_forwarded(
             organisation: c.org,
             purpose_of_use: c.purpose_of_use,
             break_glass: c.break_glass,
+            scope: None,
+            patient: None,
         },
         request_id: c.jti,
     })

@@ -157,7 +157,7 @@ fn missing_role_is_refused() {
     .unwrap();
     assert_eq!(
         verifier(&i).verify(&t),
-        Err(AuthError::MissingClaim("role"))
+        Err(AuthError::MissingClaim("role".into()))
     );
 }
 
@@ -204,6 +204,8 @@ fn forwarded_context_binds_to_the_certificate() {
         organisation: "RBD".into(),
         purpose_of_use: Some("TREAT".into()),
         break_glass: Some("patient collapsed".into()),
+        scope: None,
+        patient: None,
     };
     let t = signer
         .sign(&user, "urn:gateway:region:hampshire", "req-1", now())
@@ -348,4 +350,57 @@ fn a_remembered_token_is_served_only_until_it_expires() {
     // A token one character off is never taken for the remembered one.
     let forged = format!("{}x", &t[..t.len() - 1]);
     assert!(v.verify(&forged).is_err());
+}
+
+#[test]
+fn claims_are_read_by_the_regions_own_names_with_scopes_and_patient() {
+    let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let rules = ClaimRules {
+        names: ClaimNames {
+            role: "nhs_role".into(),
+            organisation: "ods".into(),
+            purpose_of_use: "pou".into(),
+            ..ClaimNames::default()
+        },
+        default_scopes: Some("user/*.rs".into()),
+    };
+    let u = rules
+        .user(&claims(serde_json::json!({
+            "sub": "u-1", "nhs_role": "R8000", "ods": "RBD", "pou": "TREAT",
+            "scope": "openid user/Observation.rs", "patient": "Patient/9000000009",
+        })))
+        .unwrap();
+    assert_eq!((u.role.as_str(), u.organisation.as_str()), ("R8000", "RBD"));
+    assert_eq!(u.purpose_of_use.as_deref(), Some("TREAT"));
+    assert_eq!(u.scope.as_deref(), Some("openid user/Observation.rs"));
+    assert_eq!(u.patient.as_deref(), Some("9000000009"));
+    assert!(u.may_ask_about("9000000009") && !u.may_ask_about("9434765919"));
+    assert!(u.may("Observation", scopes::Interaction::Search));
+    assert!(!u.may("Condition", scopes::Interaction::Search));
+    // An array of scopes (`scp`), and the configured default for a token without any.
+    let u = rules
+        .user(&claims(serde_json::json!({"sub": "u", "nhs_role": "R8000", "ods": "RBD", "scp": ["user/Condition.rs"]})))
+        .unwrap();
+    assert_eq!(u.scope.as_deref(), Some("user/Condition.rs"));
+    let u = rules
+        .user(&claims(
+            serde_json::json!({"sub": "u", "nhs_role": "R8000", "ods": "RBD"}),
+        ))
+        .unwrap();
+    assert_eq!(u.scope.as_deref(), Some("user/*.rs"));
+    // The default names are not read when the region names others.
+    assert_eq!(
+        rules.user(&claims(
+            serde_json::json!({"sub": "u", "role": "R8000", "org": "RBD"})
+        )),
+        Err(AuthError::MissingClaim("nhs_role".into()))
+    );
+    // Without a default, a token without scopes is bounded by its role alone.
+    let plain = ClaimRules::default()
+        .user(&claims(
+            serde_json::json!({"sub": "u", "role": "R8000", "org": "RBD"}),
+        ))
+        .unwrap();
+    assert_eq!(plain.scope, None);
+    assert!(plain.may("Anything", scopes::Interaction::Create));
 }

@@ -346,6 +346,8 @@ mod views {
             organisation: "RBD".into(),
             purpose_of_use: Some("TREAT".into()),
             break_glass: None,
+            scope: None,
+            patient: None,
         }
     }
 

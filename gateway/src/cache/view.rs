@@ -26,6 +26,9 @@ pub struct ViewKey {
     pub role: String,
     pub organisation: String,
     pub purpose: String,
+    /// The SMART scopes and launch patient the view was decided under.
+    pub scope: Option<String>,
+    pub launch_patient: Option<String>,
     /// The patient (for purging).
     pub nhs: String,
     /// The request as asked: path and raw query (what the query and its issues are parsed from),
@@ -63,6 +66,8 @@ impl ViewKey {
             role: user.role.clone(),
             organisation: user.organisation.clone(),
             purpose: user.purpose_of_use.clone().unwrap_or_default(),
+            scope: user.scope.clone(),
+            launch_patient: user.patient.clone(),
             nhs: nhs.to_owned(),
             request: request.to_owned(),
             lenient,

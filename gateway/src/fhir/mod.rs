@@ -444,12 +444,23 @@ pub fn instant(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
-/// The CapabilityStatement of the clinician face: exactly what the gateway supports.
+/// Where a clinician's application gets a token (the region's identity provider), as SMART
+/// on FHIR names its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthEndpoints {
+    pub authorize: String,
+    pub token: String,
+}
+
+/// The CapabilityStatement of the clinician face: exactly what the gateway supports, and,
+/// when the identity provider's endpoints are known, how to get a token (SMART on FHIR's
+/// `rest.security`).
 pub fn capability_statement(
     software_version: &str,
     base_url: &str,
     region_name: &str,
     now: &str,
+    oauth: Option<&OAuthEndpoints>,
 ) -> Value {
     use types::ResourceType;
     let mut resources = vec![json!({
@@ -534,10 +545,29 @@ pub fn capability_statement(
         "rest": [{
             "mode": "server",
             "documentation": "Every query names one patient by NHS number and is answered from this region and its neighbours. Unknown parameters are refused unless 'Prefer: handling=lenient' is sent.",
-            "security": {"cors": false, "description": "Bearer JWT from the identity provider (signature, iss, aud, exp, nbf checked)"},
+            "security": security(oauth),
             "resource": resources,
         }],
     })
+}
+
+fn security(oauth: Option<&OAuthEndpoints>) -> Value {
+    let description = "Bearer JWT from the region's identity provider (signature, iss, aud, exp, nbf checked). SMART on FHIR scopes (v2 user/Type.rs, patient/*.rs; v1 .read) bound what the role policy allows; a token with a patient claim may ask only about that patient. See .well-known/smart-configuration.";
+    let mut security = json!({
+        "cors": false,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)"}],
+        "description": description,
+    });
+    if let Some(o) = oauth {
+        security["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "authorize", "valueUri": o.authorize},
+                {"url": "token", "valueUri": o.token},
+            ],
+        }]);
+    }
+    security
 }
 
 #[cfg(test)]
@@ -697,7 +727,28 @@ mod tests {
 
     #[test]
     fn capability_lists_every_supported_type() {
-        let cs = capability_statement("0", "https://x/fhir", "Dorset", "2024-01-01T00:00:00Z");
+        let oauth = OAuthEndpoints {
+            authorize: "https://idp/auth".into(),
+            token: "https://idp/token".into(),
+        };
+        let cs = capability_statement(
+            "0",
+            "https://x/fhir",
+            "Dorset",
+            "2024-01-01T00:00:00Z",
+            Some(&oauth),
+        );
+        let security = &cs["rest"][0]["security"];
+        assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+        let uris = &security["extension"][0]["extension"];
+        assert_eq!(
+            (uris[0]["url"].as_str(), uris[0]["valueUri"].as_str()),
+            (Some("authorize"), Some("https://idp/auth"))
+        );
+        assert_eq!(
+            (uris[1]["url"].as_str(), uris[1]["valueUri"].as_str()),
+            (Some("token"), Some("https://idp/token"))
+        );
         let types: Vec<&str> = cs["rest"][0]["resource"]
             .as_array()
             .unwrap()

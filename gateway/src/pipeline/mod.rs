@@ -62,6 +62,31 @@ pub struct Ask {
 }
 
 impl Ask {
+    /// What the request does, as SMART scopes name it: a read by id (`Type/id`), or a search
+    /// (a search, `$everything`, a page of either).
+    pub fn interaction(&self) -> crate::auth::scopes::Interaction {
+        let segments: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        match segments.as_slice() {
+            [t, id] if *t != "_page" && !id.starts_with('$') => {
+                crate::auth::scopes::Interaction::Read
+            }
+            _ => crate::auth::scopes::Interaction::Search,
+        }
+    }
+
+    /// Refuses (403) a request about another patient than the one the token is about.
+    pub fn within_launch(&self, nhs: &str) -> Result<(), ApiError> {
+        if self.user.may_ask_about(nhs) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token is about another patient (its SMART launch context)",
+            ))
+        }
+    }
+
     /// Records the request's audit event now, before anything leaves (see
     /// [`AuditSlot::write_ahead`]).
     pub async fn write_audit_ahead(
@@ -117,6 +142,7 @@ pub async fn search(
     };
     let nhs = parsed.query.nhs_number.as_str().to_owned();
     ask.note(|e| e.patient = Some(nhs.clone()));
+    ask.within_launch(&nhs)?;
     current(gateway).await?;
     // The version in force when the request started, whatever a reload does meanwhile.
     let policies = gateway.policies.load_full();
@@ -186,6 +212,17 @@ pub async fn patient(
     parsed: Parsed,
 ) -> Result<(Value, usize), ApiError> {
     ask.note(|e| e.patient = Some(parsed.query.nhs_number.as_str().to_owned()));
+    ask.within_launch(parsed.query.nhs_number.as_str())?;
+    if !ask
+        .user
+        .may("Patient", crate::auth::scopes::Interaction::Read)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token's scopes do not grant reading Patient",
+        ));
+    }
     current(gateway).await?;
     let policies = gateway.policies.load_full();
     let gatekeeper = admit(gateway, ask, &policies)?;
@@ -222,10 +259,11 @@ async fn make(
 ) -> Result<Made, ApiError> {
     let fanned = fan_out(gateway, fan, &parsed, consent).await?;
     let (results, report) = view_policy(gateway, ask, gatekeeper, &fanned.consent, fanned.results);
-    let (view, regions) = merge(gateway, ask, parsed, results, &report);
+    let (mut view, regions) = merge(gateway, ask, parsed, results, &report);
     if let Some(e) = unanswered(&view) {
         return Err(e);
     }
+    bound_by_scopes(&mut view, &ask.user, ask.interaction());
     audit(ask, &view, &report, &regions);
     Ok(Made {
         view,
@@ -257,12 +295,13 @@ pub fn admit<'a>(
     ask: &Ask,
     policies: &'a policy::PolicySet,
 ) -> Result<Gatekeeper<'a>, ApiError> {
-    let gatekeeper = Gatekeeper::new(
+    let gatekeeper = Gatekeeper::for_interaction(
         policies,
         &ask.user,
         &gateway.region.code,
         DecisionPoint::View,
         &gateway.region.code,
+        ask.interaction(),
     );
     gatekeeper
         .admit(&gateway.region.code)
@@ -395,6 +434,25 @@ fn view_policy(
         }
     }
     (results, report)
+}
+
+/// Phase 5, last step: the patient's Patient resource leaves the view when the token's scopes
+/// do not grant it (it was kept until now as the anchor the regions' items are matched to);
+/// everything else the scopes do not grant was withheld by the policies.
+fn bound_by_scopes(
+    view: &mut View,
+    user: &crate::auth::UserContext,
+    interaction: crate::auth::scopes::Interaction,
+) {
+    if user.may("Patient", interaction) {
+        return;
+    }
+    let is_patient = |w: &crate::merge::Written| w.full_url.rsplit('/').nth(1) == Some("Patient");
+    let before = view.matches.len();
+    view.matches.retain(|w| !is_patient(w));
+    view.total = view.total.saturating_sub(before - view.matches.len());
+    view.includes.retain(|w| !is_patient(w));
+    view.patient = None;
 }
 
 /// Phase 5: the answers screened and merged into one view, with the warnings the request

@@ -494,6 +494,8 @@ mod tests {
             organisation: "RBD".into(),
             purpose_of_use: Some("TREAT".into()),
             break_glass: None,
+            scope: None,
+            patient: None,
         };
         let asked = Asked {
             user: &user,
