@@ -5,6 +5,7 @@ use base64::Engine;
 use gateway::config::Config;
 use http::StatusCode;
 use serde_json::Value;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -675,4 +676,121 @@ async fn fhir_audit_event_searches_give_the_trails_records_as_balp_audit_events(
     ] {
         assert!(names.contains(&p), "{p}");
     }
+}
+
+/// An OTLP/HTTP (JSON) receiver: every span posted to `/v1/traces`, with its service name.
+async fn otlp_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+) {
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let export: Value = serde_json::from_slice(&body).unwrap_or_default();
+                for rs in export["resourceSpans"].as_array().into_iter().flatten() {
+                    let service = rs["resource"]["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["key"] == "service.name")
+                        .and_then(|a| a["value"]["stringValue"].as_str())
+                        .unwrap_or("")
+                        .to_owned();
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            kept.lock().unwrap().push((service.clone(), span.clone()));
+                        }
+                    }
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+#[tokio::test]
+async fn spans_of_every_region_a_query_reaches_join_one_trace_at_an_otlp_receiver() {
+    let (endpoint, spans) = otlp_receiver().await;
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .every_region_toml(&format!(
+            "[telemetry]\notlp_endpoint = \"{endpoint}\"\nexport_interval_ms = 200\n"
+        ))
+        .start()
+        .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    let r = fed
+        .client()
+        .get(format!(
+            "{}/Patient/{}/$everything",
+            fed.base(0),
+            fed.everywhere()
+        ))
+        .bearer_auth(fed.token("R8000"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let wanted = [
+        "fan out",
+        "policy",
+        "merge",
+        "audit write",
+        "local record",
+        "peer call",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ours = loop {
+        let ours: Vec<(String, Value)> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| s["traceId"] == trace)
+            .cloned()
+            .collect();
+        let names: Vec<&str> = ours
+            .iter()
+            .map(|(_, s)| s["name"].as_str().unwrap_or(""))
+            .collect();
+        let answered = ours
+            .iter()
+            .any(|(svc, _)| svc == "federation-gateway-hampshire");
+        if (wanted.iter().all(|w| names.contains(w)) && answered)
+            || std::time::Instant::now() > deadline
+        {
+            break ours;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let named = |service: &str, name: &str| -> Value {
+        ours.iter()
+            .find(|(svc, s)| {
+                svc == service && s["name"].as_str().is_some_and(|n| n.starts_with(name))
+            })
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| panic!("no span {name} from {service}: {ours:#?}"))
+    };
+    // Dorset's request span continues the caller's; its phases are its children.
+    let request = named("federation-gateway-dorset", "GET /fhir/Patient/");
+    assert_eq!(request["parentSpanId"], caller);
+    for phase in wanted {
+        let span = named("federation-gateway-dorset", phase);
+        assert_eq!(span["parentSpanId"], request["spanId"], "{phase}");
+    }
+    // Hampshire's request span is the child of dorset's call to it, in the same trace.
+    let call = named("federation-gateway-dorset", "peer call");
+    let answered = named("federation-gateway-hampshire", "GET /fhir/");
+    assert_eq!(answered["parentSpanId"], call["spanId"]);
+    // No patient data leaves in a span: no NHS number in any name or attribute.
+    let text = serde_json::to_string(&ours).unwrap();
+    assert!(!text.contains(&fed.everywhere()), "{text}");
 }

@@ -287,6 +287,8 @@ pub struct Builder {
     postgres: bool,
     /// TOML appended to the first region's configuration.
     first_region_toml: String,
+    /// TOML appended to every region's configuration.
+    every_region_toml: String,
     /// The body of the first region's `[auth]` table, instead of the test key file's.
     first_region_auth: Option<String>,
     /// This region checks peers' certificates against `certs/{code}-crl.pem` (an empty CRL at
@@ -314,6 +316,7 @@ impl Builder {
             extra_policy: None,
             postgres: false,
             first_region_toml: String::new(),
+            every_region_toml: String::new(),
             first_region_auth: None,
             crl_at: None,
             realistic: None,
@@ -355,6 +358,12 @@ impl Builder {
     /// test identity provider's key file.
     pub fn first_region_auth(mut self, body: &str) -> Self {
         self.first_region_auth = Some(body.to_owned());
+        self
+    }
+
+    /// TOML appended to every region's configuration.
+    pub fn every_region_toml(mut self, text: &str) -> Self {
+        self.every_region_toml.push_str(text);
         self
     }
 
@@ -527,6 +536,7 @@ impl Builder {
                 ));
                 pg_schemas.push(schema);
             }
+            text.push_str(&self.every_region_toml);
             if i == 0 {
                 text.push_str(&self.first_region_toml);
                 if let Some(body) = &self.first_region_auth {

@@ -23,9 +23,9 @@ use crate::common::*;
 
 /// The Helios FHIR Server, started for one test on a port of its own with a database of its
 /// own, stopped when dropped.
-struct Hfs {
+pub(crate) struct Hfs {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -39,6 +39,11 @@ impl Drop for Hfs {
 
 impl Hfs {
     async fn start() -> Hfs {
+        Self::start_as(None).await
+    }
+
+    /// A server whose links name `public` (a proxy in front of it) instead of its own address.
+    pub(crate) async fn start_as(public: Option<&str>) -> Hfs {
         let bin = std::env::var("GATEWAY_TEST_HFS").expect(
             "GATEWAY_TEST_HFS must name the Helios FHIR Server binary (scripts/test installs it)",
         );
@@ -51,13 +56,14 @@ impl Hfs {
         };
         let dir = tempfile::tempdir().unwrap();
         let base = format!("http://127.0.0.1:{port}");
+        let links = public.map_or_else(|| base.clone(), str::to_owned);
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--database-url")
             .arg(dir.path().join("fhir.db"))
             .arg("--data-dir")
             .arg(&data)
-            .env("HFS_BASE_URL", &base)
+            .env("HFS_BASE_URL", &links)
             .env("HFS_DEFAULT_PAGE_SIZE", "20")
             .env("HFS_MAX_PAGE_SIZE", "20")
             .env("HFS_UI_ENABLED", "false")
@@ -93,7 +99,7 @@ impl Hfs {
     }
 
     /// Loads resources under their own ids, in transactions of 250.
-    async fn load(&self, resources: &[Value]) {
+    pub(crate) async fn load(&self, resources: &[Value]) {
         for chunk in resources.chunks(250) {
             let entries: Vec<Value> = chunk
                 .iter()

@@ -151,6 +151,36 @@ impl Drop for OidcProvider {
     }
 }
 
+/// Runs `tests/oidc/{script} {config}` with node, and waits for it to say "ready".
+fn node(script: &str, config: &Path, env: &[(&str, &Path)]) -> Child {
+    let node = std::env::var("GATEWAY_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let mut command = Command::new(node);
+    command
+        .arg(repo_root().join("tests/oidc").join(script))
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .expect("node runs the test's OpenID parts (scripts/test installs tests/oidc)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(ready.as_deref(), Ok("ready"), "{script} did not start");
+    child
+}
+
 /// A client of the provider whose tokens carry the user context under this region's claim
 /// names (`nhs_role`, `ods`, `pou`), with `extra` claims.
 fn clinician_client(id: &str, scope: &str, extra: Value) -> Value {
@@ -429,4 +459,153 @@ async fn fhirclient(fed: &TestFederation, ca: &Path, token: &str, nhs: &str) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The token check in front of the record server (`tests/oidc/token-proxy.mjs`); stopped when
+/// dropped.
+struct TokenProxy {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenProxy {
+    fn start(port: u16, upstream: &str, idp: &OidcProvider) -> TokenProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("proxy.json");
+        let cfg = json!({
+            "port": port,
+            "upstream": upstream,
+            "issuer": idp.issuer(),
+            "audience": GATEWAY_AUDIENCE,
+            "scope": "system/*.rs",
+        });
+        std::fs::write(&config, cfg.to_string()).unwrap();
+        let child = node(
+            "token-proxy.mjs",
+            &config,
+            &[("NODE_EXTRA_CA_CERTS", &idp.ca_pem)],
+        );
+        TokenProxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    async fn tokens(&self) -> Value {
+        reqwest::get(format!("{}/__tokens", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TokenProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn backend_services_get_the_gateway_a_token_for_a_record_server_that_requires_one() {
+    use base64::Engine;
+    let ca = DevCa::new("Test federation CA").unwrap();
+    // The gateway's key for its assertions; its public half registered with the provider.
+    let key = rcgen::KeyPair::generate().unwrap();
+    // The uncompressed point: 0x04, then x and y.
+    let point = key.public_key_raw();
+    assert_eq!(point.len(), 65);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+                     "kid": "dorset-gw-1", "use": "sig", "alg": "ES256"});
+    let idp = OidcProvider::start(
+        &ca,
+        "key-1",
+        json!([{"client_id": "dorset-gateway", "jwks": {"keys": [jwk]}, "scope": "system/*.rs"}]),
+    );
+    let proxy_port = free_port();
+    let hfs =
+        crate::real_server::Hfs::start_as(Some(&format!("http://127.0.0.1:{proxy_port}"))).await;
+    let proxy = TokenProxy::start(proxy_port, &hfs.base, &idp);
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = write(
+        &keys.path().join("record-client.key"),
+        &key.serialize_pem(),
+        true,
+    )
+    .unwrap();
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .local_record(&proxy.url, 30_000)
+        .record_keys(&format!(
+            r#"auth = {{ token_endpoint = "{}/token", client_id = "dorset-gateway", private_key = "{}", key_id = "dorset-gw-1", scope = "system/*.rs", resource = "{GATEWAY_AUDIENCE}", ca = "{}" }}"#,
+            idp.issuer(),
+            key_file.display(),
+            idp.ca_pem.display(),
+        ))
+        .start()
+        .await;
+    hfs.load(&fed.data.records["dorset"]).await;
+
+    // The server refuses what carries no token.
+    let bare = reqwest::get(format!("{}/Patient", proxy.url))
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+
+    // Three different questions (none answered from a cache), each reaching the server with
+    // the gateway's token: dorset's items are in every answer.
+    let nhs = fed.everywhere();
+    let token = fed.token("R8000");
+    for path in [
+        format!("/Patient/{nhs}/$everything"),
+        format!("/Observation?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
+        format!("/Condition?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
+    ] {
+        let r = fed.get(0, &path, Some(&token)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        let text = r.body.to_string();
+        assert!(
+            !text.contains("could not be reached") && !text.contains("HTTP 401"),
+            "{path}: {text}"
+        );
+        let from_dorset = entries(&r.body, "match")
+            .iter()
+            .filter(|e| e["fullUrl"].as_str().unwrap_or("").contains("/dorset."))
+            .count();
+        assert!(
+            from_dorset > 0,
+            "{path}: nothing from the record server: {text}"
+        );
+    }
+    // A request's W3C trace reaches the record server: the gateway sends its span as the
+    // parent.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = fed
+        .client()
+        .get(format!(
+            "{}/MedicationRequest?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}",
+            fed.base(0)
+        ))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // One token served all of them: it is kept until shortly before it expires.
+    let seen = proxy.tokens().await;
+    let traces: Vec<&str> = seen["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(traces.contains(&trace), "{seen}");
+    assert_eq!(seen["accepted"], 1, "{seen}");
+    // The refusal counted is the bare request's only.
+    assert_eq!(seen["refused"], 1, "{seen}");
 }

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub local: Arc<dyn RecordSource>,
     pub peers: Vec<Peer>,
     pub verifier: ClinicianVerifier,
+    /// Spans over OTLP, when an endpoint is configured.
+    pub telemetry: crate::telemetry::Telemetry,
     /// Fetches the identity provider's keys again, when they come by discovery.
     pub key_fetcher: Option<Arc<crate::auth::discovery::KeyFetcher>>,
     /// The consent and role policy set; an invalid one stops the start (fail closed).
@@ -257,6 +259,22 @@ impl Gateway {
         let verifier = load_verifier(&config)?;
         let metrics = crate::metrics::Metrics::new();
         let key_fetcher = key_fetcher(&config, &verifier, &metrics).await?;
+        let telemetry = match &config.telemetry.otlp_endpoint {
+            None => crate::telemetry::Telemetry::off(),
+            Some(endpoint) => crate::telemetry::Telemetry::otlp(
+                endpoint,
+                &config
+                    .telemetry
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| format!("federation-gateway-{}", config.region.code)),
+                Duration::from_millis(config.telemetry.export_interval_ms),
+            )
+            .map_err(|e| StartError::Certificate {
+                path: "telemetry.otlp_endpoint".into(),
+                message: e.to_string(),
+            })?,
+        };
         let Stores {
             consents,
             audit,
@@ -295,12 +313,25 @@ impl Gateway {
                     );
                     Arc::new(record)
                 }
-                (None, Some(base)) => Arc::new(FhirServerRecord::new(ServerSettings {
-                    base: base.clone(),
-                    timeout: Duration::from_millis(config.record.timeout_ms),
-                    page_size: config.record.page_size,
-                    bounds: config.record.bounds(),
-                })?),
+                (None, Some(base)) => {
+                    let timeout = Duration::from_millis(config.record.timeout_ms);
+                    let mut record = FhirServerRecord::new(ServerSettings {
+                        base: base.clone(),
+                        timeout,
+                        page_size: config.record.page_size,
+                        bounds: config.record.bounds(),
+                    })?;
+                    if let Some(auth) = &config.record.auth {
+                        let token =
+                            crate::record::backend_auth::BackendToken::new(auth.clone(), timeout)
+                                .map_err(|e| StartError::Certificate {
+                                path: "record.auth".into(),
+                                message: e.to_string(),
+                            })?;
+                        record = record.with_backend_auth(token);
+                    }
+                    Arc::new(record)
+                }
                 (None, None) => unreachable!("validate() requires one record source"),
             };
         let peers = config
@@ -320,6 +351,7 @@ impl Gateway {
             local,
             peers,
             verifier,
+            telemetry,
             key_fetcher,
             policies,
             consents,

@@ -84,7 +84,37 @@ pub struct Config {
     #[serde(default)]
     pub merge: ConfigMerge,
     #[serde(default)]
+    pub telemetry: ConfigTelemetry,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// Spans over OTLP ([`crate::telemetry`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigTelemetry {
+    /// The OTLP/HTTP traces address (`http://collector:4318/v1/traces`); unset, no span is
+    /// made or sent.
+    pub otlp_endpoint: Option<String>,
+    /// The service name the spans carry; default `federation-gateway-{region.code}`.
+    pub service_name: Option<String>,
+    /// How often spans are sent, in milliseconds. Default 5000.
+    #[serde(default = "default_export_interval")]
+    pub export_interval_ms: u64,
+}
+
+fn default_export_interval() -> u64 {
+    5000
+}
+
+impl Default for ConfigTelemetry {
+    fn default() -> Self {
+        ConfigTelemetry {
+            otlp_endpoint: None,
+            service_name: None,
+            export_interval_ms: default_export_interval(),
+        }
+    }
 }
 
 /// How the regions' answers are merged.
@@ -304,6 +334,9 @@ pub struct ConfigRecord {
     /// The most bytes one request reads from this region's FHIR server, all pages together.
     #[serde(default = "default_record_bytes")]
     pub max_bytes: usize,
+    /// When the FHIR server requires a token: SMART Backend Services (client credentials with
+    /// a private-key JWT assertion).
+    pub auth: Option<crate::record::backend_auth::BackendAuthConfig>,
 }
 
 fn default_record_timeout() -> u64 {
@@ -653,7 +686,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub const ENV_PREFIX: &str = "GATEWAY_";
 
 /// The configuration's sections (its top-level keys), as the environment names them.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "region",
     "listen",
     "tls",
@@ -667,6 +700,7 @@ const SECTIONS: [&str; 14] = [
     "cache",
     "resilience",
     "merge",
+    "telemetry",
     "peers",
 ];
 
@@ -893,6 +927,12 @@ impl Config {
         if let Some(p) = self.auth.ca.as_mut() {
             fix(p);
         }
+        if let Some(a) = self.record.auth.as_mut() {
+            fix(&mut a.private_key);
+            if let Some(p) = a.ca.as_mut() {
+                fix(p);
+            }
+        }
         if let Some(p) = self.policy.directory.as_mut() {
             fix(p);
         }
@@ -930,6 +970,20 @@ impl Config {
                 "must differ from listen.clinician: the federation face has its own mutual-TLS listener",
             ));
         }
+        if let Some(a) = &self.record.auth {
+            if self.record.fhir_base.is_none() {
+                return Err(invalid(
+                    "record.auth",
+                    "a token is for a FHIR server: set record.fhir_base",
+                ));
+            }
+            if !a.token_endpoint.starts_with("https://") {
+                return Err(invalid("record.auth.token_endpoint", "an https address"));
+            }
+            if a.client_id.is_empty() {
+                return Err(invalid("record.auth.client_id", "must not be empty"));
+            }
+        }
         match (&self.record.directory, &self.record.fhir_base) {
             (Some(_), None) => {}
             (None, Some(url)) => check_http("record.fhir_base", url)?,
@@ -956,6 +1010,9 @@ impl Config {
         }
         if self.auth.audience.is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint {
+            check_http("telemetry.otlp_endpoint", e)?;
         }
         if self.auth.discovery && !self.auth.issuer.starts_with("https://") {
             return Err(invalid(

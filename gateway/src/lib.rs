@@ -66,5 +66,6 @@ pub mod record;
 pub mod replicas;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;

@@ -409,6 +409,7 @@ pub fn start_on(
         )),
         tokio::spawn(crate::app::watch_tls(gateway.clone(), rx.clone())),
         tokio::spawn(keep_keys_fresh(gateway.clone(), rx.clone())),
+        tokio::spawn(flush_spans_at_stop(gateway.clone(), rx.clone())),
         tokio::spawn(crate::api::audit::record_refusals_periodically(
             gateway.clone(),
             rx.clone(),
@@ -446,4 +447,13 @@ async fn keep_keys_fresh(gateway: Arc<Gateway>, stop: tokio::sync::watch::Receiv
         let every = std::time::Duration::from_secs(gateway.config.auth.jwks_refresh_interval_s);
         fetcher.keep_fresh(every, stop).await;
     }
+}
+
+/// Sends the spans still waiting when the gateway stops.
+async fn flush_spans_at_stop(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !gateway.telemetry.enabled() {
+        return;
+    }
+    let _ = stop.changed().await;
+    let _ = tokio::task::spawn_blocking(move || gateway.telemetry.shutdown()).await;
 }

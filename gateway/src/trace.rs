@@ -181,3 +181,25 @@ mod tests {
         assert_eq!(fresh.flags, 1);
     }
 }
+
+/// A random span id (for a span made inside a request, such as a call to a peer).
+pub fn random_span_id() -> [u8; 8] {
+    let ids = random_ids();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&ids[16..]);
+    id
+}
+
+tokio::task_local! {
+    /// The `traceparent` the request being served sends on, for the calls it makes through
+    /// interfaces that carry no request (the record server's client, under the record cache).
+    pub static OUTGOING: String;
+}
+
+/// The `traceparent` of the request being served, when one is set for this task.
+pub fn outgoing() -> Option<String> {
+    OUTGOING
+        .try_with(Clone::clone)
+        .ok()
+        .filter(|t| !t.is_empty())
+}

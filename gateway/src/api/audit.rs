@@ -85,7 +85,12 @@ fn describe(request: &Request) -> Value {
 }
 
 /// Completes the event from the response and writes it; the response leaves only after.
-async fn finish(gateway: &Gateway, slot: AuditSlot, response: Response) -> Response {
+async fn finish(
+    gateway: &Gateway,
+    slot: AuditSlot,
+    response: Response,
+    trace: Option<String>,
+) -> Response {
     if slot.written().load(std::sync::atomic::Ordering::SeqCst) && response.status().is_success() {
         return response;
     }
@@ -97,10 +102,25 @@ async fn finish(gateway: &Gateway, slot: AuditSlot, response: Response) -> Respo
             |r| format!("{}: {}", response.status().as_u16(), r.0),
         );
     }
+    let mut span = match &trace {
+        Some(t) => gateway.telemetry.child("audit write", t, None),
+        None => crate::telemetry::Span::none(),
+    };
     match gateway.record(event).await {
         Ok(_) => response,
-        Err(e) => audit_unavailable(&e).into_response(),
+        Err(e) => {
+            span.fail("the audit record could not be written");
+            audit_unavailable(&e).into_response()
+        }
     }
+}
+
+/// The request's own span, as a `traceparent` (the parent of its children's spans).
+fn trace_of(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<crate::trace::TraceContext>()
+        .map(crate::trace::TraceContext::header)
 }
 
 /// Audits an authenticated clinician request (runs after `authenticate`).
@@ -119,8 +139,9 @@ pub async fn audit_clinician(
     }
     let slot = AuditSlot::new(event);
     request.extensions_mut().insert(slot.clone());
+    let trace = trace_of(&request);
     let response = next.run(request).await;
-    finish(&gateway, slot, response).await
+    finish(&gateway, slot, response, trace).await
 }
 
 /// Audits a federation request from a peer (runs after `authenticate_peer`).
@@ -142,8 +163,9 @@ pub async fn audit_federation(
     }
     let slot = AuditSlot::new(event);
     request.extensions_mut().insert(slot.clone());
+    let trace = trace_of(&request);
     let response = next.run(request).await;
-    finish(&gateway, slot, response).await
+    finish(&gateway, slot, response, trace).await
 }
 
 /// Records a refused token, certificate or rate-limited request from `source` (an address):

@@ -47,7 +47,10 @@ pub fn outer_layers(
             gateway.clone(),
             guard::limit_size,
         ))
-        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            request_context,
+        ))
 }
 
 /// The request id the gateway minted for this request, as a request extension. It names the
@@ -77,7 +80,11 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
 
 /// Gives every request an id of the gateway's own (echoed in the response, with the client's
 /// correlation id when it sent one) and writes one access-log line.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context(
+    axum::extract::State(gateway): axum::extract::State<std::sync::Arc<crate::app::Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = uuid::Uuid::new_v4().to_string();
     let client_id = request
@@ -86,13 +93,14 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .and_then(acceptable_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
     // This request's span: in the trace it came with, or a new one.
-    let trace = crate::trace::TraceContext::for_request(
-        request
-            .headers()
-            .get(crate::trace::TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
-        crate::trace::random_ids(),
-    );
+    let incoming = request
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let trace = crate::trace::TraceContext::for_request(incoming, crate::trace::random_ids());
+    let parent = incoming
+        .and_then(crate::trace::TraceContext::parse)
+        .map(|p| p.span_id);
     request.extensions_mut().insert(trace);
     if let Some(c) = &client_id {
         request.extensions_mut().insert(ClientRequestId(c.clone()));
@@ -102,6 +110,15 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
+    let mut span = gateway
+        .telemetry
+        .request(format!("{method} {route}"), &trace, parent);
+    if gateway.telemetry.enabled() {
+        span.set("http.request.method", method.to_string());
+        span.set("http.route", route.clone());
+        span.set("gateway.request_id", id.clone());
+        span.set("gateway.region", gateway.region.code.clone());
+    }
     let mut response = next.run(request).await;
     // An error answered below the handlers (a body over the limit, a rejected extractor) is
     // given as a FHIR OperationOutcome too.
@@ -133,6 +150,13 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(CLIENT_REQUEST_ID_HEADER, v);
     }
     tracing::info!(request_id = %id, trace_id = %trace.trace_id_hex(), %method, %route, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    span.set(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    if response.status().is_server_error() {
+        span.fail(response.status().as_str());
+    }
     response
 }
 

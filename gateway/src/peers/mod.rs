@@ -374,6 +374,8 @@ pub struct FanOut<'a> {
     /// The response cache; never used for break-glass requests.
     pub cache: Option<&'a ResponseCache>,
     pub metrics: Option<&'a crate::metrics::Metrics>,
+    /// A span for each region asked, when spans are exported.
+    pub telemetry: &'a crate::telemetry::Telemetry,
 }
 
 impl FanOut<'_> {
@@ -387,13 +389,20 @@ impl FanOut<'_> {
         let cache = self.cache.filter(|_| self.user.break_glass.is_none());
         let local_fut = async move {
             let t = Instant::now();
-            let outcome = search_local(
-                local,
-                query,
-                local_budget,
-                cache.map(|c| (c, CacheKey::local(&local_info.code, query))),
-            )
-            .await;
+            let mut span = self.telemetry.child("local record", self.traceparent, None);
+            span.set("gateway.region", local_info.code.clone());
+            // The record server is sent this request's span as the parent of its own.
+            let outcome = crate::trace::OUTGOING
+                .scope(
+                    self.traceparent.to_owned(),
+                    search_local(
+                        local,
+                        query,
+                        local_budget,
+                        cache.map(|c| (c, CacheKey::local(&local_info.code, query))),
+                    ),
+                )
+                .await;
             let (outcome, identity) = split(outcome);
             let result = RegionResult {
                 region: local_info.clone(),
@@ -404,6 +413,15 @@ impl FanOut<'_> {
         };
         let peer_futs = self.peers.iter().map(|peer| async move {
             let t = Instant::now();
+            // The call is a span of its own, which the peer is told as its parent.
+            let call = crate::trace::TraceContext::parse(self.traceparent)
+                .map(|p| p.child(crate::trace::random_span_id()));
+            let traceparent = call.map_or_else(|| self.traceparent.to_owned(), |c| c.header());
+            let mut span = self
+                .telemetry
+                .child("peer call", self.traceparent, call.as_ref());
+            span.set("gateway.region", peer.info.code.clone());
+            let traceparent = traceparent.as_str();
             let budget = peer
                 .timeout
                 .min(self.deadline.saturating_sub(started.elapsed()));
@@ -415,7 +433,7 @@ impl FanOut<'_> {
                     Ok(token) => {
                         let ids = Correlation {
                             request_id: self.request_id,
-                            traceparent: self.traceparent,
+                            traceparent,
                         };
                         peer.ask(query, &token, ids, self.max_bytes, budget).await
                     }

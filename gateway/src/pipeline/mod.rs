@@ -94,10 +94,17 @@ impl Ask {
         gateway: &Gateway,
         status: StatusCode,
     ) -> Result<(), ApiError> {
-        match &self.audit {
+        let mut span = gateway
+            .telemetry
+            .child("audit write", &self.traceparent, None);
+        let written = match &self.audit {
             Some(slot) => slot.write_ahead(gateway, status).await,
             None => Ok(()),
+        };
+        if written.is_err() {
+            span.fail("the audit record could not be written");
         }
+        written
     }
 
     /// Adds to the request's audit event.
@@ -257,9 +264,19 @@ async fn make(
     parsed: Parsed,
     consent: Option<ConsentView>,
 ) -> Result<Made, ApiError> {
+    let span = |name| gateway.telemetry.child(name, &ask.traceparent, None);
+    let mut fanning = span("fan out");
     let fanned = fan_out(gateway, fan, &parsed, consent).await?;
+    fanning.set("gateway.regions", fanned.results.len() as i64);
+    drop(fanning);
+    let mut deciding = span("policy");
     let (results, report) = view_policy(gateway, ask, gatekeeper, &fanned.consent, fanned.results);
+    deciding.set("gateway.released", report.released as i64);
+    deciding.set("gateway.withheld", report.withheld as i64);
+    drop(deciding);
+    let merging = span("merge");
     let (mut view, regions) = merge(gateway, ask, parsed, results, &report);
+    drop(merging);
     if let Some(e) = unanswered(&view) {
         return Err(e);
     }
@@ -355,6 +372,7 @@ fn fan_out_of<'a>(gateway: &'a Gateway, ask: &'a Ask, tls: &'a crate::app::TlsSt
         max_bytes: gateway.config.limits.max_response_bytes,
         cache: gateway.cache.as_ref(),
         metrics: Some(&gateway.metrics),
+        telemetry: &gateway.telemetry,
     }
 }
 

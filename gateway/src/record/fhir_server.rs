@@ -38,6 +38,9 @@ pub struct FhirServerRecord {
     settings: ServerSettings,
     server: ServerBase,
     client: reqwest::Client,
+    /// The token every request carries, when the server requires one (SMART Backend
+    /// Services, [`super::backend_auth`]).
+    backend: Option<super::backend_auth::BackendToken>,
     /// Whether the server offers `Patient/$everything`, once its CapabilityStatement was read.
     everything: tokio::sync::OnceCell<bool>,
 }
@@ -72,12 +75,52 @@ impl FhirServerRecord {
             },
             server,
             client,
+            backend: None,
             everything: tokio::sync::OnceCell::new(),
         })
     }
 
+    /// Every request carries a token from `backend` (the server requires one).
+    pub fn with_backend_auth(mut self, backend: super::backend_auth::BackendToken) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.settings.base)
+    }
+
+    /// A GET of `url`, with the token held when the server requires one and the serving
+    /// request's `traceparent`.
+    fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        let mut request = self.client.get(url);
+        if let Some(parent) = crate::trace::outgoing() {
+            request = request.header(crate::trace::TRACEPARENT, parent);
+        }
+        match self.backend.as_ref().and_then(|b| b.current()) {
+            Some(token) => request.bearer_auth(token.as_str()),
+            None => request,
+        }
+    }
+
+    /// Runs one of the source's reads with a fresh token when the server requires one; a token
+    /// the server refuses (401) is dropped, so the next read fetches another.
+    async fn authorized<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, RecordError>>,
+    ) -> Result<T, RecordError> {
+        let Some(backend) = &self.backend else {
+            return read.await;
+        };
+        backend.ensure().await.map_err(|e| {
+            RecordError::Unreachable(format!("no token for the record server: {e}"))
+        })?;
+        let sent = backend.current();
+        let result = read.await;
+        if let (Err(RecordError::Status(401)), Some(token)) = (&result, sent) {
+            backend.refused(&token).await;
+        }
+        result
     }
 
     /// Reads every page of a search that starts at `first`, within `allowance` and by
@@ -157,7 +200,7 @@ impl FhirServerRecord {
                 return Ok(read);
             };
             match followed.next(&self.server, &next) {
-                Ok(url) => request = self.client.get(url),
+                Ok(url) => request = self.get(url),
                 Err(reason) => {
                     read.cut = cut(reason, &read, String::new());
                     return Ok(read);
@@ -176,7 +219,7 @@ impl FhirServerRecord {
                     .saturating_duration_since(Instant::now())
                     .min(self.settings.timeout);
                 match get_fhir_json_with_meta(
-                    self.client.get(self.url("metadata")),
+                    self.get(self.url("metadata")),
                     4 * 1024 * 1024,
                     time_left,
                 )
@@ -202,7 +245,7 @@ impl FhirServerRecord {
         let nhs = query.nhs_number.as_str();
         let patient_read = self
             .read_all(
-                self.client.get(self.url("Patient")).query(&[
+                self.get(self.url("Patient")).query(&[
                     ("identifier", format!("{NHS_NUMBER_SYSTEM}|{nhs}")),
                     ("_count", self.settings.page_size.to_string()),
                 ]),
@@ -255,8 +298,7 @@ impl FhirServerRecord {
                     async move {
                         let read = self
                             .read_all(
-                                self.client
-                                    .get(self.url(&format!("Patient/{id}/$everything")))
+                                self.get(self.url(&format!("Patient/{id}/$everything")))
                                     .query(&params),
                                 &label,
                                 allowance,
@@ -282,7 +324,7 @@ impl FhirServerRecord {
                         async move {
                             let read = self
                                 .read_all(
-                                    self.client.get(self.url(t.as_str())).query(&params),
+                                    self.get(self.url(t.as_str())).query(&params),
                                     t.as_str(),
                                     allowance,
                                     deadline,
@@ -365,7 +407,7 @@ impl FhirServerRecord {
         let reads = join_all(batches.map(|(t, ids)| async move {
             let read = self
                 .read_all(
-                    self.client.get(self.url(t)).query(&[
+                    self.get(self.url(t)).query(&[
                         ("_id", ids),
                         ("_count", self.settings.page_size.to_string()),
                     ]),
@@ -492,7 +534,7 @@ impl RecordSource for FhirServerRecord {
         query: &'a PatientQuery,
         budget: Duration,
     ) -> BoxFuture<'a, Result<RecordAnswer, RecordError>> {
-        Box::pin(self.answer(query, budget))
+        Box::pin(self.authorized(self.answer(query, budget)))
     }
 
     fn read<'a>(
@@ -501,9 +543,9 @@ impl RecordSource for FhirServerRecord {
         id: &'a str,
         budget: Duration,
     ) -> BoxFuture<'a, Result<Option<Value>, RecordError>> {
-        Box::pin(async move {
+        Box::pin(self.authorized(async move {
             // The id is checked by the caller; the path is built from a FHIR type and id only.
-            let request = self.client.get(self.url(&format!("{rtype}/{id}")));
+            let request = self.get(self.url(&format!("{rtype}/{id}")));
             match get_fhir_json_with_meta(request, self.settings.bounds.max_bytes, budget).await {
                 Ok((resource, _, _)) => {
                     let same = resource.get("resourceType").and_then(Value::as_str) == Some(rtype)
@@ -519,14 +561,14 @@ impl RecordSource for FhirServerRecord {
                 Err(FetchError::Status(404 | 410)) => Ok(None),
                 Err(e) => Err(record_error(e)),
             }
-        })
+        }))
     }
 
     fn consents<'a>(
         &'a self,
         nhs: &'a crate::fhir::nhs::NhsNumber,
     ) -> BoxFuture<'a, Result<Vec<Value>, RecordError>> {
-        Box::pin(async move {
+        Box::pin(self.authorized(async move {
             let read = PatientQuery::new(Operation::PatientRead, nhs.clone(), None);
             let budget = self.settings.timeout;
             let deadline = Instant::now() + working_time(budget);
@@ -539,7 +581,7 @@ impl RecordSource for FhirServerRecord {
             {
                 let read = self
                     .read_all(
-                        self.client.get(self.url("Consent")).query(&[
+                        self.get(self.url("Consent")).query(&[
                             ("patient", format!("Patient/{id}")),
                             ("_count", self.settings.page_size.to_string()),
                         ]),
@@ -563,7 +605,7 @@ impl RecordSource for FhirServerRecord {
                 );
             }
             Ok(consents)
-        })
+        }))
     }
 }
 

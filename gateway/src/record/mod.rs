@@ -2,6 +2,7 @@
 //! FHIR JSON served from memory. Both answer the same question the same way: the Patient
 //! resources that carry the NHS number, and the items that belong to them.
 
+pub mod backend_auth;
 pub mod directory;
 pub mod fhir_server;
 pub mod pages;
