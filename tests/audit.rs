@@ -598,14 +598,7 @@ async fn fhir_audit_event_searches_give_the_trails_records_as_balp_audit_events(
 
     // Paging follows the next link on the FHIR path.
     let first = fhir("agent=dr-searcher&_count=2".into()).await;
-    let next = first.body["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .and_then(|l| l["url"].as_str())
-        .expect("a next link")
-        .to_owned();
+    let next = link(&first.body, "next").expect("a next link");
     assert!(
         next.starts_with(&format!("{}/AuditEvent?", fed.base(0))),
         "{next}"

@@ -1131,3 +1131,13 @@ pub fn python() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
 }
+
+/// The address a Bundle's link of `relation` (`next`, `self`) names, when it has one.
+pub fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned)
+}

@@ -242,14 +242,7 @@ async fn every_page_of_a_large_record_can_be_followed_and_carries_only_its_inclu
     assert_eq!(entries(&first.body, "match").len(), 40);
     assert!(entries(&first.body, "include").len() < all_includes);
     follow_references(&fed, 0, &first.body, &token).await;
-    let next = first.body["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .and_then(|l| l["url"].as_str())
-        .expect("a next page")
-        .to_owned();
+    let next = link(&first.body, "next").expect("a next page");
     let second = get_json(&fed.client(), &next, Some(&token)).await;
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(entries(&second.body, "match").len(), 40);

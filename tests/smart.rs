@@ -70,27 +70,7 @@ impl OidcProvider {
     }
 
     fn run(&mut self) {
-        let node = std::env::var("GATEWAY_TEST_NODE").unwrap_or_else(|_| "node".into());
-        let mut child = Command::new(node)
-            .arg(repo_root().join("tests/oidc/provider.mjs"))
-            .arg(&self.config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs the OpenID provider (scripts/test installs tests/oidc)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(30));
-        assert_eq!(ready.as_deref(), Ok("ready"), "the provider did not start");
-        self.child = Some(child);
+        self.child = Some(node("provider.mjs", &self.config, &[]));
     }
 
     fn stop(&mut self) {

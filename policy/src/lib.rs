@@ -160,6 +160,10 @@ pub struct PolicySet {
     memo: std::sync::Arc<std::sync::Mutex<Memo>>,
     /// Whether a decision can depend on the time of the request (see [`PolicySet::reads_time`]).
     reads_time: bool,
+    /// Whether the schema's circumstances name `granted_types` (the SMART scopes). A policy
+    /// directory made before they existed has a schema without them; its requests are made
+    /// without them rather than refused as ill-typed (its policies cannot read them anyway).
+    knows_scopes: bool,
 }
 
 /// Whether a policy's JSON form (Cedar's EST) can read `context.time`: it reads the attribute
@@ -391,6 +395,7 @@ impl PolicySet {
         let reads_time = set
             .policies()
             .any(|p| p.to_json().map_or(true, |est| est_reads_time(&est)));
+        let knows_scopes = schema_text.contains("granted_types");
         Ok(PolicySet {
             schema,
             set,
@@ -398,7 +403,14 @@ impl PolicySet {
             files,
             memo: Default::default(),
             reads_time,
+            knows_scopes,
         })
+    }
+
+    /// Whether the schema names the SMART scopes (`context.granted_types`); a set that does not
+    /// cannot bound a request by them.
+    pub fn knows_scopes(&self) -> bool {
+        self.knows_scopes
     }
 
     /// Whether some policy can read the time of the request (`context.time`). When none can, a
@@ -457,30 +469,35 @@ impl PolicySet {
             )
             .map_err(|e| e.to_string())?;
             // Typed against the schema when each request is made (Request::new below).
-            let context = Context::from_pairs([
-                ("purpose_of_use".to_owned(), s(c.purpose_of_use.clone())),
-                (
-                    "break_glass".to_owned(),
-                    RestrictedExpression::new_bool(c.break_glass),
-                ),
-                (
-                    "decision_point".to_owned(),
-                    s(c.decision_point.as_str().to_owned()),
-                ),
-                (
-                    "requesting_region".to_owned(),
-                    s(c.requesting_region.clone()),
-                ),
-                (
-                    "break_glass_reason".to_owned(),
-                    s(c.break_glass_reason.clone()),
-                ),
-                ("time".to_owned(), RestrictedExpression::new_long(c.time)),
-                (
-                    "granted_types".to_owned(),
-                    RestrictedExpression::new_set(c.granted_types.iter().map(|t| s(t.clone()))),
-                ),
-            ])
+            let context = Context::from_pairs(
+                [
+                    ("purpose_of_use".to_owned(), s(c.purpose_of_use.clone())),
+                    (
+                        "break_glass".to_owned(),
+                        RestrictedExpression::new_bool(c.break_glass),
+                    ),
+                    (
+                        "decision_point".to_owned(),
+                        s(c.decision_point.as_str().to_owned()),
+                    ),
+                    (
+                        "requesting_region".to_owned(),
+                        s(c.requesting_region.clone()),
+                    ),
+                    (
+                        "break_glass_reason".to_owned(),
+                        s(c.break_glass_reason.clone()),
+                    ),
+                    ("time".to_owned(), RestrictedExpression::new_long(c.time)),
+                ]
+                .into_iter()
+                .chain(self.knows_scopes.then(|| {
+                    (
+                        "granted_types".to_owned(),
+                        RestrictedExpression::new_set(c.granted_types.iter().map(|t| s(t.clone()))),
+                    )
+                })),
+            )
             .map_err(|e| e.to_string())?;
             Ok(Fixed {
                 principal: principal_uid,

@@ -244,3 +244,27 @@ fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
     c.time -= 1;
     assert!(at(&timed, &c));
 }
+
+#[test]
+fn a_policy_directory_from_before_scopes_still_decides() {
+    // Its schema has no granted_types: requests are made without them, not refused.
+    let old_schema: String = schema()
+        .lines()
+        .filter(|l| !l.contains("granted_types"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(old_schema, schema());
+    let files = vec![(
+        "10-direct-care.cedar".to_owned(),
+        "@id(\"direct-care-clinicians\")\npermit (principal, action in Gateway::Action::\"read\", resource) when { principal.role == \"R8000\" };\n".to_owned(),
+    )];
+    let set = PolicySet::from_sources(&old_schema, files).unwrap();
+    let (p, i, c) = question_parts("Observation");
+    let d = set.decide(&Question {
+        principal: &p,
+        item: &i,
+        circumstances: &c,
+    });
+    assert!(d.allowed, "{d:?}");
+    assert!(d.errors.is_empty(), "{d:?}");
+}

@@ -190,6 +190,10 @@ pub enum Refusal {
     BreakGlass,
     #[error("your role and purpose of use do not permit searching the shared record")]
     Search,
+    #[error(
+        "the token's scopes bound what it may see, and this region's policy set does not apply scopes (its schema lacks context.granted_types)"
+    )]
+    Scopes,
 }
 
 /// One request's decisions: the user and circumstances are fixed, the items vary.
@@ -202,6 +206,9 @@ pub struct Gatekeeper<'a> {
     consent: ConsentView,
     /// The region whose record holds the directives: the patient's home when they object.
     consent_region: String,
+    /// The token's scopes bound the request but the policy set cannot apply them: refused
+    /// (fail closed) rather than shown what the scopes do not grant.
+    scopes_unapplied: bool,
 }
 
 /// What filtering did, for the log, the audit trail and the response.
@@ -269,6 +276,8 @@ impl<'a> Gatekeeper<'a> {
             },
         };
         Gatekeeper {
+            scopes_unapplied: !set.knows_scopes()
+                && circumstances.granted_types != policy::all_types(),
             prepared: set.prepare(&principal, &circumstances),
             principal,
             circumstances,
@@ -331,6 +340,9 @@ impl<'a> Gatekeeper<'a> {
 
     /// Refuses the request outright when the user may not search, or may not break the glass.
     pub fn admit(&self, region: &str) -> Result<(), Refusal> {
+        if self.scopes_unapplied {
+            return Err(Refusal::Scopes);
+        }
         if self.circumstances.break_glass
             && !self
                 .request_decision("break-glass", "Patient", region)

@@ -221,3 +221,36 @@ fn items_of_one_type_are_decided_apart_when_a_directive_reads_their_categories()
     assert_eq!(ids, ["a", "c"]);
     assert_eq!((report.released, report.withheld), (2, 1));
 }
+
+#[test]
+fn a_scoped_token_is_refused_where_the_policy_set_cannot_apply_scopes() {
+    // A policy directory from before scopes: its schema lacks granted_types.
+    let old_schema: String = EMBEDDED_SCHEMA
+        .lines()
+        .filter(|l| !l.contains("granted_types"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let files: Vec<(String, String)> = embedded_policy_files()
+        .into_iter()
+        .filter(|(name, _)| name != "70-scopes.cedar")
+        .collect();
+    let old = PolicySet::from_sources(&old_schema, files).unwrap();
+    assert!(!old.knows_scopes());
+    let mut scoped = user("R8000", "TREAT", None);
+    scoped.scope = Some("user/Observation.rs".into());
+    assert_eq!(
+        in_dorset(&old, &scoped).admit("dorset"),
+        Err(Refusal::Scopes)
+    );
+    // Unscoped (or every type granted): decided as before.
+    assert_eq!(
+        in_dorset(&old, &user("R8000", "TREAT", None)).admit("dorset"),
+        Ok(())
+    );
+    scoped.scope = Some("user/*.rs".into());
+    assert_eq!(in_dorset(&old, &scoped).admit("dorset"), Ok(()));
+    // The shipped set applies them.
+    let set = embedded_policy_set().unwrap();
+    scoped.scope = Some("user/Observation.rs".into());
+    assert_eq!(in_dorset(&set, &scoped).admit("dorset"), Ok(()));
+}
