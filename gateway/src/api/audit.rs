@@ -328,8 +328,8 @@ pub async fn read_audit_event(
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     note(&parts, |e| e.kind = EventKind::AuditRead);
-    allowed_to_read_trail(&gateway, &parts)?;
     let user = ask(&gateway, &parts, None)?.user;
+    allowed_to_read_trail(&gateway, &parts, &user)?;
     if !user.may("AuditEvent", crate::auth::scopes::Interaction::Read) {
         return Err(scope_refused());
     }
@@ -379,12 +379,18 @@ fn trail_unavailable(e: crate::store::StoreError) -> ApiError {
 }
 
 /// Refuses (403) a user whose role may not read the trail (Cedar action `read-audit`).
-fn allowed_to_read_trail(gateway: &Gateway, parts: &http::request::Parts) -> Result<(), ApiError> {
-    let ask = ask(gateway, parts, None)?;
+fn allowed_to_read_trail(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    user: &UserContext,
+) -> Result<(), ApiError> {
     let policies = gateway.policies.load_full();
     let region = &gateway.region.code;
-    let d = Gatekeeper::new(&policies, &ask.user, region, DecisionPoint::View, region)
-        .request_decision("read-audit", "AuditEvent", region);
+    let d = Gatekeeper::new(&policies, user, region, DecisionPoint::View, region).request_decision(
+        "read-audit",
+        "AuditEvent",
+        region,
+    );
     note(parts, |e| e.policies = d.policies.clone());
     if d.allowed {
         Ok(())
@@ -406,7 +412,7 @@ async fn search(
     let (parts, _) = request.into_parts();
     note(&parts, |e| e.kind = EventKind::AuditRead);
     let ask = ask(gateway, &parts, raw)?;
-    allowed_to_read_trail(gateway, &parts)?;
+    allowed_to_read_trail(gateway, &parts, &ask.user)?;
     if face == TrailFace::Fhir
         && !ask
             .user
