@@ -21,3 +21,4 @@ mod references;
 mod replicas;
 mod resilience;
 mod smart;
+mod view;

@@ -33,6 +33,12 @@ impl OidcProvider {
     /// Starts a provider signing with a new key named `kid`, serving `clients` (see
     /// provider.mjs), with a TLS certificate for localhost from `ca`.
     pub fn start(ca: &DevCa, kid: &str, clients: Value) -> OidcProvider {
+        Self::start_with(ca, kid, clients, json!({}))
+    }
+
+    /// As [`OidcProvider::start`], with more of provider.mjs's configuration (`users`,
+    /// `public_clients`, `launch_secret`: SMART App Launch).
+    pub fn start_with(ca: &DevCa, kid: &str, clients: Value, extra: Value) -> OidcProvider {
         let dir = tempfile::tempdir().unwrap();
         let leaf: Leaf = ca
             .issue(
@@ -47,7 +53,7 @@ impl OidcProvider {
         let ca_pem = write(&dir.path().join("ca.pem"), &ca.cert_pem, false).unwrap();
         let port = free_port();
         let config = dir.path().join("provider.json");
-        let cfg = json!({
+        let mut cfg = json!({
             "issuer": format!("https://localhost:{port}"),
             "port": port,
             "cert": cert,
@@ -57,6 +63,9 @@ impl OidcProvider {
             "resource_scopes": "user/*.rs user/*.cruds user/Observation.rs patient/*.rs system/*.rs",
             "clients": clients,
         });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            cfg[k] = v.clone();
+        }
         std::fs::write(&config, cfg.to_string()).unwrap();
         let mut p = OidcProvider {
             child: None,
@@ -163,7 +172,7 @@ fn node(script: &str, config: &Path, env: &[(&str, &Path)]) -> Child {
 
 /// A client of the provider whose tokens carry the user context under this region's claim
 /// names (`nhs_role`, `ods`, `pou`), with `extra` claims.
-fn clinician_client(id: &str, scope: &str, extra: Value) -> Value {
+pub(crate) fn clinician_client(id: &str, scope: &str, extra: Value) -> Value {
     let mut claims = json!({"nhs_role": "R8000", "ods": "RBD", "pou": "TREAT"});
     for (k, v) in extra.as_object().unwrap() {
         claims[k] = v.clone();
@@ -177,7 +186,7 @@ fn clinician_client(id: &str, scope: &str, extra: Value) -> Value {
 
 /// The `[auth]` table of a gateway that finds the provider's keys by discovery and reads its
 /// claim names.
-fn discovery_auth(issuer: &str, extra: &str) -> String {
+pub(crate) fn discovery_auth(issuer: &str, extra: &str) -> String {
     format!(
         r#"issuer = "{issuer}"
 audience = "{GATEWAY_AUDIENCE}"

@@ -86,7 +86,48 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: ConfigTelemetry,
     #[serde(default)]
+    pub view: ConfigView,
+    #[serde(default)]
     pub peers: Vec<ConfigPeer>,
+}
+
+/// The clinician's one-view page at `/view/` ([`crate::view`]): a SMART app the partner
+/// systems launch, a public client of the region's identity provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigView {
+    /// The page's client id at the identity provider (a public client: PKCE, no secret,
+    /// redirect URI `{origin}/view/`). Default `one-view`.
+    #[serde(default = "default_view_client")]
+    pub client_id: String,
+    /// The scopes asked for when a partner system launches the page with a patient.
+    #[serde(default = "default_view_ehr_scope")]
+    pub ehr_scope: String,
+    /// The scopes asked for when a clinician signs in directly and searches.
+    #[serde(default = "default_view_standalone_scope")]
+    pub standalone_scope: String,
+}
+
+fn default_view_client() -> String {
+    "one-view".into()
+}
+
+fn default_view_ehr_scope() -> String {
+    "openid fhirUser launch patient/*.rs".into()
+}
+
+fn default_view_standalone_scope() -> String {
+    "openid fhirUser user/*.rs".into()
+}
+
+impl Default for ConfigView {
+    fn default() -> Self {
+        ConfigView {
+            client_id: default_view_client(),
+            ehr_scope: default_view_ehr_scope(),
+            standalone_scope: default_view_standalone_scope(),
+        }
+    }
 }
 
 /// Spans over OTLP ([`crate::telemetry`]).

@@ -69,3 +69,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod view;

@@ -94,6 +94,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(super::smart::smart_configuration),
         )
         .merge(crate::console::router())
+        .merge(crate::view::router())
         .merge(authenticated);
     super::outer_layers(routes, &gateway).with_state(gateway)
 }

@@ -43,6 +43,7 @@ pub fn configuration(
         .filter(|g| !g.is_empty())
         .unwrap_or_else(|| vec!["authorization_code".into(), "client_credentials".into()]);
     let mut capabilities = vec![
+        "launch-ehr",
         "launch-standalone",
         "context-ehr-patient",
         "context-standalone-patient",
@@ -140,6 +141,7 @@ mod tests {
             .map(|c| c.as_str().unwrap())
             .collect();
         for c in [
+            "launch-ehr",
             "permission-v2",
             "client-confidential-asymmetric",
             "client-confidential-symmetric",

@@ -19,13 +19,22 @@ const STYLE: &str = include_str!("console.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    let mut r = body.into_response();
+    page_headers(body.into_response(), content_type, CSP, "no-cache")
+}
+
+/// The headers every page of the gateway's (the console, the one view) is served with: its
+/// type, its Content-Security-Policy, no sniffing, no referrer, never framed.
+pub(crate) fn page_headers(
+    mut r: Response,
+    content_type: &'static str,
+    csp: &str,
+    cache: &'static str,
+) -> Response {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -35,8 +44,29 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     r
+}
+
+/// The ids of a page's form controls (input, select, textarea) that no `<label for=...>`
+/// names, and the start of any control without an id (accessibility).
+#[cfg(test)]
+pub(crate) fn unlabelled_controls(html: &str) -> Vec<String> {
+    let mut unlabelled = Vec::new();
+    for part in html.split('<').skip(1) {
+        let tag = part.split_whitespace().next().unwrap_or("");
+        if !["input", "select", "textarea"].contains(&tag) {
+            continue;
+        }
+        let Some(id) = part.split("id=\"").nth(1).and_then(|r| r.split('"').next()) else {
+            unlabelled.push(part.chars().take(40).collect::<String>());
+            continue;
+        };
+        if !html.contains(&format!("for=\"{id}\"")) {
+            unlabelled.push(id.to_owned());
+        }
+    }
+    unlabelled
 }
 
 /// The console's routes (no authentication: they carry no data).
@@ -81,21 +111,7 @@ mod tests {
 
     #[test]
     fn every_form_control_has_a_label() {
-        // Each id'd input, select and textarea is named by a <label for=...> (accessibility).
-        let mut unlabelled = Vec::new();
-        for part in INDEX.split('<').skip(1) {
-            let tag = part.split_whitespace().next().unwrap_or("");
-            if !["input", "select", "textarea"].contains(&tag) {
-                continue;
-            }
-            let Some(id) = part.split("id=\"").nth(1).and_then(|r| r.split('"').next()) else {
-                unlabelled.push(part.chars().take(40).collect::<String>());
-                continue;
-            };
-            if !INDEX.contains(&format!("for=\"{id}\"")) {
-                unlabelled.push(id.to_owned());
-            }
-        }
+        let unlabelled = unlabelled_controls(INDEX);
         assert!(unlabelled.is_empty(), "unlabelled controls: {unlabelled:?}");
     }
 }

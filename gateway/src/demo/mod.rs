@@ -363,6 +363,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             layout.dir.join("certs/ca.pem").display(),
             layout.dir.join("governance-token.jwt").display()
         );
+        println!(
+            "One view for clinicians: https://localhost:{port}/view/ (the demo has no single sign-on: paste the contents of {}, then search for NHS number {})",
+            layout.dir.join("token.jwt").display(),
+            layout.seen_everywhere
+        );
         println!();
     }
     println!("Press Ctrl-C to stop.");
