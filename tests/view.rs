@@ -67,7 +67,7 @@ fn shots_dir() -> PathBuf {
 /// Runs the browser script with the scenario's environment; returns its standard output.
 async fn browse(
     fed: &TestFederation,
-    idp: &OidcProvider,
+    idp: Option<&OidcProvider>,
     scenario: &str,
     vars: &[(&str, String)],
 ) -> String {
@@ -77,13 +77,16 @@ async fn browse(
         .arg(repo_root().join("tests/view/view.mjs"))
         .env("VIEW_URL", fed.base(0).replace("/fhir", "/view/"))
         .env("ISS", fed.base(0))
-        .env("IDP", idp.issuer())
-        .env("NODE_EXTRA_CA_CERTS", &idp.ca_pem)
         .env("LAUNCH_SECRET", LAUNCH_SECRET)
         .env("CLINICIAN", CLINICIAN)
         .env("NURSE", NURSE)
         .env("SCREENSHOTS", shots_dir())
         .env("SCENARIO", scenario);
+    if let Some(idp) = idp {
+        command
+            .env("IDP", idp.issuer())
+            .env("NODE_EXTRA_CA_CERTS", &idp.ca_pem);
+    }
     for (k, v) in vars {
         command.env(k, v);
     }
@@ -136,9 +139,51 @@ async fn the_one_view_opens_from_a_partner_system_and_shows_every_state_a_clinic
         objecting.regions
     );
 
+    // The page's own headers: its policy lets it reach the gateway and the provider's token
+    // endpoint, nothing else; the record's answers are not kept by the browser.
+    let page = fed
+        .client()
+        .get(fed.base(0).replace("/fhir", "/view/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("connect-src 'self' {};", idp.issuer())),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let settings: serde_json::Value = fed
+        .client()
+        .get(fed.base(0).replace("/fhir", "/view/settings"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["identity_provider"], true);
+    let smart: serde_json::Value = fed
+        .client()
+        .get(format!("{}/.well-known/smart-configuration", fed.base(0)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        smart["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("launch-ehr")),
+        "{smart}"
+    );
+
     let out = browse(
         &fed,
-        &idp,
+        Some(&idp),
         "states",
         &[
             ("PATIENT_EVERYWHERE", fed.everywhere()),
@@ -237,7 +282,7 @@ async fn the_one_view_of_a_patient_with_thousands_of_items_is_whole() {
 
     let out = browse(
         &fed,
-        &idp,
+        Some(&idp),
         "large",
         &[
             ("PATIENT_LARGE", nhs),
@@ -252,4 +297,38 @@ async fn the_one_view_of_a_patient_with_thousands_of_items_is_whole() {
         .expect("the script reports the items shown");
     assert_eq!(shown, items, "every clinical item is on the timeline");
     assert_screenshots(&["09-large-record"]);
+}
+
+/// Without single sign-on (the demo, or a region yet to register the page with its provider)
+/// the page takes a pasted token, as the console does; a launch naming another server is
+/// refused. The record's answers tell the browser not to keep them.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_single_sign_on_the_one_view_takes_a_pasted_token() {
+    let fed = Builder::new(&["dorset", "hampshire"]).patients(4).start().await;
+    let page = fed
+        .client()
+        .get(fed.base(0).replace("/fhir", "/view/"))
+        .send()
+        .await
+        .unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
+    let token = fed.token("R8000");
+    let record = fed
+        .get(
+            0,
+            &format!("/Patient/{}/$everything", fed.everywhere()),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(record.status, StatusCode::OK);
+    assert_eq!(record.headers["cache-control"], "no-store");
+    let out = browse(
+        &fed,
+        None,
+        "pasted",
+        &[("PATIENT_EVERYWHERE", fed.everywhere()), ("TOKEN", token)],
+    )
+    .await;
+    assert!(out.contains("all steps passed"), "{out}");
 }

@@ -258,6 +258,34 @@ async function states(browser) {
   }
 }
 
+async function pasted(browser) {
+  const nhs = env('PATIENT_EVERYWHERE');
+  const { page, errors } = await newPage(browser);
+  log('a launch for another server is refused, without leaving the page');
+  await page.goto(`${viewUrl}?launch=abc123&iss=${encodeURIComponent('https://elsewhere.example/fhir')}`);
+  await page.locator('#error').filter({ hasText: 'its own gateway only' }).waitFor();
+  check(new URL(page.url()).origin === new URL(viewUrl).origin, 'the page did not go to another server');
+
+  log('no single sign-on: a pasted token');
+  await page.goto(viewUrl);
+  await page.locator('#token').waitFor();
+  check(await page.locator('#sign-in-go').isHidden(), 'no sign-in button without an identity provider');
+  await page.fill('#token', 'not-a-token');
+  await page.getByRole('button', { name: 'Use this token' }).click();
+  await page.locator('#error').filter({ hasText: 'not accepted' }).waitFor();
+  await page.fill('#token', env('TOKEN'));
+  await page.getByRole('button', { name: 'Use this token' }).click();
+  await page.locator('#nhs').waitFor();
+  check(await page.locator('#error').isHidden(), 'the earlier error is cleared');
+  await page.fill('#nhs', nhs);
+  await page.getByRole('button', { name: 'Open the record' }).click();
+  await ready(page);
+  check((await page.locator('#banner').innerText()).includes(spaced(nhs)), 'the record is shown');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  check(await page.locator('#record').isHidden() && (await page.locator('#sections').innerText()) === '', 'signing out clears the record');
+  check(errors.length === 0, `no script errors: ${errors}`);
+}
+
 async function large(browser) {
   const nhs = env('PATIENT_LARGE');
   const { context, page, errors } = await newPage(browser);
@@ -290,8 +318,8 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
 });
 try {
-  if (env('SCENARIO') === 'large') await large(browser);
-  else await states(browser);
+  const scenarios = { states, large, pasted };
+  await scenarios[env('SCENARIO')](browser);
   console.log('all steps passed');
 } catch (e) {
   console.error(`FAILED at ${step}: ${e.stack || e}`);

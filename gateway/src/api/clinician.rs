@@ -133,7 +133,14 @@ async fn authenticate(
     match user {
         Ok(user) => {
             request.extensions_mut().insert(user);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            // What a signed-in user is answered is about patients (or the governance of their
+            // data): no browser or proxy keeps it.
+            response
+                .headers_mut()
+                .entry(http::header::CACHE_CONTROL)
+                .or_insert(http::HeaderValue::from_static("no-store"));
+            response
         }
         Err(e) => {
             let what = super::audit::refused_request(&request);

@@ -137,6 +137,7 @@ async function signedIn(token, patient) {
   session.token = token;
   session.launchPatient = patient ? String(patient).replace(/^Patient\//, '') : null;
   session.user = await api('/admin/api/whoami');
+  fail('');
   const u = session.user;
   $('who').textContent = `Signed in as ${u.user} (role ${u.role}, organisation ${u.organisation})`;
   $('sign-out').hidden = false;
