@@ -107,6 +107,16 @@ async fn browse(
     stdout
 }
 
+/// GETs a file of the page's (no token: the page carries no data).
+async fn view_get(fed: &TestFederation, file: &str) -> reqwest::Response {
+    let url = fed.base(0).replace("/fhir", "/view/");
+    fed.client()
+        .get(format!("{url}{file}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn assert_screenshots(names: &[&str]) {
     for name in names {
         let p = shots_dir().join(format!("{name}.png"));
@@ -141,12 +151,7 @@ async fn the_one_view_opens_from_a_partner_system_and_shows_every_state_a_clinic
 
     // The page's own headers: its policy lets it reach the gateway and the provider's token
     // endpoint, nothing else; the record's answers are not kept by the browser.
-    let page = fed
-        .client()
-        .get(fed.base(0).replace("/fhir", "/view/"))
-        .send()
-        .await
-        .unwrap();
+    let page = view_get(&fed, "").await;
     assert_eq!(page.status(), StatusCode::OK);
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(
@@ -154,15 +159,7 @@ async fn the_one_view_opens_from_a_partner_system_and_shows_every_state_a_clinic
         "{csp}"
     );
     assert_eq!(page.headers()["cache-control"], "no-store");
-    let settings: serde_json::Value = fed
-        .client()
-        .get(fed.base(0).replace("/fhir", "/view/settings"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings: serde_json::Value = view_get(&fed, "settings").await.json().await.unwrap();
     assert_eq!(settings["identity_provider"], true);
     let smart: serde_json::Value = fed
         .client()
@@ -304,13 +301,11 @@ async fn the_one_view_of_a_patient_with_thousands_of_items_is_whole() {
 /// refused. The record's answers tell the browser not to keep them.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_single_sign_on_the_one_view_takes_a_pasted_token() {
-    let fed = Builder::new(&["dorset", "hampshire"]).patients(4).start().await;
-    let page = fed
-        .client()
-        .get(fed.base(0).replace("/fhir", "/view/"))
-        .send()
-        .await
-        .unwrap();
+    let fed = Builder::new(&["dorset", "hampshire"])
+        .patients(4)
+        .start()
+        .await;
+    let page = view_get(&fed, "").await;
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("connect-src 'self';"), "{csp}");
     let token = fed.token("R8000");

@@ -51,6 +51,14 @@ async function signInAtProvider(page, who) {
   await page.getByRole('button', { name: 'Sign in' }).click();
 }
 
+/// The partner system registers a launch for the patient and opens the page; the user signs in.
+async function ehrLaunch(page, nhs, who) {
+  const launch = await registerLaunch(nhs);
+  await page.goto(`${viewUrl}?launch=${launch}&iss=${encodeURIComponent(env('ISS'))}`);
+  await signInAtProvider(page, who);
+  await ready(page);
+}
+
 const ready = (page) => page.waitForSelector('body[data-state="ready"]', { timeout: 30000 });
 
 async function newPage(browser, viewport = { width: 1280, height: 1000 }) {
@@ -102,10 +110,7 @@ async function states(browser) {
   {
     const { context, page, errors } = await newPage(browser);
     log('EHR launch: the partner system opens the page in the patient context');
-    const launch = await registerLaunch(everywhere);
-    await page.goto(`${viewUrl}?launch=${launch}&iss=${encodeURIComponent(env('ISS'))}`);
-    await signInAtProvider(page, 'CLINICIAN');
-    await ready(page);
+    await ehrLaunch(page, everywhere, 'CLINICIAN');
     const banner = await page.locator('#banner').innerText();
     check(banner.includes(spaced(everywhere)), `the banner shows the launch patient's NHS number: ${banner}`);
     for (const field of ['Born', 'Sex', 'Address']) check(banner.includes(field), `the banner shows ${field}`);
@@ -290,10 +295,7 @@ async function large(browser) {
   const nhs = env('PATIENT_LARGE');
   const { context, page, errors } = await newPage(browser);
   log('EHR launch of the realistic patient with thousands of items');
-  const launch = await registerLaunch(nhs);
-  await page.goto(`${viewUrl}?launch=${launch}&iss=${encodeURIComponent(env('ISS'))}`);
-  await signInAtProvider(page, 'CLINICIAN');
-  await ready(page);
+  await ehrLaunch(page, nhs, 'CLINICIAN');
   // From the page's return from the provider (a new document) to the record drawn and usable.
   const ms = await page.evaluate(() => performance.getEntriesByName('view-interactive')[0].startTime);
   const items = Number(/of (\d+)/.exec(await page.locator('#tl-count').innerText())[1]);

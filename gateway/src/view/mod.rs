@@ -70,10 +70,6 @@ fn csp_of(gateway: &Gateway) -> String {
     content_security_policy(endpoints.as_ref().map(|e| e.token.as_str()))
 }
 
-async fn asset(gateway: &Gateway, content_type: &'static str, body: &'static str) -> Response {
-    with_headers(body.into_response(), content_type, &csp_of(gateway))
-}
-
 async fn settings(State(gateway): State<Arc<Gateway>>) -> Response {
     let idp = crate::api::smart::oauth_endpoints(&gateway).is_some();
     let body = page_settings(
@@ -89,35 +85,28 @@ async fn settings(State(gateway): State<Arc<Gateway>>) -> Response {
     )
 }
 
+/// The page's files: path, type, text.
+const FILES: [(&str, &str, &str); 4] = [
+    ("/view/", "text/html; charset=utf-8", INDEX),
+    ("/view/view.js", "text/javascript; charset=utf-8", SCRIPT),
+    ("/view/model.js", "text/javascript; charset=utf-8", MODEL),
+    ("/view/view.css", "text/css; charset=utf-8", STYLE),
+];
+
 /// The page's routes (no authentication: they carry no data).
 pub fn router() -> Router<Arc<Gateway>> {
-    Router::new()
+    let mut router = Router::new()
         .route("/view", get(|| async { Redirect::permanent("/view/") }))
-        .route(
-            "/view/",
-            get(|State(g): State<Arc<Gateway>>| async move {
-                asset(&g, "text/html; charset=utf-8", INDEX).await
+        .route("/view/settings", get(settings));
+    for (path, content_type, body) in FILES {
+        router = router.route(
+            path,
+            get(move |State(g): State<Arc<Gateway>>| async move {
+                with_headers(body.into_response(), content_type, &csp_of(&g))
             }),
-        )
-        .route(
-            "/view/view.js",
-            get(|State(g): State<Arc<Gateway>>| async move {
-                asset(&g, "text/javascript; charset=utf-8", SCRIPT).await
-            }),
-        )
-        .route(
-            "/view/model.js",
-            get(|State(g): State<Arc<Gateway>>| async move {
-                asset(&g, "text/javascript; charset=utf-8", MODEL).await
-            }),
-        )
-        .route(
-            "/view/view.css",
-            get(|State(g): State<Arc<Gateway>>| async move {
-                asset(&g, "text/css; charset=utf-8", STYLE).await
-            }),
-        )
-        .route("/view/settings", get(settings))
+        );
+    }
+    router
 }
 
 #[cfg(test)]
