@@ -112,7 +112,8 @@ impl ChangeStore for SqliteStore {
     }
 
     fn change_head(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
-        Box::pin(self.with(|conn| {
+        // Read before every request: the last row of the primary key.
+        Box::pin(self.read_point(|conn| {
             Ok(conn
                 .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM change_log")?
                 .query_row([], |r| r.get(0))?)
