@@ -525,25 +525,20 @@ impl fhir::EntryJson for RequestEntry {
 /// A region's Provenance entry in a Bundle: what it contributed, and when.
 fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> RequestEntry {
     let region = &c.region;
-    let activity = json!({
-        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
-        "text": match c.stale_seconds {
-            Some(age) => format!(
-                "could not answer; its answer of {} ago is shown",
-                crate::fhir::describe_age(age)
-            ),
-            None => format!("answered the federated query in {elapsed_ms} ms"),
-        },
-    });
-    let agent = json!([{
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
-        "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": region.code}, "display": region.name},
-    }]);
+    let activity = match c.stale_seconds {
+        Some(age) => format!(
+            "could not answer; its answer of {} ago is shown",
+            crate::fhir::describe_age(age)
+        ),
+        None => format!("answered the federated query in {elapsed_ms} ms"),
+    };
     let string = crate::fhir::item::write_str;
     let full_url = format!(
         "urn:uuid:{}",
         provenance_uuid(&region.code, envelope.bundle_id)
     );
+    // Written straight out (a kept view's repeat writes these for every request): the same
+    // text serde_json would write of the same elements in this order.
     RequestEntry::of(&full_url, SearchMode::Include, |out| {
         out.extend_from_slice(br#"{"resourceType":"Provenance","id":"#);
         string(&format!("{}-{}", region.code, envelope.bundle_id), out);
@@ -558,11 +553,15 @@ fn provenance(c: &Contribution, elapsed_ms: u64, envelope: &Envelope<'_>) -> Req
         }
         out.extend_from_slice(br#"],"recorded":"#);
         string(envelope.now, out);
-        out.extend_from_slice(br#","activity":"#);
-        let _ = serde_json::to_writer(&mut *out, &activity);
-        out.extend_from_slice(br#","agent":"#);
-        let _ = serde_json::to_writer(&mut *out, &agent);
-        out.push(b'}');
+        out.extend_from_slice(br#","activity":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-DataOperation","code":"CREATE","display":"create"}],"text":"#);
+        string(&activity, out);
+        out.extend_from_slice(br#"},"agent":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/provenance-participant-type","code":"custodian","display":"Custodian"}]},"who":{"identifier":{"system":"#);
+        string(REGION_TAG_SYSTEM, out);
+        out.extend_from_slice(br#","value":"#);
+        string(&region.code, out);
+        out.extend_from_slice(br#"},"display":"#);
+        string(&region.name, out);
+        out.extend_from_slice(b"}}]}");
     })
 }
 

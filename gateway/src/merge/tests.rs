@@ -1034,3 +1034,55 @@ fn a_views_entries_hold_their_resources_unchanged_text_by_reference_not_as_copie
         entry.json.len()
     );
 }
+
+/// A region's Provenance, written straight out, is the text serde_json writes of the same
+/// elements (names and an answer's age included, escapes and all).
+#[test]
+fn provenance_is_written_as_serde_json_would_write_it() {
+    for stale in [None, Some(3_700)] {
+        let c = Contribution {
+            region: RegionInfo {
+                code: "dorset".into(),
+                name: "Dorset \"care\" record \u{e9}".into(),
+                base_url: "https://dorset.example/fhir".into(),
+            },
+            targets: vec![Arc::from("https://g/fhir/Observation/a"), Arc::from("urn:x\\y")],
+            stale_seconds: stale,
+            elapsed_ms: 17,
+        };
+        let envelope = Envelope {
+            bundle_id: "req-1",
+            now: "2026-12-04T10:00:00Z",
+            self_link: "https://g/fhir/Patient/9000000009/$everything",
+        };
+        let text = match stale {
+            Some(age) => format!(
+                "could not answer; its answer of {} ago is shown",
+                crate::fhir::describe_age(age)
+            ),
+            None => "answered the federated query in 17 ms".to_owned(),
+        };
+        let resource = json!({
+            "resourceType": "Provenance",
+            "id": "dorset-req-1",
+            "target": [{"reference": "https://g/fhir/Observation/a"}, {"reference": "urn:x\\y"}],
+            "recorded": "2026-12-04T10:00:00Z",
+            "activity": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}],
+                "text": text,
+            },
+            "agent": [{
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian", "display": "Custodian"}]},
+                "who": {"identifier": {"system": REGION_TAG_SYSTEM, "value": "dorset"}, "display": "Dorset \"care\" record \u{e9}"},
+            }],
+        });
+        let entry = provenance(&c, 17, &envelope);
+        let written = entry.to_value();
+        assert_eq!(written["resource"], resource);
+        assert!(
+            entry.json.contains(&serde_json::to_string(&resource).unwrap()),
+            "{}",
+            entry.json
+        );
+    }
+}
