@@ -661,7 +661,9 @@ async fn write_kept(
     gateway
         .metrics
         .policy_items("view", kept.released, kept.withheld);
-    tracing::info!(request_id = %ask.request_id, total = kept.view.total, "served a view kept from an identical request");
+    // The audit record (`view_kept`) and `gateway_cache_views_served_total` say it; the
+    // access log has the request. One line fewer on the path a repeat takes.
+    tracing::debug!(request_id = %ask.request_id, total = kept.view.total, "served a view kept from an identical request");
     let now = crate::fhir::instant(time::OffsetDateTime::now_utc());
     let envelope = ask.envelope(&now);
     let (body, ()) = audited(gateway, ask, || {
