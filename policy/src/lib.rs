@@ -455,63 +455,67 @@ impl PolicySet {
     /// The part of every question that is fixed for one request (the user and the
     /// circumstances), built once: a request asks about many items.
     pub fn prepare(&self, principal: &Principal, c: &Circumstances) -> Prepared<'_> {
-        let fixed = (|| -> Result<Fixed, String> {
-            let s = RestrictedExpression::new_string;
-            let principal_uid = uid("Gateway::User", &principal.id)?;
-            let user = Entity::new(
-                principal_uid.clone(),
-                HashMap::from([
-                    ("role".to_owned(), s(principal.role.clone())),
-                    ("organisation".to_owned(), s(principal.organisation.clone())),
-                    ("home_region".to_owned(), s(principal.home_region.clone())),
-                ]),
-                HashSet::new(),
-            )
-            .map_err(|e| e.to_string())?;
-            // Typed against the schema when each request is made (Request::new below).
-            let context = Context::from_pairs(
-                [
-                    ("purpose_of_use".to_owned(), s(c.purpose_of_use.clone())),
-                    (
-                        "break_glass".to_owned(),
-                        RestrictedExpression::new_bool(c.break_glass),
-                    ),
-                    (
-                        "decision_point".to_owned(),
-                        s(c.decision_point.as_str().to_owned()),
-                    ),
-                    (
-                        "requesting_region".to_owned(),
-                        s(c.requesting_region.clone()),
-                    ),
-                    (
-                        "break_glass_reason".to_owned(),
-                        s(c.break_glass_reason.clone()),
-                    ),
-                    ("time".to_owned(), RestrictedExpression::new_long(c.time)),
-                ]
-                .into_iter()
-                .chain(self.knows_scopes.then(|| {
-                    (
-                        "granted_types".to_owned(),
-                        RestrictedExpression::new_set(c.granted_types.iter().map(|t| s(t.clone()))),
-                    )
-                })),
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(Fixed {
-                principal: principal_uid,
-                user,
-                context,
-                resource: uid("Gateway::Item", "item")?,
-            })
-        })();
         Prepared {
             set: self,
-            fixed,
+            fixed: std::sync::OnceLock::new(),
             principal: principal.clone(),
             circumstances: c.clone(),
         }
+    }
+}
+
+impl Fixed {
+    /// Cedar's entity for the user and the request's context, typed when each request is made.
+    fn of(knows_scopes: bool, principal: &Principal, c: &Circumstances) -> Result<Fixed, String> {
+        let s = RestrictedExpression::new_string;
+        let principal_uid = uid("Gateway::User", &principal.id)?;
+        let user = Entity::new(
+            principal_uid.clone(),
+            HashMap::from([
+                ("role".to_owned(), s(principal.role.clone())),
+                ("organisation".to_owned(), s(principal.organisation.clone())),
+                ("home_region".to_owned(), s(principal.home_region.clone())),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        // Typed against the schema when each request is made (Request::new below).
+        let context = Context::from_pairs(
+            [
+                ("purpose_of_use".to_owned(), s(c.purpose_of_use.clone())),
+                (
+                    "break_glass".to_owned(),
+                    RestrictedExpression::new_bool(c.break_glass),
+                ),
+                (
+                    "decision_point".to_owned(),
+                    s(c.decision_point.as_str().to_owned()),
+                ),
+                (
+                    "requesting_region".to_owned(),
+                    s(c.requesting_region.clone()),
+                ),
+                (
+                    "break_glass_reason".to_owned(),
+                    s(c.break_glass_reason.clone()),
+                ),
+                ("time".to_owned(), RestrictedExpression::new_long(c.time)),
+            ]
+            .into_iter()
+            .chain(knows_scopes.then(|| {
+                (
+                    "granted_types".to_owned(),
+                    RestrictedExpression::new_set(c.granted_types.iter().map(|t| s(t.clone()))),
+                )
+            })),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Fixed {
+            principal: principal_uid,
+            user,
+            context,
+            resource: uid("Gateway::Item", "item")?,
+        })
     }
 }
 
@@ -532,8 +536,10 @@ struct Fixed {
 /// A policy set with one request's user and circumstances: decides items.
 pub struct Prepared<'a> {
     set: &'a PolicySet,
-    /// Or why the request's part could not be built (then every decision is a refusal).
-    fixed: Result<Fixed, String>,
+    /// Built at the first decision the memo does not already hold (a repeat of a request
+    /// decided this second builds none); or why it could not be built (then every decision
+    /// is a refusal).
+    fixed: std::sync::OnceLock<Result<Fixed, String>>,
     principal: Principal,
     circumstances: Circumstances,
 }
@@ -587,8 +593,12 @@ impl Prepared<'_> {
     }
 
     fn try_decide(&self, action_id: &str, i: &ItemClass) -> Result<Decision, String> {
-        let fixed = self.fixed.as_ref().map_err(Clone::clone)?;
         let set = self.set;
+        let fixed = self
+            .fixed
+            .get_or_init(|| Fixed::of(set.knows_scopes, &self.principal, &self.circumstances))
+            .as_ref()
+            .map_err(Clone::clone)?;
         let action = uid("Gateway::Action", action_id)?;
         let s = RestrictedExpression::new_string;
         let item = Entity::new(
