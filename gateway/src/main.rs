@@ -173,13 +173,19 @@ enum CertsCommand {
 /// The operational log on standard error, written by a thread of its own from a buffer, so
 /// that a request's thread never waits on the terminal or a pipe. Nothing is dropped: when the
 /// buffer is full, logging waits (an operator would rather a slow line than a missing one).
-/// The guard flushes what is left when `main` ends.
+/// The thread writes every line waiting and then flushes, so under load many lines share one
+/// `write` (a profile of a kept view's repeat put the log's thread, writing a line at a time,
+/// at 7 % of the gateway's CPU), and a lone line still leaves at once. The guard flushes what
+/// is left when `main` ends.
 fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

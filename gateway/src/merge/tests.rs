@@ -1046,7 +1046,10 @@ fn provenance_is_written_as_serde_json_would_write_it() {
                 name: "Dorset \"care\" record \u{e9}".into(),
                 base_url: "https://dorset.example/fhir".into(),
             },
-            targets: vec![Arc::from("https://g/fhir/Observation/a"), Arc::from("urn:x\\y")],
+            targets: vec![
+                Arc::from("https://g/fhir/Observation/a"),
+                Arc::from("urn:x\\y"),
+            ],
             stale_seconds: stale,
             elapsed_ms: 17,
         };
@@ -1080,7 +1083,9 @@ fn provenance_is_written_as_serde_json_would_write_it() {
         let written = entry.to_value();
         assert_eq!(written["resource"], resource);
         assert!(
-            entry.json.contains(&serde_json::to_string(&resource).unwrap()),
+            entry
+                .json
+                .contains(&serde_json::to_string(&resource).unwrap()),
             "{}",
             entry.json
         );
