@@ -384,15 +384,19 @@ mod tests {
             (2, Some("inactive"))
         );
         assert!(s.get("zz").await.unwrap().is_none());
-        let ids: Vec<String> = s
-            .for_patient("9000000009")
+        assert_eq!(ids_of(&s, "9000000009").await, ["a", "b"]);
+    }
+
+    /// The ids of a patient's directives, in the order the store gives them.
+    async fn ids_of(s: &SqliteStore, nhs: &str) -> Vec<String> {
+        s.for_patient(nhs)
             .await
             .unwrap()
             .into_iter()
             .map(|c| c.id)
-            .collect();
-        assert_eq!(ids, vec!["a", "b"]);
+            .collect()
     }
+
     /// Every request reads its patient's directives: the statement is prepared once, and
     /// they come back in the order they were recorded, whatever their ids.
     #[tokio::test]
@@ -406,14 +410,7 @@ mod tests {
             .await
             .unwrap();
         for _ in 0..5 {
-            let ids: Vec<String> = s
-                .for_patient("9000000009")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|c| c.id)
-                .collect();
-            assert_eq!(ids, ["m", "c", "x", "a"]);
+            assert_eq!(ids_of(&s, "9000000009").await, ["m", "c", "x", "a"]);
         }
         let reprepared = s
             .read_point(|c| {
