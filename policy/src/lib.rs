@@ -464,6 +464,20 @@ impl PolicySet {
     }
 }
 
+fn uid(t: &str, id: &str) -> Result<EntityUid, String> {
+    Ok(EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
+        EntityId::new(id),
+    ))
+}
+
+struct Fixed {
+    principal: EntityUid,
+    user: Entity,
+    context: Context,
+    resource: EntityUid,
+}
+
 impl Fixed {
     /// Cedar's entity for the user and the request's context, typed when each request is made.
     fn of(knows_scopes: bool, principal: &Principal, c: &Circumstances) -> Result<Fixed, String> {
@@ -517,20 +531,6 @@ impl Fixed {
             resource: uid("Gateway::Item", "item")?,
         })
     }
-}
-
-fn uid(t: &str, id: &str) -> Result<EntityUid, String> {
-    Ok(EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str(t).map_err(|e| e.to_string())?,
-        EntityId::new(id),
-    ))
-}
-
-struct Fixed {
-    principal: EntityUid,
-    user: Entity,
-    context: Context,
-    resource: EntityUid,
 }
 
 /// A policy set with one request's user and circumstances: decides items.
