@@ -163,7 +163,18 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+    // The log as it arrives (an operator tails it), and whole at the end.
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            all.push_str(&line);
+            all.push('\n');
+            let _ = log_tx.send(line);
+        }
+        all
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -242,6 +253,15 @@ async fn the_demo_answers_across_three_regions_and_stops_cleanly_on_ctrl_c() {
         get_json(&client, &url, Some(&forged)).await.status,
         http::StatusCode::UNAUTHORIZED
     );
+
+    // The log is written through a buffer, but a line leaves while the gateway runs, not
+    // when it stops: the request's lines reach the log before Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("the request's log lines arrived while the gateway ran")
+        .contains("region answered")
+    {}
 
     // Ctrl-C stops it cleanly.
     let status = Command::new("kill")
