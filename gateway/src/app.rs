@@ -718,7 +718,7 @@ async fn reload_and_log(gateway: &Gateway, dir: &std::path::Path, trigger: &str)
     let mut event = AuditEvent::new(
         crate::audit::EventKind::PolicyActivation,
         crate::fhir::instant(time::OffsetDateTime::now_utc()),
-        &uuid::Uuid::new_v4().to_string(),
+        &crate::api::mint_request_id(),
     );
     event.user_id = "system".into();
     event.detail = serde_json::json!({

@@ -238,7 +238,7 @@ fn record_refused_certificates(gateway: Arc<Gateway>) -> CertificateRefused {
                 &gateway,
                 crate::audit::EventKind::RefusedCertificate,
                 &remote.ip().to_string(),
-                &uuid::Uuid::new_v4().to_string(),
+                &crate::api::mint_request_id(),
                 http::StatusCode::FORBIDDEN,
                 format!("TLS handshake refused: {reason}"),
                 serde_json::json!({"remote": remote.to_string()}),

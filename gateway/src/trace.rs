@@ -3,8 +3,6 @@
 //! requests name as their parent; the trace id is written into the audit records of every
 //! region a query reaches, beside the request id. Pure.
 
-use std::fmt::Write;
-
 /// The header's name.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -32,10 +30,7 @@ fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::audit::hex(bytes)
 }
 
 impl TraceContext {

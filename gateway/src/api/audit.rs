@@ -207,7 +207,7 @@ pub async fn record_refusal(
 /// ending.
 pub async fn record_refusal_summaries(gateway: &Gateway) {
     for s in gateway.refusals.close_interval() {
-        let mut event = AuditEvent::new(s.kind, now(), &uuid::Uuid::new_v4().to_string());
+        let mut event = AuditEvent::new(s.kind, now(), &crate::api::mint_request_id());
         event.status = s.tally.status;
         event.outcome = format!(
             "{} more like the one recorded at {}: {}",

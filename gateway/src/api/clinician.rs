@@ -216,7 +216,7 @@ pub(super) fn ask(
     let request_id = request
         .extensions
         .get::<RequestId>()
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+        .map_or_else(super::mint_request_id, |r| r.0.clone());
     let pairs = query_pairs(raw)?;
     let path = request
         .uri
