@@ -1128,9 +1128,11 @@ impl<'de> Visitor<'de> for ReferenceFinder<'_> {
     }
 }
 
-/// Whether a text may hold a `reference` member (the walkers skip what cannot).
+/// Whether a text may hold a `reference` member (the walkers skip what cannot). Only an
+/// object or an array can: a string, number or literal is not searched for one.
 fn may_reference(raw: &RawValue) -> bool {
-    raw.get().contains("\"reference\"")
+    let text = raw.get();
+    matches!(text.as_bytes().first(), Some(b'{' | b'[')) && text.contains("\"reference\"")
 }
 
 /// Every `reference` string under `raw`, in document order.
