@@ -88,6 +88,20 @@ fn bench_store(
     group.finish();
 }
 
+/// An event's RFC 8785 form, as the gateway writes it and as the library it is tested against
+/// writes it (the reference, in the same run).
+fn canonical_form(c: &mut Criterion) {
+    let e = event(7);
+    let mut group = c.benchmark_group("audit canonical form");
+    group.bench_function("gateway (canonical_event)", |b| {
+        b.iter(|| gateway::audit::canonical_event(std::hint::black_box(&e)))
+    });
+    group.bench_function("reference: serde_json_canonicalizer", |b| {
+        b.iter(|| serde_json_canonicalizer::to_string(std::hint::black_box(&e)).unwrap())
+    });
+    group.finish();
+}
+
 fn audit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,5 +142,5 @@ fn audit(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, audit);
+criterion_group!(benches, canonical_form, audit);
 criterion_main!(benches);
