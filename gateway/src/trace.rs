@@ -29,10 +29,6 @@ fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    crate::audit::hex(bytes)
-}
-
 impl TraceContext {
     /// Reads a `traceparent` value. Version `00` must have exactly four fields; a later version
     /// is read by its first four (as the specification asks); `ff`, malformed fields, an
@@ -100,15 +96,15 @@ impl TraceContext {
 
     /// The trace id, as 32 hexadecimal digits.
     pub fn trace_id_hex(&self) -> String {
-        to_hex(&self.trace_id)
+        crate::audit::hex(&self.trace_id)
     }
 
     /// The `traceparent` value that names this span as the parent.
     pub fn header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
+            crate::audit::hex(&self.trace_id),
+            crate::audit::hex(&self.span_id),
             self.flags
         )
     }

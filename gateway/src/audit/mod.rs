@@ -262,31 +262,17 @@ impl Member<'_> {
         match self {
             Member::Text(Some(s)) => write_text(out, s),
             Member::Text(None) => out.extend_from_slice(b"null"),
-            Member::Texts(list) => {
-                out.push(b'[');
-                for (i, s) in list.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_text(out, s);
-                }
-                out.push(b']');
-            }
+            Member::Texts(list) => write_array(out, list, |out, s| write_text(out, s)),
             Member::Number(n) => write_number(out, *n),
-            Member::Regions(list) => {
-                out.push(b'[');
-                for (i, r) in list.iter().enumerate() {
-                    out.extend_from_slice(if i > 0 { b",{" } else { b"{" });
-                    out.extend_from_slice(br#""items":"#);
-                    write_number(out, r.items as u64);
-                    out.extend_from_slice(br#","outcome":"#);
-                    write_text(out, &r.outcome);
-                    out.extend_from_slice(br#","region":"#);
-                    write_text(out, &r.region);
-                    out.push(b'}');
-                }
-                out.push(b']');
-            }
+            Member::Regions(list) => write_array(out, list, |out, r| {
+                out.extend_from_slice(br#"{"items":"#);
+                write_number(out, r.items as u64);
+                out.extend_from_slice(br#","outcome":"#);
+                write_text(out, &r.outcome);
+                out.extend_from_slice(br#","region":"#);
+                write_text(out, &r.region);
+                out.push(b'}');
+            }),
             Member::Json(v) => match serde_json_canonicalizer::to_vec(v) {
                 Ok(text) => out.extend_from_slice(&text),
                 Err(_) => out.extend_from_slice(b"null"),
@@ -304,11 +290,25 @@ fn write_text(out: &mut Vec<u8>, s: &str) {
 /// RFC 8785 writes numbers as ECMAScript doubles: an integer is its digits up to 2^53, and past
 /// it (no count reaches it) takes the library's double form.
 fn write_number(out: &mut Vec<u8>, n: u64) {
-    if n <= 1 << 53 {
-        out.extend_from_slice(n.to_string().as_bytes());
-    } else if let Ok(text) = serde_json_canonicalizer::to_vec(&n) {
-        out.extend_from_slice(&text);
+    let double = (n > 1 << 53)
+        .then(|| serde_json_canonicalizer::to_vec(&n).ok())
+        .flatten();
+    match double {
+        Some(text) => out.extend_from_slice(&text),
+        None => out.extend_from_slice(n.to_string().as_bytes()),
     }
+}
+
+/// A JSON array of `items`, each written by `each`.
+fn write_array<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        each(out, item);
+    }
+    out.push(b']');
 }
 
 /// [`canonical`] from an event's canonical JSON: the keys `event`, `prev_hash`, `seq` are
