@@ -269,13 +269,19 @@ impl Item {
     }
 
     /// Reads a resource whose text `json` is part of `source` (an answer's body): the item
-    /// keeps its place in the shared text rather than a copy of its own.
+    /// keeps its place in the shared text rather than a copy of its own. One pass of the
+    /// scanner checks the text and finds its members and references.
     pub fn parse_in(source: &Source, json: &str) -> Result<Item, NotAResource> {
-        Item::of_members(source, json, &Members::parse(json)?)
+        let mut s = super::scan::Scan::new(json);
+        s.ws();
+        let scanned = super::scan::resource(&mut s)
+            .and_then(|r| s.end().map(|()| r))
+            .map_err(|e| NotAResource(e.to_string()))?;
+        Item::of_scan(source, scanned)
     }
 
-    /// [`Item::parse_in`] of a Bundle entry's resource, whose members the Bundle's reading
-    /// already found (the text is not read a second time for them).
+    /// [`Item::parse_in`] of a Bundle entry's resource, which the Bundle's reading already
+    /// made (the text is not read a second time).
     pub fn parse_entry(source: &Source, resource: &ResourceText<'_>) -> Result<Item, NotAResource> {
         match &resource.item {
             Some(made) => made.clone(),
@@ -283,15 +289,17 @@ impl Item {
         }
     }
 
-    fn of_members(
+    /// The item of a resource the scanner read, whose text is part of `source`.
+    fn of_scan(
         source: &Source,
-        json: &str,
-        members: &Members<'_>,
+        scanned: super::scan::ResourceScan<'_>,
     ) -> Result<Item, NotAResource> {
+        let json = scanned.text;
         let offset = (json.as_ptr() as usize)
             .checked_sub(source.as_ptr() as usize)
             .filter(|o| o + json.len() <= source.len())
             .ok_or_else(|| NotAResource("not part of its answer".into()))?;
+        let members = Members::of_scan(scanned.members);
         let at = |part: &str| (part.as_ptr() as usize - json.as_ptr() as usize) as u32;
         let range = |part: &str| (at(part), at(part) + part.len() as u32);
         let spans: Option<Box<[Span]>> = members
@@ -300,32 +308,34 @@ impl Item {
             .map(|(k, v)| match &k.0 {
                 Cow::Borrowed(key) => Some(Span {
                     key: range(key),
-                    value: range(v.get()),
+                    value: range(v),
                 }),
                 Cow::Owned(_) => None,
             })
             .collect();
-        // Every reference, with where it lies: one pass over the members that may hold one.
-        let mut found = Vec::new();
-        for (_, raw) in &members.0 {
-            if may_reference(raw) {
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                let seed = ReferenceFinder {
-                    base: json.as_ptr() as usize,
-                    out: &mut found,
+        // Every reference, with where it lies; its value copied only when it had escapes.
+        let references = scanned
+            .references
+            .iter()
+            .map(|r| {
+                let escaped = match r.escaped {
+                    false => None,
+                    true => Some(
+                        super::scan::unescape(&json[r.start + 1..r.end - 1])
+                            .ok_or_else(|| NotAResource("a reference's escapes".into()))?
+                            .into_boxed_str(),
+                    ),
                 };
-                if serde::de::DeserializeSeed::deserialize(seed, &mut de).is_err() {
-                    return Err(NotAResource("a member could not be read".into()));
-                }
-            }
-        }
-        let view = ItemView::read(members);
+                Ok((r.start as u32, r.end as u32, escaped))
+            })
+            .collect::<Result<Box<[FoundReference]>, NotAResource>>()?;
+        let view = ItemView::read(&members);
         Ok(Item(Arc::new(Inner {
             source: source.clone(),
             at: (offset as u32, (offset + json.len()) as u32),
             view,
             spans,
-            references: found.into(),
+            references,
         })))
     }
 
@@ -401,8 +411,8 @@ fn write_canonical_object(
         super::write_string(&k.0, out);
         out.push(':');
         match replace {
-            Some((name, write)) if k.0 == name && v.get().starts_with('{') => write(v.get(), out),
-            _ => write_canonical_text(v.get(), out)?,
+            Some((name, write)) if k.0 == name && v.starts_with('{') => write(v, out),
+            _ => write_canonical_text(v, out)?,
         }
     }
     out.push('}');
@@ -417,14 +427,14 @@ pub(crate) fn member_text<'a>(object: &'a str, name: &str) -> Option<&'a str> {
         .iter()
         .rev()
         .find(|(k, _)| k.0 == name)
-        .map(|(_, v)| v.get())
+        .map(|(_, v)| *v)
 }
 
 /// An object's members sorted by key, a repeated key keeping its last value (as a tree does).
-fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a RawValue)>) -> Vec<(Key<'a>, &'a RawValue)> {
+fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a str)>) -> Vec<(Key<'a>, &'a str)> {
     // Stable: of equal keys the last stays last, and is the one kept.
     members.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<(Key<'a>, &'a RawValue)> = Vec::with_capacity(members.len());
+    let mut out: Vec<(Key<'a>, &'a str)> = Vec::with_capacity(members.len());
     for m in members {
         match out.last_mut() {
             Some(last) if last.0.0 == m.0.0 => *last = m,
@@ -602,8 +612,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
-/// An object's members, in order, each value left as text.
-pub(crate) struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+/// An object's members, in order, each value left as its (checked) JSON text.
+pub(crate) struct Members<'a>(Vec<(Key<'a>, &'a str)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -616,7 +626,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((k, v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
-                    out.push((k, v));
+                    out.push((k, v.get()));
                 }
                 Ok(Members(out))
             }
@@ -626,7 +636,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 }
 
 /// An array's elements, each left as text.
-struct Elements<'a>(Vec<&'a RawValue>);
+struct Elements<'a>(Vec<&'a str>);
 
 impl<'de> Deserialize<'de> for Elements<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -639,7 +649,7 @@ impl<'de> Deserialize<'de> for Elements<'de> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8));
                 while let Some(v) = seq.next_element::<&'de RawValue>()? {
-                    out.push(v);
+                    out.push(v.get());
                 }
                 Ok(Elements(out))
             }
@@ -649,29 +659,52 @@ impl<'de> Deserialize<'de> for Elements<'de> {
 }
 
 impl<'a> Members<'a> {
+    /// An object's members, read by one pass of the scanner (which checks the whole text).
     pub(crate) fn parse(json: &'a str) -> Result<Members<'a>, NotAResource> {
-        serde_json::from_str(json).map_err(|e| NotAResource(e.to_string()))
+        let mut s = super::scan::Scan::new(json);
+        s.ws();
+        let scanned = super::scan::resource(&mut s)
+            .and_then(|r| s.end().map(|()| r))
+            .map_err(|e| NotAResource(e.to_string()))?;
+        Ok(Members::of_scan(scanned.members))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
+    /// Members as the scanner found them: keys with escapes resolved (copied only then).
+    fn of_scan(members: Vec<(super::scan::Literal<'a>, &'a str)>) -> Members<'a> {
+        Members(
+            members
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = if k.escaped {
+                        Cow::Owned(super::scan::unescape(k.inner).unwrap_or_default())
+                    } else {
+                        Cow::Borrowed(k.inner)
+                    };
+                    (Key(key), v)
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| k.0 == name).map(|(_, v)| *v)
     }
 
     /// One member read into a typed shape; `None` when missing or of another shape.
     fn typed<T: Deserialize<'a>>(&self, name: &str) -> Option<T> {
         self.get(name)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str(raw).ok())
     }
 
     fn tree(&self, name: &str) -> Option<Value> {
         self.get(name)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str(raw).ok())
     }
 
     /// A string member, borrowed from the text when it has no escapes.
     fn str(&self, name: &str) -> Option<Cow<'a, str>> {
         self.get(name)
-            .and_then(|raw| serde_json::from_str::<Key<'a>>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str::<Key<'a>>(raw).ok())
             .map(|k| k.0)
     }
 }
@@ -712,7 +745,7 @@ impl ItemView {
                 )
             }
         };
-        let categories = match members.get("category").map(|raw| raw.get()) {
+        let categories = match members.get("category") {
             None => Box::default(),
             Some(text) => match read_categories(text) {
                 Some(list) => p.pairs(list),
@@ -809,7 +842,7 @@ impl ItemView {
             if p.contains('.') {
                 return Some(None);
             }
-            let text = members.get(p)?.get();
+            let text = members.get(p)?;
             Some((text.starts_with('"') && !text.contains('\\')).then_some(text))
         });
         if let Some(Some(text)) = first_plain
@@ -1032,128 +1065,56 @@ pub fn categories_of(category: &Value) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
+/// An object's members as serde_json's raw values read them (key unescaped, value text): the
+/// scanner's oracle.
+#[cfg(test)]
+pub(crate) fn raw_members(text: &str) -> Option<Vec<(String, String)>> {
+    let members: Members<'_> = serde_json::from_str(text).ok()?;
+    Some(
+        members
+            .0
+            .into_iter()
+            .map(|(k, v)| (k.0.into_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
 /// Every `reference` string in a JSON text, in document order.
 pub fn references_in(json: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(raw) = serde_json::from_str::<&RawValue>(json) {
-        collect_references(raw, &mut out);
+        collect_references(raw.get(), &mut out);
     }
     out
 }
 
-/// Walks a JSON value once, noting every `reference` string and where its text lies (as
-/// offsets from `base`, the start of the resource's text the value is part of).
-struct ReferenceFinder<'o> {
-    base: usize,
-    out: &'o mut Vec<FoundReference>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for ReferenceFinder<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ReferenceFinder<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (base, out) = (self.base, self.out);
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            if key.0 == "reference" {
-                let raw: &'de RawValue = map.next_value()?;
-                let text = raw.get();
-                if text.starts_with('"') {
-                    // Its value is copied only when it had escapes.
-                    let escaped = if text.contains('\\') {
-                        let s: String =
-                            serde_json::from_str(text).map_err(serde::de::Error::custom)?;
-                        Some(s.into_boxed_str())
-                    } else {
-                        None
-                    };
-                    let at = (text.as_ptr() as usize - base) as u32;
-                    out.push((at, at + text.len() as u32, escaped));
-                } else {
-                    let mut de = serde_json::Deserializer::from_str(text);
-                    serde::de::DeserializeSeed::deserialize(
-                        ReferenceFinder {
-                            base,
-                            out: &mut *out,
-                        },
-                        &mut de,
-                    )
-                    .map_err(serde::de::Error::custom)?;
-                }
-            } else {
-                map.next_value_seed(ReferenceFinder {
-                    base,
-                    out: &mut *out,
-                })?;
-            }
-        }
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (base, out) = (self.base, self.out);
-        while seq
-            .next_element_seed(ReferenceFinder {
-                base,
-                out: &mut *out,
-            })?
-            .is_some()
-        {}
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
 /// Whether a text may hold a `reference` member (the walkers skip what cannot). Only an
 /// object or an array can: a string, number or literal is not searched for one.
-fn may_reference(raw: &RawValue) -> bool {
-    let text = raw.get();
-    matches!(text.as_bytes().first(), Some(b'{' | b'[')) && text.contains("\"reference\"")
+fn may_reference(text: &str) -> bool {
+    // A key spelt with escapes (`"re\u0066erence"`) is a `reference` too.
+    matches!(text.as_bytes().first(), Some(b'{' | b'['))
+        && (text.contains("\"reference\"") || text.contains("\\u"))
 }
 
 /// Every `reference` string under `raw`, in document order.
-fn collect_references(raw: &RawValue, out: &mut Vec<String>) {
+fn collect_references(raw: &str, out: &mut Vec<String>) {
     if !may_reference(raw) {
         return;
     }
-    match raw.get().as_bytes().first() {
+    match raw.as_bytes().first() {
         Some(b'{') => {
-            let Ok(members) = serde_json::from_str::<Members<'_>>(raw.get()) else {
+            let Ok(members) = serde_json::from_str::<Members<'_>>(raw) else {
                 return;
             };
             for (k, v) in &members.0 {
-                match (k.0 == "reference", serde_json::from_str::<String>(v.get())) {
+                match (k.0 == "reference", serde_json::from_str::<String>(v)) {
                     (true, Ok(s)) => out.push(s),
                     _ => collect_references(v, out),
                 }
             }
         }
         Some(b'[') => {
-            if let Ok(elements) = serde_json::from_str::<Elements<'_>>(raw.get()) {
+            if let Ok(elements) = serde_json::from_str::<Elements<'_>>(raw) {
                 for v in elements.0 {
                     collect_references(v, out);
                 }
@@ -1245,10 +1206,7 @@ impl MetaEdit<'_> {
             return false;
         }
         // The tags to add, worked out before anything is written.
-        let listed = members
-            .iter()
-            .find(|(k, _)| k.0 == "tag")
-            .map(|(_, v)| v.get());
+        let listed = members.iter().find(|(k, _)| k.0 == "tag").map(|(_, v)| *v);
         let Some(added) = self.tags_to_add(listed.filter(|l| l.starts_with('['))) else {
             return false;
         };
@@ -1272,18 +1230,18 @@ impl MetaEdit<'_> {
                 }
                 "tag" => {
                     tagged = true;
-                    let list = v.get().starts_with('[').then(|| v.get());
+                    let list = v.starts_with('[').then_some(*v);
                     self.write_tags(list, &added, out);
                 }
                 "extension" if !self.extensions.is_empty() => {
                     extended = true;
-                    if v.get().starts_with('[') {
-                        append_to_list(v.get(), self.extensions.iter(), out.own());
+                    if v.starts_with('[') {
+                        append_to_list(v, self.extensions.iter(), out.own());
                     } else {
-                        out.copy(v.get());
+                        out.copy(v);
                     }
                 }
-                _ => out.copy(v.get()),
+                _ => out.copy(v),
             }
         }
         if !sourced {
@@ -1319,8 +1277,8 @@ impl MetaEdit<'_> {
         if let Some(text) = list {
             let elements = serde_json::from_str::<Elements<'_>>(text).ok()?;
             for e in elements.0 {
-                if e.get().starts_with('{') {
-                    present.push(serde_json::from_str::<CodingShape<'_>>(e.get()).ok()?);
+                if e.starts_with('{') {
+                    present.push(serde_json::from_str::<CodingShape<'_>>(e).ok()?);
                 }
             }
         }
@@ -1494,7 +1452,7 @@ impl Item {
             }
             write_str(&k.0, out.own());
             out.push(b":");
-            splice.member(&k.0, v.get(), &mut wrote, out, |out| {
+            splice.member(&k.0, v, &mut wrote, out, |out| {
                 write_rewritten(v, splice.resolve, out.own())
             });
         }
@@ -1577,15 +1535,15 @@ pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
 
 /// Copies `raw`, writing each relative `reference` string as `resolve` gives it. Containers
 /// on the way to a reference are written without whitespace; everything else byte for byte.
-fn write_rewritten(raw: &RawValue, resolve: &dyn Fn(&str) -> String, out: &mut Vec<u8>) {
+fn write_rewritten(raw: &str, resolve: &dyn Fn(&str) -> String, out: &mut Vec<u8>) {
     if !may_reference(raw) {
-        out.extend_from_slice(raw.get().as_bytes());
+        out.extend_from_slice(raw.as_bytes());
         return;
     }
-    match raw.get().as_bytes().first() {
+    match raw.as_bytes().first() {
         Some(b'{') => {
-            let Ok(members) = serde_json::from_str::<Members<'_>>(raw.get()) else {
-                out.extend_from_slice(raw.get().as_bytes());
+            let Ok(members) = serde_json::from_str::<Members<'_>>(raw) else {
+                out.extend_from_slice(raw.as_bytes());
                 return;
             };
             out.push(b'{');
@@ -1596,7 +1554,7 @@ fn write_rewritten(raw: &RawValue, resolve: &dyn Fn(&str) -> String, out: &mut V
                 write_str(&k.0, out);
                 out.push(b':');
                 let relative = (k.0 == "reference")
-                    .then(|| serde_json::from_str::<String>(v.get()).ok())
+                    .then(|| serde_json::from_str::<String>(v).ok())
                     .flatten()
                     .filter(|s| is_relative_reference(s));
                 match relative {
@@ -1607,8 +1565,8 @@ fn write_rewritten(raw: &RawValue, resolve: &dyn Fn(&str) -> String, out: &mut V
             out.push(b'}');
         }
         Some(b'[') => {
-            let Ok(elements) = serde_json::from_str::<Elements<'_>>(raw.get()) else {
-                out.extend_from_slice(raw.get().as_bytes());
+            let Ok(elements) = serde_json::from_str::<Elements<'_>>(raw) else {
+                out.extend_from_slice(raw.as_bytes());
                 return;
             };
             out.push(b'[');
@@ -1620,7 +1578,7 @@ fn write_rewritten(raw: &RawValue, resolve: &dyn Fn(&str) -> String, out: &mut V
             }
             out.push(b']');
         }
-        _ => out.extend_from_slice(raw.get().as_bytes()),
+        _ => out.extend_from_slice(raw.as_bytes()),
     }
 }
 
@@ -1708,11 +1666,8 @@ pub struct ResourceText<'a> {
 }
 
 impl<'a> ResourceText<'a> {
-    fn of_raw(raw: &'a RawValue) -> Self {
-        ResourceText {
-            text: raw.get(),
-            item: None,
-        }
+    fn of_text(text: &'a str) -> Self {
+        ResourceText { text, item: None }
     }
 
     pub fn get(&self) -> &'a str {
@@ -1729,196 +1684,139 @@ impl std::fmt::Debug for ResourceText<'_> {
     }
 }
 
-/// Where an object whose members are `members` lies in `json`: from the `{` before its first
-/// key to the `}` after its last value (JSON whitespace between). `None` when that cannot be
-/// told from the members (no members, or a first key with escapes, not borrowed).
-fn object_text<'a>(json: &'a str, members: &Members<'a>) -> Option<&'a str> {
-    let (Key(Cow::Borrowed(first)), _) = members.0.first()? else {
-        return None;
-    };
-    let (_, last) = members.0.last()?;
-    let base = json.as_ptr() as usize;
-    let bytes = json.as_bytes();
-    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    // The key's text starts after its opening quote.
-    let mut start = (first.as_ptr() as usize)
-        .checked_sub(base)?
-        .checked_sub(1)?;
-    if bytes.get(start) != Some(&b'"') {
-        return None;
-    }
-    loop {
-        start = start.checked_sub(1)?;
-        match bytes[start] {
-            b'{' => break,
-            b if is_space(b) => {}
-            _ => return None,
-        }
-    }
-    let mut end = (last.get().as_ptr() as usize).checked_sub(base)? + last.get().len();
-    loop {
-        match *bytes.get(end)? {
-            b'}' => break,
-            b if is_space(b) => end += 1,
-            _ => return None,
-        }
-    }
-    json.get(start..end + 1)
-}
-
-/// A Bundle's shape, read in one pass. Each entry's resource is made into its item as soon as
-/// it is read, so the members of one resource only are held at a time: a 30 MB answer's
-/// members, all held until its last entry was read, were a third of its reading's peak heap.
+/// A Bundle's shape, read in one pass of the scanner. Each entry's resource is made into its
+/// item as soon as it is read, so the members of one resource only are held at a time: a
+/// 30 MB answer's members, all held until its last entry was read, were a third of its
+/// reading's peak heap.
 #[derive(Default)]
 struct BundleShape<'a> {
     resource_type: Option<Cow<'a, str>>,
     bundle_type: Option<Cow<'a, str>>,
-    total: Option<&'a RawValue>,
-    link: Option<&'a RawValue>,
+    total: Option<&'a str>,
+    link: Option<&'a str>,
     entry: Option<Vec<EntryText<'a>>>,
 }
 
-/// Reads a [`BundleShape`] whose items share `source` (a member given twice: see [`once`]).
-struct BundleSeed<'a>(&'a Source);
+use super::scan::{Literal, Scan, ScanError};
 
-impl<'a> serde::de::DeserializeSeed<'a> for BundleSeed<'a> {
-    type Value = BundleShape<'a>;
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
+/// A key's text, its escapes resolved.
+fn key_text<'a>(key: Literal<'a>, s: &Scan<'a>) -> Result<Cow<'a, str>, ScanError> {
+    if !key.escaped {
+        return Ok(Cow::Borrowed(key.inner));
     }
-}
-
-impl<'a> Visitor<'a> for BundleSeed<'a> {
-    type Value = BundleShape<'a>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a Bundle")
-    }
-    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut shape = BundleShape::default();
-        let mut seen = [false; 5];
-        while let Some(key) = map.next_key::<Key<'a>>()? {
-            match &*key {
-                "resourceType" => {
-                    once(&mut seen[0])?;
-                    shape.resource_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0);
-                }
-                "type" => {
-                    once(&mut seen[1])?;
-                    shape.bundle_type = map.next_value::<Option<Key<'a>>>()?.map(|k| k.0);
-                }
-                "total" => {
-                    once(&mut seen[2])?;
-                    shape.total = map.next_value()?;
-                }
-                "link" => {
-                    once(&mut seen[3])?;
-                    shape.link = map.next_value()?;
-                }
-                "entry" => {
-                    once(&mut seen[4])?;
-                    shape.entry = map.next_value_seed(EntriesSeed(self.0))?;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(shape)
-    }
+    super::scan::unescape(key.inner)
+        .map(Cow::Owned)
+        .ok_or(ScanError {
+            at: s.at(),
+            what: "a key's escapes",
+        })
 }
 
 /// A member read for the first time; one given twice is an error (the Bundle is then read
 /// leniently), as serde's derived readers have it.
-fn once<E: serde::de::Error>(seen: &mut bool) -> Result<(), E> {
+fn once(seen: &mut bool, s: &Scan<'_>) -> Result<(), ScanError> {
     if std::mem::replace(seen, true) {
-        return Err(E::custom("a member given twice"));
+        return Err(ScanError {
+            at: s.at(),
+            what: "a member given twice",
+        });
     }
     Ok(())
 }
 
-/// `Bundle.entry`: absent or null is none.
-struct EntriesSeed<'a>(&'a Source);
-
-impl<'a> serde::de::DeserializeSeed<'a> for EntriesSeed<'a> {
-    type Value = Option<Vec<EntryText<'a>>>;
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
+/// A string or `null` (none); anything else is an error.
+fn text_or_null<'a>(s: &mut Scan<'a>) -> Result<Option<Cow<'a, str>>, ScanError> {
+    if s.null()? {
+        return Ok(None);
     }
+    let literal = s.string()?;
+    key_text(literal, s).map(Some)
 }
 
-impl<'a> Visitor<'a> for EntriesSeed<'a> {
-    type Value = Option<Vec<EntryText<'a>>>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of entries")
+/// Any value's text, or `None` for `null`.
+fn text_of<'a>(s: &mut Scan<'a>) -> Result<Option<&'a str>, ScanError> {
+    if s.null()? {
+        return Ok(None);
     }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64));
-        while let Some(entry) = seq.next_element_seed(EntrySeed(self.0))? {
-            out.push(entry);
+    let from = s.at();
+    s.skip()?;
+    Ok(Some(s.since(from)))
+}
+
+/// Reads a Bundle's envelope and its entries' items (which share `source`).
+fn scan_bundle(source: &Source) -> Result<BundleShape<'_>, ScanError> {
+    let mut s = Scan::new(source.as_str());
+    s.ws();
+    let mut shape = BundleShape::default();
+    let mut seen = [false; 5];
+    s.object(|s, key| match &*key_text(key, s)? {
+        "resourceType" => {
+            once(&mut seen[0], s)?;
+            shape.resource_type = text_or_null(s)?;
+            Ok(())
         }
-        Ok(Some(out))
-    }
-}
-
-/// One entry: its resource read as an object's members and made into its item at once; its
-/// search read as text. A resource whose text cannot be told from its members is an error
-/// (the Bundle is then read leniently).
-struct EntrySeed<'a>(&'a Source);
-
-impl<'a> serde::de::DeserializeSeed<'a> for EntrySeed<'a> {
-    type Value = EntryText<'a>;
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'a> Visitor<'a> for EntrySeed<'a> {
-    type Value = EntryText<'a>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an entry")
-    }
-    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut resource, mut search) = (None, None);
-        let mut seen = [false; 2];
-        while let Some(key) = map.next_key::<Key<'a>>()? {
-            match &*key {
-                "resource" => {
-                    once(&mut seen[0])?;
-                    resource = match map.next_value::<Option<Members<'a>>>()? {
-                        None => None,
-                        Some(members) => {
-                            let text = object_text(self.0.as_str(), &members)
-                                .ok_or_else(|| serde::de::Error::custom("a resource's text"))?;
-                            Some(ResourceText {
-                                text,
-                                item: Some(Item::of_members(self.0, text, &members)),
-                            })
-                        }
-                    };
-                }
-                "search" => {
-                    once(&mut seen[1])?;
-                    search = map.next_value::<Option<&'a RawValue>>()?;
-                }
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
+        "type" => {
+            once(&mut seen[1], s)?;
+            shape.bundle_type = text_or_null(s)?;
+            Ok(())
+        }
+        "total" => {
+            once(&mut seen[2], s)?;
+            shape.total = text_of(s)?;
+            Ok(())
+        }
+        "link" => {
+            once(&mut seen[3], s)?;
+            shape.link = text_of(s)?;
+            Ok(())
+        }
+        "entry" => {
+            once(&mut seen[4], s)?;
+            if s.null()? {
+                return Ok(());
             }
+            let mut entries = Vec::with_capacity(64);
+            s.array(|s| {
+                entries.push(scan_entry(s, source)?);
+                Ok(())
+            })?;
+            shape.entry = Some(entries);
+            Ok(())
         }
-        Ok(EntryText {
-            mode: mode_of(search),
-            resource,
-        })
-    }
+        _ => s.skip(),
+    })?;
+    s.end()?;
+    Ok(shape)
+}
+
+/// One entry: its resource read and made into its item at once; its search kept as text. A
+/// resource that is not an object is an error (the Bundle is then read leniently).
+fn scan_entry<'a>(s: &mut Scan<'a>, source: &'a Source) -> Result<EntryText<'a>, ScanError> {
+    let (mut resource, mut search) = (None, None);
+    let mut seen = [false; 2];
+    s.object(|s, key| match &*key_text(key, s)? {
+        "resource" => {
+            once(&mut seen[0], s)?;
+            if !s.null()? {
+                let scanned = super::scan::resource(s)?;
+                resource = Some(ResourceText {
+                    text: scanned.text,
+                    item: Some(Item::of_scan(source, scanned)),
+                });
+            }
+            Ok(())
+        }
+        "search" => {
+            once(&mut seen[1], s)?;
+            search = text_of(s)?;
+            Ok(())
+        }
+        _ => s.skip(),
+    })?;
+    Ok(EntryText {
+        mode: mode_of(search),
+        resource,
+    })
 }
 
 /// `entry.search` as the reader wants it: its mode.
@@ -1930,8 +1828,8 @@ struct SearchShape<'a> {
 
 /// `entry.search.mode` from its text: typed (borrowed) when it has FHIR's shape, else read
 /// from a tree with the same leniency (a mode that is not a string is none).
-fn mode_of(search: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    let text = search?.get();
+fn mode_of(search: Option<&str>) -> Option<Cow<'_, str>> {
+    let text = search?;
     match serde_json::from_str::<SearchShape<'_>>(text) {
         Ok(shape) => shape.mode.map(|k| k.0),
         Err(_) => serde_json::from_str::<Value>(text)
@@ -1947,12 +1845,7 @@ impl<'a> BundleText<'a> {
     /// when the text is not an object. Elements of the wrong shape read as missing.
     pub fn parse(source: &'a Source) -> Result<BundleText<'a>, NotAResource> {
         let json = source.as_str();
-        let mut de = serde_json::Deserializer::from_str(json);
-        match serde::de::DeserializeSeed::deserialize(BundleSeed(source), &mut de)
-            .and_then(|shape| de.end().map(|()| shape))
-            .ok()
-            .map(BundleText::of_shape)
-        {
+        match scan_bundle(source).ok().map(BundleText::of_shape) {
             Some(bundle) => Ok(bundle),
             // Something of an unexpected shape (an entry that is not an object, a repeated
             // key): read again, element by element, leniently.
@@ -1962,9 +1855,8 @@ impl<'a> BundleText<'a> {
 
     /// The Bundle from its shape.
     fn of_shape(shape: BundleShape<'a>) -> BundleText<'a> {
-        let tree = |raw: Option<&RawValue>| -> Option<Value> {
-            raw.and_then(|r| serde_json::from_str(r.get()).ok())
-        };
+        let tree =
+            |raw: Option<&str>| -> Option<Value> { raw.and_then(|r| serde_json::from_str(r).ok()) };
         let next = tree(shape.link).and_then(|links| {
             links
                 .as_array()?
@@ -1996,12 +1888,12 @@ impl<'a> BundleText<'a> {
         });
         let entries = members
             .get("entry")
-            .and_then(|raw| serde_json::from_str::<Elements<'a>>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_str::<Elements<'a>>(raw).ok())
             .map(|e| e.0)
             .unwrap_or_default()
             .into_iter()
             .map(|raw| {
-                let Ok(entry) = serde_json::from_str::<Members<'a>>(raw.get()) else {
+                let Ok(entry) = serde_json::from_str::<Members<'a>>(raw) else {
                     return EntryText {
                         mode: None,
                         resource: None,
@@ -2011,8 +1903,8 @@ impl<'a> BundleText<'a> {
                     mode: mode_of(entry.get("search")),
                     resource: entry
                         .get("resource")
-                        .filter(|r| r.get().starts_with('{'))
-                        .map(ResourceText::of_raw),
+                        .filter(|r| r.starts_with('{'))
+                        .map(ResourceText::of_text),
                 }
             })
             .collect();

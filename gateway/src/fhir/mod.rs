@@ -8,6 +8,7 @@ pub mod item;
 pub mod nhs;
 pub mod outcome;
 pub mod reference;
+pub mod scan;
 pub mod spliced;
 pub mod types;
 
