@@ -445,123 +445,125 @@ fn sorted_members<'a>(mut members: Vec<(Key<'a>, &'a str)>) -> Vec<(Key<'a>, &'a
 }
 
 /// Any JSON text written as [`super::canonical_json`] writes its tree: keys sorted at every
-/// depth, strings escaped and numbers spelt as serde_json writes them. One pass over the text
-/// (each object's members are written as they are read, then put in order).
+/// depth, strings escaped and numbers spelt as serde_json writes them. One pass of the
+/// scanner over the text (each object's members are written as they are read, then put in
+/// order); a string without escapes and a plain integer are copied as they are.
 pub(crate) fn write_canonical_text(text: &str, out: &mut String) -> Option<()> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde::de::DeserializeSeed::deserialize(Canon { out }, &mut de).ok()?;
-    de.end().ok()
+    let mut s = Scan::new(text);
+    s.ws();
+    write_canonical_value(&mut s, out).ok()?;
+    s.end().ok()
 }
 
-/// Writes the value it reads in canonical JSON (as [`super::canonical_json`] writes a tree).
-struct Canon<'o> {
-    out: &'o mut String,
+/// The value at the cursor, written canonically.
+fn write_canonical_value(s: &mut Scan<'_>, out: &mut String) -> Result<(), ScanError> {
+    match s.peek() {
+        Some(b'{') => write_canonical_members(s, out),
+        Some(b'[') => {
+            out.push('[');
+            let mut first = true;
+            s.array(|s| {
+                if !std::mem::take(&mut first) {
+                    out.push(',');
+                }
+                write_canonical_value(s, out)
+            })?;
+            out.push(']');
+            Ok(())
+        }
+        Some(b'"') => {
+            let literal = s.string()?;
+            if literal.escaped {
+                super::write_string(&key_text(literal, s)?, out);
+            } else {
+                // Without escapes it holds no quote, backslash or control character: it is
+                // what serde_json writes.
+                out.push('"');
+                out.push_str(literal.inner);
+                out.push('"');
+            }
+            Ok(())
+        }
+        _ => {
+            let from = s.at();
+            s.skip()?;
+            let text = s.since(from);
+            if is_plain_integer(text) || matches!(text, "true" | "false" | "null") {
+                out.push_str(text);
+            } else {
+                // As a tree's number is written (`1.50` is `1.5`, `1e2` is `100.0`, `-0` is
+                // `-0.0`, an integer past 64 bits a float).
+                let number: Value = serde_json::from_str(text).map_err(|_| ScanError {
+                    at: from,
+                    what: "a number",
+                })?;
+                out.push_str(&number.to_string());
+            }
+            Ok(())
+        }
+    }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Canon<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
+/// An integer serde_json reads as one and writes back as it was: no sign but a minus, no
+/// leading zero, not `-0`, and at most 18 digits (within both 64-bit ranges).
+fn is_plain_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || (digits == "0" && !text.starts_with('-')))
 }
 
-impl<'de> Visitor<'de> for Canon<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.out.push_str(if v { "true" } else { "false" });
-        Ok(())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.out.push_str(itoa::Buffer::new().format(v));
-        Ok(())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.out.push_str(itoa::Buffer::new().format(v));
-        Ok(())
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        // As a tree's number is written (`1.50` is `1.5`, `1e2` is `100.0`, `-0` is `-0.0`).
-        match serde_json::Number::from_f64(v) {
-            Some(n) => self.out.push_str(&n.to_string()),
-            None => self.out.push_str("null"),
+/// An object's members written canonically: sorted by key, a repeated key keeping its last
+/// value (as a tree keeps it).
+fn write_canonical_members(s: &mut Scan<'_>, out: &mut String) -> Result<(), ScanError> {
+    let start = out.len();
+    out.push('{');
+    // Each member as written: its key and where `"key":value` lies in `out`.
+    type Written<'k> = (Cow<'k, str>, (usize, usize));
+    let mut members: smallvec::SmallVec<[Written<'_>; 16]> = smallvec::SmallVec::new();
+    let mut sorted = true;
+    s.object(|s, key| {
+        if !members.is_empty() {
+            out.push(',');
         }
-        Ok(())
-    }
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        super::write_string(v, self.out);
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.out.push_str("null");
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.out.push('[');
-        let mut first = true;
-        loop {
-            let at = self.out.len();
-            if !first {
-                self.out.push(',');
-            }
-            if seq.next_element_seed(Canon { out: self.out })?.is_none() {
-                self.out.truncate(at);
-                break;
-            }
-            first = false;
+        let from = out.len();
+        let key = key_text(key, s)?;
+        super::write_string(&key, out);
+        out.push(':');
+        write_canonical_value(s, out)?;
+        if let Some((last, _)) = members.last() {
+            sorted &= *last < key;
         }
-        self.out.push(']');
+        members.push((key, (from, out.len())));
         Ok(())
+    })?;
+    if sorted {
+        out.push('}');
+        return Ok(());
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let start = self.out.len();
-        self.out.push('{');
-        // Each member as written: its key and where `"key":value` lies in `out`.
-        let mut members: smallvec::SmallVec<[(Key<'de>, (usize, usize)); 16]> =
-            smallvec::SmallVec::new();
-        let mut sorted = true;
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            if !members.is_empty() {
-                self.out.push(',');
-            }
-            let from = self.out.len();
-            super::write_string(&key.0, self.out);
-            self.out.push(':');
-            map.next_value_seed(Canon { out: self.out })?;
-            if let Some((last, _)) = members.last() {
-                sorted &= *last < key;
-            }
-            members.push((key, (from, self.out.len())));
+    // Out of order, or a key repeated: sorted (stable, so of equal keys the last read is
+    // last), each key once with its last value.
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    let written = out.split_off(start);
+    out.push('{');
+    let mut i = 0;
+    let mut wrote_one = false;
+    while i < members.len() {
+        let mut last = i;
+        while last + 1 < members.len() && members[last + 1].0 == members[i].0 {
+            last += 1;
         }
-        if sorted {
-            self.out.push('}');
-            return Ok(());
+        let (a, b) = members[last].1;
+        if wrote_one {
+            out.push(',');
         }
-        // Out of order, or a key repeated: sorted (stable, so of equal keys the last read is
-        // last), each key once with its last value, as a tree keeps it.
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        let written = self.out.split_off(start);
-        self.out.push('{');
-        let mut i = 0;
-        let mut wrote_one = false;
-        while i < members.len() {
-            let mut last = i;
-            while last + 1 < members.len() && members[last + 1].0 == members[i].0 {
-                last += 1;
-            }
-            let (a, b) = members[last].1;
-            if wrote_one {
-                self.out.push(',');
-            }
-            self.out.push_str(&written[a - start..b - start]);
-            wrote_one = true;
-            i = last + 1;
-        }
-        self.out.push('}');
-        Ok(())
+        out.push_str(&written[a - start..b - start]);
+        wrote_one = true;
+        i = last + 1;
     }
+    out.push('}');
+    Ok(())
 }
 
 /// Resources given as trees, as items (what is not a JSON object is left out).

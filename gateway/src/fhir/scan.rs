@@ -535,6 +535,22 @@ mod tests {
                 .prop_map(|s| serde_json::to_string(&s).unwrap()),
             Just(r#""\u00e9\ud83d\ude00\/""#.to_owned()),
             Just(r#""reference""#.to_owned()),
+            prop::sample::select(vec![
+                "1.50",
+                "1E2",
+                "-0",
+                "-0.0",
+                "0",
+                "-1",
+                "123456789012345678",
+                "1234567890123456789",
+                "-123456789012345678",
+                "100000000000000000000",
+                "0.0000001",
+                "2.5e-3",
+                "1e400",
+            ])
+            .prop_map(str::to_owned),
         ];
         leaf.prop_recursive(4, 48, 6, move |inner| {
             let ws = ws.clone();
@@ -570,6 +586,18 @@ mod tests {
     }
 
     proptest! {
+        /// Canonical JSON written from the text equals the tree's: keys sorted at every depth,
+        /// a repeated key's last value kept, strings and numbers spelt as serde_json spells them.
+        #[test]
+        fn canonical_text_is_the_tree_s(text in json_text()) {
+            let mut out = String::new();
+            let ours = crate::fhir::item::write_canonical_text(&text, &mut out).map(|()| out);
+            let theirs = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .map(|v| crate::fhir::canonical_json(&v));
+            prop_assert_eq!(ours, theirs, "{}", text);
+        }
+
         /// The scanner accepts a text exactly when serde_json does, on JSON of any shape and on
         /// that JSON with a byte removed, doubled or replaced.
         #[test]
