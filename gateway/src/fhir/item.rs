@@ -14,6 +14,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::shape;
 use super::spliced::Writer;
 use super::types::ResourceType;
 use crate::record::PatientLink;
@@ -692,12 +693,6 @@ impl<'a> Members<'a> {
         self.0.iter().find(|(k, _)| k.0 == name).map(|(_, v)| *v)
     }
 
-    /// One member read into a typed shape; `None` when missing or of another shape.
-    fn typed<T: Deserialize<'a>>(&self, name: &str) -> Option<T> {
-        self.get(name)
-            .and_then(|raw| serde_json::from_str(raw).ok())
-    }
-
     fn tree(&self, name: &str) -> Option<Value> {
         self.get(name)
             .and_then(|raw| serde_json::from_str(raw).ok())
@@ -705,9 +700,19 @@ impl<'a> Members<'a> {
 
     /// A string member, borrowed from the text when it has no escapes.
     fn str(&self, name: &str) -> Option<Cow<'a, str>> {
-        self.get(name)
-            .and_then(|raw| serde_json::from_str::<Key<'a>>(raw).ok())
-            .map(|k| k.0)
+        self.get(name).and_then(shape::string)
+    }
+
+    /// A member's text as [`shape`]'s readers read it: as it came, unless it holds a
+    /// surrogate's escape; then as its tree writes it (nothing when it has none, as for a
+    /// lone surrogate), which [`shape`] reads as it reads any tree.
+    fn element(&self, name: &str) -> Option<Cow<'a, str>> {
+        let text = self.get(name)?;
+        if shape::plain(text) {
+            Some(Cow::Borrowed(text))
+        } else {
+            self.tree(name).map(|t| Cow::Owned(t.to_string()))
+        }
     }
 }
 
@@ -725,91 +730,38 @@ impl ItemView {
         let rtype_text = rtype_text.as_deref().unwrap_or("");
         let rtype = p.put(rtype_text);
         let kind = ResourceType::parse(rtype_text);
-        // Each element read into a small typed shape (borrowing its strings); an element of
-        // another shape than FHIR's is read as a tree instead, with the same leniency.
-        let (last_updated, updated_at, security) = match members.typed::<MetaShape<'_>>("meta") {
-            Some(meta) => (
-                meta.last_updated.as_deref().map(|s| p.put(s)),
-                updated_at_of(meta.last_updated.as_deref()),
-                p.pairs(
-                    meta.security
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|c| Some((c.system, c.code?))),
-                ),
-            ),
-            None => {
-                let (last_updated, security) = meta_of_tree(members.tree("meta"));
+        // Each element read from its text as its tree would be (`fhir::shape`).
+        let (last_updated, security) = members
+            .element("meta")
+            .map(|meta| {
+                let (last_updated, security) = shape::meta(&meta);
                 (
-                    last_updated.as_deref().map(|s| p.put(s)),
-                    updated_at_of(last_updated.as_deref()),
+                    last_updated.map(|l| (p.put(&l), updated_at_of(Some(&l)))),
                     p.pairs(security),
                 )
-            }
-        };
-        let categories = match members.get("category") {
-            None => Box::default(),
-            Some(text) => match read_categories(text) {
-                Some(list) => p.pairs(list),
-                None => p.pairs(
-                    serde_json::from_str(text)
-                        .map(|c| categories_of(&c))
-                        .unwrap_or_default(),
-                ),
-            },
-        };
-        let patient = kind.and_then(|k| {
-            let element = k.patient_element();
-            match members.typed::<ReferenceShape<'_>>(element) {
-                Some(r) => r.link(),
-                None => {
-                    let tree = members.tree(element)?;
-                    crate::record::patient_link(&serde_json::json!({ element: tree }), element)
-                }
-            }
-        });
-        let identifiers = match members.typed::<Vec<IdentifierShape<'_>>>("identifier") {
-            Some(list) => list
-                .into_iter()
-                .filter_map(|i| Some((i.system?, i.value?)))
-                .map(|(system, value)| (p.put(&system), p.put(&value)))
-                .collect(),
-            None => members
-                .tree("identifier")
-                .and_then(|v| v.as_array().cloned())
-                .into_iter()
-                .flatten()
-                .filter_map(|i| {
-                    Some((
-                        p.put(i.get("system")?.as_str()?),
-                        p.put(i.get("value")?.as_str()?),
-                    ))
-                })
-                .collect(),
-        };
+            })
+            .unwrap_or_default();
+        let (last_updated, updated_at) = last_updated.unzip();
+        let updated_at = updated_at.unwrap_or(i64::MIN);
+        let categories = members
+            .element("category")
+            .map(|c| p.pairs(shape::categories(&c)))
+            .unwrap_or_default();
+        let patient = kind
+            .and_then(|k| members.element(k.patient_element()))
+            .and_then(|r| shape::patient_link(&r));
+        let identifiers = members
+            .element("identifier")
+            .map(|list| {
+                shape::identifiers(&list)
+                    .into_iter()
+                    .map(|(system, value)| (p.put(&system), p.put(&value)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let concept = ["code", "medicationCodeableConcept", "vaccineCode", "type"]
             .iter()
-            .filter(|e| members.get(e).is_some())
-            .find_map(|e| {
-                let typed = if *e == "type" {
-                    members
-                        .typed::<Vec<ConceptShape<'_>>>(e)
-                        .map(|list| list.into_iter().next().and_then(ConceptShape::first))
-                        .or_else(|| {
-                            members
-                                .typed::<ConceptShape<'_>>(e)
-                                .map(ConceptShape::first)
-                        })
-                } else {
-                    members
-                        .typed::<ConceptShape<'_>>(e)
-                        .map(ConceptShape::first)
-                };
-                match typed {
-                    Some(found) => found,
-                    None => members.tree(e).and_then(|c| first_coding(&c)),
-                }
-            })
+            .find_map(|e| shape::first_coding(&members.element(e)?))
             .map(|c| p.put(&c));
         let (clinical_date, sort_start) =
             kind.map_or((None, i64::MIN), |k| Self::clinical_date_of(members, k));
@@ -880,132 +832,13 @@ impl ItemView {
     }
 }
 
-/// `category` read from its text as [`categories_of`] reads its tree; `None` when it has
-/// another shape than FHIR's (then the tree is read).
-fn read_categories(text: &str) -> Option<Vec<CodedText<'_>>> {
-    if text.starts_with('[') {
-        let list: Vec<CategoryShape<'_>> = serde_json::from_str(text).ok()?;
-        Some(list.into_iter().flat_map(|c| c.0).collect())
-    } else {
-        let one: CategoryShape<'_> = serde_json::from_str(text).ok()?;
-        Some(one.0)
-    }
-}
-
-/// A (system, code) pair as the text gives it.
-type CodedText<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
-
-/// One category as the view reads it: a bare code, or a CodeableConcept's codes.
-struct CategoryShape<'a>(Vec<CodedText<'a>>);
-
-impl<'de> Deserialize<'de> for CategoryShape<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CategoryShape<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a code or a CodeableConcept")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CategoryShape(vec![(None, Cow::Borrowed(v))]))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CategoryShape(vec![(None, Cow::Owned(v.to_owned()))]))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                // `coding`, the last when repeated (as a tree keeps it); all else skipped.
-                let mut coding: Vec<CodingShape<'de>> = Vec::new();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == "coding" {
-                        coding = map.next_value()?;
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(CategoryShape(
-                    coding
-                        .into_iter()
-                        .filter_map(|c| Some((c.system.map(|k| k.0), c.code?.0)))
-                        .collect(),
-                ))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `meta` as the view reads it.
-#[derive(serde::Deserialize)]
-struct MetaShape<'a> {
-    #[serde(rename = "lastUpdated", borrow, default)]
-    last_updated: Option<Key<'a>>,
-    #[serde(borrow, default)]
-    security: Option<Vec<CodingShape<'a>>>,
-}
-
+/// A `meta.tag` coding, as the writer compares it with the tags it adds.
 #[derive(serde::Deserialize)]
 struct CodingShape<'a> {
     #[serde(borrow, default)]
     system: Option<Key<'a>>,
     #[serde(borrow, default)]
     code: Option<Key<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct IdentifierShape<'a> {
-    #[serde(borrow, default)]
-    system: Option<Key<'a>>,
-    #[serde(borrow, default)]
-    value: Option<Key<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ConceptShape<'a> {
-    #[serde(borrow, default)]
-    coding: Option<Vec<CodingShape<'a>>>,
-}
-
-impl ConceptShape<'_> {
-    fn first(self) -> Option<String> {
-        self.coding?
-            .into_iter()
-            .find_map(|c| Some(format!("{}|{}", &*c.system?, &*c.code?)))
-    }
-}
-
-/// A Reference, as the patient link reads it.
-#[derive(serde::Deserialize)]
-struct ReferenceShape<'a> {
-    #[serde(borrow, default)]
-    reference: Option<Key<'a>>,
-    #[serde(borrow, default)]
-    identifier: Option<IdentifierShape<'a>>,
-}
-
-impl ReferenceShape<'_> {
-    /// As [`crate::record::patient_link`] reads it.
-    fn link(self) -> Option<PatientLink> {
-        if let Some(reference) = self.reference {
-            let mut parts = reference.rsplit('/');
-            let id = parts.next()?;
-            return (parts.next() == Some("Patient") && !id.is_empty())
-                .then(|| PatientLink::Local(id.to_owned()));
-        }
-        let ident = self.identifier?;
-        (ident.system.as_deref() == Some(crate::fhir::nhs::NHS_NUMBER_SYSTEM))
-            .then(|| ident.value.map(|v| PatientLink::Nhs(v.0.into_owned())))
-            .flatten()
-    }
-}
-
-/// `meta`'s last update and security labels read from a tree (a `meta` of unusual shape).
-fn meta_of_tree(meta: Option<Value>) -> (Option<String>, Vec<(Option<String>, String)>) {
-    let last_updated = meta
-        .as_ref()
-        .and_then(|m| m.get("lastUpdated"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    (last_updated, security_of(meta.as_ref()))
 }
 
 /// `meta.security`'s (system, code) pairs, from a `meta` tree.
@@ -1024,22 +857,6 @@ pub fn security_of(meta: Option<&Value>) -> Vec<(Option<String>, String)> {
             ))
         })
         .collect()
-}
-
-/// The first `system|code` of a CodeableConcept (or of the first of a list of them).
-fn first_coding(c: &Value) -> Option<String> {
-    let c = match c {
-        // Encounter.type is a list.
-        Value::Array(list) => list.first()?,
-        one => one,
-    };
-    c.get("coding")?.as_array()?.iter().find_map(|coding| {
-        Some(format!(
-            "{}|{}",
-            coding.get("system")?.as_str()?,
-            coding.get("code")?.as_str()?
-        ))
-    })
 }
 
 /// The codes of a `category` element (one or a list; a code string or CodeableConcepts).
@@ -2026,6 +1843,22 @@ mod tests {
         let v = Item::parse(&doc.to_string()).unwrap().view().clone();
         assert_eq!(v.clinical_date(), Some(r#"{"start":"2023-03-03"}"#));
         assert_ne!(v.sort_start, i64::MIN);
+    }
+
+    /// An element spelling a surrogate's escape is read as its tree: a pair as the character
+    /// it stands for, and a lone one, which a tree refuses, as nothing.
+    #[test]
+    fn an_element_with_a_surrogate_escape_is_read_as_its_tree() {
+        let text = r#"{"resourceType":"Observation","id":"o",
+            "meta":{"lastUpdated":"2024-05-01","security":[{"code":"R","display":"\ud800"}]},
+            "code":{"coding":[{"system":"s","code":"\ud83d\ude00"}]},
+            "subject":{"reference":"Patient/p\u0031"}}"#;
+        let item = Item::parse(text).unwrap();
+        let v = item.view();
+        assert_eq!(v.last_updated(), None);
+        assert_eq!(v.security().len(), 0);
+        assert_eq!(v.concept(), Some("s|\u{1f600}"));
+        assert_eq!(v.patient, Some(PatientLink::Local("p1".into())));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod nhs;
 pub mod outcome;
 pub mod reference;
 pub mod scan;
+pub mod shape;
 pub mod spliced;
 pub mod types;
 
