@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use super::scan::{Literal, Scan, unescape};
+use super::scan::{Literal, Scan, ScanError, unescape};
 use crate::record::PatientLink;
 
 /// A (system, code) pair as the text gives it.
@@ -24,8 +24,21 @@ pub type Coded<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
 /// surrogate (a spelling FHIR's text never needs).
 pub fn plain(text: &str) -> bool {
     let bytes = text.as_bytes();
-    text.match_indices("\\u")
-        .all(|(at, _)| !matches!(bytes.get(at + 2), Some(b'd' | b'D')))
+    let mut at = 0;
+    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\\') {
+        let escape = at + i;
+        if bytes.get(escape + 1) == Some(&b'u')
+            && matches!(bytes.get(escape + 2), Some(b'd' | b'D'))
+        {
+            return false;
+        }
+        // Past the escape's two characters (`\\` is one escape, not the start of another).
+        at = escape + 2;
+        if at >= bytes.len() {
+            break;
+        }
+    }
+    true
 }
 
 /// A literal's value: borrowed when it has no escapes.
@@ -45,136 +58,213 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
     literal(Scan::new(text).string().ok()?)
 }
 
-/// The members `names` of an object, each the last given (as a tree keeps it); every one
-/// `None` when the value is not an object.
-fn fields<'a, const N: usize>(text: &'a str, names: [&str; N]) -> [Option<&'a str>; N] {
-    let mut found = [None; N];
-    if !text.starts_with('{') {
-        return found;
+// The readers below read their element in one pass of the scanner: each member they look for
+// is read where it lies (a key given again reading again over what it read), all else skipped.
+
+/// The string at the cursor (`as_str`); any other value is passed over as `None`.
+fn string_at<'a>(s: &mut Scan<'a>) -> Result<Option<Cow<'a, str>>, ScanError> {
+    if s.peek() == Some(b'"') {
+        Ok(literal(s.string()?))
+    } else {
+        s.skip().map(|()| None)
     }
-    let mut s = Scan::new(text);
-    let read = s.object(|s, key| {
-        let from = s.at();
-        s.skip()?;
-        if let Some(i) = names.iter().position(|n| key.is(n)) {
-            found[i] = Some(s.since(from));
+}
+
+/// The object at the cursor, member by member; any other value is passed over.
+fn object_at<'a>(
+    s: &mut Scan<'a>,
+    member: impl FnMut(&mut Scan<'a>, Literal<'a>) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
+    if s.peek() == Some(b'{') {
+        s.object(member)
+    } else {
+        s.skip()
+    }
+}
+
+/// The array at the cursor, element by element; any other value is passed over.
+fn array_at<'a>(
+    s: &mut Scan<'a>,
+    element: impl FnMut(&mut Scan<'a>) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
+    if s.peek() == Some(b'[') {
+        s.array(element)
+    } else {
+        s.skip()
+    }
+}
+
+/// Two members' strings (`as_str`).
+type Pair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
+/// The two string members `a` and `b` of the object at the cursor, each the last given.
+fn pair_at<'a>(
+    s: &mut Scan<'a>,
+    (a, b): (&str, &str),
+) -> Result<Pair<'a>, ScanError> {
+    let (mut first, mut second) = (None, None);
+    object_at(s, |s, key| {
+        if key.is(a) {
+            first = string_at(s)?;
+        } else if key.is(b) {
+            second = string_at(s)?;
+        } else {
+            s.skip()?;
         }
         Ok(())
-    });
-    if read.is_err() {
-        // Not reached for a checked member's text; read as nothing, as a tree would not be.
-        return [None; N];
-    }
-    found
+    })?;
+    Ok((first, second))
 }
 
-/// The elements of an array (`as_array`): none when the value is not an array.
-fn elements(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    if !text.starts_with('[') {
-        return out;
-    }
-    let mut s = Scan::new(text);
-    let read = s.array(|s| {
-        let from = s.at();
-        s.skip()?;
-        out.push(s.since(from));
+/// A list of codings at the cursor, those with a string code put in `out`.
+fn codings_at<'a>(s: &mut Scan<'a>, out: &mut Vec<Coded<'a>>) -> Result<(), ScanError> {
+    array_at(s, |s| {
+        if let (system, Some(code)) = pair_at(s, ("system", "code"))? {
+            out.push((system, code));
+        }
         Ok(())
-    });
-    if read.is_err() {
-        out.clear();
-    }
-    out
+    })
 }
 
-/// A coding's (system, code); `None` without a string code.
-fn coding(text: &str) -> Option<Coded<'_>> {
-    let [system, code] = fields(text, ["system", "code"]);
-    Some((system.and_then(string), string(code?)?))
+/// Reads `text` with `read`; a text that is not JSON (not reached: members are checked
+/// before they are read) reads as nothing.
+fn read<'a, T: Default>(
+    text: &'a str,
+    read: impl FnOnce(&mut Scan<'a>) -> Result<T, ScanError>,
+) -> T {
+    read(&mut Scan::new(text)).unwrap_or_default()
 }
 
 /// `meta`'s `lastUpdated` and its `security` codings.
 pub fn meta(text: &str) -> (Option<Cow<'_, str>>, Vec<Coded<'_>>) {
-    let [last_updated, security] = fields(text, ["lastUpdated", "security"]);
-    (
-        last_updated.and_then(string),
-        security
-            .map(elements)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(coding)
-            .collect(),
-    )
+    read(text, |s| {
+        let (mut last_updated, mut security) = (None, Vec::new());
+        object_at(s, |s, key| {
+            if key.is("lastUpdated") {
+                last_updated = string_at(s)?;
+            } else if key.is("security") {
+                security.clear();
+                codings_at(s, &mut security)?;
+            } else {
+                s.skip()?;
+            }
+            Ok(())
+        })?;
+        Ok((last_updated, security))
+    })
 }
 
 /// A `category` element's codes: one or a list, each a bare code or a CodeableConcept.
 pub fn categories(text: &str) -> Vec<Coded<'_>> {
-    if text.starts_with('[') {
-        elements(text).into_iter().flat_map(category).collect()
-    } else {
-        category(text)
-    }
+    read(text, |s| {
+        let mut out = Vec::new();
+        if s.peek() == Some(b'[') {
+            s.array(|s| category_at(s, &mut out))?;
+        } else {
+            category_at(s, &mut out)?;
+        }
+        Ok(out)
+    })
 }
 
-/// One category's codes: a bare code, or a CodeableConcept's codings.
-fn category(text: &str) -> Vec<Coded<'_>> {
-    if let Some(code) = string(text) {
-        return vec![(None, code)];
+/// One category's codes: a bare code, or a CodeableConcept's codings (its last `coding`).
+fn category_at<'a>(s: &mut Scan<'a>, out: &mut Vec<Coded<'a>>) -> Result<(), ScanError> {
+    if s.peek() == Some(b'"') {
+        out.extend(literal(s.string()?).map(|code| (None, code)));
+        return Ok(());
     }
-    let [list] = fields(text, ["coding"]);
-    list.map(elements)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(coding)
-        .collect()
+    let mark = out.len();
+    object_at(s, |s, key| {
+        if key.is("coding") {
+            out.truncate(mark);
+            codings_at(s, out)
+        } else {
+            s.skip()
+        }
+    })
 }
 
 /// Business identifiers: (system, value), each both strings.
 pub fn identifiers(text: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    elements(text)
-        .into_iter()
-        .filter_map(|i| {
-            let [system, value] = fields(i, ["system", "value"]);
-            Some((string(system?)?, string(value?)?))
-        })
-        .collect()
+    read(text, |s| {
+        let mut out = Vec::new();
+        array_at(s, |s| {
+            if let (Some(system), Some(value)) = pair_at(s, ("system", "value"))? {
+                out.push((system, value));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    })
 }
 
 /// What a patient reference (`subject`, `patient`) points at: a local Patient by a literal
 /// reference, or an NHS number by a logical one.
 pub fn patient_link(text: &str) -> Option<PatientLink> {
-    let [reference, identifier] = fields(text, ["reference", "identifier"]);
-    if let Some(reference) = reference.and_then(string) {
+    let (reference, (system, value)) = read(text, |s| {
+        let (mut reference, mut identifier) = (None, (None, None));
+        object_at(s, |s, key| {
+            if key.is("reference") {
+                reference = string_at(s)?;
+            } else if key.is("identifier") {
+                identifier = pair_at(s, ("system", "value"))?;
+            } else {
+                s.skip()?;
+            }
+            Ok(())
+        })?;
+        Ok((reference, identifier))
+    });
+    if let Some(reference) = reference {
         let mut parts = reference.rsplit('/');
         let id = parts.next()?;
         return (parts.next() == Some("Patient") && !id.is_empty())
             .then(|| PatientLink::Local(id.to_owned()));
     }
-    let [system, value] = fields(identifier?, ["system", "value"]);
-    (system.and_then(string).as_deref() == Some(super::nhs::NHS_NUMBER_SYSTEM))
-        .then(|| {
-            value
-                .and_then(string)
-                .map(|v| PatientLink::Nhs(v.into_owned()))
-        })
+    (system.as_deref() == Some(super::nhs::NHS_NUMBER_SYSTEM))
+        .then(|| value.map(|v| PatientLink::Nhs(v.into_owned())))
         .flatten()
 }
 
 /// The first `system|code` of a CodeableConcept (or of the first of a list of them).
 pub fn first_coding(text: &str) -> Option<String> {
-    let concept = if text.starts_with('[') {
-        *elements(text).first()?
-    } else {
-        text
-    };
-    let [list] = fields(concept, ["coding"]);
-    if !list?.starts_with('[') {
-        return None;
-    }
-    elements(list?).into_iter().find_map(|c| {
-        let [system, code] = fields(c, ["system", "code"]);
-        Some(format!("{}|{}", string(system?)?, string(code?)?))
+    read(text, |s| {
+        let mut found = None;
+        if s.peek() == Some(b'[') {
+            let mut first = true;
+            s.array(|s| {
+                if std::mem::take(&mut first) {
+                    found = concept_at(s)?;
+                    Ok(())
+                } else {
+                    s.skip()
+                }
+            })?;
+        } else {
+            found = concept_at(s)?;
+        }
+        Ok(found)
     })
+}
+
+/// A CodeableConcept's first coding with a string system and code (its last `coding`).
+fn concept_at(s: &mut Scan<'_>) -> Result<Option<String>, ScanError> {
+    let mut found = None;
+    object_at(s, |s, key| {
+        if !key.is("coding") {
+            return s.skip();
+        }
+        found = None;
+        array_at(s, |s| {
+            if let (Some(system), Some(code)) = pair_at(s, ("system", "code"))?
+                && found.is_none()
+            {
+                found = Some(format!("{system}|{code}"));
+            }
+            Ok(())
+        })
+    })?;
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -258,6 +348,7 @@ mod tests {
             r#""https://fhir.nhs.uk/Id/nhs-numbe\u0072""#,
             r#""9000000009""#,
             r#""\u00e9 \" \\""#,
+            r#""a\\ud800""#,
         ]);
         // Seldom a surrogate's escape: a pair, or a lone one (not plain either way).
         let surrogate = prop::sample::select(vec![r#""\ud83d\ude00""#, r#""\ud800""#]);
@@ -392,8 +483,9 @@ mod tests {
     fn a_lone_surrogate_is_not_plain_and_a_pair_is_not_either() {
         assert!(!plain(r#""\ud800""#));
         assert!(!plain(r#""\uD83D\uDE00""#));
-        // An escaped backslash before `ud` is held back too: read as a tree, as harmlessly.
-        assert!(!plain(r#""\\ud800""#));
+        // An escaped backslash before `ud` is no escape of a surrogate.
+        assert!(plain(r#""\\ud800""#));
+        assert!(!plain(r#""\\\ud800""#));
         assert!(plain(r#""\u00e9""#));
         assert!(plain(r#"{"code":"\u0041"}"#));
     }
