@@ -41,8 +41,24 @@ pub fn is_local_id(id: &str) -> bool {
 
 /// The gateway's id for a region's resource, when it fits in a FHIR id.
 pub fn federated_id(region: &str, local: &str) -> Option<String> {
-    let id = format!("{region}.{local}");
-    is_fhir_id(&id).then_some(id)
+    fits_federated_id(region, local).then(|| [region, ".", local].concat())
+}
+
+/// Whether `{region}.{local}` is a FHIR id (checked without writing it).
+pub fn fits_federated_id(region: &str, local: &str) -> bool {
+    let allowed = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    region.len() + 1 + local.len() <= 64 && allowed(region) && allowed(local)
+}
+
+/// The address at `base` of a region's resource `{t}/{local}`: under its federated id
+/// (`{base}/{t}/{region}.{local}`) when it fits, else `None`. Written once into a string of
+/// its length: `format!` grows its string as it writes, which a profile of long records
+/// found costing more than the writing.
+pub fn federated_url(base: &str, t: &str, region: &str, local: &str) -> Option<String> {
+    fits_federated_id(region, local).then(|| [base, "/", t, "/", region, ".", local].concat())
 }
 
 /// Why a gateway id names no region's resource. Never says more than that.
@@ -109,6 +125,29 @@ pub fn split_relative(r: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The id and the address are checked without being written, and are what writing them
+    /// and checking the result gives.
+    #[test]
+    fn an_id_is_checked_as_written() {
+        for (region, local) in [
+            ("dorset", "obs-1"),
+            ("dorset", ""),
+            ("dorset", "a/b"),
+            ("dorset", "é"),
+            ("dorset", &"x".repeat(57)),
+            ("dorset", &"x".repeat(58)),
+            ("wes sex", "o"),
+        ] {
+            let written = format!("{region}.{local}");
+            let fits = is_fhir_id(&written);
+            assert_eq!(federated_id(region, local), fits.then(|| written.clone()));
+            assert_eq!(
+                federated_url("https://gw/fhir", "Observation", region, local),
+                fits.then(|| format!("https://gw/fhir/Observation/{written}"))
+            );
+        }
+    }
 
     #[test]
     fn a_gateway_id_names_the_region_and_its_id() {

@@ -98,10 +98,7 @@ fn array_at<'a>(
 type Pair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
 
 /// The two string members `a` and `b` of the object at the cursor, each the last given.
-fn pair_at<'a>(
-    s: &mut Scan<'a>,
-    (a, b): (&str, &str),
-) -> Result<Pair<'a>, ScanError> {
+fn pair_at<'a>(s: &mut Scan<'a>, (a, b): (&str, &str)) -> Result<Pair<'a>, ScanError> {
     let (mut first, mut second) = (None, None);
     object_at(s, |s, key| {
         if key.is(a) {
@@ -259,7 +256,7 @@ fn concept_at(s: &mut Scan<'_>) -> Result<Option<String>, ScanError> {
             if let (Some(system), Some(code)) = pair_at(s, ("system", "code"))?
                 && found.is_none()
             {
-                found = Some(format!("{system}|{code}"));
+                found = Some([&*system, "|", &*code].concat());
             }
             Ok(())
         })

@@ -874,7 +874,7 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
                 .clinical
                 .and_then(|key| by_clinical.first_elsewhere(&key, ri, &slots));
         }
-        let local_ref = format!("{}/{}", k.rtype.as_str(), version.item.id());
+        let local_ref = [k.rtype.as_str(), "/", version.item.id()].concat();
         let (at, vi) = match found {
             Some(slot) => {
                 deduplicated += 1;
@@ -1127,11 +1127,9 @@ pub fn merge_view(
     // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
     let gateway_url = |ri: usize, t: &str, id: &str| -> String {
         let region = &results[ri].region;
-        match crate::fhir::reference::federated_id(&region.code, id) {
-            Some(fid) => format!("{}/{t}/{fid}", ctx.gateway_base),
+        crate::fhir::reference::federated_url(ctx.gateway_base, t, &region.code, id)
             // An id too long to carry its region stays addressed at its region.
-            None => format!("{}/{t}/{id}", region.base_url),
-        }
+            .unwrap_or_else(|| [&region.base_url, "/", t, "/", id].concat())
     };
     // Each slot's address, by the index it was made under.
     // Shared by the slot's entry and its region's Provenance, not copied into each.
@@ -1167,7 +1165,7 @@ pub fn merge_view(
         }
         match crate::fhir::reference::split_relative(local) {
             Some((t, id)) => gateway_url(origin, t, id),
-            None => format!("{}/{local}", results[origin].region.base_url),
+            None => [&results[origin].region.base_url, "/", local].concat(),
         }
     };
 
@@ -1349,7 +1347,7 @@ fn merge_included(mut by_region: Vec<(usize, Vec<Item>)>) -> Vec<Included> {
     for (ri, resources) in by_region {
         for item in resources {
             let v = item.view();
-            let local = format!("{}/{}", v.rtype(), item.id());
+            let local = [v.rtype(), "/", item.id()].concat();
             let keys: Vec<ContentKey> = v
                 .identifiers()
                 .map(|(system, value)| identifier_key(v.rtype(), system, value))
