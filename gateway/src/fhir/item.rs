@@ -384,8 +384,24 @@ impl Item {
     /// as a tree. The top-level member `replace.0`, when it is an object, is written instead
     /// by `replace.1` (given its text), which must write canonical JSON.
     pub fn content_digest(&self, skip: &[&str], replace: Option<Replaced<'_>>) -> [u8; 32] {
+        // The members where the item's read noted them (keys without escapes), else read again.
+        let json = self.json();
+        let members = match &self.0.spans {
+            Some(spans) => Some(
+                spans
+                    .iter()
+                    .map(|s| {
+                        let text = |(a, b): (u32, u32)| &json[a as usize..b as usize];
+                        (Key(Cow::Borrowed(text(s.key))), text(s.value))
+                    })
+                    .collect(),
+            ),
+            None => Members::parse(json).ok().map(|m| m.0),
+        };
         super::digest_written(|out| {
-            if write_canonical_object(self.json(), skip, replace, out).is_none() {
+            let written =
+                members.and_then(|members| write_canonical_object(members, skip, replace, out));
+            if written.is_none() {
                 // Not readable as a tree either (it parsed once): as the tree path does.
                 out.clear();
                 out.push_str("null");
@@ -396,13 +412,12 @@ impl Item {
 
 /// An object's canonical JSON (keys sorted, `skip` left out, `replace` applied).
 fn write_canonical_object(
-    json: &str,
+    members: Vec<(Key<'_>, &str)>,
     skip: &[&str],
     replace: Option<Replaced<'_>>,
     out: &mut String,
 ) -> Option<()> {
-    let members = Members::parse(json).ok()?;
-    let mut pairs = sorted_members(members.0);
+    let mut pairs = sorted_members(members);
     pairs.retain(|(k, _)| !skip.contains(&k.0.as_ref()));
     out.push('{');
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -703,16 +718,58 @@ impl<'a> Members<'a> {
         self.get(name).and_then(shape::string)
     }
 
-    /// A member's text as [`shape`]'s readers read it: as it came, unless it holds a
-    /// surrogate's escape; then as its tree writes it (nothing when it has none, as for a
-    /// lone surrogate), which [`shape`] reads as it reads any tree.
-    fn element(&self, name: &str) -> Option<Cow<'a, str>> {
-        let text = self.get(name)?;
+    /// A member's text (`text`, of member `name`) as [`shape`]'s readers read it: as it came,
+    /// unless it holds a surrogate's escape; then as its tree writes it (nothing when it has
+    /// none, as for a lone surrogate), which [`shape`] reads as it reads any tree.
+    fn element(&self, name: &str, text: Option<&'a str>) -> Option<Cow<'a, str>> {
+        let text = text?;
         if shape::plain(text) {
             Some(Cow::Borrowed(text))
         } else {
             self.tree(name).map(|t| Cow::Owned(t.to_string()))
         }
+    }
+}
+
+/// The members a view reads, found in one pass over the members (each the first given, as
+/// [`Members::get`] finds it) rather than a search of them each.
+#[derive(Default)]
+struct ViewMembers<'a> {
+    resource_type: Option<&'a str>,
+    id: Option<&'a str>,
+    meta: Option<&'a str>,
+    category: Option<&'a str>,
+    subject: Option<&'a str>,
+    patient: Option<&'a str>,
+    identifier: Option<&'a str>,
+    /// Where the concept is read: [`CONCEPT_MEMBERS`], in order.
+    concepts: [Option<&'a str>; 4],
+}
+
+/// The members the concept is read from, in the order they are tried.
+const CONCEPT_MEMBERS: [&str; 4] = ["code", "medicationCodeableConcept", "vaccineCode", "type"];
+
+impl<'a> ViewMembers<'a> {
+    fn of(members: &Members<'a>) -> Self {
+        let mut m = ViewMembers::default();
+        for (key, value) in &members.0 {
+            let slot = match &*key.0 {
+                "resourceType" => &mut m.resource_type,
+                "id" => &mut m.id,
+                "meta" => &mut m.meta,
+                "category" => &mut m.category,
+                "subject" => &mut m.subject,
+                "patient" => &mut m.patient,
+                "identifier" => &mut m.identifier,
+                "code" => &mut m.concepts[0],
+                "medicationCodeableConcept" => &mut m.concepts[1],
+                "vaccineCode" => &mut m.concepts[2],
+                "type" => &mut m.concepts[3],
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        m
     }
 }
 
@@ -726,13 +783,14 @@ fn updated_at_of(last_updated: Option<&str>) -> i64 {
 impl ItemView {
     fn read(members: &Members<'_>) -> ItemView {
         let mut p = Packer(String::with_capacity(160));
-        let rtype_text = members.str("resourceType");
+        let found = ViewMembers::of(members);
+        let rtype_text = found.resource_type.and_then(shape::string);
         let rtype_text = rtype_text.as_deref().unwrap_or("");
         let rtype = p.put(rtype_text);
         let kind = ResourceType::parse(rtype_text);
         // Each element read from its text as its tree would be (`fhir::shape`).
         let (last_updated, security) = members
-            .element("meta")
+            .element("meta", found.meta)
             .map(|meta| {
                 let (last_updated, security) = shape::meta(&meta);
                 (
@@ -744,14 +802,17 @@ impl ItemView {
         let (last_updated, updated_at) = last_updated.unzip();
         let updated_at = updated_at.unwrap_or(i64::MIN);
         let categories = members
-            .element("category")
+            .element("category", found.category)
             .map(|c| p.pairs(shape::categories(&c)))
             .unwrap_or_default();
         let patient = kind
-            .and_then(|k| members.element(k.patient_element()))
+            .and_then(|k| match k.patient_element() {
+                "patient" => members.element("patient", found.patient),
+                _ => members.element("subject", found.subject),
+            })
             .and_then(|r| shape::patient_link(&r));
         let identifiers = members
-            .element("identifier")
+            .element("identifier", found.identifier)
             .map(|list| {
                 shape::identifiers(&list)
                     .into_iter()
@@ -759,14 +820,15 @@ impl ItemView {
                     .collect()
             })
             .unwrap_or_default();
-        let concept = ["code", "medicationCodeableConcept", "vaccineCode", "type"]
+        let concept = CONCEPT_MEMBERS
             .iter()
-            .find_map(|e| shape::first_coding(&members.element(e)?))
+            .zip(found.concepts)
+            .find_map(|(name, text)| shape::first_coding(&members.element(name, text)?))
             .map(|c| p.put(&c));
         let (clinical_date, sort_start) =
             kind.map_or((None, i64::MIN), |k| Self::clinical_date_of(members, k));
         let clinical_date = clinical_date.map(|d| p.put(&d));
-        let id = members.str("id").map(|id| p.put(&id));
+        let id = found.id.and_then(shape::string).map(|id| p.put(&id));
         ItemView {
             text: p.0.into_boxed_str(),
             rtype,

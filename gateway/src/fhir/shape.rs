@@ -25,7 +25,7 @@ pub type Coded<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
 pub fn plain(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut at = 0;
-    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\\') {
+    while let Some(i) = memchr::memchr(b'\\', &bytes[at..]) {
         let escape = at + i;
         if bytes.get(escape + 1) == Some(&b'u')
             && matches!(bytes.get(escape + 2), Some(b'd' | b'D'))
