@@ -1082,7 +1082,7 @@ pub fn merge_view(
         local_patients.insert(*ri, format!("Patient/{}", id_of(p)), 0);
     }
     let Folded {
-        slots,
+        mut slots,
         local_refs,
         deduplicated,
     } = fold(std::mem::take(&mut acc.items), &patient_url, nhs);
@@ -1094,9 +1094,9 @@ pub fn merge_view(
     let patient = (!patients.is_empty())
         .then(|| merge_patients(&patients, |i| &results[i].region, nhs, ctx.gateway_base));
 
-    // Phase four: newest first, ending on the order the slots were made in, so that the order
-    // is total. The slots' indices are sorted, not the slots: a slot is large, and moving
-    // slots about cost a sort of a long record more than comparing them did.
+    // Phase four: newest first. Compared in place (no key is made, or allocated, a slot), and
+    // ending on the order the slots were made in, so that the order is total and the sort
+    // needs no buffer of its own.
     fn order(
         s: &Slot,
     ) -> (
@@ -1115,13 +1115,7 @@ pub fn merge_view(
             s.key,
         )
     }
-    let mut sorted: Vec<u32> = (0..slots.len() as u32).collect();
-    sorted.sort_unstable_by(|&a, &b| order(&slots[a as usize]).cmp(&order(&slots[b as usize])));
-    let mut unsorted: Vec<Option<Slot>> = slots.into_iter().map(Some).collect();
-    let slots: Vec<Slot> = sorted
-        .into_iter()
-        .filter_map(|i| unsorted[i as usize].take())
-        .collect();
+    slots.sort_unstable_by(|a, b| order(a).cmp(&order(b)));
 
     // Phase five: every resource is addressed at this gateway, under an id naming its region,
     // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
