@@ -8,9 +8,9 @@
 //! pass over it, and a key given twice keeps its last value. Nothing is built but the strings
 //! that have escapes.
 //!
-//! A text holding a `\u` escape of a surrogate is left to the tree (`None` from [`plain`]):
-//! serde_json will not read a lone one into a tree, so such an element reads as nothing there,
-//! and the readers here would not know to do the same.
+//! A text holding a `\u` escape of a surrogate is not [`plain`], and the view reads it from
+//! its tree's text instead: serde_json will not read a lone one into a tree, so such an
+//! element reads as nothing there, and the readers here would not know to do the same.
 
 use std::borrow::Cow;
 
