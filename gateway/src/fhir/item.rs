@@ -692,14 +692,7 @@ impl<'a> Members<'a> {
         Members(
             members
                 .into_iter()
-                .map(|(k, v)| {
-                    let key = if k.escaped {
-                        Cow::Owned(super::scan::unescape(k.inner).unwrap_or_default())
-                    } else {
-                        Cow::Borrowed(k.inner)
-                    };
-                    (Key(key), v)
-                })
+                .map(|(k, v)| (Key(k.value().unwrap_or_default()), v))
                 .collect(),
         )
     }
@@ -1582,15 +1575,10 @@ use super::scan::{Literal, Scan, ScanError};
 
 /// A key's text, its escapes resolved.
 fn key_text<'a>(key: Literal<'a>, s: &Scan<'a>) -> Result<Cow<'a, str>, ScanError> {
-    if !key.escaped {
-        return Ok(Cow::Borrowed(key.inner));
-    }
-    super::scan::unescape(key.inner)
-        .map(Cow::Owned)
-        .ok_or(ScanError {
-            at: s.at(),
-            what: "a key's escapes",
-        })
+    key.value().ok_or(ScanError {
+        at: s.at(),
+        what: "a key's escapes",
+    })
 }
 
 /// A member read for the first time; one given twice is an error (the Bundle is then read

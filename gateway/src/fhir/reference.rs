@@ -27,10 +27,12 @@ pub fn served_by_id(rtype: &str) -> bool {
 
 /// Whether `id` is a FHIR id: 1 to 64 of `A-Z a-z 0-9 - .`.
 pub fn is_fhir_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&id.len()) && id.bytes().all(is_id_byte)
+}
+
+/// A byte a FHIR id may hold.
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'.'
 }
 
 /// Whether `id` is a region's own id that may stand in a path: a FHIR id that is not `.` or
@@ -46,11 +48,7 @@ pub fn federated_id(region: &str, local: &str) -> Option<String> {
 
 /// Whether `{region}.{local}` is a FHIR id (checked without writing it).
 pub fn fits_federated_id(region: &str, local: &str) -> bool {
-    let allowed = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    };
-    region.len() + 1 + local.len() <= 64 && allowed(region) && allowed(local)
+    region.len() + 1 + local.len() <= 64 && region.bytes().chain(local.bytes()).all(is_id_byte)
 }
 
 /// The address at `base` of a region's resource `{t}/{local}`: under its federated id

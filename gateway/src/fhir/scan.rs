@@ -47,7 +47,17 @@ pub struct Literal<'a> {
     pub escaped: bool,
 }
 
-impl Literal<'_> {
+impl<'a> Literal<'a> {
+    /// Its value: borrowed when it has no escapes, unescaped when it has (`None` when they are
+    /// not valid text, such as a lone surrogate).
+    pub fn value(&self) -> Option<std::borrow::Cow<'a, str>> {
+        if self.escaped {
+            unescape(self.inner).map(std::borrow::Cow::Owned)
+        } else {
+            Some(std::borrow::Cow::Borrowed(self.inner))
+        }
+    }
+
     /// Whether its value is `name` (escapes resolved).
     pub fn is(&self, name: &str) -> bool {
         if self.escaped {

@@ -14,11 +14,11 @@
 
 use std::borrow::Cow;
 
-use super::scan::{Literal, Scan, ScanError, unescape};
+use super::scan::{Literal, Scan, ScanError};
 use crate::record::PatientLink;
 
 /// A (system, code) pair as the text gives it.
-pub type Coded<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
+pub type CodedText<'a> = (Option<Cow<'a, str>>, Cow<'a, str>);
 
 /// Whether the readers here read `text` as its tree does: it has no `\u` escape of a
 /// surrogate (a spelling FHIR's text never needs).
@@ -41,21 +41,12 @@ pub fn plain(text: &str) -> bool {
     true
 }
 
-/// A literal's value: borrowed when it has no escapes.
-fn literal(l: Literal<'_>) -> Option<Cow<'_, str>> {
-    if l.escaped {
-        unescape(l.inner).map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(l.inner))
-    }
-}
-
 /// A string value (`as_str`): `None` when the value is not a string.
 pub fn string(text: &str) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
     }
-    literal(Scan::new(text).string().ok()?)
+    Scan::new(text).string().ok()?.value()
 }
 
 // The readers below read their element in one pass of the scanner: each member they look for
@@ -64,7 +55,7 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
 /// The string at the cursor (`as_str`); any other value is passed over as `None`.
 fn string_at<'a>(s: &mut Scan<'a>) -> Result<Option<Cow<'a, str>>, ScanError> {
     if s.peek() == Some(b'"') {
-        Ok(literal(s.string()?))
+        Ok(s.string()?.value())
     } else {
         s.skip().map(|()| None)
     }
@@ -114,7 +105,7 @@ fn pair_at<'a>(s: &mut Scan<'a>, (a, b): (&str, &str)) -> Result<Pair<'a>, ScanE
 }
 
 /// A list of codings at the cursor, those with a string code put in `out`.
-fn codings_at<'a>(s: &mut Scan<'a>, out: &mut Vec<Coded<'a>>) -> Result<(), ScanError> {
+fn codings_at<'a>(s: &mut Scan<'a>, out: &mut Vec<CodedText<'a>>) -> Result<(), ScanError> {
     array_at(s, |s| {
         if let (system, Some(code)) = pair_at(s, ("system", "code"))? {
             out.push((system, code));
@@ -123,17 +114,17 @@ fn codings_at<'a>(s: &mut Scan<'a>, out: &mut Vec<Coded<'a>>) -> Result<(), Scan
     })
 }
 
-/// Reads `text` with `read`; a text that is not JSON (not reached: members are checked
+/// Reads `text` with `reader`; a text that is not JSON (not reached: members are checked
 /// before they are read) reads as nothing.
 fn read<'a, T: Default>(
     text: &'a str,
-    read: impl FnOnce(&mut Scan<'a>) -> Result<T, ScanError>,
+    reader: impl FnOnce(&mut Scan<'a>) -> Result<T, ScanError>,
 ) -> T {
-    read(&mut Scan::new(text)).unwrap_or_default()
+    reader(&mut Scan::new(text)).unwrap_or_default()
 }
 
 /// `meta`'s `lastUpdated` and its `security` codings.
-pub fn meta(text: &str) -> (Option<Cow<'_, str>>, Vec<Coded<'_>>) {
+pub fn meta(text: &str) -> (Option<Cow<'_, str>>, Vec<CodedText<'_>>) {
     read(text, |s| {
         let (mut last_updated, mut security) = (None, Vec::new());
         object_at(s, |s, key| {
@@ -152,7 +143,7 @@ pub fn meta(text: &str) -> (Option<Cow<'_, str>>, Vec<Coded<'_>>) {
 }
 
 /// A `category` element's codes: one or a list, each a bare code or a CodeableConcept.
-pub fn categories(text: &str) -> Vec<Coded<'_>> {
+pub fn categories(text: &str) -> Vec<CodedText<'_>> {
     read(text, |s| {
         let mut out = Vec::new();
         if s.peek() == Some(b'[') {
@@ -165,9 +156,9 @@ pub fn categories(text: &str) -> Vec<Coded<'_>> {
 }
 
 /// One category's codes: a bare code, or a CodeableConcept's codings (its last `coding`).
-fn category_at<'a>(s: &mut Scan<'a>, out: &mut Vec<Coded<'a>>) -> Result<(), ScanError> {
+fn category_at<'a>(s: &mut Scan<'a>, out: &mut Vec<CodedText<'a>>) -> Result<(), ScanError> {
     if s.peek() == Some(b'"') {
-        out.extend(literal(s.string()?).map(|code| (None, code)));
+        out.extend(s.string()?.value().map(|code| (None, code)));
         return Ok(());
     }
     let mark = out.len();
@@ -271,7 +262,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
-    fn owned(list: Vec<Coded<'_>>) -> Vec<(Option<String>, String)> {
+    fn owned(list: Vec<CodedText<'_>>) -> Vec<(Option<String>, String)> {
         list.into_iter()
             .map(|(s, c)| (s.map(Cow::into_owned), c.into_owned()))
             .collect()
