@@ -303,33 +303,34 @@ impl Item {
         let members = Members::of_scan(scanned.members);
         let at = |part: &str| (part.as_ptr() as usize - json.as_ptr() as usize) as u32;
         let range = |part: &str| (at(part), at(part) + part.len() as u32);
-        let spans: Option<Box<[Span]>> = members
-            .0
-            .iter()
-            .map(|(k, v)| match &k.0 {
-                Cow::Borrowed(key) => Some(Span {
+        // Each list made at its length (collecting through `Option` or `Result` cannot know
+        // it, and grew each list three times over; a profile under load found allocation
+        // the largest cost).
+        let mut spans = Vec::with_capacity(members.0.len());
+        for (k, v) in &members.0 {
+            match &k.0 {
+                Cow::Borrowed(key) => spans.push(Span {
                     key: range(key),
                     value: range(v),
                 }),
-                Cow::Owned(_) => None,
-            })
-            .collect();
+                Cow::Owned(_) => break,
+            }
+        }
+        let spans = (spans.len() == members.0.len()).then(|| spans.into_boxed_slice());
         // Every reference, with where it lies; its value copied only when it had escapes.
-        let references = scanned
-            .references
-            .iter()
-            .map(|r| {
-                let escaped = match r.escaped {
-                    false => None,
-                    true => Some(
-                        super::scan::unescape(&json[r.start + 1..r.end - 1])
-                            .ok_or_else(|| NotAResource("a reference's escapes".into()))?
-                            .into_boxed_str(),
-                    ),
-                };
-                Ok((r.start as u32, r.end as u32, escaped))
-            })
-            .collect::<Result<Box<[FoundReference]>, NotAResource>>()?;
+        let mut references = Vec::with_capacity(scanned.references.len());
+        for r in &scanned.references {
+            let escaped = match r.escaped {
+                false => None,
+                true => Some(
+                    super::scan::unescape(&json[r.start + 1..r.end - 1])
+                        .ok_or_else(|| NotAResource("a reference's escapes".into()))?
+                        .into_boxed_str(),
+                ),
+            };
+            references.push((r.start as u32, r.end as u32, escaped));
+        }
+        let references = references.into_boxed_slice();
         let view = ItemView::read(&members);
         Ok(Item(Arc::new(Inner {
             source: source.clone(),
@@ -1007,10 +1008,12 @@ pub type Replace<'a> = dyn Fn(&str, &mut Writer<'_>) + 'a;
 #[derive(Debug, Clone, Default)]
 pub struct MetaEdit<'a> {
     pub source: &'a str,
-    /// (system, code, display).
-    pub tags: Vec<(&'a str, &'a str, &'a str)>,
+    /// (system, code, display); inline for the few regions an item is held by (one list an
+    /// entry, which a profile under load found among the allocations worth not making).
+    pub tags: Tags<(&'a str, &'a str, &'a str)>,
     /// Appended to `meta.extension` when it is a list (or missing).
-    pub extensions: Vec<Value>,
+    /// Each already written (as serde_json writes its tree), not built as a tree and written.
+    pub extensions: Vec<Box<serde_json::value::RawValue>>,
     /// `source` as a JSON string, and each of `tags` as its JSON object, when they are
     /// written once in a text the entries share (the writer then takes them as runs of it
     /// rather than writing them into every entry); empty: written each time.
@@ -1021,8 +1024,11 @@ pub struct MetaEdit<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct WrittenMeta<'a> {
     pub source: &'a str,
-    pub tags: Vec<&'a str>,
+    pub tags: Tags<&'a str>,
 }
+
+/// A list of an entry's region tags (or their texts), inline up to four.
+pub type Tags<T> = smallvec::SmallVec<[T; 4]>;
 
 impl MetaEdit<'_> {
     /// The edit on a tree (a `meta` that is not an object becomes one).
@@ -1051,7 +1057,11 @@ impl MetaEdit<'_> {
                 .entry("extension")
                 .or_insert_with(|| Value::Array(vec![]));
             if let Some(list) = ext.as_array_mut() {
-                list.extend(self.extensions.iter().cloned());
+                list.extend(
+                    self.extensions
+                        .iter()
+                        .map(|e| serde_json::from_str(e.get()).unwrap_or(Value::Null)),
+                );
             }
         }
     }
@@ -1110,7 +1120,7 @@ impl MetaEdit<'_> {
                 "extension" if !self.extensions.is_empty() => {
                     extended = true;
                     if v.starts_with('[') {
-                        append_to_list(v, self.extensions.iter(), out.own());
+                        append_to_list(v, self.extensions.iter().map(|e| &**e), out.own());
                     } else {
                         out.copy(v);
                     }
@@ -1131,7 +1141,7 @@ impl MetaEdit<'_> {
         if !extended && !self.extensions.is_empty() {
             sep(out);
             out.own().extend_from_slice(b"\"extension\":");
-            append_to_list("[]", self.extensions.iter(), out.own());
+            append_to_list("[]", self.extensions.iter().map(|e| &**e), out.own());
         }
         out.push(b"}");
         true
@@ -1233,21 +1243,22 @@ impl super::EntryJson for TagText<'_> {
     }
 }
 
-/// How an item is written: what changes, everything else copied.
-pub struct Splice<'a> {
+/// How an item is written: what changes, everything else copied. (`meta` is borrowed for
+/// less than what it borrows: it has lists of its own to drop.)
+pub struct Splice<'a, 'm> {
     /// The `id` it is shown under.
     pub id: &'a str,
     /// The patient element and what replaces it (written as given).
     pub patient: Option<(&'static str, &'a Replace<'a>)>,
     /// What changes in `meta` (which is added when the item has none).
-    pub meta: &'a MetaEdit<'a>,
+    pub meta: &'a MetaEdit<'m>,
     /// The address of a relative reference (`Type/id`).
     pub resolve: &'a dyn Fn(&str) -> String,
 }
 
 impl Item {
     /// Appends the item, spliced, to `out`.
-    pub fn write_spliced(&self, splice: &Splice<'_>, out: &mut Vec<u8>) {
+    pub fn write_spliced(&self, splice: &Splice<'_, '_>, out: &mut Vec<u8>) {
         let mut w = Writer::new(Some(&self.0.source));
         self.write_spliced_runs(splice, &mut w);
         w.finish().write_to(out);
@@ -1255,7 +1266,7 @@ impl Item {
 
     /// The item, spliced, written to `out`, whose source must be this item's for its
     /// unchanged text to be taken as runs of it rather than copied.
-    pub fn write_spliced_runs(&self, splice: &Splice<'_>, out: &mut Writer<'_>) {
+    pub fn write_spliced_runs(&self, splice: &Splice<'_, '_>, out: &mut Writer<'_>) {
         match &self.0.spans {
             Some(spans) => self.write_from_spans(spans, splice, out),
             None => self.write_reread(splice, out),
@@ -1270,7 +1281,7 @@ impl Item {
     /// [`Item::write_spliced`] from where the members and references lie: unchanged text taken
     /// as runs of the source, the few changes written in between; nothing read again but
     /// `meta` and the patient element.
-    fn write_from_spans(&self, spans: &[Span], splice: &Splice<'_>, out: &mut Writer<'_>) {
+    fn write_from_spans(&self, spans: &[Span], splice: &Splice<'_, '_>, out: &mut Writer<'_>) {
         let whole = self.json();
         let text = |(a, b): (u32, u32)| &whole[a as usize..b as usize];
         let refs = &self.0.references;
@@ -1313,7 +1324,7 @@ impl Item {
     }
 
     /// [`Item::write_spliced`] by reading the item again (an item whose keys had escapes).
-    fn write_reread(&self, splice: &Splice<'_>, out: &mut Writer<'_>) {
+    fn write_reread(&self, splice: &Splice<'_, '_>, out: &mut Writer<'_>) {
         let Ok(members) = Members::parse(self.json()) else {
             out.push(b"null");
             return;
@@ -1341,7 +1352,7 @@ struct Wrote {
     meta: bool,
 }
 
-impl Splice<'_> {
+impl Splice<'_, '_> {
     /// Writes one member's value (its key is written): the id, `meta` and the patient element
     /// as they change, any other as `other` writes it.
     fn member<'s>(
@@ -1792,6 +1803,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A tree as written JSON (an extension of a [`MetaEdit`]).
+    fn raw(tree: Value) -> Box<serde_json::value::RawValue> {
+        serde_json::value::to_raw_value(&tree).unwrap()
+    }
+
     fn obs() -> Value {
         json!({
             "resourceType": "Observation", "id": "o1",
@@ -1982,8 +1998,8 @@ mod tests {
         };
         let edit = MetaEdit {
             source: "https://d.example",
-            tags: vec![("urn:r", "r", "R")],
-            extensions: vec![json!({"url": "urn:x", "valueCode": "y"})],
+            tags: smallvec::smallvec![("urn:r", "r", "R")],
+            extensions: vec![raw(json!({"url": "urn:x", "valueCode": "y"}))],
             written: None,
         };
         let mut out = Vec::new();
@@ -2236,27 +2252,27 @@ mod tests {
             },
             MetaEdit {
                 source: "https://b",
-                tags: vec![
+                tags: smallvec::smallvec![
                     ("urn:region", "dorset", "Dorset"),
                     ("urn:region", "wessex", "Wessex"),
                 ],
-                extensions: vec![
+                extensions: vec![raw(
                     json!({"url": "urn:other", "extension": [{"url": "region", "valueCode": "w"}]}),
-                ],
+                )],
                 written: None,
             },
             // The same edit with its source and tags written once in a shared text (as a merge
             // writes them): the same result.
             MetaEdit {
                 source: "https://b",
-                tags: vec![
+                tags: smallvec::smallvec![
                     ("urn:region", "dorset", "Dorset"),
                     ("urn:region", "wessex", "Wessex"),
                 ],
                 extensions: Vec::new(),
                 written: Some(WrittenMeta {
                     source: &shared[..11],
-                    tags: vec![&shared[11..69], &shared[69..]],
+                    tags: smallvec::smallvec![&shared[11..69], &shared[69..]],
                 }),
             },
         ];

@@ -234,6 +234,13 @@ impl EntryJson for Value {
     }
 }
 
+/// JSON already written: copied as it is.
+impl EntryJson for serde_json::value::RawValue {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.get().as_bytes());
+    }
+}
+
 impl<T: EntryJson + ?Sized> EntryJson for &T {
     fn write_json(&self, out: &mut Vec<u8>) {
         (**self).write_json(out)

@@ -59,6 +59,22 @@ pub fn federated_url(base: &str, t: &str, region: &str, local: &str) -> Option<S
     fits_federated_id(region, local).then(|| [base, "/", t, "/", region, ".", local].concat())
 }
 
+/// [`federated_url`] appended to `out` (a buffer used again, for addresses copied on into
+/// texts of their own); `false`, and nothing written, when the id does not fit.
+pub fn write_federated_url(
+    out: &mut String,
+    base: &str,
+    t: &str,
+    region: &str,
+    local: &str,
+) -> bool {
+    let fits = fits_federated_id(region, local);
+    if fits {
+        out.extend([base, "/", t, "/", region, ".", local]);
+    }
+    fits
+}
+
 /// Why a gateway id names no region's resource. Never says more than that.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -144,6 +160,16 @@ mod tests {
                 federated_url("https://gw/fhir", "Observation", region, local),
                 fits.then(|| format!("https://gw/fhir/Observation/{written}"))
             );
+            // Appended after what a buffer holds, or nothing appended.
+            let mut out = String::from("kept:");
+            let wrote =
+                write_federated_url(&mut out, "https://gw/fhir", "Observation", region, local);
+            assert_eq!(wrote, fits);
+            let expected = match fits {
+                true => format!("kept:https://gw/fhir/Observation/{written}"),
+                false => "kept:".to_owned(),
+            };
+            assert_eq!(out, expected);
         }
     }
 

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::fhir::item::{Item, Splice, qualify_references};
@@ -1119,17 +1120,33 @@ pub fn merge_view(
 
     // Phase five: every resource is addressed at this gateway, under an id naming its region,
     // so that `GET` on any fullUrl or reference answers (see `fhir::reference`).
-    let gateway_url = |ri: usize, t: &str, id: &str| -> String {
+    let write_url = |out: &mut String, ri: usize, t: &str, id: &str| {
         let region = &results[ri].region;
-        crate::fhir::reference::federated_url(ctx.gateway_base, t, &region.code, id)
+        let base = ctx.gateway_base;
+        if !crate::fhir::reference::write_federated_url(out, base, t, &region.code, id) {
             // An id too long to carry its region stays addressed at its region.
-            .unwrap_or_else(|| [&region.base_url, "/", t, "/", id].concat())
+            out.extend([&region.base_url, "/", t, "/", id]);
+        }
+    };
+    let gateway_url = |ri: usize, t: &str, id: &str| -> String {
+        let base = ctx
+            .gateway_base
+            .len()
+            .max(results[ri].region.base_url.len());
+        let mut url = String::with_capacity(base + t.len() + id.len() + 32);
+        write_url(&mut url, ri, t, id);
+        url
     };
     // Each slot's address, by the index it was made under.
     // Shared by the slot's entry and its region's Provenance, not copied into each.
+    // Each written into one buffer and copied once into its shared text (a string made for
+    // each and then copied was two allocations a slot).
     let mut url_by_key: Vec<Arc<str>> = vec![Arc::from(""); slots.len()];
+    let mut address = String::new();
     for s in &slots {
-        url_by_key[s.key] = gateway_url(s.origin, s.rtype.as_str(), s.item().id()).into();
+        address.clear();
+        write_url(&mut address, s.origin, s.rtype.as_str(), s.item().id());
+        url_by_key[s.key] = Arc::from(address.as_str());
     }
     // What the items reference, included beside them (`$everything`), each shown once.
     let mut includes = merge_included(std::mem::take(&mut acc.included));
@@ -1597,7 +1614,30 @@ pub const OTHER_VERSION_EXTENSION: &str = "urn:gateway:extension:other-version";
 
 /// The `meta.extension` that records that `region` holds another version of this item (last
 /// updated at `updated`), so nothing is dropped silently.
-fn other_version(region: &RegionInfo, updated: Option<&str>) -> Value {
+/// Written as serde_json writes [`other_version_tree`] (one string a version, where the
+/// tree took a dozen allocations).
+fn other_version(region: &RegionInfo, updated: Option<&str>) -> Box<RawValue> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"{\"url\":");
+    fhir::item::write_str(OTHER_VERSION_EXTENSION, &mut out);
+    out.extend_from_slice(b",\"extension\":[{\"url\":\"region\",\"valueCode\":");
+    fhir::item::write_str(&region.code, &mut out);
+    out.push(b'}');
+    if let Some(u) = updated {
+        out.extend_from_slice(b",{\"url\":\"lastUpdated\",\"valueInstant\":");
+        fhir::item::write_str(u, &mut out);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    // Written from strings by serde_json's rules: UTF-8, and JSON.
+    let text = String::from_utf8(out).unwrap_or_default();
+    RawValue::from_string(text).unwrap_or_else(|_| {
+        serde_json::value::to_raw_value(&other_version_tree(region, updated)).expect("a tree")
+    })
+}
+
+/// The extension [`other_version`] writes, as a tree.
+fn other_version_tree(region: &RegionInfo, updated: Option<&str>) -> Value {
     let mut parts = vec![json!({"url": "region", "valueCode": region.code})];
     if let Some(u) = updated {
         parts.push(json!({"url": "lastUpdated", "valueInstant": u}));

@@ -1091,3 +1091,24 @@ fn provenance_is_written_as_serde_json_would_write_it() {
         );
     }
 }
+
+/// The other-version extension written as text is what serde_json writes of its tree, with
+/// and without a time, for codes and times that need escaping.
+#[test]
+fn other_version_text_is_its_tree_written() {
+    for code in ["wessex", "a\"b", "é\\\n"] {
+        let region = RegionInfo {
+            code: code.into(),
+            name: "N".into(),
+            base_url: "https://x/fhir".into(),
+        };
+        for updated in [None, Some("2024-01-01T00:00:00Z"), Some("q\"\u{1}")] {
+            let text = other_version(&region, updated);
+            assert_eq!(
+                text.get(),
+                other_version_tree(&region, updated).to_string(),
+                "{code:?} {updated:?}"
+            );
+        }
+    }
+}
