@@ -128,9 +128,12 @@ fn escape(text: &str) -> Option<(char, usize)> {
 
 /// Four hexadecimal digits' value.
 fn hex4(digits: &str) -> Option<u32> {
-    (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u32::from_str_radix(digits, 16).ok())
-        .flatten()
+    // Checked first: `from_str_radix` would also take a sign.
+    if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u32::from_str_radix(digits, 16).ok()
+    } else {
+        None
+    }
 }
 
 /// A cursor over JSON text.
