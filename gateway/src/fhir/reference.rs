@@ -56,7 +56,8 @@ pub fn fits_federated_id(region: &str, local: &str) -> bool {
 /// its length: `format!` grows its string as it writes, which a profile of long records
 /// found costing more than the writing.
 pub fn federated_url(base: &str, t: &str, region: &str, local: &str) -> Option<String> {
-    fits_federated_id(region, local).then(|| [base, "/", t, "/", region, ".", local].concat())
+    let mut url = String::with_capacity(base.len() + t.len() + region.len() + local.len() + 3);
+    write_federated_url(&mut url, base, t, region, local).then_some(url)
 }
 
 /// [`federated_url`] appended to `out` (a buffer used again, for addresses copied on into

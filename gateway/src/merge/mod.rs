@@ -1137,10 +1137,9 @@ pub fn merge_view(
         write_url(&mut url, ri, t, id);
         url
     };
-    // Each slot's address, by the index it was made under.
-    // Shared by the slot's entry and its region's Provenance, not copied into each.
-    // Each written into one buffer and copied once into its shared text (a string made for
-    // each and then copied was two allocations a slot).
+    // Each slot's address, by the index it was made under: shared by the slot's entry and
+    // its region's Provenance, not copied into each; written into one buffer and copied once
+    // into its shared text (a string made for each and then copied was two allocations).
     let mut url_by_key: Vec<Arc<str>> = vec![Arc::from(""); slots.len()];
     let mut address = String::new();
     for s in &slots {
