@@ -757,7 +757,10 @@ async fn spans_of_every_region_a_query_reaches_join_one_trace_at_an_otlp_receive
         let answered = ours
             .iter()
             .any(|(svc, _)| svc == "federation-gateway-hampshire");
-        if (wanted.iter().all(|w| names.contains(w)) && answered)
+        // The request's own span ends last (after the answer is written), so it may reach
+        // the receiver in a later batch than its phases: wait for it too.
+        let requested = names.iter().any(|n| n.starts_with("GET /fhir/Patient/"));
+        if (wanted.iter().all(|w| names.contains(w)) && answered && requested)
             || std::time::Instant::now() > deadline
         {
             break ours;
