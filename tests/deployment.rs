@@ -76,14 +76,8 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
 
     let schema = format!("gw_compose_{}", uuid::Uuid::new_v4().simple());
-    let mut children = Vec::new();
-    // dorset twice (the replicas behind the load balancer), hampshire and wiltshire once.
-    for (name, code) in [
-        ("dorset-a", "dorset"),
-        ("dorset-b", "dorset"),
-        ("hampshire", "hampshire"),
-        ("wiltshire", "wiltshire"),
-    ] {
+    // A replica started on the compose configuration with free loopback ports of its own.
+    let start = |name: &str, code: &str| {
         let compose =
             std::fs::read_to_string(root.join(format!("docker/config/{code}.toml"))).unwrap();
         assert!(compose.contains("../demo/certs/ca.pem"), "paths as mounted");
@@ -99,11 +93,25 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        children.push((name, child, ops));
+        (child, ops)
+    };
+    let mut children = Vec::new();
+    // dorset twice (the replicas behind the load balancer), hampshire and wiltshire once.
+    for (name, code) in [
+        ("dorset-a", "dorset"),
+        ("dorset-b", "dorset"),
+        ("hampshire", "hampshire"),
+        ("wiltshire", "wiltshire"),
+    ] {
+        let (child, ops) = start(name, code);
+        children.push((name, code, child, ops));
     }
     let client = reqwest::Client::new();
-    for (name, child, ops) in &mut children {
+    for (name, code, child, ops) in &mut children {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // A free port found here can be taken by another test before the replica binds it:
+        // then it is started again on other ports (a few times), as nothing else is wrong.
+        let mut restarts = 0;
         loop {
             let ready = client
                 .get(format!("http://127.0.0.1:{ops}/readyz"))
@@ -122,13 +130,18 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
                     .unwrap()
                     .read_to_string(&mut err)
                     .unwrap();
+                if err.contains("Address already in use") && restarts < 3 {
+                    restarts += 1;
+                    (*child, *ops) = start(name, code);
+                    continue;
+                }
                 panic!("{name} exited ({status}) with the compose configuration:\n{err}");
             }
             assert!(Instant::now() < deadline, "{name} did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    for (name, _, ops) in &children {
+    for (name, _, _, ops) in &children {
         // The image's HEALTHCHECK.
         run(gateway_bin().args(["probe", &format!("http://127.0.0.1:{ops}/readyz")]));
         // What each replica writes is on its own volume, found writable at start.
@@ -145,7 +158,7 @@ async fn the_image_binary_starts_with_the_compose_configuration() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a probe of nothing fails");
-    for (_, child, _) in &mut children {
+    for (_, _, child, _) in &mut children {
         Command::new("kill")
             .arg(child.id().to_string())
             .status()
