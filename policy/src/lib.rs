@@ -204,17 +204,51 @@ fn est_reads_time(est: &serde_json::Value) -> bool {
 #[derive(Debug, Default)]
 struct Memo {
     second: i64,
-    decisions: HashMap<MemoKey, Decision>,
+    /// Per asker (user and circumstances), per action, per item class: looked up by
+    /// reference, so that a remembered decision costs no copy of its question (a request
+    /// asks about some sixty classes, and copying the user and circumstances for each was a
+    /// tenth of a merge's allocations).
+    decisions: HashMap<Asker, HashMap<String, HashMap<ItemClass, Decision>>>,
+    /// Decisions held in all.
+    len: usize,
 }
 
 const MEMO_MAX: usize = 4096;
 
+impl Memo {
+    fn get(&self, second: i64, asker: &Asker, action: &str, item: &ItemClass) -> Option<&Decision> {
+        if self.second != second {
+            return None;
+        }
+        self.decisions.get(asker)?.get(action)?.get(item)
+    }
+
+    fn insert(&mut self, second: i64, asker: &Asker, action: &str, item: &ItemClass, d: Decision) {
+        if self.second != second || self.len >= MEMO_MAX {
+            self.second = second;
+            self.decisions.clear();
+            self.len = 0;
+        }
+        if !self.decisions.contains_key(asker) {
+            self.decisions.insert(asker.clone(), HashMap::new());
+        }
+        let by_action = self.decisions.get_mut(asker).expect("inserted above");
+        if !by_action.contains_key(action) {
+            by_action.insert(action.to_owned(), HashMap::new());
+        }
+        let by_item = by_action.get_mut(action).expect("inserted above");
+        if by_item.insert(item.clone(), d).is_none() {
+            self.len += 1;
+        }
+    }
+}
+
+/// Who asks and under what circumstances, the time as the memo keeps it (its second, or 0
+/// when no policy of the set reads it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct MemoKey {
+struct Asker {
     principal: Principal,
     circumstances: Circumstances,
-    action: String,
-    item: ItemClass,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -455,11 +489,20 @@ impl PolicySet {
     /// The part of every question that is fixed for one request (the user and the
     /// circumstances), built once: a request asks about many items.
     pub fn prepare(&self, principal: &Principal, c: &Circumstances) -> Prepared<'_> {
+        // The second a decision holds for: every second alike when no policy reads it.
+        let second = if self.reads_time { c.time } else { 0 };
         Prepared {
             set: self,
             fixed: std::sync::OnceLock::new(),
             principal: principal.clone(),
             circumstances: c.clone(),
+            asker: Asker {
+                principal: principal.clone(),
+                circumstances: Circumstances {
+                    time: second,
+                    ..c.clone()
+                },
+            },
         }
     }
 }
@@ -542,6 +585,8 @@ pub struct Prepared<'a> {
     fixed: std::sync::OnceLock<Result<Fixed, String>>,
     principal: Principal,
     circumstances: Circumstances,
+    /// The memo's key for this user and these circumstances, made once.
+    asker: Asker,
 }
 
 impl Prepared<'_> {
@@ -553,24 +598,9 @@ impl Prepared<'_> {
     /// Decides `action` on the item. Fails closed: anything unexpected is a refusal with the
     /// reason.
     pub fn decide_action(&self, action: &str, item: &ItemClass) -> Decision {
-        // The second the decision holds for: every second alike when no policy reads it.
-        let second = if self.set.reads_time {
-            self.circumstances.time
-        } else {
-            0
-        };
-        let key = MemoKey {
-            principal: self.principal.clone(),
-            circumstances: Circumstances {
-                time: second,
-                ..self.circumstances.clone()
-            },
-            action: action.to_owned(),
-            item: item.clone(),
-        };
+        let second = self.asker.circumstances.time;
         if let Ok(memo) = self.set.memo.lock()
-            && memo.second == second
-            && let Some(d) = memo.decisions.get(&key)
+            && let Some(d) = memo.get(second, &self.asker, action, item)
         {
             return d.clone();
         }
@@ -583,11 +613,7 @@ impl Prepared<'_> {
             },
         };
         if let Ok(mut memo) = self.set.memo.lock() {
-            if memo.second != second || memo.decisions.len() >= MEMO_MAX {
-                memo.second = second;
-                memo.decisions.clear();
-            }
-            memo.decisions.insert(key, decision.clone());
+            memo.insert(second, &self.asker, action, item, decision.clone());
         }
         decision
     }

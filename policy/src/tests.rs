@@ -172,7 +172,7 @@ fn remembered_decisions_are_the_decisions() {
     let set = PolicySet::load(&repo_policies()).unwrap();
     let files = cases::load_dir(&repo_policies().join("tests")).unwrap();
     let first = cases::run(&set, &files);
-    assert!(!set.memo.lock().unwrap().decisions.is_empty());
+    assert!(set.memo.lock().unwrap().len > 0);
     let second = cases::run(&set, &files);
     let summary = |o: &[cases::Outcome]| -> Vec<(String, bool, String)> {
         o.iter()
@@ -233,7 +233,7 @@ fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
     assert!(at(&timeless, &c));
     c.time += 7;
     assert!(at(&timeless, &c));
-    assert_eq!(timeless.memo.lock().unwrap().decisions.len(), 1);
+    assert_eq!(timeless.memo.lock().unwrap().len, 1);
     // A set that reads it decides each second anew: the later second is refused.
     let (_, _, mut c) = question_parts("Observation");
     let cutoff = c.time;
@@ -243,6 +243,48 @@ fn decisions_outlive_their_second_only_when_no_policy_reads_the_time() {
     assert!(!at(&timed, &c));
     c.time -= 1;
     assert!(at(&timed, &c));
+}
+
+#[test]
+fn a_remembered_decision_is_only_ever_its_own_question_s() {
+    // One memo, questions that differ in one part each: each is decided as itself.
+    let set = permit_when(
+        "principal.role == \"R8000\" && context.purpose_of_use == \"TREAT\" && resource.confidentiality == \"N\"",
+    );
+    let (p, i, c) = question_parts("Observation");
+    let decide = |p: &Principal, i: &ItemClass, c: &Circumstances, action: Option<&str>| {
+        let q = Question {
+            principal: p,
+            item: i,
+            circumstances: c,
+        };
+        match action {
+            Some(a) => set.decide_action(a, &q).allowed,
+            None => set.decide(&q).allowed,
+        }
+    };
+    assert!(decide(&p, &i, &c, None));
+    let other_role = Principal {
+        role: "R0001".into(),
+        ..p.clone()
+    };
+    assert!(!decide(&other_role, &i, &c, None));
+    let other_purpose = Circumstances {
+        purpose_of_use: "RESEARCH".into(),
+        ..c.clone()
+    };
+    assert!(!decide(&p, &i, &other_purpose, None));
+    let restricted = ItemClass {
+        confidentiality: "R".into(),
+        ..i.clone()
+    };
+    assert!(!decide(&p, &restricted, &c, None));
+    // And again, now that each is remembered: the same answers.
+    assert!(decide(&p, &i, &c, None));
+    assert!(!decide(&other_role, &i, &c, None));
+    assert!(!decide(&p, &i, &other_purpose, None));
+    assert!(!decide(&p, &restricted, &c, None));
+    assert_eq!(set.memo.lock().unwrap().len, 4);
 }
 
 #[test]
