@@ -153,14 +153,61 @@ pub struct Writer<'s> {
     len: usize,
 }
 
+/// Writers' buffers, kept by each thread between the entries it writes: a merge writes every
+/// entry through a writer, and growing two buffers and then shrinking them to the text each
+/// time was a tenth of its allocations. The text finished is copied out at its length.
+struct Scratch {
+    own: Vec<u8>,
+    runs: Vec<Run>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// Buffers larger than this are let go rather than kept (a rare large resource should not
+/// hold its size in every thread that wrote one).
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+fn take_scratch() -> Scratch {
+    SCRATCH
+        .try_with(std::cell::Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Scratch {
+            own: Vec::with_capacity(256),
+            runs: Vec::with_capacity(8),
+        })
+}
+
+fn keep_scratch(mut own: Vec<u8>, mut runs: Vec<Run>) {
+    if own.capacity() > SCRATCH_KEPT || runs.capacity() * std::mem::size_of::<Run>() > SCRATCH_KEPT
+    {
+        return;
+    }
+    own.clear();
+    runs.clear();
+    let _ = SCRATCH.try_with(|s| s.set(Some(Scratch { own, runs })));
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        keep_scratch(
+            std::mem::take(&mut self.own),
+            std::mem::take(&mut self.runs),
+        );
+    }
+}
+
 impl<'s> Writer<'s> {
     /// A writer taking runs of `source` (none: everything is written).
     pub fn new(source: Option<&'s Source>) -> Writer<'s> {
+        let Scratch { own, runs } = take_scratch();
         Writer {
             source,
             shared: None,
-            own: Vec::with_capacity(256),
-            runs: Vec::with_capacity(8),
+            own,
+            runs,
             len: 0,
         }
     }
@@ -231,9 +278,9 @@ impl<'s> Writer<'s> {
     }
 
     /// The bytes written, of a writer that took no runs (one without a source).
-    pub fn into_written(self) -> Vec<u8> {
+    pub fn into_written(mut self) -> Vec<u8> {
         debug_assert!(self.runs.is_empty(), "a writer with runs");
-        self.own
+        std::mem::take(&mut self.own)
     }
 
     /// The text written.
@@ -245,8 +292,8 @@ impl<'s> Writer<'s> {
         Spliced(Arc::new(Parts {
             source: self.source.filter(|_| source_runs).cloned(),
             shared: self.shared.filter(|_| shared_runs).cloned(),
-            own: self.own.into_boxed_slice(),
-            runs: self.runs.into_boxed_slice(),
+            own: self.own.as_slice().into(),
+            runs: self.runs.as_slice().into(),
             len,
         }))
     }
