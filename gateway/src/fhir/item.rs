@@ -54,6 +54,14 @@ fn reference_value<'t>(json: &'t str, (a, b, escaped): &'t FoundReference) -> &'
         .unwrap_or(&json[*a as usize + 1..*b as usize - 1])
 }
 
+/// What the scanner read of a resource: its text, its members (key and value text) and its
+/// references.
+type ScannedParts<'a, 'l> = (
+    &'a str,
+    &'l [(super::scan::Literal<'a>, &'a str)],
+    &'l [super::scan::ReferenceAt],
+);
+
 /// A top-level member: its key's text (without quotes) and its value's, as byte ranges.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -295,12 +303,44 @@ impl Item {
         source: &Source,
         scanned: super::scan::ResourceScan<'_>,
     ) -> Result<Item, NotAResource> {
-        let json = scanned.text;
+        let mut members = Vec::new();
+        Item::of_parts(
+            source,
+            (scanned.text, &scanned.members, &scanned.references),
+            &mut members,
+        )
+    }
+
+    /// The item of a resource the scanner read (its text, members and references), whose
+    /// text is part of `source`; `members` is a list to read its members into, kept by the
+    /// caller for the next (its contents are not kept).
+    fn of_parts<'a>(
+        source: &Source,
+        (json, literals, found): ScannedParts<'a, '_>,
+        members: &mut Vec<(Key<'a>, &'a str)>,
+    ) -> Result<Item, NotAResource> {
         let offset = (json.as_ptr() as usize)
             .checked_sub(source.as_ptr() as usize)
             .filter(|o| o + json.len() <= source.len())
             .ok_or_else(|| NotAResource("not part of its answer".into()))?;
-        let members = Members::of_scan(scanned.members);
+        members.clear();
+        members.extend(
+            literals
+                .iter()
+                .map(|(k, v)| (Key(k.value().unwrap_or_default()), *v)),
+        );
+        let members_read = Members(std::mem::take(members));
+        let made = Item::of_members(source, (json, offset), &members_read, found);
+        *members = members_read.0;
+        made
+    }
+
+    fn of_members(
+        source: &Source,
+        (json, offset): (&str, usize),
+        members: &Members<'_>,
+        found: &[super::scan::ReferenceAt],
+    ) -> Result<Item, NotAResource> {
         let at = |part: &str| (part.as_ptr() as usize - json.as_ptr() as usize) as u32;
         let range = |part: &str| (at(part), at(part) + part.len() as u32);
         // Each list made at its length (collecting through `Option` or `Result` cannot know
@@ -318,8 +358,8 @@ impl Item {
         }
         let spans = (spans.len() == members.0.len()).then(|| spans.into_boxed_slice());
         // Every reference, with where it lies; its value copied only when it had escapes.
-        let mut references = Vec::with_capacity(scanned.references.len());
-        for r in &scanned.references {
+        let mut references = Vec::with_capacity(found.len());
+        for r in found {
             let escaped = match r.escaped {
                 false => None,
                 true => Some(
@@ -437,14 +477,24 @@ fn write_canonical_object(
 }
 
 /// The text of an object's member `name` (the last, when repeated, as a tree keeps it).
+/// Read in one pass of the scanner that keeps no list of members: it is asked of every
+/// entry's patient reference as the entry is written, where a list made and dropped for each
+/// was a tenth of a merge's allocations.
 pub(crate) fn member_text<'a>(object: &'a str, name: &str) -> Option<&'a str> {
-    let members = Members::parse(object).ok()?;
-    members
-        .0
-        .iter()
-        .rev()
-        .find(|(k, _)| k.0 == name)
-        .map(|(_, v)| *v)
+    let mut s = Scan::new(object);
+    s.ws();
+    let mut found = None;
+    s.object(|s, key| {
+        let from = s.at();
+        s.skip()?;
+        if key.is(name) {
+            found = Some(s.since(from));
+        }
+        Ok(())
+    })
+    .ok()?;
+    s.end().ok()?;
+    found
 }
 
 /// An object's members sorted by key, a repeated key keeping its last value (as a tree does).
@@ -1156,17 +1206,32 @@ impl MetaEdit<'_> {
 
     /// Which of `tags` `meta.tag` lacks (`None`: there is no list); `None` when a tag is not
     /// a plain coding.
-    fn tags_to_add(&self, list: Option<&str>) -> Option<Vec<usize>> {
-        let mut present: Vec<CodingShape<'_>> = Vec::new();
+    /// Asked of every entry written: its lists are inline for the few tags an item has.
+    fn tags_to_add(&self, list: Option<&str>) -> Option<Tags<usize>> {
+        let mut present: smallvec::SmallVec<[CodingShape<'_>; 8]> = smallvec::SmallVec::new();
         if let Some(text) = list {
-            let elements = serde_json::from_str::<Elements<'_>>(text).ok()?;
-            for e in elements.0 {
+            let mut s = Scan::new(text);
+            s.ws();
+            let mut plain = true;
+            s.array(|s| {
+                let from = s.at();
+                s.skip()?;
+                let e = s.since(from);
                 if e.starts_with('{') {
-                    present.push(serde_json::from_str::<CodingShape<'_>>(e).ok()?);
+                    match serde_json::from_str::<CodingShape<'_>>(e) {
+                        Ok(c) => present.push(c),
+                        Err(_) => plain = false,
+                    }
                 }
+                Ok(())
+            })
+            .ok()?;
+            s.end().ok()?;
+            if !plain {
+                return None;
             }
         }
-        let mut added = Vec::new();
+        let mut added = Tags::new();
         for (i, &(system, code, _)) in self.tags.iter().enumerate() {
             let exists = present
                 .iter()
@@ -1656,8 +1721,13 @@ fn scan_bundle(source: &Source) -> Result<BundleShape<'_>, ScanError> {
                 return Ok(());
             }
             let mut entries = Vec::with_capacity(64);
+            let mut scratch = Scratch {
+                literals: Vec::with_capacity(32),
+                references: Vec::with_capacity(16),
+                members: Vec::with_capacity(32),
+            };
             s.array(|s| {
-                entries.push(scan_entry(s, source)?);
+                entries.push(scan_entry(s, source, &mut scratch)?);
                 Ok(())
             })?;
             shape.entry = Some(entries);
@@ -1669,19 +1739,33 @@ fn scan_bundle(source: &Source) -> Result<BundleShape<'_>, ScanError> {
     Ok(shape)
 }
 
+/// The lists reading a Bundle's resources reuses from one to the next (made for each, they
+/// were two allocations an item).
+struct Scratch<'a> {
+    literals: Vec<(super::scan::Literal<'a>, &'a str)>,
+    references: Vec<super::scan::ReferenceAt>,
+    members: Vec<(Key<'a>, &'a str)>,
+}
+
 /// One entry: its resource read and made into its item at once; its search kept as text. A
 /// resource that is not an object is an error (the Bundle is then read leniently).
-fn scan_entry<'a>(s: &mut Scan<'a>, source: &'a Source) -> Result<EntryText<'a>, ScanError> {
+fn scan_entry<'a>(
+    s: &mut Scan<'a>,
+    source: &'a Source,
+    scratch: &mut Scratch<'a>,
+) -> Result<EntryText<'a>, ScanError> {
     let (mut resource, mut search) = (None, None);
     let mut seen = [false; 2];
     s.object(|s, key| match &*key_text(key, s)? {
         "resource" => {
             once(&mut seen[0], s)?;
             if !s.null()? {
-                let scanned = super::scan::resource(s)?;
+                let text =
+                    super::scan::resource_in(s, &mut scratch.literals, &mut scratch.references)?;
+                let parts = (text, &scratch.literals[..], &scratch.references[..]);
                 resource = Some(ResourceText {
-                    text: scanned.text,
-                    item: Some(Item::of_scan(source, scanned)),
+                    text,
+                    item: Some(Item::of_parts(source, parts, &mut scratch.members)),
                 });
             }
             Ok(())
@@ -2318,6 +2402,35 @@ mod tests {
                 qualify_references(&mut m, &resolve);
                 want["meta"] = m;
                 assert_eq!(got, want, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_s_text_is_the_one_a_tree_keeps() {
+        let cases: [(&str, Option<&str>); 8] = [
+            (
+                r#"{"reference":"Patient/1","display":"A B"}"#,
+                Some(r#""A B""#),
+            ),
+            (r#"{"display":"first","display":"last"}"#, Some(r#""last""#)),
+            (r#"{"displ\u0061y":{"x":[1]}}"#, Some(r#"{"x":[1]}"#)),
+            (
+                r#"{"reference":"Patient/1","other":{"display":"inner"}}"#,
+                None,
+            ),
+            (r#" { "display" : null } "#, Some("null")),
+            (r#"{"display":"a"} x"#, None),
+            (r#"{"display":"a""#, None),
+            (r#"["display","a"]"#, None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(member_text(text, "display"), want, "{text}");
+            // Where it finds one, it is what the tree holds under that key.
+            if let Some(found) = want {
+                let tree: Value = serde_json::from_str(text).unwrap();
+                let found: Value = serde_json::from_str(found).unwrap();
+                assert_eq!(tree["display"], found, "{text}");
             }
         }
     }

@@ -440,11 +440,28 @@ pub struct ResourceScan<'a> {
 
 /// Reads the object at the cursor as a resource.
 pub fn resource<'a>(s: &mut Scan<'a>) -> Result<ResourceScan<'a>> {
-    let start = s.at();
     let mut members = Vec::with_capacity(16);
     let mut references = Vec::new();
+    let text = resource_in(s, &mut members, &mut references)?;
+    Ok(ResourceScan {
+        text,
+        members,
+        references,
+    })
+}
+
+/// [`resource`] into lists the caller keeps (emptied first), so that reading a Bundle's
+/// resources one after another makes no lists of their own: its text.
+pub fn resource_in<'a>(
+    s: &mut Scan<'a>,
+    members: &mut Vec<(Literal<'a>, &'a str)>,
+    references: &mut Vec<ReferenceAt>,
+) -> Result<&'a str> {
+    members.clear();
+    references.clear();
+    let start = s.at();
     {
-        let mut found = Some(&mut references);
+        let mut found = Some(&mut *references);
         s.object(|s, key| {
             let from = s.at();
             s.value(&mut found)?;
@@ -453,15 +470,11 @@ pub fn resource<'a>(s: &mut Scan<'a>) -> Result<ResourceScan<'a>> {
         })?;
     }
     let text = s.since(start);
-    for r in &mut references {
+    for r in references.iter_mut() {
         r.start -= start;
         r.end -= start;
     }
-    Ok(ResourceScan {
-        text,
-        members,
-        references,
-    })
+    Ok(text)
 }
 
 #[cfg(test)]
