@@ -1726,7 +1726,9 @@ pub fn demographic_conflicts(patients: &[(usize, Value)]) -> Vec<(usize, Vec<&'s
 }
 
 fn last_updated(p: &Value) -> i64 {
-    p.pointer("/meta/lastUpdated")
+    // Not `pointer`, which makes a string of each step of its path.
+    p.get("meta")
+        .and_then(|m| m.get("lastUpdated"))
         .and_then(Value::as_str)
         .and_then(|s| date::parse_interval(s).ok())
         .map_or(i64::MIN, |i| i.start)
@@ -1740,12 +1742,10 @@ fn merge_patients<'r>(
     nhs: &str,
     gateway_base: &str,
 ) -> Value {
-    let mut ordered: Vec<&(usize, Value)> = patients.iter().collect();
-    ordered.sort_by(|a, b| {
-        last_updated(&b.1)
-            .cmp(&last_updated(&a.1))
-            .then(a.0.cmp(&b.0))
-    });
+    let mut ordered: Vec<(i64, &(usize, Value))> =
+        patients.iter().map(|p| (last_updated(&p.1), p)).collect();
+    ordered.sort_by(|(at_a, a), (at_b, b)| at_b.cmp(at_a).then(a.0.cmp(&b.0)));
+    let ordered: Vec<&(usize, Value)> = ordered.into_iter().map(|(_, p)| p).collect();
     let mut merged = ordered[0].1.clone();
     for list in ["identifier", "name", "telecom", "address"] {
         // Each value once, in the order first met, with every region that holds it.
