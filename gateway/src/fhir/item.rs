@@ -102,14 +102,14 @@ pub struct ItemView {
     last_updated: Option<Str>,
     /// `meta.lastUpdated` as a time (Unix seconds of its start; `i64::MIN` when none).
     pub updated_at: i64,
-    /// `meta.security` codings: (system, code).
-    security: Box<[(Option<Str>, Str)]>,
-    /// `category` codes: (system, code); a bare string category has no system.
-    categories: Box<[(Option<Str>, Str)]>,
+    /// Its three lists one after another in one allocation (none when all are empty):
+    /// `meta.security` codings (system, code), then `category` codes (system, code; a bare
+    /// string category has no system), then business identifiers (system, value; the system
+    /// always there). `ends` are where the first two end.
+    lists: Box<[(Option<Str>, Str)]>,
+    ends: [u32; 2],
     /// What the patient reference (`subject` or `patient`) points at.
     pub patient: Option<PatientLink>,
-    /// Business identifiers: (system, value).
-    identifiers: Box<[(Str, Str)]>,
     /// The first coded concept (`system|code`) of `code`, `medicationCodeableConcept`,
     /// `vaccineCode` or `type`.
     concept: Option<Str>,
@@ -155,19 +155,19 @@ impl ItemView {
 
     /// `meta.security` codings: (system, code).
     pub fn security(&self) -> impl ExactSizeIterator<Item = Coded<'_>> + Clone {
-        self.pairs(&self.security)
+        self.pairs(&self.lists[..self.ends[0] as usize])
     }
 
     /// `category` codes: (system, code); a bare string category has no system.
     pub fn categories(&self) -> impl ExactSizeIterator<Item = Coded<'_>> + Clone {
-        self.pairs(&self.categories)
+        self.pairs(&self.lists[self.ends[0] as usize..self.ends[1] as usize])
     }
 
     /// Business identifiers: (system, value).
     pub fn identifiers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
-        self.identifiers
+        self.lists[self.ends[1] as usize..]
             .iter()
-            .map(|(system, value)| (self.str(*system), self.str(*value)))
+            .map(|(system, value)| (system.map_or("", |s| self.str(s)), self.str(*value)))
     }
 
     /// The first coded concept (`system|code`) of `code`, `medicationCodeableConcept`,
@@ -216,12 +216,18 @@ impl std::fmt::Debug for ItemView {
             .field("security", &self.security().collect::<Vec<_>>())
             .field("categories", &self.categories().collect::<Vec<_>>())
             .field("patient", &patient)
-            .field("identifiers", &self.identifiers.len())
+            .field("identifiers", &self.identifiers().len())
             .field("concept", &self.concept())
             .field("clinical_date", &self.clinical_date())
             .field("sort_start", &self.sort_start)
             .finish()
     }
+}
+
+thread_local! {
+    /// A view's three lists as they are read, kept between items.
+    static LISTS: std::cell::RefCell<Vec<(Option<Str>, Str)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A view's text as it is written: each string put after the last.
@@ -235,16 +241,16 @@ impl Packer {
         Str(start, self.0.len() as u32)
     }
 
+    /// Puts each pair's strings, noting where they lie in `out`.
     fn pairs<S: AsRef<str>>(
         &mut self,
         list: impl IntoIterator<Item = (Option<S>, S)>,
-    ) -> Box<[(Option<Str>, Str)]> {
-        list.into_iter()
-            .map(|(system, code)| {
-                let system = system.map(|s| self.put(s.as_ref()));
-                (system, self.put(code.as_ref()))
-            })
-            .collect()
+        out: &mut Vec<(Option<Str>, Str)>,
+    ) {
+        for (system, code) in list {
+            let system = system.map(|s| self.put(s.as_ref()));
+            out.push((system, self.put(code.as_ref())));
+        }
     }
 }
 
@@ -833,37 +839,37 @@ impl ItemView {
         let rtype = p.put(rtype_text);
         let kind = ResourceType::parse(rtype_text);
         // Each element read from its text as its tree would be (`fhir::shape`).
-        let (last_updated, security) = members
-            .element("meta", found.meta)
-            .map(|meta| {
-                let (last_updated, security) = shape::meta(&meta);
-                (
-                    last_updated.map(|l| (p.put(&l), updated_at_of(Some(&l)))),
-                    p.pairs(security),
-                )
-            })
-            .unwrap_or_default();
+        // The three lists gathered in one (kept here between items, as an item is read on
+        // one thread), then copied out at their length.
+        let mut lists = LISTS.with_borrow_mut(std::mem::take);
+        lists.clear();
+        let last_updated = members.element("meta", found.meta).and_then(|meta| {
+            let (last_updated, security) = shape::meta(&meta);
+            p.pairs(security, &mut lists);
+            last_updated.map(|l| (p.put(&l), updated_at_of(Some(&l))))
+        });
         let (last_updated, updated_at) = last_updated.unzip();
         let updated_at = updated_at.unwrap_or(i64::MIN);
-        let categories = members
-            .element("category", found.category)
-            .map(|c| p.pairs(shape::categories(&c)))
-            .unwrap_or_default();
+        let end_of_security = lists.len() as u32;
+        if let Some(c) = members.element("category", found.category) {
+            p.pairs(shape::categories(&c), &mut lists);
+        }
+        let end_of_categories = lists.len() as u32;
         let patient = kind
             .and_then(|k| match k.patient_element() {
                 "patient" => members.element("patient", found.patient),
                 _ => members.element("subject", found.subject),
             })
             .and_then(|r| shape::patient_link(&r));
-        let identifiers = members
-            .element("identifier", found.identifier)
-            .map(|list| {
-                shape::identifiers(&list)
-                    .into_iter()
-                    .map(|(system, value)| (p.put(&system), p.put(&value)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        if let Some(list) = members.element("identifier", found.identifier) {
+            for (system, value) in shape::identifiers(&list) {
+                lists.push((Some(p.put(&system)), p.put(&value)));
+            }
+        }
+        let packed_lists: Box<[(Option<Str>, Str)]> = lists.as_slice().into();
+        if lists.capacity() <= 1024 {
+            LISTS.with_borrow_mut(|kept| *kept = lists);
+        }
         let concept = CONCEPT_MEMBERS
             .iter()
             .zip(found.concepts)
@@ -880,10 +886,9 @@ impl ItemView {
             id,
             last_updated,
             updated_at,
-            security,
-            categories,
+            lists: packed_lists,
+            ends: [end_of_security, end_of_categories],
             patient,
-            identifiers,
             concept,
             clinical_date,
             sort_start,

@@ -25,7 +25,8 @@ struct Parts {
     shared: Option<Source>,
     /// The bytes written, in order; the runs go between them.
     own: Box<[u8]>,
-    runs: Box<[Run]>,
+    /// Inline for the few an entry has (one allocation fewer an entry).
+    runs: smallvec::SmallVec<[Run; 6]>,
     /// Bytes in all.
     len: usize,
 }
@@ -51,7 +52,7 @@ impl Spliced {
             source: None,
             shared: None,
             own: text.into_bytes().into_boxed_slice(),
-            runs: Box::new([]),
+            runs: smallvec::SmallVec::new(),
             len,
         }))
     }
@@ -293,7 +294,7 @@ impl<'s> Writer<'s> {
             source: self.source.filter(|_| source_runs).cloned(),
             shared: self.shared.filter(|_| shared_runs).cloned(),
             own: self.own.as_slice().into(),
-            runs: self.runs.as_slice().into(),
+            runs: smallvec::SmallVec::from_slice(&self.runs),
             len,
         }))
     }

@@ -279,8 +279,9 @@ impl RegionSet {
 /// One merged entry before it is written.
 struct Slot {
     rtype: ResourceType,
-    /// Every version folded in; `shown` is the one written.
-    versions: Vec<Version>,
+    /// Every version folded in; `shown` is the one written. Inline for the one most slots
+    /// ever hold.
+    versions: smallvec::SmallVec<[Version; 1]>,
     shown: usize,
     regions: RegionSet,
     /// The region whose version is shown.
@@ -725,7 +726,8 @@ struct Keyed {
     item: Item,
     rtype: ResourceType,
     /// Its business identifiers' identities: the same item across regions has one of them.
-    idents: Vec<ContentKey>,
+    /// Inline for the one or two an item has.
+    idents: smallvec::SmallVec<[ContentKey; 2]>,
     /// Type, concept and clinical date: items of equal content have equal cheap keys, so
     /// content is compared (digested) only between items that share one.
     cheap: u64,
@@ -748,7 +750,7 @@ fn keyed(
             region,
             item,
             rtype,
-            idents: Vec::new(),
+            idents: smallvec::SmallVec::new(),
             cheap: 0,
             clinical: None,
         });
@@ -885,7 +887,7 @@ fn fold(items: Vec<(usize, Item)>, patient_url: &str, nhs: &str) -> Folded {
             None => {
                 slots.push(Slot {
                     rtype: k.rtype,
-                    versions: vec![version],
+                    versions: smallvec::smallvec![version],
                     shown: 0,
                     regions: RegionSet::one(ri),
                     origin: ri,
