@@ -377,7 +377,7 @@ impl Item {
             references.push((r.start as u32, r.end as u32, escaped));
         }
         let references = references.into_boxed_slice();
-        let view = ItemView::read(&members);
+        let view = ItemView::read(members);
         Ok(Item(Arc::new(Inner {
             source: source.clone(),
             at: (offset as u32, (offset + json.len()) as u32),
