@@ -494,7 +494,6 @@ impl PolicySet {
         Prepared {
             set: self,
             fixed: std::sync::OnceLock::new(),
-            principal: principal.clone(),
             circumstances: c.clone(),
             asker: Asker {
                 principal: principal.clone(),
@@ -583,9 +582,9 @@ pub struct Prepared<'a> {
     /// decided this second builds none); or why it could not be built (then every decision
     /// is a refusal).
     fixed: std::sync::OnceLock<Result<Fixed, String>>,
-    principal: Principal,
+    /// The request's circumstances, its time as it is (the asker's is the memo's second).
     circumstances: Circumstances,
-    /// The memo's key for this user and these circumstances, made once.
+    /// The user, and the memo's key for this user and these circumstances, made once.
     asker: Asker,
 }
 
@@ -622,7 +621,7 @@ impl Prepared<'_> {
         let set = self.set;
         let fixed = self
             .fixed
-            .get_or_init(|| Fixed::of(set.knows_scopes, &self.principal, &self.circumstances))
+            .get_or_init(|| Fixed::of(set.knows_scopes, &self.asker.principal, &self.circumstances))
             .as_ref()
             .map_err(Clone::clone)?;
         let action = uid("Gateway::Action", action_id)?;

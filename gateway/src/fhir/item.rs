@@ -1211,6 +1211,7 @@ impl MetaEdit<'_> {
 
     /// Which of `tags` `meta.tag` lacks (`None`: there is no list); `None` when a tag is not
     /// a plain coding.
+    ///
     /// Asked of every entry written: its lists are inline for the few tags an item has.
     fn tags_to_add(&self, list: Option<&str>) -> Option<Tags<usize>> {
         let mut present: smallvec::SmallVec<[CodingShape<'_>; 8]> = smallvec::SmallVec::new();
@@ -1726,7 +1727,7 @@ fn scan_bundle(source: &Source) -> Result<BundleShape<'_>, ScanError> {
                 return Ok(());
             }
             let mut entries = Vec::with_capacity(64);
-            let mut scratch = Scratch {
+            let mut scratch = EntryLists {
                 literals: Vec::with_capacity(32),
                 references: Vec::with_capacity(16),
                 members: Vec::with_capacity(32),
@@ -1746,7 +1747,7 @@ fn scan_bundle(source: &Source) -> Result<BundleShape<'_>, ScanError> {
 
 /// The lists reading a Bundle's resources reuses from one to the next (made for each, they
 /// were two allocations an item).
-struct Scratch<'a> {
+struct EntryLists<'a> {
     literals: Vec<(super::scan::Literal<'a>, &'a str)>,
     references: Vec<super::scan::ReferenceAt>,
     members: Vec<(Key<'a>, &'a str)>,
@@ -1757,7 +1758,7 @@ struct Scratch<'a> {
 fn scan_entry<'a>(
     s: &mut Scan<'a>,
     source: &'a Source,
-    scratch: &mut Scratch<'a>,
+    scratch: &mut EntryLists<'a>,
 ) -> Result<EntryText<'a>, ScanError> {
     let (mut resource, mut search) = (None, None);
     let mut seen = [false; 2];

@@ -1744,10 +1744,8 @@ fn merge_patients<'r>(
     nhs: &str,
     gateway_base: &str,
 ) -> Value {
-    let mut ordered: Vec<(i64, &(usize, Value))> =
-        patients.iter().map(|p| (last_updated(&p.1), p)).collect();
-    ordered.sort_by(|(at_a, a), (at_b, b)| at_b.cmp(at_a).then(a.0.cmp(&b.0)));
-    let ordered: Vec<&(usize, Value)> = ordered.into_iter().map(|(_, p)| p).collect();
+    let mut ordered: Vec<&(usize, Value)> = patients.iter().collect();
+    ordered.sort_by_cached_key(|(ri, p)| (std::cmp::Reverse(last_updated(p)), *ri));
     let mut merged = ordered[0].1.clone();
     for list in ["identifier", "name", "telecom", "address"] {
         // Each value once, in the order first met, with every region that holds it.
