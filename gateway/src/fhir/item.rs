@@ -2017,6 +2017,45 @@ mod tests {
         assert_eq!(v.patient, Some(PatientLink::Local("p1".into())));
     }
 
+    /// The view's three lists share one allocation and, while a Bundle is read, one list
+    /// reused from item to item: each list keeps its own elements whatever the others hold,
+    /// and no item sees another's.
+    #[test]
+    fn each_of_the_view_s_lists_holds_its_own_elements() {
+        let first = json!({"resourceType": "Observation", "id": "a",
+            "meta": {"security": [{"system": "s1", "code": "R"}, {"code": "V"}]},
+            "identifier": [{"system": "i1", "value": "1"}, {"system": "i2", "value": "2"}]});
+        let second = json!({"resourceType": "Observation", "id": "b",
+            "category": ["bare", {"coding": [{"system": "c", "code": "lab"}]}]});
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": first}, {"resource": second}, {"resource": first}]});
+        let source: Source = Arc::new(bundle.to_string());
+        let read = BundleText::parse(&source).unwrap();
+        let views: Vec<ItemView> = read
+            .entries
+            .iter()
+            .map(|e| {
+                let r = e.resource.as_ref().unwrap();
+                Item::parse_entry(&source, r).unwrap().view().clone()
+            })
+            .collect();
+        for v in [&views[0], &views[2]] {
+            assert!(v.security().eq([(Some("s1"), "R"), (None, "V")]));
+            assert_eq!(v.categories().len(), 0);
+            assert!(v.identifiers().eq([("i1", "1"), ("i2", "2")]));
+        }
+        assert_eq!(views[1].security().len(), 0);
+        assert!(
+            views[1]
+                .categories()
+                .eq([(None, "bare"), (Some("c"), "lab")])
+        );
+        assert_eq!(views[1].identifiers().len(), 0);
+        // As each is read alone.
+        assert_eq!(views[0], *Item::from_value(&first).unwrap().view());
+        assert_eq!(views[1], *Item::from_value(&second).unwrap().view());
+    }
+
     #[test]
     fn the_view_holds_what_decisions_read() {
         let item = Item::from_value(&obs()).unwrap();

@@ -401,6 +401,29 @@ mod tests {
         assert!(text.0.source.is_none() && text.0.shared.is_some());
     }
 
+    /// Writers on one thread reuse the last one's buffers: each starts empty, whether the one
+    /// before it finished, gave its bytes away or was dropped, and a finished text keeps its own.
+    #[test]
+    fn a_writer_after_another_starts_empty() {
+        let s = source(r#"{"a":1}"#);
+        let mut w = Writer::new(Some(&s));
+        w.own().extend_from_slice(b"[");
+        w.copy(&s[..]);
+        w.push(b"]");
+        let first = w.finish();
+        let mut w = Writer::new(None);
+        w.own().extend_from_slice(b"\"given away\"");
+        assert_eq!(w.into_written(), b"\"given away\"");
+        let mut w = Writer::new(Some(&s));
+        w.own().extend_from_slice(b"dropped");
+        drop(w);
+        let mut w = Writer::new(Some(&s));
+        w.copy(&s[1..6]);
+        let last = w.finish();
+        assert_eq!(last.as_text(), r#""a":1"#);
+        assert_eq!(first.as_text(), r#"[{"a":1}]"#);
+    }
+
     #[test]
     fn debug_shows_no_text() {
         let text = Spliced::from(r#"{"name":"Jane Doe","nhs":"9000000009"}"#);
